@@ -1,0 +1,229 @@
+"""Probe processes (bpftrace, tcpdump): spawn, read their output, record their fate."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from collectors.clock import ClockOffset
+from collectors.sources import Parser, ParseError
+from collectors.status import EXITED, FAILED, RUNNING, STOPPED, ProbeStatus, StatusFile
+
+PR_SET_PDEATHSIG = 1
+# stderr lines that are not errors (bpftrace warns when it cannot raise RLIMIT_MEMLOCK,
+# which kernels >= 5.11 no longer need).
+NOISE = re.compile(r"RLIMIT_MEMLOCK")
+STDERR_TAIL = 8
+BPFTRACE_LOST = re.compile(r"Lost (\d+) events")
+TCPDUMP_CAPTURED = re.compile(r"(\d+) packets? captured")
+TCPDUMP_DROPPED = re.compile(r"(\d+) packets? dropped by kernel")
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: SIGKILL it if the runner dies without stopping it."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        return f"killed by {signal.Signals(-code).name}"
+    return f"exited with code {code}"
+
+
+@dataclass(frozen=True)
+class RecordTags:
+    """What every record of one probe carries besides the event itself."""
+
+    node: str
+    run_id: str
+    probe: str
+    clock: ClockOffset
+
+
+class Child:
+    """One probe process. Subclasses say what its output lines mean."""
+
+    capture_stdout = True
+
+    def __init__(self, status: ProbeStatus, argv: list[str], log_path: Path,
+                 status_file: StatusFile, env: dict[str, str] | None = None) -> None:  # fmt: skip
+        self.status = status
+        self.argv = argv
+        self.env = env
+        self.status_file = status_file
+        self.log = log_path.open("a", buffering=1)
+        self._log_lock = threading.Lock()
+        self._stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL)
+        self._stopping = False
+        self._proc: subprocess.Popen[str] | None = None
+        self._supervisor: threading.Thread | None = None
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    def spawn(self) -> None:
+        """Start the process. Call from the main thread before any reader thread runs:
+        the parent-death signal is tied to the thread that forks."""
+        self._proc = subprocess.Popen(
+            self.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE if self.capture_stdout else subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+            env=self.env,
+            start_new_session=True,  # a Ctrl-C meant for the runner must not reach probes
+            preexec_fn=_die_with_parent,
+        )
+        with self.status_file.lock:
+            self.status.argv = self.argv
+            self.status.pid = self._proc.pid
+        self.status_file.touch()
+
+    def start_readers(self) -> None:
+        self._supervisor = threading.Thread(target=self._supervise, name=self.status.probe)
+        self._supervisor.start()
+
+    def request_stop(self) -> None:
+        self._stopping = True
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGINT)
+
+    def wait(self, timeout: float) -> None:
+        """Wait for the process to end after request_stop(); SIGKILL it past the timeout."""
+        if self._supervisor is None or self._proc is None:
+            return
+        self._supervisor.join(timeout)
+        if self._supervisor.is_alive():
+            self._proc.kill()
+            self._supervisor.join()
+
+    # --- output -------------------------------------------------------------------------
+
+    def _supervise(self) -> None:
+        assert self._proc is not None
+        readers = [threading.Thread(target=self._read, args=(self._proc.stderr, self.on_stderr))]
+        if self.capture_stdout:
+            readers.append(threading.Thread(target=self._read, args=(self._proc.stdout, self.on_stdout)))
+        for reader in readers:
+            reader.start()
+        for reader in readers:
+            reader.join()
+        self._finish(self._proc.wait())
+
+    def _read(self, stream: IO[str] | None, handle: object) -> None:
+        assert stream is not None and callable(handle)
+        for line in stream:
+            handle(line.rstrip("\n"))
+
+    def _finish(self, code: int) -> None:
+        tail = "; ".join(self._stderr_tail)
+        reason = describe_exit(code) + (f": {tail}" if tail else "")
+        with self.status_file.lock:
+            self.status.exit_code = code
+            self.status.stopped_at_ns = time.time_ns()
+            if self._stopping:
+                self.status.state = STOPPED
+            elif not self.status.started:
+                self.status.state = FAILED
+                self.status.attach_error = reason
+            else:
+                self.status.state = EXITED
+                self.status.error = f"probe ended on its own: {reason}"
+        self.close()
+        self.status_file.touch()
+
+    def close(self) -> None:
+        self.log.close()
+
+    def log_line(self, stream: str, line: str) -> None:
+        with self._log_lock:
+            self.log.write(f"{stream}: {line}\n")
+
+    def on_stderr(self, line: str) -> None:
+        self.log_line("stderr", line)
+        if line.strip() and not NOISE.search(line):
+            self._stderr_tail.append(line.strip())
+
+    def on_stdout(self, line: str) -> None:
+        self.log_line("stdout", line)
+
+    def mark_started(self) -> None:
+        with self.status_file.lock:
+            self.status.started = True
+            self.status.started_at_ns = time.time_ns()
+            self.status.state = RUNNING
+        self.status_file.touch()
+
+
+class BpftraceChild(Child):
+    """bpftrace running one of programs.py: READY line, E lines, "Lost N events"."""
+
+    def __init__(self, status: ProbeStatus, argv: list[str], log_path: Path,
+                 status_file: StatusFile, parse: Parser, tags: RecordTags,
+                 out_path: Path) -> None:  # fmt: skip
+        env = dict(os.environ, BPFTRACE_MAP_KEYS_MAX="65536")
+        super().__init__(status, argv, log_path, status_file, env)
+        self.parse = parse
+        self.tags = tags
+        self.out = out_path.open("a", buffering=1)  # line buffered: a kill loses nothing
+
+    def on_stdout(self, line: str) -> None:
+        if line.startswith("E "):
+            self._record(line)
+        elif line.startswith("READY"):
+            self.mark_started()
+        elif lost := BPFTRACE_LOST.search(line):
+            with self.status_file.lock:
+                self.status.lost_events += int(lost.group(1))
+            self.log_line("stdout", line)
+        elif line.strip():
+            self.log_line("stdout", line)
+
+    def _record(self, line: str) -> None:
+        try:
+            event = self.parse(line)
+        except (ParseError, ValueError) as e:
+            self.log_line("parse-error", f"{e}: {line}")
+            self.status.parse_errors += 1
+            return
+        record: dict[str, object] = {
+            "ts_ns": self.tags.clock.to_wall(event.mono_ns),
+            "node": self.tags.node, "run_id": self.tags.run_id, "probe": self.tags.probe,
+            "saddr": event.saddr, "sport": event.sport, "daddr": event.daddr, "dport": event.dport,
+        }  # fmt: skip
+        for name, value in event.fields.items():
+            is_mono = name in event.mono_fields and isinstance(value, int)
+            record[name] = self.tags.clock.to_wall(value) if is_mono else value  # type: ignore[arg-type]
+        self.out.write(json.dumps(record, separators=(",", ":")) + "\n")
+        self.status.records += 1
+        self.status_file.touch()
+
+    def close(self) -> None:
+        self.out.close()
+        super().close()
+
+
+class TcpdumpChild(Child):
+    """tcpdump writing a pcap: "listening on" means attached; counts come at exit."""
+
+    capture_stdout = False
+
+    def on_stderr(self, line: str) -> None:
+        super().on_stderr(line)
+        if line.startswith("listening on"):
+            self.mark_started()
+        elif captured := TCPDUMP_CAPTURED.search(line):
+            self.status.packets = int(captured.group(1))
+        elif dropped := TCPDUMP_DROPPED.search(line):
+            self.status.packets_dropped = int(dropped.group(1))

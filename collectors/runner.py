@@ -1,0 +1,196 @@
+"""The probe runner: pick a source per probe, start them, keep status.json current, stop
+everything cleanly on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from collectors import clock
+from collectors.children import BpftraceChild, Child, RecordTags, TcpdumpChild
+from collectors.detect import Detection
+from collectors.sources import PROBES, Choice, choose
+from collectors.status import STARTING, UNAVAILABLE, ProbeStatus, RunStatus, StatusFile
+
+NETWORK_PROBES = ("lifetime", "state", "connect", "rtt", "retrans")
+ALL_PROBES = (*NETWORK_PROBES, "pcap")
+METRICS = {
+    "lifetime": "connection lifetime and bytes",
+    "state": "TCP state transitions",
+    "connect": "active connects and passive accepts",
+    "rtt": "smoothed RTT samples",
+    "retrans": "retransmitted segments",
+    "pcap": "packet headers",
+}
+SNAPLEN = 96
+STATUS_INTERVAL_S = 0.5
+ATTACH_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 10.0
+
+
+class RunnerError(Exception):
+    """A failure of the runner itself (not of a probe): reported in one line, exit code 1."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    node: str
+    run_id: str
+    out: Path
+    netns_inode: int
+    probes: tuple[str, ...]
+    interfaces: tuple[str, ...]
+    rtt_interval_ms: int
+    rtt_max_per_s: int
+
+
+def prepare_out_dir(out: Path) -> None:
+    if (out / "status.json").exists():
+        raise RunnerError(f"{out} already holds a run (status.json); give a fresh --out directory")
+    try:
+        (out / "logs").mkdir(parents=True, exist_ok=True)
+        (out / "programs").mkdir(exist_ok=True)
+    except OSError as e:
+        raise RunnerError(f"cannot create the output directory {out}: {e.strerror}") from e
+
+
+class Runner:
+    def __init__(self, config: RunConfig, detection: Detection) -> None:
+        self.config = config
+        self.detection = detection
+        self.offset = clock.measure()
+        self.status_file = StatusFile(
+            config.out / "status.json",
+            RunStatus(
+                node=config.node,
+                run_id=config.run_id,
+                pid=os.getpid(),
+                netns_inode=config.netns_inode,
+                config=config_dict(config),
+                clock={"mono_to_realtime_offset_ns": self.offset.offset_ns,
+                       "uncertainty_ns": self.offset.uncertainty_ns,
+                       "measured_at_ns": self.offset.measured_at_ns},  # fmt: skip
+                detection=detection.to_dict(),
+            ),
+        )
+        self.children: list[Child] = []
+        self.stop_requested = threading.Event()
+
+    # --- building probes ----------------------------------------------------------------
+
+    def _add_status(self, probe: str, choice: Choice, output: str | None) -> ProbeStatus:
+        status = ProbeStatus(probe=probe, metric=METRICS[probe.split(":")[0]], output=output)
+        if choice.source is None:
+            status.state = UNAVAILABLE
+            status.unavailable_reason = choice.unavailable
+        else:
+            status.source, status.tool = choice.source.name, choice.source.tool
+        self.status_file.status.probes[probe] = status
+        return status
+
+    def _bpftrace_child(self, probe: str, choice: Choice) -> Child | None:
+        output = f"{probe}.jsonl"
+        status = self._add_status(probe, choice, output)
+        source = choice.source
+        if source is None:
+            return None
+        assert source.program is not None and source.parse is not None
+        program_path = self.config.out / "programs" / f"{probe}.bt"
+        program_path.write_text(source.program)
+        argv = [str(self.detection.tools["bpftrace"]), "-B", "none", str(program_path),
+                str(self.config.netns_inode)]  # fmt: skip
+        if probe == "rtt":
+            argv += [str(self.config.rtt_interval_ms * 1_000_000), str(self.config.rtt_max_per_s)]
+        tags = RecordTags(self.config.node, self.config.run_id, probe, self.offset)
+        return BpftraceChild(status, argv, self.config.out / "logs" / f"{probe}.log",
+                             self.status_file, source.parse, tags, self.config.out / output)  # fmt: skip
+
+    def _pcap_children(self) -> list[Child]:
+        choice = choose("pcap", self.detection)
+        interfaces = self.config.interfaces or tuple(self.detection.interfaces)
+        if choice.source is not None and not interfaces:
+            choice = Choice("pcap", None, unavailable="no non-loopback interface to capture on")
+        if choice.source is None:
+            self._add_status("pcap", choice, None)
+            return []
+        children: list[Child] = []
+        for interface in interfaces:
+            probe = f"pcap:{interface}"
+            output = f"pcap-{interface}.pcap"
+            status = self._add_status(probe, choice, output)
+            argv = [str(self.detection.tools["tcpdump"]), "-i", interface, "-s", str(SNAPLEN),
+                    "-n", "-U", "-Z", "root", "-w", str(self.config.out / output)]  # fmt: skip
+            log = self.config.out / "logs" / f"pcap-{interface}.log"
+            children.append(TcpdumpChild(status, argv, log, self.status_file))
+        return children
+
+    def build(self) -> None:
+        for probe in self.config.probes:
+            if probe == "pcap":
+                self.children += self._pcap_children()
+            elif child := self._bpftrace_child(probe, choose(probe, self.detection)):
+                self.children.append(child)
+
+    # --- running ------------------------------------------------------------------------
+
+    def _install_signal_handlers(self) -> None:
+        def request_stop(signum: int, frame: object) -> None:
+            self.stop_requested.set()
+
+        signal.signal(signal.SIGTERM, request_stop)
+        signal.signal(signal.SIGINT, request_stop)
+        # Keep collecting if the SSH session that started the runner goes away.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    def _all_attached_or_ended(self) -> bool:
+        return all(c.status.state != STARTING for c in self.children)
+
+    def run(self) -> None:
+        """Start every probe, then wait for SIGTERM/SIGINT and stop them."""
+        self._install_signal_handlers()
+        self.build()
+        for child in self.children:  # fork every child before any thread exists
+            child.spawn()
+        for child in self.children:
+            child.start_readers()
+        self.status_file.write(force=True)
+        deadline = time.monotonic() + ATTACH_TIMEOUT_S
+        while not self.stop_requested.wait(STATUS_INTERVAL_S):
+            status = self.status_file.status
+            if status.state == "starting" and (
+                self._all_attached_or_ended() or time.monotonic() > deadline
+            ):
+                with self.status_file.lock:
+                    status.state = "running"
+                self.status_file.touch()
+            self.status_file.write()
+        self.stop()
+
+    def stop(self) -> None:
+        with self.status_file.lock:
+            self.status_file.status.state = "stopping"
+        self.status_file.write(force=True)
+        for child in self.children:
+            child.request_stop()
+        for child in self.children:
+            child.wait(STOP_TIMEOUT_S)
+        at_stop = clock.measure()
+        with self.status_file.lock:
+            status = self.status_file.status
+            status.clock["offset_at_stop_ns"] = at_stop.offset_ns
+            status.state = "stopped"
+            status.stopped_at_ns = time.time_ns()
+        self.status_file.write(force=True)
+
+
+def selection(detection: Detection) -> dict[str, dict[str, object]]:
+    """Which source each probe would use on this node (part of `detect`'s output)."""
+    return {probe: choose(probe, detection).to_dict() for probe in PROBES}
+
+
+def config_dict(config: RunConfig) -> dict[str, object]:
+    return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()}

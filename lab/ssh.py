@@ -1,0 +1,81 @@
+"""SSH to the nodes with their pinned host keys: paramiko/fabric connections and the ssh argv."""
+
+from __future__ import annotations
+
+import base64
+import socket
+import time
+from pathlib import Path
+
+import paramiko
+from fabric import Connection
+
+from lab.errors import LabError
+from vms.base import Node
+
+
+def client(node: Node, timeout: float = 10.0) -> paramiko.SSHClient:
+    """A connected paramiko client that accepts only the node's pinned host key."""
+    ssh = paramiko.SSHClient()
+    key_type, blob = node.host_key.split()[:2]
+    ssh.get_host_keys().add(node.address, key_type, paramiko.PKey.from_type_string(key_type, base64.b64decode(blob)))
+    ssh.set_missing_host_key_policy(paramiko.RejectPolicy())
+    ssh.connect(
+        node.address, username=node.ssh_user, key_filename=str(node.key_path),
+        timeout=timeout, banner_timeout=timeout, auth_timeout=timeout,
+        look_for_keys=False, allow_agent=False,
+    )
+    return ssh
+
+
+def connection(node: Node, known_hosts: Path) -> Connection:
+    """A fabric Connection for the controller; host keys come from the lab's known_hosts only."""
+    conn = Connection(
+        node.address, user=node.ssh_user,
+        connect_kwargs={"key_filename": str(node.key_path), "look_for_keys": False, "allow_agent": False},
+        connect_timeout=10,
+    )
+    conn.client.load_host_keys(str(known_hosts))
+    conn.client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    return conn
+
+
+def ssh_argv(node: Node, known_hosts: Path, command: list[str] | None = None) -> list[str]:
+    argv = [
+        "ssh", "-i", str(node.key_path),
+        "-o", f"UserKnownHostsFile={known_hosts}", "-o", "StrictHostKeyChecking=yes",
+        "-o", "IdentitiesOnly=yes", "-o", "ConnectTimeout=10",
+        f"{node.ssh_user}@{node.address}",
+    ]
+    if command:
+        argv += ["--", *command]
+    return argv
+
+
+def run(node: Node, command: str, timeout: float = 60.0) -> tuple[int, str, str]:
+    with client(node) as ssh:
+        _, stdout, stderr = ssh.exec_command(command, timeout=timeout)
+        code = stdout.channel.recv_exit_status()
+        return code, stdout.read().decode(), stderr.read().decode()
+
+
+def wait_ready(node: Node, timeout: float, still_booting=lambda: None) -> float:
+    """Block until the node answers SSH with its pinned key and runs a command; returns seconds waited.
+
+    `still_booting` is called between attempts and may raise to give up early (e.g. the VM died).
+    """
+    started = time.monotonic()
+    last_error = "no answer"
+    while time.monotonic() - started < timeout:
+        try:
+            code, _, err = run(node, "true", timeout=10)
+            if code == 0:
+                return time.monotonic() - started
+            last_error = f"`true` exited {code}: {err.strip()}"
+        except paramiko.BadHostKeyException as exc:
+            raise LabError(f"{node.name} ({node.address}) offered a host key that is not the pinned one ({exc}); run `lab teardown` and `lab up`") from None
+        except (OSError, socket.timeout, paramiko.SSHException) as exc:
+            last_error = str(exc) or type(exc).__name__
+        still_booting()
+        time.sleep(0.5)
+    raise LabError(f"{node.name} ({node.address}) did not answer SSH within {timeout:.0f} s (last: {last_error})")

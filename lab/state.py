@@ -1,0 +1,63 @@
+"""`.lab/state.json`: what `lab up` made, so every later command knows the nodes without asking the provider."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from lab.config import LabConfig
+from lab.errors import LabError
+from vms.base import Node
+
+
+@dataclass
+class LabState:
+    lab: str
+    provider: str
+    accelerator: str
+    reason: str
+    """Why this provider and accelerator were chosen, in words."""
+    image: str
+    nodes: list[Node] = field(default_factory=list)
+
+    def node(self, name: str) -> Node:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise LabError(f"no node named '{name}' in this lab; nodes are {', '.join(n.name for n in self.nodes)}")
+
+
+def state_file(lab: LabConfig) -> Path:
+    return lab.state_dir / "state.json"
+
+
+def save(lab: LabConfig, state: LabState) -> None:
+    path = state_file(lab)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = asdict(state)
+    for node in data["nodes"]:
+        node["key_path"] = str(node["key_path"])
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def load(lab: LabConfig) -> LabState | None:
+    path = state_file(lab)
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        nodes = [Node(**{**n, "key_path": Path(n["key_path"]), "groups": tuple(n["groups"])}) for n in data.pop("nodes")]
+        return LabState(**data, nodes=nodes)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise LabError(f"{path} is unreadable ({exc}); run `lab teardown` and `lab up` again") from None
+
+
+def require(lab: LabConfig) -> LabState:
+    state = load(lab)
+    if state is None:
+        raise LabError(f"the lab is not up (no {state_file(lab)}); run `lab up` first")
+    return state

@@ -1,0 +1,65 @@
+"""The provider interface. Everything above it talks SSH to `Node`s and never asks who made them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol
+
+from lab.config import LabConfig
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    groups: tuple[str, ...]
+    address: str
+    ssh_user: str
+    key_path: Path
+    host_key: str
+    """The node's public SSH host key line ("ssh-ed25519 AAAA..."), pinned before first boot."""
+    provider: str
+    accelerator: str
+    """kvm, tcg or container: what the node's CPU really is, recorded with every run."""
+
+
+@dataclass
+class NodeStatus:
+    name: str
+    provider: str
+    accelerator: str
+    address: str
+    state: str
+    """running, stopped, absent, or a provider-specific word such as 'defined'."""
+    detail: str = ""
+
+
+@dataclass
+class Removed:
+    """What `down` removed, in the order it removed it, for the teardown report."""
+
+    items: list[str] = field(default_factory=list)
+
+    def add(self, what: str) -> None:
+        self.items.append(what)
+
+
+class Provider(Protocol):
+    name: str
+
+    def up(self, lab: LabConfig, progress: Progress) -> list[Node]:
+        """Create or start whatever is missing; leave what runs alone. Idempotent."""
+
+    def status(self, lab: LabConfig) -> list[NodeStatus]:
+        ...
+
+    def down(self, lab: LabConfig, progress: Progress) -> Removed:
+        """Remove everything this provider made for the lab. A second call removes nothing."""
+
+
+def state_path(lab: LabConfig, *parts: str) -> Path:
+    path = lab.state_dir.joinpath(*parts)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path

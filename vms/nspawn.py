@@ -1,0 +1,179 @@
+"""The nspawn provider: each node a systemd-nspawn container booted from the node image.
+
+A node's root is an overlay (the image below, the node's own upper layer above), so three
+nodes share one image and start in seconds. Each container gets its own systemd, sshd,
+network namespace (a veth `vb-<machine>` on the lab bridge, `host0` inside) and the
+capabilities eBPF probes need. cloud-init configures it from the same NoCloud seed a VM gets.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from lab import ssh
+from lab.config import LabConfig, NodeSpec
+from lab.errors import LabError
+from lab.keys import KeyPair, ensure_keypair
+from vms import host, image
+from vms.base import Node, NodeStatus, Progress, Removed, state_path
+from vms.seed import make_seed
+
+# Probes need bpf() and perf_event_open() and to read kernel memory; nspawn drops these by default.
+CAPABILITIES = "CAP_SYS_ADMIN,CAP_BPF,CAP_PERFMON,CAP_NET_ADMIN,CAP_SYS_RESOURCE,CAP_SYS_PTRACE,CAP_IPC_LOCK"
+SYSCALLS = "bpf perf_event_open"
+BOOT_TIMEOUT = 120.0
+
+
+def bridge_name(lab: LabConfig) -> str:
+    return f"{lab.name}-br"
+
+
+def machine_name(lab: LabConfig, node: NodeSpec) -> str:
+    return f"{lab.name}-{node.name}"
+
+
+def console_log(lab: LabConfig, spec: NodeSpec) -> Path:
+    """Kept after a failed `up` (only teardown removes it), so the reason can be read."""
+    return state_path(lab, "logs", f"{spec.name}.console.log")
+
+
+class NspawnProvider:
+    name = "nspawn"
+
+    def up(self, lab: LabConfig, progress: Progress) -> list[Node]:
+        host.require_root("the nspawn provider")
+        if shutil.which("systemd-nspawn") is None:
+            raise LabError("systemd-nspawn is not installed; run `apt-get install systemd-container`")
+        node_image, built = image.build(lab.image, log=progress)
+        if built:
+            progress(f"node image {node_image.hash} built")
+        login = ensure_keypair(state_path(lab, "ssh", "id_ed25519"), f"{lab.name}-login")
+        created: list[str] = []
+        try:
+            if host.ensure_bridge(bridge_name(lab), f"{lab.network.host_address}/{lab.network.subnet.prefixlen}"):
+                created.append("bridge")
+            nodes = []
+            for spec in lab.nodes:
+                node, started = self._start(lab, spec, node_image, login)
+                nodes.append(node)
+                if started:
+                    created.append(spec.name)
+                    progress(f"{spec.name}: container started")
+                else:
+                    progress(f"{spec.name}: already running")
+            self._wait(lab, nodes, progress)
+            return nodes
+        except BaseException:
+            progress("up failed; removing what this run created")
+            self._undo(lab, created)
+            raise
+
+    def _start(self, lab: LabConfig, spec: NodeSpec, node_image: image.NodeImage, login: KeyPair) -> tuple[Node, bool]:
+        host_key = ensure_keypair(state_path(lab, "nodes", spec.name, "ssh_host_ed25519_key"), spec.name)
+        node = Node(
+            name=spec.name, groups=tuple(spec.groups), address=str(spec.address), ssh_user=lab.ssh_user,
+            key_path=login.private, host_key=host_key.public_key, provider=self.name, accelerator="container",
+        )
+        if self._pids(lab, spec):
+            return node, False
+        root = self._mount_root(lab, spec, node_image)
+        seed_dir = root / "var/lib/cloud/seed/nocloud"
+        seed_dir.mkdir(parents=True, exist_ok=True)
+        for filename, text in make_seed(lab, spec, login, host_key, {"id": "host0"}).files().items():
+            (seed_dir / filename).write_text(text)
+        console = console_log(lab, spec)
+        argv = [
+            "systemd-nspawn", "--boot", "--register=no", "--keep-unit", "--console=read-only",
+            f"--machine={machine_name(lab, spec)}", f"--directory={root}", f"--hostname={spec.name}",
+            f"--network-bridge={bridge_name(lab)}", f"--capability={CAPABILITIES}",
+            f"--system-call-filter={SYSCALLS}",
+            "--resolv-conf=off", "--timezone=off", "--link-journal=no",
+        ]
+        with console.open("ab") as log:
+            subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        return node, True
+
+    def _mount_root(self, lab: LabConfig, spec: NodeSpec, node_image: image.NodeImage) -> Path:
+        base = state_path(lab, "nodes", spec.name, "root").parent
+        root, upper, work = base / "root", base / "upper", base / "work"
+        for directory in (root, upper, work):
+            directory.mkdir(exist_ok=True)
+        if not host.is_mounted(root):
+            host.run("mount", "-t", "overlay", "overlay", "-o",
+                     f"lowerdir={node_image.root},upperdir={upper},workdir={work}", str(root))
+        return root
+
+    def _pids(self, lab: LabConfig, spec: NodeSpec) -> list[int]:
+        return host.processes_with(f"--machine={machine_name(lab, spec)}")
+
+    def _wait(self, lab: LabConfig, nodes: list[Node], progress: Progress) -> None:
+        def one(node: Node) -> None:
+            spec = lab.node(node.name)
+
+            def still_booting() -> None:
+                if not self._pids(lab, spec):
+                    console = console_log(lab, spec)
+                    tail = console.read_text(errors="replace").strip().splitlines()[-3:] if console.is_file() else []
+                    raise LabError(f"{node.name}: the container exited while booting; {' | '.join(tail)} (full log: {console})")
+
+            seconds = ssh.wait_ready(node, BOOT_TIMEOUT, still_booting)
+            progress(f"{node.name}: SSH ready ({seconds:.1f} s)")
+
+        with ThreadPoolExecutor(len(nodes)) as pool:
+            for future in [pool.submit(one, node) for node in nodes]:
+                future.result()
+
+    def status(self, lab: LabConfig) -> list[NodeStatus]:
+        return [
+            NodeStatus(spec.name, self.name, "container", str(spec.address),
+                       "running" if self._pids(lab, spec) else "absent",
+                       f"machine {machine_name(lab, spec)}")
+            for spec in lab.nodes
+        ]
+
+    def down(self, lab: LabConfig, progress: Progress) -> Removed:
+        removed = Removed()
+        for spec in lab.nodes:
+            self._remove_node(lab, spec, removed, progress)
+        if host.delete_link(bridge_name(lab)):
+            removed.add(f"bridge {bridge_name(lab)}")
+            progress(f"removed bridge {bridge_name(lab)}")
+        return removed
+
+    def _remove_node(self, lab: LabConfig, spec: NodeSpec, removed: Removed, progress: Progress) -> None:
+        machine = machine_name(lab, spec)
+        for pid in self._pids(lab, spec):
+            killed = host.stop_process(pid, grace=15.0)
+            removed.add(f"container {machine} (pid {pid}{', killed' if killed else ''})")
+            progress(f"stopped container {machine}")
+        # nspawn removes its veth when it exits; one left behind (nspawn killed) is ours to remove
+        veth = f"vb-{machine}"
+        if host.delete_link(veth):
+            removed.add(f"veth {veth}")
+        base = lab.state_dir / "nodes" / spec.name
+        root = base / "root"
+        if host.is_mounted(root):
+            self._unmount(root)
+            removed.add(f"overlay mount {root}")
+        if base.exists():
+            shutil.rmtree(base)
+            removed.add(f"node directory {base}")
+
+    @staticmethod
+    def _unmount(root: Path) -> None:
+        for _ in range(50):
+            if host.run("umount", str(root), check=False).returncode == 0:
+                return
+            time.sleep(0.1)  # the container's last processes may still hold the mount for a moment
+        host.run("umount", "--lazy", str(root))
+
+    def _undo(self, lab: LabConfig, created: list[str]) -> None:
+        for spec in lab.nodes:
+            if spec.name in created:
+                self._remove_node(lab, spec, Removed(), lambda _msg: None)
+        if "bridge" in created:
+            host.delete_link(bridge_name(lab))

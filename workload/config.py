@@ -1,0 +1,101 @@
+"""The config file each service is started with (`python -m workload serve SERVICE --config FILE`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+Service = Literal["agent-a", "agent-b", "tool-db", "tool-synth", "baseline-gateway", "baseline-order", "baseline-shipping"]
+SERVICES: tuple[str, ...] = Service.__args__  # type: ignore[attr-defined]
+DEFAULT_PORTS: dict[str, int] = {
+    "llm": 8000, "agent-a": 8101, "agent-b": 8102, "tool-db": 8201, "tool-synth": 8202,
+    "baseline-gateway": 8301, "baseline-order": 8302, "baseline-shipping": 8303, "postgres": 5432,
+}
+# which peers (by logical name) each service calls
+REQUIRED_PEERS: dict[str, tuple[str, ...]] = {
+    "agent-a": ("tool-db", "agent-b"),
+    "agent-b": ("tool-synth",),
+    "baseline-gateway": ("baseline-order",),
+    "baseline-order": ("baseline-shipping",),
+}
+NEEDS_DB = ("tool-db", "baseline-order", "baseline-shipping")
+NEEDS_LLM = ("agent-a", "agent-b")
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names the field and the fix."""
+
+
+class Timeouts(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    llm_s: float = Field(60.0, gt=0)
+    tool_s: float = Field(20.0, gt=0)
+    agent_s: float = Field(120.0, gt=0)
+    service_s: float = Field(10.0, gt=0)
+    db_s: float = Field(5.0, gt=0)
+    task_s: float = Field(180.0, gt=0)
+
+
+class SynthConfig(BaseModel):
+    """Shape of tool server 2's synthetic work."""
+
+    model_config = ConfigDict(extra="forbid")
+    response_bytes: int = Field(2048, ge=0, le=16 * 1024 * 1024)
+    latency_ms: float = Field(20.0, ge=0, le=60_000)
+    fanout: int = Field(2, ge=0, le=64)
+    # where fan-out calls go; default: this server's own /backend endpoint
+    downstream_url: str | None = None
+
+
+class ServiceConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    node: str = Field(min_length=1)
+    host: str = "127.0.0.1"
+    port: int | None = Field(None, ge=1, le=65535)
+    telemetry_dir: Path = Path("/var/log/lab/telemetry")
+    peers: dict[str, str] = Field(default_factory=dict)
+    db_dsn: str | None = None
+    llm_url: str | None = None  # OpenAI-compatible base URL, e.g. http://llm:8000/v1
+    llm_model: str = "lab-model"
+    synth: SynthConfig = Field(default_factory=SynthConfig)
+    timeouts: Timeouts = Field(default_factory=Timeouts)
+
+    def listen_port(self, service: str) -> int:
+        return self.port or DEFAULT_PORTS[service]
+
+    def check_for(self, service: str) -> None:
+        """Raise ConfigError unless this config has what `service` needs."""
+        missing = [f"peers.{p}" for p in REQUIRED_PEERS.get(service, ()) if p not in self.peers]
+        if service in NEEDS_DB and not self.db_dsn:
+            missing.append("db_dsn")
+        if service in NEEDS_LLM and not self.llm_url:
+            missing.append("llm_url")
+        if missing:
+            raise ConfigError(f"{service} needs {', '.join(missing)} in its config file")
+
+
+def load_config(path: Path, service: str) -> ServiceConfig:
+    if service not in SERVICES:
+        raise ConfigError(f"unknown service {service!r}; choose one of {', '.join(SERVICES)}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        config = ServiceConfig.model_validate(data or {})
+    except (ValueError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: {_first_problem(exc)}") from exc
+    config.check_for(service)
+    return config
+
+
+def _first_problem(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        err = exc.errors()[0]
+        return f"field {'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}"
+    return str(exc).splitlines()[0]

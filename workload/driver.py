@@ -1,0 +1,96 @@
+"""The benchmark driver (runs on the controller): submits tasks of one scenario over HTTP,
+each as a `task` call with its ids in the headers, and returns per-task results."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import httpx
+
+from workload.tasks import Task
+from workload.telemetry import Telemetry, describe_error, lab_http_client
+
+Scenario = Literal["baseline", "simple", "multihop"]
+SCENARIOS: tuple[str, ...] = ("baseline", "simple", "multihop")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """Where tasks enter: the baseline gateway and Agent A (base URLs)."""
+
+    baseline: str = "http://127.0.0.1:8301"
+    agent_a: str = "http://127.0.0.1:8101"
+
+
+@dataclass
+class TaskResult:
+    task_id: str
+    scenario: str
+    ok: bool
+    answer: str | None
+    error: str | None
+    start_ns: int
+    end_ns: int
+    call_id: str
+
+
+def _request(scenario: str, task: Task, entry: Entry) -> tuple[str, str, dict]:
+    """(peer, url, body): the baseline reads the structured task; agents only its words."""
+    if scenario == "baseline":
+        return "baseline-gateway", f"{entry.baseline.rstrip('/')}/task", task.model_dump(exclude={"expected"})
+    return "agent-a", f"{entry.agent_a.rstrip('/')}/task", {"task_id": task.task_id, "text": task.text,
+                                                              "scenario": scenario}
+
+
+async def _submit(client: httpx.AsyncClient, telemetry: Telemetry, scenario: str, task: Task, entry: Entry,
+                  timeout_s: float) -> TaskResult:
+    peer, url, body = _request(scenario, task, entry)
+    answer, error = None, None
+    start = time.time_ns()
+    try:
+        async with telemetry.call("task", peer, "POST /task", task_id=task.task_id) as call:
+            try:
+                response = await asyncio.wait_for(client.post(url, json=body), timeout_s)
+                data = response.json()
+            except (httpx.HTTPError, ValueError, TimeoutError) as exc:
+                raise RuntimeError(f"{peer}: {describe_error(exc)}") from exc
+            if response.status_code != 200 or not data.get("ok"):
+                raise RuntimeError(data.get("error") or f"{peer}: HTTP {response.status_code}")
+            answer = data.get("answer")
+    except RuntimeError as exc:
+        error = str(exc)
+    return TaskResult(task.task_id, scenario, error is None, answer, error, start, time.time_ns(), call.call_id)
+
+
+async def run_tasks(scenario: Scenario, tasks: list[Task], entry: Entry, concurrency: int = 1,
+                    telemetry_dir: Path = Path("telemetry"), node: str = "controller",
+                    timeout_s: float = 300.0) -> list[TaskResult]:
+    """Submit every task (at most `concurrency` at once); results in task order.
+
+    Writes the driver's own events to `<telemetry_dir>/driver.jsonl`."""
+    if scenario not in SCENARIOS:
+        raise ValueError(f"unknown scenario {scenario!r}; choose one of {', '.join(SCENARIOS)}")
+    if concurrency < 1:
+        raise ValueError("concurrency must be at least 1")
+    telemetry = Telemetry(node, "driver", None, telemetry_dir)
+    slots = asyncio.Semaphore(concurrency)
+
+    async def one(client: httpx.AsyncClient, task: Task) -> TaskResult:
+        async with slots:
+            return await _submit(client, telemetry, scenario, task, entry, timeout_s)
+
+    try:
+        async with lab_http_client(timeout_s) as client:
+            return list(await asyncio.gather(*(one(client, t) for t in tasks)))
+    finally:
+        telemetry.writer.close()
+
+
+def run(scenario: Scenario, tasks: list[Task], entry: Entry, concurrency: int = 1,
+        telemetry_dir: Path = Path("telemetry"), node: str = "controller", timeout_s: float = 300.0) -> list[TaskResult]:
+    """Synchronous wrapper of `run_tasks` for the experiment controller."""
+    return asyncio.run(run_tasks(scenario, tasks, entry, concurrency, telemetry_dir, node, timeout_s))

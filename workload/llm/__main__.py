@@ -1,0 +1,83 @@
+"""`python -m workload.llm serve --model PATH_OR_NAME --host H --port P`
+and `python -m workload.llm materialise --model NAME` (prints path and sha256)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from workload.llm import DEFAULT_MODEL, ModelError, materialise, sha256_of
+
+SERVED_NAME = "lab-model"
+
+
+def has_gpu() -> bool:
+    return Path("/dev/nvidia0").exists() or shutil.which("nvidia-smi") is not None
+
+
+def vllm_argv(model: str, host: str, port: int, served_name: str) -> list[str]:
+    """vLLM's OpenAI-compatible server with tool calling enabled."""
+    return ["vllm", "serve", model, "--host", host, "--port", str(port), "--served-model-name", served_name,
+            "--enable-auto-tool-choice", "--tool-call-parser", "llama3_json"]
+
+
+def serve_cpu(model_path: Path, host: str, port: int, threads: int, ctx: int, parallel: int, served_name: str) -> None:
+    """Run llama.cpp's OpenAI-compatible server (xllamacpp) until SIGTERM/SIGINT."""
+    import xllamacpp
+
+    params = xllamacpp.CommonParams()
+    params.model.path = str(model_path)
+    params.hostnames = [host]
+    params.port = port
+    params.cpuparams.n_threads = threads
+    params.cpuparams_batch.n_threads = threads
+    params.n_ctx = ctx * parallel
+    params.n_parallel = parallel
+    params.model_alias = {served_name}
+    server = xllamacpp.Server(params)
+    print(f"llm: serving {model_path} as {served_name!r} at {server.listening_address}", flush=True)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m workload.llm")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the LLM server")
+    serve.add_argument("--model", default=DEFAULT_MODEL, help="GGUF path, shipped model name, or (vLLM) model dir/id")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--backend", choices=["auto", "cpu", "vllm"], default="auto")
+    serve.add_argument("--threads", type=int, default=2)
+    serve.add_argument("--ctx", type=int, default=4096, help="context tokens per parallel slot")
+    serve.add_argument("--parallel", type=int, default=2)
+    serve.add_argument("--served-name", default=SERVED_NAME)
+    mat = sub.add_parser("materialise", help="join a shipped model into the cache; print path and sha256")
+    mat.add_argument("--model", default=DEFAULT_MODEL)
+    mat.add_argument("--cache-dir", type=Path)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "materialise":
+            path = materialise(args.model, args.cache_dir)
+            print(f"{path} sha256={sha256_of(path)}")
+        elif args.backend == "vllm" or (args.backend == "auto" and has_gpu()):
+            argv_ = vllm_argv(args.model, args.host, args.port, args.served_name)
+            os.execvp(argv_[0], argv_)
+        else:
+            serve_cpu(materialise(args.model), args.host, args.port, args.threads, args.ctx, args.parallel,
+                      args.served_name)
+    except (ModelError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

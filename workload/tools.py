@@ -1,0 +1,125 @@
+"""The two MCP tool servers (streamable HTTP, official `mcp` SDK), both on `agent-b`.
+
+tool-db: query tools over the PostgreSQL database. tool-synth: a synthetic microservice
+whose response size, latency and downstream fan-out come from the config (`synth`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from typing import Annotated, Any
+
+from mcp.server.fastmcp import Context, FastMCP
+from mcp.server.fastmcp.exceptions import ToolError
+from mcp.server.transport_security import TransportSecuritySettings
+from pydantic import Field
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from workload.config import ServiceConfig
+from workload.db import Database
+from workload.tasks import CUSTOMER_ID_PATTERN, ORDER_ID_PATTERN
+from workload.telemetry import Telemetry, context_from_headers, lab_http_client, set_context
+from workload.web import health_endpoint
+
+OrderId = Annotated[str, Field(pattern=ORDER_ID_PATTERN, description="order id such as ORD-00042")]
+CustomerId = Annotated[str, Field(pattern=CUSTOMER_ID_PATTERN, description="customer id such as C-0007")]
+
+
+def new_mcp(name: str, instructions: str) -> FastMCP:
+    """A stateless FastMCP server answering plain JSON (one POST per JSON-RPC message).
+
+    Hosts are not restricted: nodes are reached by lab addresses, not localhost."""
+    return FastMCP(name, instructions=instructions, stateless_http=True, json_response=True,
+                   streamable_http_path="/mcp", log_level="WARNING",
+                   transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False))
+
+
+def adopt_caller_context(ctx: Context) -> None:
+    """Make the ids of the HTTP request that carried this MCP call the current context."""
+    request = ctx.request_context.request
+    if request is not None:
+        set_context(context_from_headers(request.headers))
+
+
+def build_tool_db(config: ServiceConfig, telemetry: Telemetry) -> Any:
+    assert config.db_dsn is not None
+    db = Database(config.db_dsn, telemetry, config.timeouts.db_s)
+    mcp = new_mcp("tool-db", "Order, shipment and customer records from the shop database.")
+
+    async def lookup(ctx: Context, query: str, key: str) -> dict[str, Any]:
+        adopt_caller_context(ctx)
+        row = await db.fetch_one(query, key)
+        if row is None:
+            raise ToolError(f"{key} not found")
+        return row
+
+    @mcp.tool()
+    async def get_order(order_id: OrderId, ctx: Context) -> dict[str, Any]:
+        """Look up an order: its status (pending, paid, shipped, delivered, cancelled), customer, item, quantity and total amount."""
+        return await lookup(ctx, "get_order", order_id)
+
+    @mcp.tool()
+    async def get_shipment(order_id: OrderId, ctx: Context) -> dict[str, Any]:
+        """Look up the shipment of an order: carrier, tracking number, delivery status and estimated delivery date (eta)."""
+        return await lookup(ctx, "get_shipment", order_id)
+
+    @mcp.tool()
+    async def get_customer(customer_id: CustomerId, ctx: Context) -> dict[str, Any]:
+        """Look up a customer by customer id: name, email and city."""
+        return await lookup(ctx, "get_customer", customer_id)
+
+    mcp.custom_route("/healthz", methods=["GET"])(health_endpoint("tool-db", config, db.problem))
+    return mcp.streamable_http_app()
+
+
+def _synthetic(seed: str, size: int) -> dict[str, Any]:
+    """Deterministic filler data for `seed`, padded to about `size` bytes of JSON."""
+    digest = hashlib.sha256(seed.encode()).hexdigest()
+    body: dict[str, Any] = {"ref": seed, "hub": f"HUB-{int(digest[:4], 16) % 97:02d}",
+                            "delay_risk": round(int(digest[4:8], 16) / 0xFFFF, 3)}
+    padding = max(0, size - len(json.dumps(body)) - 16)
+    body["padding"] = (digest * (padding // len(digest) + 1))[:padding]
+    return body
+
+
+def build_tool_synth(config: ServiceConfig, telemetry: Telemetry) -> Any:
+    synth = config.synth
+    downstream = synth.downstream_url or f"http://127.0.0.1:{config.listen_port('tool-synth')}/backend"
+    client = lab_http_client(config.timeouts.service_s)
+    mcp = new_mcp("tool-synth", "A synthetic carrier microservice with configurable size, latency and fan-out.")
+
+    async def fan_out(ref: str) -> list[dict[str, Any]]:
+        async def one(i: int) -> dict[str, Any]:
+            async with telemetry.call("service", "synth-backend", "GET /backend"):
+                response = await client.get(downstream, params={"ref": f"{ref}/{i}"})
+                response.raise_for_status()
+                return response.json()
+        return list(await asyncio.gather(*(one(i) for i in range(synth.fanout))))
+
+    async def work(ctx: Context, ref: str) -> dict[str, Any]:
+        adopt_caller_context(ctx)
+        await asyncio.sleep(synth.latency_ms / 1000)
+        parts = await fan_out(ref)
+        body = _synthetic(ref, synth.response_bytes)
+        body["backends"] = [p["hub"] for p in parts]
+        return body
+
+    @mcp.tool()
+    async def track_parcel(tracking_no: Annotated[str, Field(min_length=1, max_length=64)], ctx: Context) -> dict[str, Any]:
+        """Track a parcel by its tracking number: the hub it was last scanned at and its delay risk."""
+        return await work(ctx, f"parcel:{tracking_no}")
+
+    @mcp.tool()
+    async def carrier_status(carrier: Annotated[str, Field(min_length=1, max_length=64)], ctx: Context) -> dict[str, Any]:
+        """Current service status of a carrier (DHL, UPS, FedEx, PostNL, GLS): busiest hub and delay risk."""
+        return await work(ctx, f"carrier:{carrier}")
+
+    async def backend(request: Request) -> JSONResponse:
+        return JSONResponse(_synthetic(request.query_params.get("ref", ""), 256))
+
+    mcp.custom_route("/backend", methods=["GET"])(backend)
+    mcp.custom_route("/healthz", methods=["GET"])(health_endpoint("tool-synth", config))
+    return mcp.streamable_http_app()
