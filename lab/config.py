@@ -51,6 +51,11 @@ class NodeSpec(Model):
     disk_gb: int = Field(default=8, ge=2)
     gpu: GPU | None = None
     libvirt_uri: str = "qemu:///system"
+    """libvirt only: the host this node's VM runs on, e.g. qemu+ssh://host2/system."""
+    hugepages: bool = False
+    """libvirt only: back the VM's memory with host hugepages (reserve them first: sysctl vm.nr_hugepages)."""
+    lock_memory: bool = False
+    """libvirt only: lock the VM's memory in host RAM so it is never swapped."""
 
     @field_validator("name")
     @classmethod
@@ -103,6 +108,8 @@ class LabConfig(Model):
     provider: Literal["auto", "libvirt", "nspawn"] = "auto"
     accelerator: Literal["auto", "kvm", "tcg"] = "auto"
     ssh_user: str = "admin"
+    boot_timeout_s: float = Field(default=180.0, gt=0)
+    """How long `lab up` waits for each node to answer SSH before it gives up and cleans up."""
     network: Network = Network()
     image: Image = Image()
     llm: LLM = LLM()

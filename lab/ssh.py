@@ -52,8 +52,8 @@ def ssh_argv(node: Node, known_hosts: Path, command: list[str] | None = None) ->
     return argv
 
 
-def run(node: Node, command: str, timeout: float = 60.0) -> tuple[int, str, str]:
-    with client(node) as ssh:
+def run(node: Node, command: str, timeout: float = 60.0, connect_timeout: float = 10.0) -> tuple[int, str, str]:
+    with client(node, connect_timeout) as ssh:
         _, stdout, stderr = ssh.exec_command(command, timeout=timeout)
         code = stdout.channel.recv_exit_status()
         return code, stdout.read().decode(), stderr.read().decode()
@@ -66,9 +66,9 @@ def wait_ready(node: Node, timeout: float, still_booting=lambda: None) -> float:
     """
     started = time.monotonic()
     last_error = "no answer"
-    while time.monotonic() - started < timeout:
+    while (left := timeout - (time.monotonic() - started)) > 0:
         try:
-            code, _, err = run(node, "true", timeout=10)
+            code, _, err = run(node, "true", timeout=10, connect_timeout=min(10.0, max(left, 0.1)))
             if code == 0:
                 return time.monotonic() - started
             last_error = f"`true` exited {code}: {err.strip()}"

@@ -32,8 +32,8 @@ def ensure_bridge(name: str, address: str) -> bool:
     created = not link_exists(name)
     if created:
         run("ip", "link", "add", name, "type", "bridge")
-    addresses = run("ip", "-o", "-4", "addr", "show", "dev", name).stdout
-    if f" {address} " not in addresses.replace("/", " "):
+    assigned = [line.split()[3] for line in run("ip", "-o", "-4", "addr", "show", "dev", name).stdout.splitlines()]
+    if address not in assigned:
         run("ip", "addr", "add", address, "dev", name)
     run("ip", "link", "set", name, "up")
     return created

@@ -25,7 +25,6 @@ from vms.seed import make_seed
 # Probes need bpf() and perf_event_open() and to read kernel memory; nspawn drops these by default.
 CAPABILITIES = "CAP_SYS_ADMIN,CAP_BPF,CAP_PERFMON,CAP_NET_ADMIN,CAP_SYS_RESOURCE,CAP_SYS_PTRACE,CAP_IPC_LOCK"
 SYSCALLS = "bpf perf_event_open"
-BOOT_TIMEOUT = 120.0
 
 
 def bridge_name(lab: LabConfig) -> str:
@@ -120,7 +119,7 @@ class NspawnProvider:
                     tail = console.read_text(errors="replace").strip().splitlines()[-3:] if console.is_file() else []
                     raise LabError(f"{node.name}: the container exited while booting; {' | '.join(tail)} (full log: {console})")
 
-            seconds = ssh.wait_ready(node, BOOT_TIMEOUT, still_booting)
+            seconds = ssh.wait_ready(node, lab.boot_timeout_s, still_booting)
             progress(f"{node.name}: SSH ready ({seconds:.1f} s)")
 
         with ThreadPoolExecutor(len(nodes)) as pool:

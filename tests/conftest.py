@@ -1,0 +1,51 @@
+"""Shared fixtures: the node image is built once per test session (cached by recipe hash)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def node_image():
+    from lab.config import Image
+    from vms import image
+
+    built, _ = image.build(Image(), log=lambda _msg: None)
+    return built
+
+
+def write_lab(directory: Path, name: str, subnet_prefix: str, **overrides) -> Path:
+    """A lab.yaml of three nodes in `directory` with its own name and subnet, so tests never meet the user's lab."""
+    config = {
+        "name": name,
+        "network": {"subnet": f"{subnet_prefix}.0/24"},
+        "nodes": [
+            {"name": "agent-a", "groups": ["agents"], "address": f"{subnet_prefix}.11"},
+            {"name": "agent-b", "groups": ["agents", "tools"], "address": f"{subnet_prefix}.12"},
+            {"name": "llm", "groups": ["llm"], "address": f"{subnet_prefix}.13"},
+        ],
+        **overrides,
+    }
+    path = directory / "lab.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def lab_cli(config: Path, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """Run the real command line (`python -m lab --config CONFIG ...`)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "lab", "--config", str(config), *args],
+        capture_output=True, text=True, timeout=timeout, cwd=config.parent,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"lab {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+    return result

@@ -1,0 +1,132 @@
+"""The lab spine end to end on real systemd-nspawn containers: up, SSH with pinned keys,
+traffic across the lab bridge, idempotency, teardown leaving nothing, a failed up cleaning up."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import lab_cli, write_lab
+from vms import host
+
+pytestmark = pytest.mark.integration
+
+NAME = "tn"
+PREFIX = "10.79.0"
+NODES = ("agent-a", "agent-b", "llm")
+
+
+def leftovers(config: Path, name: str) -> list[str]:
+    found = [f"process {pid}" for pid in host.processes_with("systemd-nspawn") if _is_ours(pid, name)]
+    found += [f"link {link.name}" for link in Path("/sys/class/net").iterdir() if link.name.startswith((f"{name}-", f"vb-{name}-"))]
+    with open("/proc/self/mounts") as mounts:
+        found += [f"mount {line.split()[1]}" for line in mounts if str(config.parent) in line.split()[1]]
+    state = config.parent / ".lab"
+    if state.exists():
+        found.append(f"state dir {state}")
+    if (config.parent / "inventory" / "hosts.yml").exists():
+        found.append("inventory/hosts.yml")
+    return found
+
+
+def _is_ours(pid: int, name: str) -> bool:
+    try:
+        return f"--machine={name}-".encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory, node_image):
+    config = write_lab(tmp_path_factory.mktemp("nspawn"), NAME, PREFIX, provider="nspawn")
+    result = lab_cli(config, "up")
+    yield config, result
+    lab_cli(config, "teardown", check=False)
+
+
+def test_up_reports_and_writes_state_inventory_known_hosts(lab):
+    config, result = lab
+    assert "is up" in result.stdout and "nspawn (container)" in result.stdout
+    state = json.loads((config.parent / ".lab" / "state.json").read_text())
+    assert state["provider"] == "nspawn" and state["accelerator"] == "container"
+    assert [n["name"] for n in state["nodes"]] == list(NODES)
+    inventory = (config.parent / "inventory" / "hosts.yml").read_text()
+    assert "never edit by hand" in inventory and f"{PREFIX}.12" in inventory
+    known = (config.parent / ".lab" / "known_hosts").read_text().splitlines()
+    assert len(known) == 3 and all(" ssh-ed25519 " in line for line in known)
+
+
+def test_each_node_answers_ssh_with_its_pinned_key(lab):
+    config, _ = lab
+    for node in NODES:
+        result = lab_cli(config, "ssh", node, "--", "hostname")
+        assert result.stdout.strip() == node
+        assert "Warning: Permanently added" not in result.stderr  # the key was known before first contact
+    assert lab_cli(config, "ssh", "agent-a", "--", "exit", "7", check=False).returncode == 7
+
+
+def test_host_keys_are_the_ones_the_lab_generated(lab):
+    config, _ = lab
+    pinned = (config.parent / ".lab" / "nodes" / "agent-b" / "ssh_host_ed25519_key.pub").read_text().split()[1]
+    import subprocess
+
+    scan = subprocess.run(["ssh-keyscan", "-t", "ed25519", f"{PREFIX}.12"], capture_output=True, text=True, timeout=30)
+    served = scan.stdout.split()[2]
+    assert served == pinned
+
+
+def test_node_to_node_traffic_crosses_the_lab_bridge(lab):
+    config, _ = lab
+    veth = Path(f"/sys/class/net/vb-{NAME}-agent-a/statistics/rx_bytes")  # host side: what agent-a sent
+    assert Path(f"/sys/class/net/vb-{NAME}-agent-a/master").resolve().name == f"{NAME}-br"
+    before = int(veth.read_text())
+    payload = 2_000_000
+    listener = f"python3 -c 'import socket;s=socket.create_server((\"{PREFIX}.12\",9099));c,_=s.accept();n=0\nwhile (b:=c.recv(65536)): n+=len(b)\nprint(n)'"
+    sender = f"sleep 1; python3 -c 'import socket;c=socket.create_connection((\"{PREFIX}.12\",9099));c.sendall(bytes({payload}));c.close()'"
+    import subprocess
+    import sys
+
+    receive = subprocess.Popen([sys.executable, "-m", "lab", "--config", str(config), "ssh", "agent-b", "--", listener],
+                               stdout=subprocess.PIPE, text=True, cwd=config.parent)
+    lab_cli(config, "ssh", "agent-a", "--", sender)
+    received, _ = receive.communicate(timeout=60)
+    assert int(received.strip()) == payload
+    assert int(veth.read_text()) - before >= payload
+
+
+def test_containers_can_attach_ebpf_tracepoints(lab):
+    config, _ = lab
+    program = "tracepoint:sock:inet_sock_set_state { @n = count(); } interval:s:1 { exit(); }"
+    result = lab_cli(config, "ssh", "llm", "--", "sudo", "bpftrace", "-e", f"'{program}'", check=False)
+    assert result.returncode == 0, result.stderr
+    assert "Attaching 2 probes" in result.stdout
+
+
+def test_second_up_is_idempotent(lab):
+    config, _ = lab
+    keys_before = (config.parent / ".lab" / "known_hosts").read_text()
+    result = lab_cli(config, "up")
+    assert result.stdout.count("already running") == 3
+    assert (config.parent / ".lab" / "known_hosts").read_text() == keys_before
+    assert lab_cli(config, "status").stdout.count("running") == 3
+
+
+def test_teardown_leaves_nothing_and_twice_is_a_no_op(lab):
+    config, _ = lab
+    result = lab_cli(config, "teardown")
+    assert "container tn-agent-a" in result.stdout and "bridge tn-br" in result.stdout
+    assert leftovers(config, NAME) == []
+    assert "nothing to remove" in lab_cli(config, "teardown").stdout
+
+
+def test_a_failed_up_cleans_up_what_it_created(tmp_path, node_image):
+    config = write_lab(tmp_path, "tf", "10.80.0", provider="nspawn", boot_timeout_s=0.2)
+    result = lab_cli(config, "up", check=False)
+    assert result.returncode == 1
+    assert "did not answer SSH" in result.stderr and "Traceback" not in result.stderr
+    assert [item for item in leftovers(config, "tf") if not item.startswith("state dir")] == []
+    assert (config.parent / ".lab" / "logs").is_dir()  # console logs stay to show why
+    lab_cli(config, "teardown")
+    assert leftovers(config, "tf") == []

@@ -1,0 +1,56 @@
+"""The command line: one-line errors without tracebacks, and honest placeholders."""
+
+from __future__ import annotations
+
+from tests.conftest import REPO, lab_cli, write_lab
+
+
+def test_bad_config_is_one_line_without_traceback(tmp_path):
+    config = write_lab(tmp_path, "cli", "10.90.0")
+    config.write_text(config.read_text().replace("address: 10.90.0.12", "address: 10.90.0.300"))
+    result = lab_cli(config, "status", check=False)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr
+    assert "nodes[1].address" in lines[0]
+
+
+def test_missing_config_names_the_file(tmp_path):
+    result = lab_cli(tmp_path / "absent.yaml", "up", check=False)
+    assert result.returncode == 1
+    assert "absent.yaml: no such file" in result.stderr
+
+
+def test_status_of_a_lab_that_is_not_up(tmp_path):
+    config = write_lab(tmp_path, "cli", "10.90.0", provider="nspawn")
+    result = lab_cli(config, "status")
+    assert "not up" in result.stdout
+    assert result.stdout.count("absent") == 3
+
+
+def test_ssh_to_a_lab_that_is_not_up(tmp_path):
+    config = write_lab(tmp_path, "cli", "10.90.0")
+    result = lab_cli(config, "ssh", "agent-a", check=False)
+    assert result.returncode == 1 and "run `lab up` first" in result.stderr
+
+
+def test_unknown_provider_option(tmp_path):
+    config = write_lab(tmp_path, "cli", "10.90.0")
+    result = lab_cli(config, "up", "--provider", "docker", check=False)
+    assert result.returncode == 1 and "unknown provider" in result.stderr
+
+
+def test_teardown_of_nothing_is_a_no_op(tmp_path):
+    config = write_lab(tmp_path, "cli", "10.90.0", provider="nspawn")
+    assert "nothing to remove" in lab_cli(config, "teardown").stdout
+
+
+def test_python_dash_m_and_console_script_are_one_program():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    via_module = lab_cli(REPO / "lab.yaml", "--help").stdout
+    script = Path(sys.executable).parent / "lab"
+    via_script = subprocess.run([str(script), "--help"], capture_output=True, text=True, cwd=REPO, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"}).stdout
+    assert "teardown" in via_module and via_module == via_script
