@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# One command for a fresh Debian/Ubuntu host (run as root):
+#   ./setup.sh        install what the lab needs, build the node image, bring the lab up
+#   ./setup.sh test   install the same, then run the whole test suite (python -m pytest)
+set -euo pipefail
+cd "$(dirname "$0")"
+mode=${1:-main}
+case "$mode" in main|test|install) ;; *) echo "usage: $0 [main|test|install]" >&2; exit 2 ;; esac
+[ "$(id -u)" -eq 0 ] || { echo "setup.sh needs root (bridges, containers, VMs, eBPF): run it with sudo" >&2; exit 1; }
+
+APT_PACKAGES=(
+  # the node image and the nspawn provider
+  mmdebstrap systemd-container iproute2 openssh-client e2fsprogs
+  # the libvirt provider
+  libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils
+  libvirt-dev pkg-config gcc libxml2-utils genisoimage dosfstools mtools
+  # probes and captures on the host (tests run the collectors here too)
+  bpftrace libbpf-tools bpfcc-tools python3-bpfcc tcpdump nftables
+  # the workload's database, for tests on loopback
+  postgresql
+  python3-venv python3-dev
+)
+
+missing=()
+for package in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "==> apt: installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  echo "==> python: creating .venv"
+  python3 -m venv .venv
+fi
+stamp=.venv/.installed-$(cat pyproject.toml | sha256sum | cut -c1-16)
+if [ ! -f "$stamp" ]; then
+  echo "==> python: installing the project and its dependencies into .venv"
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q -e '.[workload,test]'
+  rm -f .venv/.installed-*
+  touch "$stamp"
+fi
+
+case "$mode" in
+  install) ;;
+  main)
+    .venv/bin/lab image build
+    .venv/bin/lab up
+    ;;
+  test)
+    .venv/bin/python -m pytest -v -p no:cacheprovider
+    ;;
+esac
