@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import IO
 
 from collectors.clock import ClockOffset
-from collectors.sources import Parser, ParseError
+from collectors.sources import ParseError, Parser
 from collectors.status import EXITED, FAILED, RUNNING, STOPPED, ProbeStatus, StatusFile
 
 PR_SET_PDEATHSIG = 1
@@ -56,8 +56,14 @@ class Child:
 
     capture_stdout = True
 
-    def __init__(self, status: ProbeStatus, argv: list[str], log_path: Path,
-                 status_file: StatusFile, env: dict[str, str] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        status: ProbeStatus,
+        argv: list[str],
+        log_path: Path,
+        status_file: StatusFile,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.status = status
         self.argv = argv
         self.env = env
@@ -74,24 +80,36 @@ class Child:
     def spawn(self) -> None:
         """Start the process. Call from the main thread before any reader thread runs:
         the parent-death signal is tied to the thread that forks."""
-        self._proc = subprocess.Popen(
-            self.argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE if self.capture_stdout else subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            bufsize=1,
-            env=self.env,
-            start_new_session=True,  # a Ctrl-C meant for the runner must not reach probes
-            preexec_fn=_die_with_parent,
-        )
+        try:
+            self._proc = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE if self.capture_stdout else subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+                bufsize=1,
+                env=self.env,
+                start_new_session=True,  # a Ctrl-C meant for the runner must not reach probes
+                preexec_fn=_die_with_parent,
+            )
+        except OSError as e:
+            with self.status_file.lock:
+                self.status.argv = self.argv
+                self.status.state = FAILED
+                self.status.attach_error = f"cannot start {self.argv[0]}: {e.strerror}"
+            self.close()
+            return
         with self.status_file.lock:
             self.status.argv = self.argv
             self.status.pid = self._proc.pid
         self.status_file.touch()
 
     def start_readers(self) -> None:
-        self._supervisor = threading.Thread(target=self._supervise, name=self.status.probe)
+        if self._proc is None:
+            return
+        self._supervisor = threading.Thread(
+            target=self._supervise, name=self.status.probe, daemon=True
+        )
         self._supervisor.start()
 
     def request_stop(self) -> None:
@@ -112,9 +130,10 @@ class Child:
 
     def _supervise(self) -> None:
         assert self._proc is not None
-        readers = [threading.Thread(target=self._read, args=(self._proc.stderr, self.on_stderr))]
+        streams = [(self._proc.stderr, self.on_stderr)]
         if self.capture_stdout:
-            readers.append(threading.Thread(target=self._read, args=(self._proc.stdout, self.on_stdout)))
+            streams.append((self._proc.stdout, self.on_stdout))
+        readers = [threading.Thread(target=self._read, args=s, daemon=True) for s in streams]
         for reader in readers:
             reader.start()
         for reader in readers:
@@ -169,9 +188,16 @@ class Child:
 class BpftraceChild(Child):
     """bpftrace running one of programs.py: READY line, E lines, "Lost N events"."""
 
-    def __init__(self, status: ProbeStatus, argv: list[str], log_path: Path,
-                 status_file: StatusFile, parse: Parser, tags: RecordTags,
-                 out_path: Path) -> None:  # fmt: skip
+    def __init__(
+        self,
+        status: ProbeStatus,
+        argv: list[str],
+        log_path: Path,
+        status_file: StatusFile,
+        parse: Parser,
+        tags: RecordTags,
+        out_path: Path,
+    ) -> None:
         env = dict(os.environ, BPFTRACE_MAP_KEYS_MAX="65536")
         super().__init__(status, argv, log_path, status_file, env)
         self.parse = parse
@@ -199,9 +225,14 @@ class BpftraceChild(Child):
             return
         record: dict[str, object] = {
             "ts_ns": self.tags.clock.to_wall(event.mono_ns),
-            "node": self.tags.node, "run_id": self.tags.run_id, "probe": self.tags.probe,
-            "saddr": event.saddr, "sport": event.sport, "daddr": event.daddr, "dport": event.dport,
-        }  # fmt: skip
+            "node": self.tags.node,
+            "run_id": self.tags.run_id,
+            "probe": self.tags.probe,
+            "saddr": event.saddr,
+            "sport": event.sport,
+            "daddr": event.daddr,
+            "dport": event.dport,
+        }
         for name, value in event.fields.items():
             is_mono = name in event.mono_fields and isinstance(value, int)
             record[name] = self.tags.clock.to_wall(value) if is_mono else value  # type: ignore[arg-type]
@@ -221,7 +252,7 @@ class TcpdumpChild(Child):
 
     def on_stderr(self, line: str) -> None:
         super().on_stderr(line)
-        if line.startswith("listening on"):
+        if "listening on" in line:
             self.mark_started()
         elif captured := TCPDUMP_CAPTURED.search(line):
             self.status.packets = int(captured.group(1))

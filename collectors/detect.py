@@ -96,7 +96,9 @@ def detect_kprobes(tracefs: Path | None) -> Kprobes:
     if events is None or not events.exists():
         if KPROBE_PMU.exists():
             return Kprobes(True, "kprobe PMU present (perf_event_open), not test-attached")
-        return Kprobes(False, "kernel has no kprobe support: no kprobe_events in tracefs, no kprobe PMU")
+        return Kprobes(
+            False, "kernel has no kprobe support: no kprobe_events in tracefs, no kprobe PMU"
+        )
     name = f"collectors_test_{os.getpid()}"
     try:
         with events.open("a") as f:

@@ -37,7 +37,10 @@ _SET_STATE = (
 #              time-wait successor) processed the peer's FIN: ESTABLISHED->CLOSE_WAIT,
 #              FIN_WAIT1->CLOSING, or FIN_WAIT2->CLOSE without first being handed to a
 #              time-wait socket (FIN_WAIT2->FIN_WAIT2).
-LIFETIME = READY + _SET_STATE + f"""{{
+LIFETIME = (
+    READY
+    + _SET_STATE
+    + f"""{{
   $k = (uint64)args->skaddr;
   if (args->newstate >= {ESTABLISHED} && args->newstate <= {SYN_RECV} && @birth[$k] == 0) {{
     @birth[$k] = nsecs;
@@ -69,17 +72,25 @@ LIFETIME = READY + _SET_STATE + f"""{{
 }}
 END {{ clear(@birth); clear(@pid); clear(@comm); clear(@fin); clear(@tw); }}
 """
+)
 
 # Every TCP state transition of this namespace's sockets.
-STATE = READY + _SET_STATE + """{
+STATE = (
+    READY
+    + _SET_STATE
+    + """{
   printf("E %llu %s %d %s %d %d %d\\n", nsecs, ntop(args->saddr_v6), args->sport,
          ntop(args->daddr_v6), args->dport, args->oldstate, args->newstate);
 }
 """
+)
 
 # Active connects (SYN_SENT -> ESTABLISHED, with the pid/comm that called connect()) and
 # passive accepts (SYN_RECV -> ESTABLISHED, in softirq: no meaningful pid).
-CONNECT = READY + _SET_STATE + f"""{{
+CONNECT = (
+    READY
+    + _SET_STATE
+    + f"""{{
   $k = (uint64)args->skaddr;
   if (args->newstate == {SYN_SENT}) {{
     @pid[$k] = pid;
@@ -99,6 +110,7 @@ CONNECT = READY + _SET_STATE + f"""{{
 }}
 END {{ clear(@pid); clear(@comm); }}
 """
+)
 
 # RTT samples, rate limited twice so a bulk transfer cannot flood the node: `$2` is the
 # minimum interval between two samples of one socket (ns), `$3` the most samples per second
@@ -120,23 +132,35 @@ END {{ clear(@last); clear(@sampled); }}
 """
 
 # tcp:tcp_probe carries skaddr since Linux 6.10; srtt there is already in microseconds.
-RTT_TRACEPOINT = READY + """tracepoint:tcp:tcp_probe
-/""" + _NETNS.format(sk="args->skaddr") + """/
+RTT_TRACEPOINT = (
+    READY
+    + """tracepoint:tcp:tcp_probe
+/"""
+    + _NETNS.format(sk="args->skaddr")
+    + """/
 {
   $k = (uint64)args->skaddr;
   if (nsecs - @last[$k] >= $2 && @sampled < $3) {
       @last[$k] = nsecs;
       @sampled = @sampled + 1;
-      $sk = (struct sock *)args->skaddr;""" + _RTT_EMIT.format(
-    sport="args->sport", dport="args->dport", srtt="args->srtt", cwnd="args->snd_cwnd"
-) + """  }
+      $sk = (struct sock *)args->skaddr;"""
+    + _RTT_EMIT.format(
+        sport="args->sport", dport="args->dport", srtt="args->srtt", cwnd="args->snd_cwnd"
+    )
+    + """  }
 }
-""" + _RTT_FORGET
+"""
+    + _RTT_FORGET
+)
 
 # Older kernels (Debian bookworm's 6.1): the same sample from tcp_rcv_established(), where
 # tcp_probe is called, through a kprobe.
-RTT_KPROBE = READY + """kprobe:tcp_rcv_established
-/""" + _NETNS.format(sk="arg0") + """/
+RTT_KPROBE = (
+    READY
+    + """kprobe:tcp_rcv_established
+/"""
+    + _NETNS.format(sk="arg0")
+    + """/
 {
   $k = (uint64)arg0;
   if (nsecs - @last[$k] >= $2 && @sampled < $3) {
@@ -144,19 +168,28 @@ RTT_KPROBE = READY + """kprobe:tcp_rcv_established
       @sampled = @sampled + 1;
       $sk = (struct sock *)arg0;
       $tp = (struct tcp_sock *)arg0;
-      $dp = $sk->__sk_common.skc_dport;""" + _RTT_EMIT.format(
-    sport="$sk->__sk_common.skc_num",
-    dport="(($dp >> 8) | (($dp << 8) & 0xff00))",
-    srtt="$tp->srtt_us >> 3",
-    cwnd="$tp->snd_cwnd",
-) + """  }
+      $dp = $sk->__sk_common.skc_dport;"""
+    + _RTT_EMIT.format(
+        sport="$sk->__sk_common.skc_num",
+        dport="(($dp >> 8) | (($dp << 8) & 0xff00))",
+        srtt="$tp->srtt_us >> 3",
+        cwnd="$tp->snd_cwnd",
+    )
+    + """  }
 }
-""" + _RTT_FORGET
+"""
+    + _RTT_FORGET
+)
 
-RETRANS = READY + """tracepoint:tcp:tcp_retransmit_skb
-/""" + _NETNS.format(sk="args->skaddr") + """/
+RETRANS = (
+    READY
+    + """tracepoint:tcp:tcp_retransmit_skb
+/"""
+    + _NETNS.format(sk="args->skaddr")
+    + """/
 {
   printf("E %llu %s %d %s %d %d\\n", nsecs, ntop(args->saddr_v6), args->sport,
          ntop(args->daddr_v6), args->dport, args->state);
 }
 """
+)

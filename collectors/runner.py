@@ -71,14 +71,17 @@ class Runner:
                 pid=os.getpid(),
                 netns_inode=config.netns_inode,
                 config=config_dict(config),
-                clock={"mono_to_realtime_offset_ns": self.offset.offset_ns,
-                       "uncertainty_ns": self.offset.uncertainty_ns,
-                       "measured_at_ns": self.offset.measured_at_ns},  # fmt: skip
+                clock={
+                    "mono_to_realtime_offset_ns": self.offset.offset_ns,
+                    "uncertainty_ns": self.offset.uncertainty_ns,
+                    "measured_at_ns": self.offset.measured_at_ns,
+                },
                 detection=detection.to_dict(),
             ),
         )
         self.children: list[Child] = []
         self.stop_requested = threading.Event()
+        self.failure: str | None = None
 
     # --- building probes ----------------------------------------------------------------
 
@@ -101,13 +104,25 @@ class Runner:
         assert source.program is not None and source.parse is not None
         program_path = self.config.out / "programs" / f"{probe}.bt"
         program_path.write_text(source.program)
-        argv = [str(self.detection.tools["bpftrace"]), "-B", "none", str(program_path),
-                str(self.config.netns_inode)]  # fmt: skip
+        argv = [
+            str(self.detection.tools["bpftrace"]),
+            "-B",
+            "none",
+            str(program_path),
+            str(self.config.netns_inode),
+        ]
         if probe == "rtt":
             argv += [str(self.config.rtt_interval_ms * 1_000_000), str(self.config.rtt_max_per_s)]
         tags = RecordTags(self.config.node, self.config.run_id, probe, self.offset)
-        return BpftraceChild(status, argv, self.config.out / "logs" / f"{probe}.log",
-                             self.status_file, source.parse, tags, self.config.out / output)  # fmt: skip
+        return BpftraceChild(
+            status,
+            argv,
+            self.config.out / "logs" / f"{probe}.log",
+            self.status_file,
+            source.parse,
+            tags,
+            self.config.out / output,
+        )
 
     def _pcap_children(self) -> list[Child]:
         choice = choose("pcap", self.detection)
@@ -122,8 +137,19 @@ class Runner:
             probe = f"pcap:{interface}"
             output = f"pcap-{interface}.pcap"
             status = self._add_status(probe, choice, output)
-            argv = [str(self.detection.tools["tcpdump"]), "-i", interface, "-s", str(SNAPLEN),
-                    "-n", "-U", "-Z", "root", "-w", str(self.config.out / output)]  # fmt: skip
+            argv = [
+                str(self.detection.tools["tcpdump"]),
+                "-i",
+                interface,
+                "-s",
+                str(SNAPLEN),
+                "-n",
+                "-U",
+                "-Z",
+                "root",
+                "-w",
+                str(self.config.out / output),
+            ]
             log = self.config.out / "logs" / f"pcap-{interface}.log"
             children.append(TcpdumpChild(status, argv, log, self.status_file))
         return children
@@ -150,14 +176,27 @@ class Runner:
         return all(c.status.state != STARTING for c in self.children)
 
     def run(self) -> None:
-        """Start every probe, then wait for SIGTERM/SIGINT and stop them."""
+        """Start every probe, then wait for SIGTERM/SIGINT and stop them. Whatever goes wrong
+        in the runner itself, the probes are stopped and status.json says why."""
         self._install_signal_handlers()
+        try:
+            self._start()
+            self._wait_for_stop()
+        except Exception as e:
+            self.failure = f"{type(e).__name__}: {e}"
+            raise
+        finally:
+            self.stop()
+
+    def _start(self) -> None:
         self.build()
         for child in self.children:  # fork every child before any thread exists
             child.spawn()
         for child in self.children:
             child.start_readers()
         self.status_file.write(force=True)
+
+    def _wait_for_stop(self) -> None:
         deadline = time.monotonic() + ATTACH_TIMEOUT_S
         while not self.stop_requested.wait(STATUS_INTERVAL_S):
             status = self.status_file.status
@@ -168,7 +207,6 @@ class Runner:
                     status.state = "running"
                 self.status_file.touch()
             self.status_file.write()
-        self.stop()
 
     def stop(self) -> None:
         with self.status_file.lock:
@@ -182,7 +220,8 @@ class Runner:
         with self.status_file.lock:
             status = self.status_file.status
             status.clock["offset_at_stop_ns"] = at_stop.offset_ns
-            status.state = "stopped"
+            status.state = "stopped" if self.failure is None else "failed"
+            status.error = self.failure
             status.stopped_at_ns = time.time_ns()
         self.status_file.write(force=True)
 

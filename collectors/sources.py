@@ -16,10 +16,19 @@ from collectors import programs
 from collectors.detect import Detection
 
 TCP_STATES = {
-    1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2",
-    6: "TIME_WAIT", 7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN",
-    11: "CLOSING", 12: "NEW_SYN_RECV",
-}  # fmt: skip
+    1: "ESTABLISHED",
+    2: "SYN_SENT",
+    3: "SYN_RECV",
+    4: "FIN_WAIT1",
+    5: "FIN_WAIT2",
+    6: "TIME_WAIT",
+    7: "CLOSE",
+    8: "CLOSE_WAIT",
+    9: "LAST_ACK",
+    10: "LISTEN",
+    11: "CLOSING",
+    12: "NEW_SYN_RECV",
+}
 AF_INET = 2
 
 
@@ -72,40 +81,53 @@ def state_name(number: str) -> str:
     return TCP_STATES.get(int(number), f"UNKNOWN_{number}")
 
 
-def _split(line: str, count: int, optional: int = 0) -> list[str]:
-    """The fields after the leading "E", checking their number; the last may hold spaces."""
-    parts = line.rstrip("\n").split(" ", count)
+def _split(line: str, count: int, optional: int = 0, text_last: bool = False) -> list[str]:
+    """The `count` fields after the leading "E", of which the last `optional` may be missing;
+    with `text_last` the last field is free text (a comm may hold spaces, or be empty)."""
+    parts = line.rstrip("\n").split(" ", count if text_last else -1)
     if parts[0] != "E" or not (count - optional <= len(parts) - 1 <= count):
         raise ParseError(f"expected {count} fields: {line.strip()!r}")
     return parts[1:] + [""] * (count - len(parts) + 1)
 
 
 def _tuple(parts: list[str]) -> dict[str, object]:
-    return {"saddr": address(parts[0]), "sport": int(parts[1]),
-            "daddr": address(parts[2]), "dport": int(parts[3])}  # fmt: skip
+    return {
+        "saddr": address(parts[0]),
+        "sport": int(parts[1]),
+        "daddr": address(parts[2]),
+        "dport": int(parts[3]),
+    }
 
 
 def parse_lifetime(line: str) -> Event:
-    ts, birth, *rest = _split(line, 10, optional=1)
+    ts, birth, *rest = _split(line, 10, optional=1, text_last=True)
     tx, rx, pid, comm = rest[4:8]
     return Event(
-        mono_ns=int(ts), **_tuple(rest[:4]),  # type: ignore[arg-type]
-        fields={"pid": int(pid), "comm": comm, "tx_bytes": int(tx), "rx_bytes": int(rx),
-                "duration_ns": int(ts) - int(birth), "start_ns": int(birth)},
+        mono_ns=int(ts),
+        **_tuple(rest[:4]),  # type: ignore[arg-type]
+        fields={
+            "pid": int(pid),
+            "comm": comm,
+            "tx_bytes": int(tx),
+            "rx_bytes": int(rx),
+            "duration_ns": int(ts) - int(birth),
+            "start_ns": int(birth),
+        },
         mono_fields=("start_ns",),
-    )  # fmt: skip
+    )
 
 
 def parse_state(line: str) -> Event:
     ts, *rest = _split(line, 7)
     return Event(
-        mono_ns=int(ts), **_tuple(rest[:4]),  # type: ignore[arg-type]
+        mono_ns=int(ts),
+        **_tuple(rest[:4]),  # type: ignore[arg-type]
         fields={"oldstate": state_name(rest[4]), "newstate": state_name(rest[5])},
     )
 
 
 def parse_connect(line: str) -> Event:
-    ts, *rest = _split(line, 8, optional=2)
+    ts, *rest = _split(line, 8, optional=2, text_last=True)
     direction, pid, comm = rest[4:7]
     fields: dict[str, object] = {"direction": direction}
     if direction == "connect":
@@ -117,7 +139,8 @@ def parse_rtt(line: str) -> Event:
     ts, family, s4, s6, sport, d4, d6, dport, srtt, cwnd = _split(line, 10)
     v4 = int(family) == AF_INET
     return Event(
-        mono_ns=int(ts), **_tuple([s4 if v4 else s6, sport, d4 if v4 else d6, dport]),  # type: ignore[arg-type]
+        mono_ns=int(ts),
+        **_tuple([s4 if v4 else s6, sport, d4 if v4 else d6, dport]),  # type: ignore[arg-type]
         fields={"srtt_us": int(srtt), "snd_cwnd": int(cwnd)},
     )
 
@@ -125,7 +148,8 @@ def parse_rtt(line: str) -> Event:
 def parse_retrans(line: str) -> Event:
     ts, *rest = _split(line, 6)
     return Event(
-        mono_ns=int(ts), **_tuple(rest[:4]),  # type: ignore[arg-type]
+        mono_ns=int(ts),
+        **_tuple(rest[:4]),  # type: ignore[arg-type]
         fields={"state": state_name(rest[4])},
     )
 
@@ -164,31 +188,59 @@ _SET_STATE = needs_tracepoint("sock:inet_sock_set_state")
 # Probe name -> candidate sources, best first. "pcap" is handled by the runner per interface.
 PROBES: dict[str, tuple[Source, ...]] = {
     "lifetime": (
-        Source("bpftrace tracepoint:sock:inet_sock_set_state", "bpftrace",
-               (*_BPFTRACE, _SET_STATE), programs.LIFETIME, parse_lifetime),
+        Source(
+            "bpftrace tracepoint:sock:inet_sock_set_state",
+            "bpftrace",
+            (*_BPFTRACE, _SET_STATE),
+            programs.LIFETIME,
+            parse_lifetime,
+        ),
     ),
     "state": (
-        Source("bpftrace tracepoint:sock:inet_sock_set_state", "bpftrace",
-               (*_BPFTRACE, _SET_STATE), programs.STATE, parse_state),
+        Source(
+            "bpftrace tracepoint:sock:inet_sock_set_state",
+            "bpftrace",
+            (*_BPFTRACE, _SET_STATE),
+            programs.STATE,
+            parse_state,
+        ),
     ),
     "connect": (
-        Source("bpftrace tracepoint:sock:inet_sock_set_state", "bpftrace",
-               (*_BPFTRACE, _SET_STATE), programs.CONNECT, parse_connect),
+        Source(
+            "bpftrace tracepoint:sock:inet_sock_set_state",
+            "bpftrace",
+            (*_BPFTRACE, _SET_STATE),
+            programs.CONNECT,
+            parse_connect,
+        ),
     ),
     "rtt": (
-        Source("bpftrace tracepoint:tcp:tcp_probe", "bpftrace",
-               (*_BPFTRACE, needs_tracepoint("tcp:tcp_probe")), programs.RTT_TRACEPOINT,
-               parse_rtt),
-        Source("bpftrace kprobe:tcp_rcv_established", "bpftrace",
-               (*_BPFTRACE, needs_kprobes), programs.RTT_KPROBE, parse_rtt),
+        Source(
+            "bpftrace tracepoint:tcp:tcp_probe",
+            "bpftrace",
+            (*_BPFTRACE, needs_tracepoint("tcp:tcp_probe")),
+            programs.RTT_TRACEPOINT,
+            parse_rtt,
+        ),
+        Source(
+            "bpftrace kprobe:tcp_rcv_established",
+            "bpftrace",
+            (*_BPFTRACE, needs_kprobes),
+            programs.RTT_KPROBE,
+            parse_rtt,
+        ),
     ),
     "retrans": (
-        Source("bpftrace tracepoint:tcp:tcp_retransmit_skb", "bpftrace",
-               (*_BPFTRACE, needs_tracepoint("tcp:tcp_retransmit_skb")), programs.RETRANS,
-               parse_retrans),
+        Source(
+            "bpftrace tracepoint:tcp:tcp_retransmit_skb",
+            "bpftrace",
+            (*_BPFTRACE, needs_tracepoint("tcp:tcp_retransmit_skb")),
+            programs.RETRANS,
+            parse_retrans,
+        ),
     ),
     "pcap": (Source("tcpdump -s 96", "tcpdump", (needs_tool("tcpdump"),)),),
-}  # fmt: skip
+}
 
 
 @dataclass(frozen=True)

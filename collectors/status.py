@@ -52,7 +52,8 @@ class RunStatus:
     config: dict[str, object]
     clock: dict[str, int]
     detection: dict[str, object]
-    state: str = "starting"  # starting -> running -> stopping -> stopped
+    state: str = "starting"  # starting -> running -> stopping -> stopped (or failed)
+    error: str | None = None  # why the runner itself failed
     started_at_ns: int = field(default_factory=time.time_ns)
     updated_at_ns: int = 0
     stopped_at_ns: int | None = None

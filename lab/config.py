@@ -7,10 +7,10 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from lab.errors import ConfigError
+from lab.validation import FieldError, read_yaml, validate
 
 GROUPS = ("agents", "tools", "llm")
 PCI_ADDRESS = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
@@ -139,27 +139,27 @@ class LabConfig(Model):
         reserved = {net.subnet.network_address, net.subnet.broadcast_address, net.host_address}
         for index, node in enumerate(self.nodes):
             if node.name in seen_names:
-                raise _FieldError(("nodes", index, "name"), f"duplicate node name '{node.name}' (also nodes[{seen_names[node.name]}]); give each node its own name")
+                raise FieldError(("nodes", index, "name"), f"duplicate node name '{node.name}' (also nodes[{seen_names[node.name]}]); give each node its own name")
             seen_names[node.name] = index
             machine = f"{self.name}-{node.name}"
             if len(machine) > MAX_MACHINE_NAME:
-                raise _FieldError(("nodes", index, "name"), f"'{machine}' (lab name + node name) is longer than {MAX_MACHINE_NAME} characters, too long for interface names; shorten the lab name or the node name")
+                raise FieldError(("nodes", index, "name"), f"'{machine}' (lab name + node name) is longer than {MAX_MACHINE_NAME} characters, too long for interface names; shorten the lab name or the node name")
             if node.address not in net.subnet:
-                raise _FieldError(("nodes", index, "address"), f"{node.address} is outside the lab subnet {net.subnet}; pick an address inside it")
+                raise FieldError(("nodes", index, "address"), f"{node.address} is outside the lab subnet {net.subnet}; pick an address inside it")
             if node.address in reserved:
-                raise _FieldError(("nodes", index, "address"), f"{node.address} is reserved (network, broadcast or the host's gateway address); pick another")
+                raise FieldError(("nodes", index, "address"), f"{node.address} is reserved (network, broadcast or the host's gateway address); pick another")
             if node.address in seen_addresses:
-                raise _FieldError(("nodes", index, "address"), f"{node.address} is already used by node '{seen_addresses[node.address]}'; give each node its own address")
+                raise FieldError(("nodes", index, "address"), f"{node.address} is already used by node '{seen_addresses[node.address]}'; give each node its own address")
             seen_addresses[node.address] = node.name
             if node.gpu is not None and "llm" not in node.groups:
-                raise _FieldError(("nodes", index, "gpu"), "only a node in the 'llm' group takes a GPU; move the gpu entry to the LLM node")
+                raise FieldError(("nodes", index, "gpu"), "only a node in the 'llm' group takes a GPU; move the gpu entry to the LLM node")
         for group in GROUPS:
             if not any(group in node.groups for node in self.nodes):
-                raise _FieldError(("nodes",), f"no node is in group '{group}'; every lab needs nodes in {', '.join(GROUPS)}")
+                raise FieldError(("nodes",), f"no node is in group '{group}'; every lab needs nodes in {', '.join(GROUPS)}")
         if self.image.file is not None:
             image = self.image.file if self.image.file.is_absolute() else self.path.parent / self.image.file
             if not image.is_file():
-                raise _FieldError(("image", "file"), f"{image} does not exist; point image.file at a cloud image you have, or remove it to let the lab build one")
+                raise FieldError(("image", "file"), f"{image} does not exist; point image.file at a cloud image you have, or remove it to let the lab build one")
         return self
 
     def node(self, name: str) -> NodeSpec:
@@ -177,69 +177,12 @@ class LabConfig(Model):
         return next(n for n in self.nodes if "llm" in n.groups)
 
 
-class _FieldError(ValueError):
-    def __init__(self, loc: tuple[str | int, ...], message: str):
-        super().__init__(message)
-        self.loc = loc
-        self.message = message
-
-
-def _where(loc: tuple[str | int, ...]) -> str:
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text or "(top level)"
-
-
-def _describe(error: dict[str, Any], data: Any) -> str:
-    loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-    ctx = error.get("ctx") or {}
-    inner = ctx.get("error")
-    if isinstance(inner, _FieldError):
-        return f"{_where(inner.loc)}: {inner.message}"
-    if error["type"] == "extra_forbidden":
-        parent = loc[:-1]
-        return f"{_where(parent) if parent else '(top level)'}: unknown key '{loc[-1]}'; remove it or check its spelling ({_allowed_keys(parent)})"
-    if error["type"] == "missing":
-        return f"{_where(loc)}: required but missing; add it"
-    message = str(inner) if isinstance(inner, ValueError) else error["msg"]
-    value = error.get("input")
-    shown = f" (got {value!r})" if value is not None and not isinstance(value, (dict, list)) else ""
-    return f"{_where(loc)}: {message}{shown}"
-
-
-def _allowed_keys(loc: tuple[str | int, ...]) -> str:
-    model: Any = LabConfig
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        annotation = model.model_fields[part].annotation
-        model = getattr(annotation, "__args__", (annotation,))[0]
-        if hasattr(model, "__args__"):
-            model = model.__args__[0]
-    keys = [k for k in model.model_fields if k != "path"]
-    return "allowed: " + ", ".join(keys)
-
-
 def parse_config(data: Any, path: Path) -> LabConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of keys (name, provider, network, nodes, ...), got {type(data).__name__}")
-    try:
-        return LabConfig.model_validate({**data, "path": path})
-    except ValidationError as exc:
-        errors = exc.errors()
-        more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
-        raise ConfigError(f"{path}: {_describe(errors[0], data)}{more}") from None
+    return validate(LabConfig, {**data, "path": path}, path)
 
 
 def load_config(path: Path) -> LabConfig:
     """Read and validate lab.yaml; any problem raises ConfigError naming the file and field."""
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such file; run from the lab's directory or pass --config PATH")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}:{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
-    return parse_config(data, path)
+    return parse_config(read_yaml(path, "run from the lab's directory or pass --config PATH"), path)

@@ -1,0 +1,249 @@
+"""The probe runner with real probes on this kernel: namespace A is the observed node, B its
+peer, C a third namespace whose traffic (to B and on its own loopback) must never show up."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import struct
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# Fixtures `netns` and `start_runner` come from conftest.py (a Namespaces, a RunnerProcess
+# factory); they are typed Any here because test modules cannot import from a conftest.
+Namespaces = Any
+RunnerProcess = Any
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+NETWORK_PROBES = ("lifetime", "state", "connect", "rtt", "retrans")
+CLIENT_SIZES = (1000, 65536, 300_000)  # A -> B:5001
+PASSIVE_SIZE = 20_000  # B -> A:5002
+RETRANS_SIZE = 200_000  # A -> B:5005 while B drops it for a while
+OTHER_PORTS = (5003, 5004)  # C's loopback flow, C -> B
+SLACK_NS = 50_000_000
+
+
+@dataclass
+class ObservedRun:
+    runner: RunnerProcess
+    exit_code: int
+    status: dict  # type: ignore[type-arg]
+    active: list[dict]  # type: ignore[type-arg]  # A's client flows, as the clients saw them
+    passive: dict  # type: ignore[type-arg]  # B's client flow into A
+    retrans_flow: dict  # type: ignore[type-arg]
+    window: tuple[int, int]  # wall-clock ns around the traffic
+    a_addr: str
+    b_addr: str
+
+
+def drop_while_sending(netns: Namespaces) -> dict:  # type: ignore[type-arg]
+    """A sends to B while B's firewall drops the segments for a while: A retransmits."""
+    server = netns.serve(netns.b, netns.b_addr, 5005, 1)
+    client = netns.popen(
+        netns.a,
+        [netns.python, netns.traffic, "send-on-go", netns.b_addr, "5005", str(RETRANS_SIZE)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    assert client.stdin is not None and client.stdout is not None
+    assert client.stdout.readline().strip() == "connected"
+    table = "inet collectors_test"
+    netns.exec(netns.b, "nft", "add", "table", table)
+    netns.exec(
+        netns.b, "nft", "add", "chain", table, "input", "{ type filter hook input priority 0 ; }"
+    )
+    netns.exec(netns.b, "nft", "add", "rule", table, "input", "tcp", "dport", "5005", "drop")
+    try:
+        client.stdin.write("go\n")
+        client.stdin.flush()
+        time.sleep(1.5)  # RTO starts at 200 ms: several retransmissions
+    finally:
+        netns.exec(netns.b, "nft", "delete", "table", table)
+    out, _ = client.communicate(timeout=30)
+    server.wait(timeout=30)
+    return json.loads(out)
+
+
+def other_namespace_traffic(netns: Namespaces) -> None:
+    loopback = netns.serve(netns.c, "127.0.0.1", OTHER_PORTS[0], 1)
+    netns.send(netns.c, "127.0.0.1", OTHER_PORTS[0], 4000)
+    to_b = netns.serve(netns.b, netns.b2_addr, OTHER_PORTS[1], 1)
+    netns.send(netns.c, netns.b2_addr, OTHER_PORTS[1], 5000)
+    for server in (loopback, to_b):
+        server.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def observed(
+    netns: Namespaces, start_runner: Any, tmp_path_factory: pytest.TempPathFactory
+) -> ObservedRun:
+    runner = start_runner(tmp_path_factory.mktemp("observed") / "out")
+    runner.wait_running()
+    start = time.time_ns()
+    server = netns.serve(netns.b, netns.b_addr, 5001, len(CLIENT_SIZES))
+    active = [netns.send(netns.a, netns.b_addr, 5001, size) for size in CLIENT_SIZES]
+    server.wait(timeout=30)
+    a_server = netns.serve(netns.a, netns.a_addr, 5002, 1)
+    passive = netns.send(netns.b, netns.a_addr, 5002, PASSIVE_SIZE)
+    a_server.wait(timeout=30)
+    other_namespace_traffic(netns)
+    retrans_flow = drop_while_sending(netns)
+    time.sleep(0.5)  # let the last events reach the runner
+    end = time.time_ns()
+    exit_code = runner.stop()
+    return ObservedRun(
+        runner,
+        exit_code,
+        runner.status(),
+        active,
+        passive,
+        retrans_flow,
+        (start - SLACK_NS, end + SLACK_NS),
+        netns.a_addr,
+        netns.b_addr,
+    )
+
+
+def four_tuple(record: dict) -> tuple:  # type: ignore[type-arg]
+    return (record["saddr"], record["sport"], record["daddr"], record["dport"])
+
+
+def test_runner_stops_cleanly_on_sigterm(observed: ObservedRun) -> None:
+    assert observed.exit_code == 0, observed.runner.stderr()
+    assert observed.status["state"] == "stopped"
+    assert observed.status["node"] == "node-a" and observed.status["run_id"] == "test-run"
+    assert "mono_to_realtime_offset_ns" in observed.status["clock"]
+
+
+def test_status_lists_every_probe_started(observed: ObservedRun) -> None:
+    probes = observed.status["probes"]
+    assert set(NETWORK_PROBES) <= set(probes)
+    for name in NETWORK_PROBES:
+        probe = probes[name]
+        assert probe["started"], probe
+        assert probe["state"] == "stopped" and probe["exit_code"] == 0, probe
+        assert probe["attach_error"] is None and probe["parse_errors"] == 0, probe
+        assert probe["records"] == len(observed.runner.records(name)), probe
+
+
+def test_lifetime_has_every_connection_with_exact_bytes(observed: ObservedRun) -> None:
+    lifetimes = {four_tuple(r): r for r in observed.runner.records("lifetime")}
+    for flow in observed.active:
+        record = lifetimes[four_tuple(flow)]
+        assert (record["tx_bytes"], record["rx_bytes"]) == (flow["sent"], flow["received"])
+        assert record["comm"].startswith("python") and record["pid"] > 0
+        assert 0 < record["duration_ns"] < 10_000_000_000
+        assert record["start_ns"] + record["duration_ns"] == record["ts_ns"]
+    passive = observed.passive
+    server_side = lifetimes[(observed.a_addr, passive["dport"], passive["saddr"], passive["sport"])]
+    assert server_side["rx_bytes"] == passive["sent"]
+    assert server_side["tx_bytes"] == passive["received"]
+    retrans = lifetimes[four_tuple(observed.retrans_flow)]
+    assert retrans["tx_bytes"] == RETRANS_SIZE  # payload counted once despite retransmissions
+
+
+def test_state_records_include_handshakes(observed: ObservedRun) -> None:
+    transitions = {
+        (four_tuple(r), r["oldstate"], r["newstate"]) for r in observed.runner.records("state")
+    }
+    for flow in observed.active:
+        assert (four_tuple(flow), "SYN_SENT", "ESTABLISHED") in transitions
+        assert (four_tuple(flow), "ESTABLISHED", "FIN_WAIT1") in transitions
+    passive = observed.passive
+    accepted = (observed.a_addr, passive["dport"], passive["saddr"], passive["sport"])
+    assert (accepted, "SYN_RECV", "ESTABLISHED") in transitions
+
+
+def test_connects_and_accepts(observed: ObservedRun) -> None:
+    records = {four_tuple(r): r for r in observed.runner.records("connect")}
+    for flow in observed.active:
+        record = records[four_tuple(flow)]
+        assert record["direction"] == "connect" and record["comm"].startswith("python")
+    passive = observed.passive
+    accepted = records[(observed.a_addr, passive["dport"], passive["saddr"], passive["sport"])]
+    assert accepted["direction"] == "accept" and "pid" not in accepted
+
+
+def test_rtt_samples_for_every_flow(observed: ObservedRun) -> None:
+    sampled = {four_tuple(r) for r in observed.runner.records("rtt")}
+    for flow in observed.active:
+        assert four_tuple(flow) in sampled
+    for record in observed.runner.records("rtt"):
+        assert 0 < record["srtt_us"] < 1_000_000 and record["snd_cwnd"] > 0
+
+
+def test_retransmissions_are_recorded(observed: ObservedRun) -> None:
+    flow = four_tuple(observed.retrans_flow)
+    retransmits = [r for r in observed.runner.records("retrans") if four_tuple(r) == flow]
+    assert retransmits, observed.runner.records("retrans")
+    assert all(r["state"] == "ESTABLISHED" for r in retransmits)
+
+
+def test_other_namespaces_are_absent(observed: ObservedRun) -> None:
+    for probe in NETWORK_PROBES:
+        for record in observed.runner.records(probe):
+            assert record["sport"] not in OTHER_PORTS and record["dport"] not in OTHER_PORTS
+            assert {record["saddr"], record["daddr"]} <= {
+                observed.a_addr,
+                observed.b_addr,
+                "0.0.0.0",
+            }, record
+
+
+def test_records_are_tagged_and_wall_clock(observed: ObservedRun) -> None:
+    start, end = observed.window
+    for probe in NETWORK_PROBES:
+        for record in observed.runner.records(probe):
+            assert record["node"] == "node-a" and record["run_id"] == "test-run"
+            assert record["probe"] == probe
+            assert start <= record["ts_ns"] <= end, (probe, record, observed.window)
+            assert start <= record.get("start_ns", start) <= end
+
+
+def pcap_packets(path: Path) -> list[tuple[int, int]]:
+    """(captured length, original length) of every packet in a classic pcap file."""
+    data = path.read_bytes()
+    magic = data[:4]
+    endian = "<" if magic in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
+    packets, offset = [], 24
+    while offset + 16 <= len(data):
+        _, _, caplen, origlen = struct.unpack(endian + "IIII", data[offset : offset + 16])
+        packets.append((caplen, origlen))
+        offset += 16 + caplen
+    return packets
+
+
+def test_pcap_has_header_only_packets(observed: ObservedRun) -> None:
+    probe = observed.status["probes"]["pcap:lab0"]
+    assert probe["started"] and probe["state"] == "stopped"
+    packets = pcap_packets(observed.runner.out / probe["output"])
+    assert probe["packets"] == len(packets) > 20
+    assert max(caplen for caplen, _ in packets) <= 96
+    assert max(origlen for _, origlen in packets) > 96  # payloads were cut off
+
+
+def test_killed_probe_is_reported_and_runner_survives(start_runner: Any, tmp_path: Path) -> None:
+    runner = start_runner(tmp_path / "out", "--probes", "state,retrans")
+    status = runner.wait_running()
+    victim = status["probes"]["retrans"]["pid"]
+    os.kill(victim, signal.SIGKILL)
+    status = runner.wait_for(
+        lambda s: s["probes"]["retrans"]["state"] == "exited", 20, "the killed probe to be reported"
+    )
+    killed = status["probes"]["retrans"]
+    assert killed["exit_code"] == -signal.SIGKILL
+    assert "SIGKILL" in killed["error"]
+    assert status["probes"]["state"]["state"] == "running"
+    assert runner.proc.poll() is None
+    assert runner.stop() == 0
+    final = runner.status()
+    assert final["state"] == "stopped"
+    assert final["probes"]["retrans"]["state"] == "exited"
+    assert final["probes"]["state"]["state"] == "stopped"

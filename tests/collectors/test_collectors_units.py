@@ -1,0 +1,257 @@
+"""Unit tests of the collectors: parsers, source selection, detection helpers, CLI errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from collectors import clock, detect, programs, sources
+from collectors.cli import main
+from collectors.detect import Detection, Kprobes, Tracefs
+from collectors.runner import RunConfig, Runner, RunnerError, prepare_out_dir
+from collectors.sources import ParseError, choose
+
+NODE_PYTHON = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
+SET_STATE_FIELDS = ["skaddr", "oldstate", "newstate", "sport", "dport", "saddr_v6", "daddr_v6"]
+
+
+def detection(
+    *,
+    tcp_probe_fields: tuple[str, ...] = ("srtt", "skaddr"),
+    kprobes: bool = False,
+    bpftrace: bool = True,
+    interfaces: tuple[str, ...] = ("eth0",),
+) -> Detection:
+    return Detection(
+        kernel="6.1.0-test",
+        netns_inode=4026531840,
+        tracefs=Tracefs(path="/sys/kernel/tracing"),
+        btf=True,
+        tracepoints={
+            "sock:inet_sock_set_state": SET_STATE_FIELDS,
+            "tcp:tcp_probe": list(tcp_probe_fields),
+            "tcp:tcp_retransmit_skb": ["skaddr", "state"],
+        },
+        kprobes=Kprobes(kprobes, "test"),
+        tools={
+            "bpftrace": "/usr/bin/bpftrace" if bpftrace else None,
+            "tcpdump": "/usr/bin/tcpdump",
+        },
+        bpftrace_version="v0.17.0",
+        interfaces=list(interfaces),
+    )
+
+
+# --- parsers ----------------------------------------------------------------------------
+
+
+def test_parse_lifetime_turns_v4_mapped_addresses_back_and_keeps_comm_spaces() -> None:
+    event = sources.parse_lifetime(
+        "E 2000 500 ::ffff:10.0.0.1 40000 ::ffff:10.0.0.2 80 1200 34 77 my worker"
+    )
+    assert (event.saddr, event.sport, event.daddr, event.dport) == (
+        "10.0.0.1",
+        40000,
+        "10.0.0.2",
+        80,
+    )
+    assert event.mono_ns == 2000 and event.mono_fields == ("start_ns",)
+    assert event.fields == {
+        "pid": 77,
+        "comm": "my worker",
+        "tx_bytes": 1200,
+        "rx_bytes": 34,
+        "duration_ns": 1500,
+        "start_ns": 500,
+    }
+
+
+def test_parse_lifetime_accepts_an_empty_comm() -> None:
+    assert sources.parse_lifetime("E 2 1 ::1 1 ::1 2 0 0 0 ").fields["comm"] == ""
+
+
+def test_parse_state_names_the_states() -> None:
+    event = sources.parse_state("E 1 ::ffff:10.0.0.1 1 ::ffff:10.0.0.2 2 2 1")
+    assert event.fields == {"oldstate": "SYN_SENT", "newstate": "ESTABLISHED"}
+
+
+def test_parse_connect_has_pid_only_for_active_connects() -> None:
+    connect = sources.parse_connect("E 1 ::ffff:10.0.0.1 1 ::ffff:10.0.0.2 2 connect 42 curl")
+    accept = sources.parse_connect("E 1 ::ffff:10.0.0.2 2 ::ffff:10.0.0.1 1 accept")
+    assert connect.fields == {"direction": "connect", "pid": 42, "comm": "curl"}
+    assert accept.fields == {"direction": "accept"}
+
+
+def test_parse_rtt_picks_the_address_of_the_socket_family() -> None:
+    v4 = sources.parse_rtt("E 9 2 10.0.0.1 :: 5 10.0.0.2 :: 6 120 10")
+    v6 = sources.parse_rtt("E 9 10 0.0.0.0 fd00::1 5 0.0.0.0 fd00::2 6 120 10")
+    assert (v4.saddr, v4.daddr) == ("10.0.0.1", "10.0.0.2")
+    assert (v6.saddr, v6.daddr) == ("fd00::1", "fd00::2")
+    assert v4.fields == {"srtt_us": 120, "snd_cwnd": 10}
+
+
+def test_parse_retrans() -> None:
+    event = sources.parse_retrans("E 5 ::ffff:10.0.0.1 1 ::ffff:10.0.0.2 2 1")
+    assert event.fields == {"state": "ESTABLISHED"}
+
+
+@pytest.mark.parametrize("line", ["E 1 2", "X 1 ::1 1 ::1 2 1 1", "E 1 ::1 1 ::1 2 1 2 3 4"])
+def test_malformed_lines_are_parse_errors(line: str) -> None:
+    with pytest.raises(ParseError):
+        sources.parse_state(line)
+
+
+# --- source selection -------------------------------------------------------------------
+
+
+def test_tracepoints_with_netns_filter_are_preferred() -> None:
+    for probe in ("lifetime", "state", "connect", "rtt", "retrans"):
+        choice = choose(probe, detection(kprobes=True))
+        assert choice.source is not None and choice.source.name.startswith("bpftrace tracepoint:")
+
+
+def test_rtt_falls_back_to_a_kprobe_when_tcp_probe_has_no_socket_address() -> None:
+    choice = choose("rtt", detection(tcp_probe_fields=("srtt",), kprobes=True))
+    assert choice.source is not None and choice.source.name == "bpftrace kprobe:tcp_rcv_established"
+
+
+def test_unavailable_probe_says_why_for_every_candidate() -> None:
+    choice = choose("rtt", detection(tcp_probe_fields=("srtt",), kprobes=False))
+    assert choice.source is None and choice.unavailable is not None
+    assert "no skaddr field" in choice.unavailable and "no kprobes" in choice.unavailable
+
+
+def test_runner_reports_unavailable_probes_in_status(tmp_path: Path) -> None:
+    prepare_out_dir(tmp_path)
+    config = RunConfig(
+        node="n",
+        run_id="r",
+        out=tmp_path,
+        netns_inode=1,
+        probes=("lifetime", "pcap"),
+        interfaces=(),
+        rtt_interval_ms=10,
+        rtt_max_per_s=100,
+    )
+    runner = Runner(config, detection(bpftrace=False, interfaces=()))
+    runner.build()
+    probes = runner.status_file.status.probes
+    assert runner.children == []
+    assert probes["lifetime"].state == "unavailable"
+    assert "bpftrace is not installed" in str(probes["lifetime"].unavailable_reason)
+    assert probes["pcap"].unavailable_reason == "no non-loopback interface to capture on"
+    runner.status_file.write()
+    written = json.loads((tmp_path / "status.json").read_text())
+    assert written["probes"]["lifetime"]["state"] == "unavailable"
+
+
+def test_a_probe_that_cannot_start_fails_alone(tmp_path: Path) -> None:
+    prepare_out_dir(tmp_path)
+    config = RunConfig(
+        node="n",
+        run_id="r",
+        out=tmp_path,
+        netns_inode=1,
+        probes=("state", "retrans"),
+        interfaces=(),
+        rtt_interval_ms=10,
+        rtt_max_per_s=100,
+    )
+    broken = detection()
+    broken.tools["bpftrace"] = str(tmp_path / "no-such-bpftrace")
+    runner = Runner(config, broken)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    runner.stop_requested.set()  # stop as soon as everything is started
+    try:
+        runner.run()
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["state"] == "stopped" and status["error"] is None
+    for probe in ("state", "retrans"):
+        assert status["probes"][probe]["state"] == "failed"
+        assert "cannot start" in status["probes"][probe]["attach_error"]
+
+
+def test_out_dir_of_a_previous_run_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "status.json").write_text("{}")
+    with pytest.raises(RunnerError, match="already holds a run"):
+        prepare_out_dir(tmp_path)
+
+
+# --- detection helpers, clock, command line ----------------------------------------------
+
+
+def test_tracepoint_fields_are_read_from_the_format_file(tmp_path: Path) -> None:
+    directory = tmp_path / "events" / "tcp" / "tcp_probe"
+    directory.mkdir(parents=True)
+    (directory / "format").write_text(
+        "name: tcp_probe\nformat:\n"
+        "\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n"
+        "\tfield:__u8 saddr[28];\toffset:8;\tsize:28;\tsigned:0;\n"
+        "\tfield:const void * skaddr;\toffset:128;\tsize:8;\tsigned:0;\n"
+    )
+    assert detect.tracepoint_fields(tmp_path, "tcp:tcp_probe") == ["saddr", "skaddr"]
+    assert detect.tracepoint_fields(tmp_path, "tcp:missing") is None
+
+
+def test_kprobes_unavailable_without_kprobe_events_or_pmu(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(detect, "KPROBE_PMU", tmp_path / "no-pmu")
+    result = detect.detect_kprobes(tmp_path)
+    assert not result.available and "no kprobe support" in result.reason
+
+
+def test_clock_offset_converts_monotonic_to_wall_clock() -> None:
+    offset = clock.measure()
+    converted = offset.to_wall(time.clock_gettime_ns(time.CLOCK_MONOTONIC))
+    assert abs(converted - time.time_ns()) < 5_000_000
+    assert offset.uncertainty_ns < 5_000_000
+
+
+def test_unknown_probe_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--node", "a", "--run-id", "r", "--out", "/tmp/x", "--probes", "rtt,bogus"])
+    assert exit_info.value.code == 2
+    assert "unknown probe bogus" in capsys.readouterr().err
+
+
+def test_detect_prints_json_with_a_choice_per_probe() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("detection mounts tracefs and test-attaches a kprobe: needs root")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    out = subprocess.run(
+        [NODE_PYTHON, "-m", "collectors", "detect"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    ).stdout
+    report = json.loads(out)
+    assert report["netns_inode"] == os.stat("/proc/self/ns/net").st_ino
+    assert set(report["probes"]) == {"lifetime", "state", "connect", "rtt", "retrans", "pcap"}
+
+
+@pytest.mark.parametrize(
+    "program", ["LIFETIME", "STATE", "CONNECT", "RTT_TRACEPOINT", "RTT_KPROBE", "RETRANS"]
+)
+def test_every_program_compiles(program: str, tmp_path: Path) -> None:
+    """Dry run (no attach), so the kprobe variant is checked even where kprobes are missing."""
+    if os.geteuid() != 0 or shutil.which("bpftrace") is None:
+        pytest.skip("needs root and bpftrace")
+    path = tmp_path / "p.bt"
+    path.write_text(getattr(programs, program))
+    result = subprocess.run(
+        ["bpftrace", "-d", str(path), "1", "1000000", "100"], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-2000:]

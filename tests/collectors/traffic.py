@@ -1,0 +1,70 @@
+"""Tiny TCP traffic generator run inside network namespaces by the collector tests.
+
+    serve ADDR PORT COUNT       accept COUNT connections; read each to EOF, reply half as much
+    send ADDR PORT NBYTES       connect, send NBYTES, half-close, read the reply to EOF
+    send-on-go ADDR PORT NBYTES as send, but print "connected" and wait for a line on stdin
+
+Clients print one JSON line: their local and remote address and port, bytes sent and received.
+Every socket operation has a timeout, so a broken test cannot hang here.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+
+TIMEOUT_S = 20.0
+
+
+def read_to_eof(sock: socket.socket) -> int:
+    total = 0
+    while chunk := sock.recv(65536):
+        total += len(chunk)
+    return total
+
+
+def serve(address: str, port: int, count: int) -> None:
+    with socket.create_server((address, port), reuse_port=False) as server:
+        server.settimeout(TIMEOUT_S)
+        print("listening", flush=True)
+        for _ in range(count):
+            conn, _ = server.accept()
+            with conn:
+                conn.settimeout(TIMEOUT_S)
+                conn.sendall(b"r" * (read_to_eof(conn) // 2))
+
+
+def send(address: str, port: int, nbytes: int, wait_for_go: bool) -> None:
+    with socket.create_connection((address, port), timeout=TIMEOUT_S) as sock:
+        local, remote = sock.getsockname(), sock.getpeername()
+        if wait_for_go:
+            print("connected", flush=True)
+            sys.stdin.readline()
+        sock.sendall(b"q" * nbytes)
+        sock.shutdown(socket.SHUT_WR)
+        received = read_to_eof(sock)
+    print(
+        json.dumps(
+            {
+                "saddr": local[0],
+                "sport": local[1],
+                "daddr": remote[0],
+                "dport": remote[1],
+                "sent": nbytes,
+                "received": received,
+            }
+        )
+    )
+
+
+def main(argv: list[str]) -> None:
+    command, address, port, number = argv[0], argv[1], int(argv[2]), int(argv[3])
+    if command == "serve":
+        serve(address, port, number)
+    else:
+        send(address, port, number, wait_for_go=command == "send-on-go")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
