@@ -142,9 +142,12 @@ class LLM:
 DECIDE_PROMPT = ("You are {who}. Pick the one tool that helps most with the request, and its arguments.\n"
                  "Tools:\n{tools}\nReply as JSON {{\"tool\": ..., \"arguments\": {{...}}}}.")
 ANSWER_PROMPT = ("You are a customer-support agent. Answer the customer's question in one or two sentences, "
-                 "using only the facts given. Copy ids, statuses, dates, amounts and carrier names exactly.")
+                 "using only the order database record for statuses, dates, amounts and carriers; copy them exactly.")
 REPORT_PROMPT = ("You are a logistics assistant. Summarise the tool result for the request in one sentence, "
                  "copying hub names and numbers exactly.")
+
+
+REPORT_INPUT_CHARS = 400
 
 
 class AgentState(TypedDict, total=False):
@@ -180,9 +183,8 @@ def build_agent_a_graph(llm: LLM, tool_db: ToolBox, agent_b: ToolBox) -> Any:
         return {"report": report}
 
     async def answer(state: AgentState) -> AgentState:
-        facts = f"Question: {state['question']}\nFacts from the order database: {state['result']}"
-        if state.get("report"):
-            facts += f"\nReport from the logistics agent: {state['report']}"
+        note = f"\nLogistics note (hubs and delay risk only): {state['report']}" if state.get("report") else ""
+        facts = f"Question: {state['question']}\nOrder database record: {state['result']}{note}"
         return {"answer": await llm.write(ANSWER_PROMPT, facts)}
 
     graph = StateGraph(AgentState)
@@ -203,7 +205,8 @@ def build_agent_b_graph(llm: LLM, tool_synth: ToolBox) -> Any:
     """decide (LLM) -> tool-synth -> report (LLM, streamed)."""
 
     async def report(state: AgentState) -> AgentState:
-        text = f"Request: {state['question']}\nTool {state['choice']['tool']} returned: {state['result'][:1500]}"
+        # the head of the result: its synthetic padding sizes the traffic, not the prompt
+        text = f"Request: {state['question']}\nTool {state['choice']['tool']} returned: {state['result'][:REPORT_INPUT_CHARS]}"
         return {"report": await llm.write(REPORT_PROMPT, text)}
 
     graph = StateGraph(AgentState)

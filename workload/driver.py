@@ -52,7 +52,7 @@ async def _submit(client: httpx.AsyncClient, telemetry: Telemetry, scenario: str
     answer, error = None, None
     start = time.time_ns()
     try:
-        async with telemetry.call("task", peer, "POST /task", task_id=task.task_id) as call:
+        async with telemetry.call("task", peer, scenario, task_id=task.task_id) as call:
             try:
                 response = await asyncio.wait_for(client.post(url, json=body), timeout_s)
                 data = response.json()

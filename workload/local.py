@@ -133,11 +133,11 @@ class LocalStack:
         return config
 
     def spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
-        log = open(self.directory / f"{name}.log", "ab")
         # the subprocess imports this same copy of `workload`, installed or not
         root = str(Path(__file__).resolve().parents[1])
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        with open(self.directory / f"{name}.log", "ab") as log:
+            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
         self.procs[name] = proc
         return proc
 

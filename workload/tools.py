@@ -75,11 +75,11 @@ def build_tool_db(config: ServiceConfig, telemetry: Telemetry) -> Any:
     return mcp.streamable_http_app()
 
 
-def _synthetic(seed: str, size: int) -> dict[str, Any]:
-    """Deterministic filler data for `seed`, padded to about `size` bytes of JSON."""
+def _synthetic(seed: str, size: int, **extra: Any) -> dict[str, Any]:
+    """Deterministic filler data for `seed` (plus `extra`), padded to about `size` bytes of JSON."""
     digest = hashlib.sha256(seed.encode()).hexdigest()
     body: dict[str, Any] = {"ref": seed, "hub": f"HUB-{int(digest[:4], 16) % 97:02d}",
-                            "delay_risk": round(int(digest[4:8], 16) / 0xFFFF, 3)}
+                            "delay_risk": round(int(digest[4:8], 16) / 0xFFFF, 3), **extra}
     padding = max(0, size - len(json.dumps(body)) - 16)
     body["padding"] = (digest * (padding // len(digest) + 1))[:padding]
     return body
@@ -103,9 +103,7 @@ def build_tool_synth(config: ServiceConfig, telemetry: Telemetry) -> Any:
         adopt_caller_context(ctx)
         await asyncio.sleep(synth.latency_ms / 1000)
         parts = await fan_out(ref)
-        body = _synthetic(ref, synth.response_bytes)
-        body["backends"] = [p["hub"] for p in parts]
-        return body
+        return _synthetic(ref, synth.response_bytes, backends=[p["hub"] for p in parts])
 
     @mcp.tool()
     async def track_parcel(tracking_no: Annotated[str, Field(min_length=1, max_length=64)], ctx: Context) -> dict[str, Any]:

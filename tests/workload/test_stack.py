@@ -1,0 +1,155 @@
+"""The workload for real on loopback: PostgreSQL, the CPU LLM, MCP servers, baseline, agents."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import defaultdict
+
+import httpx
+import pytest
+from mcp import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+
+from workload import driver
+from workload.local import LocalPostgres, LocalStack, free_port, read_events, wait_http
+from workload.tasks import Task, answer_is_correct, make_dataset
+
+pytestmark = pytest.mark.integration
+HTTP_KINDS = ("task", "agent", "tool", "service")
+
+
+async def _mcp(url: str, tool: str | None = None, arguments: dict | None = None) -> tuple[list[str], object]:
+    """List the server's tools with the official MCP client and optionally call one."""
+    async with httpx.AsyncClient(timeout=30) as http, streamable_http_client(url, http_client=http) as (read, write, _):
+        async with ClientSession(read, write) as session:
+            await session.initialize()
+            names = [t.name for t in (await session.list_tools()).tools]
+            result = await session.call_tool(tool, arguments or {}) if tool else None
+            return names, result
+
+
+def test_official_mcp_client_lists_and_calls_every_tool_server(stack: LocalStack, seed: int) -> None:
+    order = make_dataset(seed).orders[4]
+    names, result = asyncio.run(_mcp(stack.url("tool-db") + "/mcp", "get_order", {"order_id": order.order_id}))
+    assert sorted(names) == ["get_customer", "get_order", "get_shipment"]
+    assert not result.isError
+    assert result.structuredContent["status"] == order.status and result.structuredContent["total"] == order.total
+
+    names, result = asyncio.run(_mcp(stack.url("tool-synth") + "/mcp", "track_parcel", {"tracking_no": "TRK1"}))
+    assert sorted(names) == ["carrier_status", "track_parcel"]
+    assert len(result.structuredContent["backends"]) == stack.synth["fanout"]
+    assert abs(len(json.dumps(result.structuredContent)) - stack.synth["response_bytes"]) < 200
+
+    names, _ = asyncio.run(_mcp(stack.url("agent-b") + "/mcp"))
+    assert names == ["handle_subtask"]
+
+    _, result = asyncio.run(_mcp(stack.url("tool-db") + "/mcp", "drop_tables", {}))
+    assert result.isError and "drop_tables" in result.content[0].text
+    _, result = asyncio.run(_mcp(stack.url("tool-db") + "/mcp", "get_order", {"order_id": "1; DROP TABLE orders"}))
+    assert result.isError
+
+
+def test_baseline_answers_every_task_correctly(runs: dict, tasks: list[Task]) -> None:
+    for result, task in zip(runs["baseline"], tasks):
+        assert result.ok, result.error
+        assert answer_is_correct(task, result.answer), (task.expected, result.answer)
+
+
+def _by_trace(events: list[dict]) -> dict[str, list[dict]]:
+    traces: dict[str, list[dict]] = defaultdict(list)
+    for event in events:
+        traces[event["trace_id"]].append(event)
+    return traces
+
+
+def _task_events(events: list[dict], result: driver.TaskResult) -> list[dict]:
+    root = next(e for e in events if e["call_id"] == result.call_id and e["service"] == "driver")
+    return _by_trace(events)[root["trace_id"]]
+
+
+@pytest.mark.parametrize("scenario", ["simple", "multihop"])
+def test_agentic_tasks_decide_tool_calls_with_the_llm(stack: LocalStack, runs: dict, events: list[dict],
+                                                    scenario: str) -> None:
+    for result in runs[scenario]:
+        assert result.ok, result.error
+        assert result.answer
+        mine = [e for e in _task_events(events, result) if e["side"] == "client"]
+        peers = defaultdict(int)
+        for e in mine:
+            peers[(e["service"], e["kind"], e["peer"])] += 1
+        assert peers[("agent-a", "llm", "llm")] == 2  # decide + answer
+        assert peers[("agent-a", "tool", "tool-db")] == 1
+        assert peers[("tool-db", "db", "postgres")] == 1
+        if scenario == "multihop":
+            assert peers[("agent-a", "agent", "agent-b")] == 1
+            assert peers[("agent-b", "llm", "llm")] == 2  # decide + report
+            assert peers[("agent-b", "tool", "tool-synth")] == 1
+            assert peers[("tool-synth", "service", "synth-backend")] == stack.synth["fanout"]
+        else:
+            assert not any(e["service"] == "agent-b" for e in mine)
+
+
+@pytest.mark.parametrize("scenario", ["baseline", "simple", "multihop"])
+def test_every_hop_logs_the_task_with_linked_ids_and_sockets(stack: LocalStack, postgres: LocalPostgres, runs: dict,
+                                                             events: list[dict], scenario: str) -> None:
+    llm_addr = f"127.0.0.1:{stack.ports['llm']}"
+    for result in runs[scenario]:
+        mine = _task_events(events, result)
+        assert {e["task_id"] for e in mine} == {result.task_id}
+        ids = {e["call_id"] for e in mine}
+        root = [e for e in mine if e["parent_id"] is None]
+        assert {e["service"] for e in root} == {"driver", "baseline-gateway" if scenario == "baseline" else "agent-a"}
+        assert all(e["parent_id"] in ids for e in mine if e["parent_id"] is not None)
+        for e in mine:
+            assert e["status"] == "ok", e
+            assert e["start_ns"] <= e["end_ns"] and e["local"] and e["remote"] and e["conns"]
+        servers = defaultdict(list)
+        for e in mine:
+            if e["side"] == "server":
+                servers[e["call_id"]].append(e)
+        for client in (e for e in mine if e["side"] == "client"):
+            if client["kind"] in HTTP_KINDS:  # the server side saw the very same sockets, mirrored
+                seen = servers[client["call_id"]]
+                assert seen, client
+                assert {(s["remote"], s["local"]) for s in seen} == {tuple(c) for c in client["conns"]}
+                assert all(s["parent_id"] == client["parent_id"] for s in seen)
+            elif client["kind"] == "llm":
+                assert client["remote"] == llm_addr and client["resp_bytes"] > 0
+            else:
+                assert client["kind"] == "db" and client["remote"] == f"127.0.0.1:{postgres.port}"
+
+
+def test_malformed_tasks_fail_clearly_and_are_logged(stack: LocalStack) -> None:
+    bad = {"task_id": "bad 1", "text": "", "scenario": "simple"}
+    response = httpx.post(stack.url("agent-a") + "/task", json=bad, timeout=10)
+    assert response.status_code == 400 and "malformed task" in response.json()["error"]
+    response = httpx.post(stack.url("baseline-gateway") + "/task", content=b"{not json", timeout=10)
+    assert response.status_code == 400 and response.json()["ok"] is False
+    time.sleep(0.2)
+    server = [json.loads(line) for line in (stack.telemetry_dir / "agent-a.jsonl").read_text().splitlines()]
+    assert any(e["status"] == "error" and e["error"] == "HTTP 400" for e in server)
+
+
+@pytest.mark.parametrize("dead", ["llm", "tool-db"])
+def test_dead_peer_fails_the_task_fast_with_an_error_event(stack: LocalStack, tasks: list[Task], dead: str) -> None:
+    name, port = f"agent-a-no-{dead}", free_port()
+    config = stack.config("agent-a", port=port)
+    dead_url = f"http://127.0.0.1:{free_port()}"
+    if dead == "llm":
+        config["llm_url"] = dead_url + "/v1"
+    else:
+        config["peers"] = {**config["peers"], "tool-db": dead_url + "/mcp"}
+    proc = stack.start_service("agent-a", name=name, **config)
+    wait_http(f"http://127.0.0.1:{port}/healthz", 60, proc, want_ok=False)
+    entry = driver.Entry(agent_a=f"http://127.0.0.1:{port}")
+    start = time.monotonic()
+    [result] = driver.run("simple", tasks[:1], entry, telemetry_dir=stack.telemetry_dir)
+    assert time.monotonic() - start < 30
+    assert not result.ok and result.error.startswith(f"{dead}: "), result.error
+    failed = [e for e in _task_events(read_events(stack.telemetry_dir), result) if e["status"] == "error"]
+    assert {(e["service"], e["side"], e["kind"]) for e in failed} >= {
+        ("driver", "client", "task"), ("agent-a", "server", "task"),
+        ("agent-a", "client", "llm" if dead == "llm" else "tool")}
+    assert all(e["error"] for e in failed)
