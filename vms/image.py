@@ -13,7 +13,7 @@ import os
 import shutil
 import subprocess
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from lab.config import Image
@@ -193,8 +193,3 @@ def disk_image(node_image: NodeImage, size_gb: int = 8) -> Path:
         raise LabError(f"mkfs.ext4 could not make the VM disk from {node_image.root}: {result.stderr.strip()}")
     partial.rename(disk)
     return disk
-
-
-def describe(node_image: NodeImage) -> dict[str, object]:
-    info = asdict(node_image)
-    return {k: str(v) if isinstance(v, Path) else v for k, v in info.items()}
