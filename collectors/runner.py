@@ -145,6 +145,8 @@ class Runner:
                 str(SNAPLEN),
                 "-n",
                 "-U",
+                # without it libpcap hands packets over in ~1 s batches and a stop loses the last batch
+                "--immediate-mode",
                 "-Z",
                 "root",
                 "-w",

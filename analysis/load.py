@@ -1,0 +1,139 @@
+"""Every file of a run into pandas tables, with node clocks brought to the controller's.
+
+`offset_ns = node clock - controller clock` (manifest `clock_offsets`), interpolated
+linearly between the measurements at start and end when both exist.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from analysis.jsonl import PROBE_SCHEMAS, RESULTS_SCHEMA, TELEMETRY_SCHEMA, read_jsonl
+from analysis.pcap import PcapError, empty_packets, read_pcap
+from analysis.rundir import CONTROLLER, RunDir
+
+PROBES = tuple(PROBE_SCHEMAS)
+TIME_COLUMNS = {"lifetime": ("ts_ns", "start_ns"), "telemetry": ("start_ns", "end_ns")}
+
+
+@dataclass
+class RunData:
+    """The raw tables of one run, times in controller nanoseconds."""
+
+    results: pd.DataFrame
+    events: pd.DataFrame  # telemetry, one row per call per side; column `node_dir` says where it was found
+    probes: dict[str, pd.DataFrame]  # lifetime, state, connect, rtt, retrans; column `node`
+    packets: pd.DataFrame  # every node's captures; columns `node`, `iface`
+    probe_stop_ns: dict[str, int] = field(default_factory=dict)  # per node, when its probes stopped
+
+
+def load_run(run: RunDir) -> RunData:
+    nodes = run.nodes()
+    if not nodes:
+        run.note("nodes/", "no node directories: no probe data, no service telemetry")
+    status = {node: _status(run, node) for node in nodes}
+    unknown = [n for n in nodes if n not in (run.manifest.get("clock_offsets") or {})]
+    if unknown:
+        run.note("manifest.json", f"no clock offset for {', '.join(unknown)}: their times are used as recorded")
+    probes = {probe: _concat([_probe(run, node, probe, status[node]) for node in nodes], PROBE_SCHEMAS[probe])
+              for probe in PROBES}
+    events = [_events(run, run.path / "telemetry" / "driver.jsonl", CONTROLLER)]
+    for node in nodes:
+        for path in sorted((run.path / "nodes" / node / "telemetry").glob("*.jsonl")):
+            events.append(_events(run, path, node))
+    results = read_jsonl(run.path / "results.jsonl", RESULTS_SCHEMA, run).to_pandas()
+    packets = pd.concat([_packets(run, node) for node in nodes] or [_with_node(empty_packets(), "", "")],
+                        ignore_index=True)
+    stops = {node: s["stopped_at_ns"] - _offset(run, node, np.array([s["stopped_at_ns"]]))[0]
+             for node, s in status.items() if s.get("stopped_at_ns")}
+    return RunData(results, _concat(events, TELEMETRY_SCHEMA), probes, packets, stops)
+
+
+def _concat(frames: list[pd.DataFrame], schema: pa.Schema) -> pd.DataFrame:
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        empty = schema.empty_table().to_pandas()
+        return empty.assign(node_dir=pd.Series(dtype=object)) if "node_dir" not in empty else empty
+    return pd.concat(frames, ignore_index=True)
+
+
+def _status(run: RunDir, node: str) -> dict:
+    path = run.path / "nodes" / node / "probes" / "status.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        run.note(run.rel(path), "missing: probe states unknown")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        run.note(run.rel(path), "unreadable")
+    return {}
+
+
+def _probe(run: RunDir, node: str, probe: str, status: dict) -> pd.DataFrame:
+    path = run.path / "nodes" / node / "probes" / f"{probe}.jsonl"
+    state = (status.get("probes") or {}).get(probe) or (run.manifest.get("probes") or {}).get(node, {}).get(probe) or {}
+    if not path.exists() and state.get("state") == "unavailable":
+        run.note(run.rel(path), f"probe unavailable on {node}: {state.get('unavailable_reason') or state.get('error')}")
+        return pd.DataFrame()
+    if state.get("state") in ("failed", "exited"):
+        run.note(run.rel(path), f"probe {state['state']} on {node}: {state.get('attach_error') or state.get('error')}")
+    frame = read_jsonl(path, PROBE_SCHEMAS[probe], run).to_pandas()
+    frame["node"] = node
+    for column in TIME_COLUMNS.get(probe, ("ts_ns",)):
+        frame[column] = frame[column] - _offset(run, node, frame[column].to_numpy())
+    return frame
+
+
+def _events(run: RunDir, path: Path, node: str) -> pd.DataFrame:
+    frame = read_jsonl(path, TELEMETRY_SCHEMA, run).to_pandas()
+    frame["node_dir"] = node
+    for column in TIME_COLUMNS["telemetry"]:
+        frame[column] = frame[column] - _offset(run, node, frame[column].to_numpy())
+    return frame
+
+
+def _packets(run: RunDir, node: str) -> pd.DataFrame:
+    frames = []
+    for path in sorted((run.path / "nodes" / node / "probes").glob("pcap-*.pcap")):
+        iface = path.stem.removeprefix("pcap-")
+        try:
+            capture = read_pcap(path.read_bytes())
+        except PcapError as exc:
+            run.note(run.rel(path), f"skipped: {exc}")
+            continue
+        if capture.truncated:
+            run.note(run.rel(path), "truncated: last packet incomplete (dropped)")
+        if capture.packets.empty:
+            run.note(run.rel(path), "holds no TCP packet: packet, byte and burst figures lack this interface")
+        packets = capture.packets
+        packets["ts_ns"] -= _offset(run, node, packets["ts_ns"].to_numpy())
+        frames.append(_with_node(packets, node, iface))
+    if not frames and (run.path / "nodes" / node / "probes").is_dir():
+        run.note(f"nodes/{node}/probes/pcap-*.pcap", "no packet capture: packet, byte and burst figures lack this node")
+    return pd.concat(frames, ignore_index=True) if frames else _with_node(empty_packets(), node, "")
+
+
+def _with_node(packets: pd.DataFrame, node: str, iface: str) -> pd.DataFrame:
+    return packets.assign(node=node, iface=iface)
+
+
+def _offset(run: RunDir, node: str, at_ns: np.ndarray) -> np.ndarray:
+    """node clock - controller clock at each node time (0 for the controller or when unknown)."""
+    offsets = (run.manifest.get("clock_offsets") or {}).get(node)
+    if node == CONTROLLER or not offsets:
+        return np.zeros(len(at_ns), np.int64)
+    start, end = offsets.get("start"), offsets.get("end")
+    first = start or end
+    if not (start and end) or start["offset_ns"] == end["offset_ns"]:
+        return np.full(len(at_ns), int(first["offset_ns"]), np.int64)
+    t0 = start.get("measured_at_ns", run.manifest.get("started_at_ns"))
+    t1 = end.get("measured_at_ns", run.manifest.get("ended_at_ns"))
+    if not t0 or not t1 or t1 <= t0:
+        return np.full(len(at_ns), int(start["offset_ns"]), np.int64)
+    share = np.clip((at_ns.astype(np.float64) - t0) / (t1 - t0), 0.0, 1.0)
+    return (start["offset_ns"] + share * (end["offset_ns"] - start["offset_ns"])).astype(np.int64)

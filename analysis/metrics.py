@@ -1,0 +1,170 @@
+"""Metrics on the joined tables: per task, per hop kind and per scenario.
+
+Every function takes plain DataFrames (columns named in its docstring) and is vectorised,
+so each can be checked on a small hand-built table.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+WINDOW_NS = 10_000_000  # packets-per-window bins
+BURST_GAP_NS = 1_000_000  # a gap longer than this ends a burst
+QUANTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99, "p99.9": 0.999}
+BREAKDOWN = ("llm", "tools", "handoff", "network", "other")
+_CATEGORY = {"llm": "llm", "tool": "tools", "db": "tools", "service": "tools", "agent": "handoff", "task": "other"}
+
+
+def percentiles(values: pd.Series | np.ndarray) -> dict[str, float]:
+    """p50, p90, p99 and p99.9 (linear interpolation); NaN when there are no values."""
+    values = np.asarray(values, dtype=np.float64)
+    values = values[~np.isnan(values)]
+    if len(values) == 0:
+        return {name: float("nan") for name in QUANTILES}
+    return dict(zip(QUANTILES, np.quantile(values, list(QUANTILES.values())).tolist()))
+
+
+# --- per task -------------------------------------------------------------------------------
+
+
+def flows_per_task(used: pd.DataFrame) -> pd.DataFrame:
+    """`used` (call_id, conn_id, trace_id, start_ns, server_ep): per trace, the distinct connections its
+    calls used (`flows`), those it opened, i.e. was the first to use (`new_flows`), and the distinct
+    server endpoints it reached (`peers`, the fan-out)."""
+    used = used.dropna(subset=["trace_id"])
+    first = used.sort_values("start_ns").drop_duplicates("conn_id")
+    out = used.groupby("trace_id").agg(flows=("conn_id", "nunique"), peers=("server_ep", "nunique"))
+    out["new_flows"] = first.groupby("trace_id").size()
+    return out.fillna({"new_flows": 0}).astype(np.int64)
+
+
+def traffic(packets: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """`packets` (wire_len, payload, plus the `by` columns): packets, bytes on the wire, payload bytes."""
+    return packets.groupby(by, observed=True).agg(packets=("wire_len", "size"), bytes=("wire_len", "sum"),
+                                                  payload_bytes=("payload", "sum"))
+
+
+def bursts(packets: pd.DataFrame, by: str, gap_ns: int = BURST_GAP_NS) -> pd.DataFrame:
+    """`packets` (ts_ns, `by`): one row per burst, a run of packets of one group no more than `gap_ns`
+    apart: the group, its start and its size in packets."""
+    ordered = packets[[by, "ts_ns"]].dropna().sort_values([by, "ts_ns"])
+    gap = ordered.groupby(by)["ts_ns"].diff()
+    burst = (gap.isna() | (gap > gap_ns)).cumsum()
+    return ordered.groupby(burst).agg(group=(by, "first"), start_ns=("ts_ns", "min"), size=("ts_ns", "size")).rename(
+        columns={"group": by}).reset_index(drop=True)
+
+
+def interarrival_cv(packets: pd.DataFrame, by: str) -> pd.Series:
+    """Coefficient of variation (std / mean) of packet inter-arrival times per group (NaN below 3 packets)."""
+    ordered = packets[[by, "ts_ns"]].dropna().sort_values([by, "ts_ns"])
+    gaps = ordered.assign(gap=ordered.groupby(by)["ts_ns"].diff()).dropna(subset=["gap"])
+    stats = gaps.groupby(by)["gap"].agg(["mean", "std", "size"])
+    return (stats["std"] / stats["mean"]).where(stats["size"] >= 2)
+
+
+def window_counts(packets: pd.DataFrame, by: str, window_ns: int = WINDOW_NS) -> pd.DataFrame:
+    """Packets per `window_ns` window per group, empty windows between a group's first and last packet
+    included: mean, max and peak-to-mean ratio."""
+    ordered = packets[[by, "ts_ns"]].dropna()
+    first = ordered.groupby(by)["ts_ns"].transform("min")
+    slot = ((ordered["ts_ns"] - first) // window_ns).astype(np.int64)
+    counts = ordered.assign(slot=slot).groupby([by, "slot"]).size()
+    per = counts.groupby(level=0).agg(["sum", "max"])
+    windows = slot.groupby(ordered[by]).max() + 1
+    out = pd.DataFrame({"pkts_per_window_mean": per["sum"] / windows, "pkts_per_window_max": per["max"]})
+    out["peak_to_mean"] = out["pkts_per_window_max"] / out["pkts_per_window_mean"]
+    return out
+
+
+def latency_breakdown(calls: pd.DataFrame) -> pd.DataFrame:
+    """Per trace, where its time went, in ns. `calls`: call_id, parent_id, trace_id, kind, duration_ns,
+    server_busy_ns (NaN without a server side), has_client (bool).
+
+    Each call's self time is its duration less its children's; where both sides logged, the
+    client's time beyond the server's is network (and queueing); the rest goes to the call's
+    category: llm, tools (MCP tools, services, database), handoff (agent to agent), other
+    (the entry's own work around the task). Parallel children can make the parts sum to more
+    than the task took."""
+    children = calls.groupby("parent_id")["duration_ns"].sum()
+    self_ns = (calls["duration_ns"] - calls["call_id"].map(children).fillna(0)).clip(lower=0)
+    both = calls["has_client"] & calls["server_busy_ns"].notna()
+    network = (calls["duration_ns"] - calls["server_busy_ns"]).where(both, 0).clip(lower=0).clip(upper=self_ns)
+    parts = pd.DataFrame({"trace_id": calls["trace_id"], "category": calls["kind"].map(_CATEGORY).fillna("tools"),
+                          "own": self_ns - network, "network": network})
+    own = parts.pivot_table(index="trace_id", columns="category", values="own", aggfunc="sum", fill_value=0)
+    out = own.reindex(columns=list(BREAKDOWN), fill_value=0)
+    out["network"] = parts.groupby("trace_id")["network"].sum()
+    return out.fillna(0).add_suffix("_ns")
+
+
+def retrans_rate(retrans: pd.DataFrame, packets: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """Retransmitted segments over data segments (payload > 0) per group; NaN where no data segment was captured."""
+    sent = packets[packets["payload"] > 0].groupby(by, observed=True).size().rename("data_segments")
+    again = retrans.groupby(by, observed=True).size().rename("retransmits")
+    out = pd.concat([sent, again], axis=1).fillna(0).astype(np.int64)
+    out["retrans_rate"] = (out["retransmits"] / out["data_segments"]).where(out["data_segments"] > 0)
+    return out
+
+
+def task_metrics(tasks: pd.DataFrame, calls: pd.DataFrame, used: pd.DataFrame, packets: pd.DataFrame,
+                 retrans: pd.DataFrame) -> pd.DataFrame:
+    """One row per task: calls by kind, flows, fan-out, traffic, retransmits, burstiness, latency breakdown."""
+    mine = calls[calls["trace_id"].isin(tasks["trace_id"])]
+    kinds = pd.crosstab(mine["trace_id"], mine["kind"]).add_suffix("_calls")
+    breakdown = latency_breakdown(mine.assign(has_client=mine["client_service"].notna()))
+    task_packets = packets.dropna(subset=["trace_id"])
+    parts = [kinds, flows_per_task(used), traffic(task_packets, ["trace_id"]),
+             retrans.dropna(subset=["trace_id"]).groupby("trace_id").size().rename("retransmits"),
+             interarrival_cv(task_packets, "trace_id").rename("iat_cv"), window_counts(task_packets, "trace_id"),
+             bursts(task_packets, "trace_id").groupby("trace_id")["size"].agg(bursts="size", burst_mean="mean"),
+             breakdown]
+    out = tasks.set_index("trace_id").join(parts, how="left")
+    counts = [c for c in out if c.endswith("_calls")] + ["flows", "new_flows", "peers", "packets", "bytes",
+                                                         "payload_bytes", "retransmits", "bursts"]
+    out[counts] = out[counts].fillna(0).astype(np.int64)
+    return out.reset_index()
+
+
+def hop_metrics(packets: pd.DataFrame, conns: pd.DataFrame, rtt: pd.DataFrame, tasks: pd.DataFrame) -> pd.DataFrame:
+    """Per hop kind: connections, packets and bytes per task, RTT p50/p99 in µs, median connection lifetime."""
+    counted = tasks.loc[~tasks["warmup"], "trace_id"]
+    n = max(len(counted), 1)
+    inside = packets[packets["trace_id"].isin(counted)]
+    out = traffic(inside, ["hop"]) / n
+    out.columns = [f"{c}_per_task" for c in out.columns]
+    out["connections"] = conns.groupby("hop").size()
+    out["lifetime_ms_p50"] = conns.groupby("hop")["lifetime_ns"].median() / 1e6
+    rtt_by = rtt.groupby("hop")["srtt_us"]
+    out["rtt_us_p50"], out["rtt_us_p99"] = rtt_by.median(), rtt_by.quantile(0.99)
+    return out.reset_index()
+
+
+def scenario_summary(per_task: pd.DataFrame, conns: pd.DataFrame, packets: pd.DataFrame, rtt: pd.DataFrame,
+                     retrans: pd.DataFrame, burst_sizes: pd.Series) -> dict[str, float]:
+    """The headline figures of one run (warm-up tasks excluded from per-task means)."""
+    counted = per_task[~per_task["warmup"]]
+    lab = conns[conns["lab"]]
+    retx = retrans_rate(retrans.assign(all=1), packets.assign(all=1), ["all"])
+    total_ns = counted[[f"{p}_ns" for p in BREAKDOWN]].sum()
+    summary = {
+        "tasks": float(len(counted)), "ok_share": float(counted["ok"].mean()) if len(counted) else float("nan"),
+        "task_s_p50": float(counted["duration_ns"].median() / 1e9), "task_s_p90": float(counted["duration_ns"].quantile(0.9) / 1e9),
+        "flows_per_task": float(counted["flows"].mean()), "new_flows_per_task": float(counted["new_flows"].mean()),
+        "peers_per_task": float(counted["peers"].mean()), "packets_per_task": float(counted["packets"].mean()),
+        "bytes_per_task": float(counted["bytes"].mean()), "llm_calls_per_task": float(counted.get("llm_calls", pd.Series(0.0)).mean()),
+        **{f"rtt_us_{k}": v for k, v in percentiles(rtt["srtt_us"]).items()},
+        "retrans_rate": float(retx["retrans_rate"].iloc[0]) if len(retx) else float("nan"),
+        "retransmits": float(retx["retransmits"].sum()),
+        "lifetime_ms_p50": float(conns["lifetime_ns"].median() / 1e6), "lifetime_ms_p90": float(conns["lifetime_ns"].quantile(0.9) / 1e6),
+        "iat_cv_mean": float(counted["iat_cv"].mean()), "burst_size_mean": float(burst_sizes.mean()),
+        "burst_size_p90": float(burst_sizes.quantile(0.9)) if len(burst_sizes) else float("nan"),
+        "matched_lab_flows": float(lab["call_id"].notna().mean()) if len(lab) else float("nan"),
+        "matched_packets": float(packets["conn_id"].notna().mean()) if len(packets) else float("nan"),
+        "connections": float(len(conns)),
+    }
+    if packets.empty:  # no capture: unknown, not zero
+        summary.update(packets_per_task=float("nan"), bytes_per_task=float("nan"))
+    shares = total_ns / total_ns.sum() if total_ns.sum() > 0 else total_ns * np.nan
+    summary.update({f"share_{p}": float(shares[f"{p}_ns"]) for p in BREAKDOWN})
+    return summary

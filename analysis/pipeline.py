@@ -1,0 +1,80 @@
+"""One run directory in, tables + plots + report.html + analysis.json out; several runs
+into a comparison report."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from analysis import metrics, report
+from analysis.join import Joined, join
+from analysis.load import load_run
+from analysis.rundir import RunDir, open_run
+
+SCENARIO_ORDER = ("baseline", "simple", "multihop")  # comparison columns, then any other scenario
+
+
+@dataclass
+class RunAnalysis:
+    run: RunDir
+    joined: Joined
+    per_task: pd.DataFrame
+    hops: pd.DataFrame
+    bursts: pd.DataFrame
+    summary: dict[str, float]
+
+    @property
+    def label(self) -> str:
+        return f"{self.run.scenario} ({self.run.run_id})"
+
+
+def analyse(path: Path) -> RunAnalysis:
+    """Load, join and measure one run (no files written)."""
+    run = open_run(path)
+    joined = join(load_run(run), run.scenario)
+    per_task = metrics.task_metrics(joined.tasks, joined.calls, joined.used, joined.packets, joined.retrans)
+    counted = per_task.loc[~per_task["warmup"], "trace_id"]
+    bursts = metrics.bursts(joined.packets[joined.packets["trace_id"].isin(counted)], "trace_id")
+    hops = metrics.hop_metrics(joined.packets, joined.conns, joined.rtt, joined.tasks)
+    summary = metrics.scenario_summary(per_task, joined.conns, joined.packets, joined.rtt, joined.retrans, bursts["size"])
+    return RunAnalysis(run, joined, per_task, hops, bursts, summary)
+
+
+def analyze_run(path: Path) -> RunAnalysis:
+    """Analyse one run and write `tables/*.parquet`, `plots/*.png`, `report.html` and `analysis.json` into it."""
+    result = analyse(path)
+    tables = write_tables(result)
+    report.write_run_report(result)
+    summary = {"run_id": result.run.run_id, "scenario": result.run.scenario, "analysed_at_ns": time.time_ns(),
+               "summary": result.summary, "problems": [p.__dict__ for p in result.run.problems],
+               "tables": tables, "report": "report.html"}
+    (path / "analysis.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    return result
+
+
+def write_tables(result: RunAnalysis) -> list[str]:
+    out = result.run.path / "tables"
+    out.mkdir(exist_ok=True)
+    j = result.joined
+    tables = {"tasks": result.per_task, "calls": j.calls, "flows": j.flows, "connections": j.conns,
+              "call_connections": j.used, "packets": j.packets, "rtt": j.rtt, "retrans": j.retrans,
+              "hops": result.hops, "bursts": result.bursts}
+    for name, frame in tables.items():
+        frame.to_parquet(out / f"{name}.parquet", index=False)
+    return [f"tables/{name}.parquet" for name in tables]
+
+
+def compare(paths: list[Path], out: Path | None = None) -> Path:
+    """Analyse every run and write one comparison report (baseline, simple, multihop, then the rest); returns its path."""
+    order = {name: i for i, name in enumerate(SCENARIO_ORDER)}
+    results = sorted((analyze_run(path) for path in paths), key=lambda r: order.get(r.run.scenario, len(order)))
+    if out is None:
+        digest = hashlib.sha256("\n".join(r.run.run_id for r in results).encode()).hexdigest()[:8]
+        out = paths[0].resolve().parent / f"comparison-{digest}"
+    out.mkdir(parents=True, exist_ok=True)
+    return report.write_comparison(results, out)

@@ -1,0 +1,169 @@
+"""The figures, with seaborn, for one run or several side by side. Each function returns a
+figure and a caption that says what is plotted, so the report reads without the code."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+
+from analysis.metrics import BREAKDOWN, WINDOW_NS
+
+if TYPE_CHECKING:
+    from analysis.pipeline import RunAnalysis
+
+Plot = tuple[str, Figure, str]  # file stem, figure, caption
+sns.set_theme(style="whitegrid", context="notebook")
+
+
+def _stack(results: list[RunAnalysis], frame: str, column: str) -> pd.DataFrame:
+    parts = [getattr(r.joined, frame)[[column]].assign(run=r.label) for r in results]
+    return pd.concat(parts, ignore_index=True).dropna(subset=[column])
+
+
+def _empty(ax: plt.Axes, what: str) -> None:
+    ax.text(0.5, 0.5, f"no {what} in the data", ha="center", va="center", transform=ax.transAxes)
+
+
+def rtt_cdf(results: list[RunAnalysis]) -> Plot:
+    fig, ax = plt.subplots(figsize=(7, 4))
+    data = _stack(results, "rtt", "srtt_us")
+    if len(data):
+        sns.ecdfplot(data=data, x="srtt_us", hue="run", log_scale=True, ax=ax)
+    else:
+        _empty(ax, "RTT samples")
+    ax.set(xlabel="smoothed RTT (µs, log scale)", ylabel="share of samples")
+    return "rtt_cdf", fig, ("CDF of the kernel's smoothed RTT (srtt) samples from the rtt probe, every connection "
+                            "of every node, per run.")
+
+
+def flow_size_cdf(results: list[RunAnalysis]) -> Plot:
+    fig, ax = plt.subplots(figsize=(7, 4))
+    data = _stack(results, "conns", "bytes")
+    data = data[data["bytes"] > 0]
+    if len(data):
+        sns.ecdfplot(data=data, x="bytes", hue="run", log_scale=True, ax=ax)
+    else:
+        _empty(ax, "flow sizes")
+    ax.set(xlabel="bytes per connection, both directions (log scale)", ylabel="share of connections")
+    return "flow_size_cdf", fig, ("CDF of connection sizes: payload bytes sent plus received (lifetime probe; "
+                                  "connections still open at the end are sized from their captured packets).")
+
+
+def flows_per_task(results: list[RunAnalysis]) -> Plot:
+    fig, ax = plt.subplots(figsize=(7, 4))
+    data = pd.concat([r.per_task.loc[~r.per_task["warmup"], ["flows", "new_flows"]].assign(run=r.label) for r in results])
+    long = data.melt(id_vars="run", var_name="count", value_name="connections")
+    if len(long):
+        sns.stripplot(data=long, x="run", y="connections", hue="count", dodge=True, jitter=0.2, ax=ax)
+    else:
+        _empty(ax, "tasks")
+    ax.set(xlabel="", ylabel="TCP connections per task")
+    return "flows_per_task", fig, ("Connections per task (warm-up tasks excluded): `flows` = distinct connections the "
+                                   "task's calls used; `new_flows` = those the task opened (was first to use).")
+
+
+def latency_breakdown(results: list[RunAnalysis]) -> Plot:
+    fig, ax = plt.subplots(figsize=(7, 4))
+    rows = [{"run": r.label, **{p: r.per_task.loc[~r.per_task["warmup"], f"{p}_ns"].mean() / 1e9 for p in BREAKDOWN}}
+            for r in results]
+    pd.DataFrame(rows).set_index("run").plot.barh(stacked=True, ax=ax)
+    ax.set(xlabel="mean seconds per task", ylabel="")
+    return "latency_breakdown", fig, ("Where a task's time goes (mean per task): LLM calls, tools (MCP tools, services, "
+                                      "database), agent-to-agent hand-off, network (client time beyond the server's), "
+                                      "and other (the entry's own work).")
+
+
+def sample_task(result: RunAnalysis) -> pd.Series | None:
+    """The task of median duration among those with captured packets (else among all)."""
+    tasks = result.per_task[~result.per_task["warmup"]]
+    with_packets = tasks[tasks["packets"] > 0]
+    tasks = with_packets if len(with_packets) else tasks
+    if not len(tasks):
+        return None
+    return tasks.sort_values("duration_ns").iloc[(len(tasks) - 1) // 2]
+
+
+def burst_timeline(result: RunAnalysis) -> Plot:
+    fig, ax = plt.subplots(figsize=(9, 3.5))
+    task = sample_task(result)
+    packets = result.joined.packets
+    mine = packets[packets["trace_id"] == task["trace_id"]] if task is not None else packets.iloc[:0]
+    if len(mine):
+        slot = (mine["ts_ns"] - task["start_ns"]) // WINDOW_NS
+        counts = pd.crosstab(slot, mine["hop"])  # only windows that saw packets: one bar each
+        bottom = pd.Series(0, index=counts.index)
+        for hop, colour in zip(counts.columns, sns.color_palette(n_colors=len(counts.columns))):
+            ax.bar(counts.index * WINDOW_NS / 1e6, counts[hop], bottom=bottom, width=WINDOW_NS / 1e6, align="edge",
+                   color=colour, edgecolor=colour, linewidth=1.5, label=hop)
+            bottom += counts[hop]
+        ax.legend(title="hop", loc="upper left", bbox_to_anchor=(1.01, 1))
+    else:
+        _empty(ax, "captured packets for a task")
+    ax.set(xlabel="ms since the task started", ylabel=f"packets per {WINDOW_NS // 1_000_000} ms")
+    name = f"task {task['task_id']}" if task is not None else "no task"
+    return "burst_timeline", fig, (f"{result.label}: packets per {WINDOW_NS // 1_000_000} ms window during {name} "
+                                   "(the task of median duration), stacked by hop kind.")
+
+
+def call_sequence(result: RunAnalysis) -> Plot:
+    fig, ax = plt.subplots(figsize=(9, 4))
+    task = sample_task(result)
+    calls = result.joined.calls
+    mine = calls[calls["trace_id"] == task["trace_id"]].sort_values("start_ns") if task is not None else calls.iloc[:0]
+    if len(mine):
+        row = mine["client_service"].fillna("?") + " → " + mine["peer"].fillna(mine["server_service"]).fillna("?")
+        lanes = {lane: i for i, lane in enumerate(dict.fromkeys(row))}
+        palette = dict(zip(sorted(mine["kind"].unique()), sns.color_palette(n_colors=mine["kind"].nunique())))
+        start = (mine["start_ns"] - task["start_ns"]) / 1e6
+        visible = task["duration_ns"] / 1e6 / 300  # the shortest calls still show as a sliver
+        for (lane, kind), left, width in zip(zip(row, mine["kind"]), start, mine["duration_ns"] / 1e6):
+            ax.barh(lanes[lane], max(width, visible), left=left, color=palette[kind], label=kind)
+        ax.set_yticks(list(lanes.values()), list(lanes))
+        ax.invert_yaxis()
+        handles, labels = ax.get_legend_handles_labels()
+        unique = dict(zip(labels, handles))
+        ax.legend(unique.values(), unique.keys(), title="kind", loc="upper left", bbox_to_anchor=(1.01, 1))
+    else:
+        _empty(ax, "calls for a task")
+    ax.set(xlabel="ms since the task started")
+    name = f"task {task['task_id']}" if task is not None else "no task"
+    return "call_sequence", fig, (f"{result.label}: every call of {name} as a bar from its start to its end, one lane "
+                                  "per caller → callee, coloured by kind (from the services' telemetry).")
+
+
+def retransmissions(results: list[RunAnalysis]) -> Plot:
+    fig, ax = plt.subplots(figsize=(7, 4))
+    rows = [{"run": f"{r.label}\nimpairment: {_impairment(r)}", "retransmits per 1000 data segments":
+             1000 * r.summary["retrans_rate"], "retransmits": r.summary["retransmits"]} for r in results]
+    data = pd.DataFrame(rows)
+    sns.barplot(data=data, y="run", x="retransmits per 1000 data segments", ax=ax)
+    for i, count in enumerate(data["retransmits"]):
+        ax.annotate(f"{count:.0f} retransmits", (0, i), xytext=(4, 0), textcoords="offset points", va="center")
+    ax.set(ylabel="")
+    return "retransmissions", fig, ("Retransmitted segments (retrans probe) per 1000 data segments captured, per run, "
+                                    "labelled with the impairment applied during the run.")
+
+
+def _impairment(result: RunAnalysis) -> str:
+    applied = result.run.manifest.get("impairments_applied")
+    return str(applied) if applied else "none"
+
+
+def run_plots(result: RunAnalysis) -> list[Plot]:
+    both = [result]
+    return [rtt_cdf(both), flow_size_cdf(both), flows_per_task(both), latency_breakdown(both), burst_timeline(result),
+            call_sequence(result), retransmissions(both)]
+
+
+def comparison_plots(results: list[RunAnalysis]) -> list[Plot]:
+    per_run = [(f"{stem}-{r.run.run_id}", fig, caption) for r in results
+               for stem, fig, caption in (burst_timeline(r), call_sequence(r))]
+    return [rtt_cdf(results), flow_size_cdf(results), flows_per_task(results), latency_breakdown(results),
+            retransmissions(results), *per_run]

@@ -1,0 +1,120 @@
+"""A run directory as the controller wrote it: the manifest, the files it lists (checked
+against their sizes and checksums), and every problem found on the way, so the report
+can say what was missing instead of failing."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+CONTROLLER = "controller"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something missing or wrong in the input; the analysis went on without it."""
+
+    where: str
+    what: str
+
+
+@dataclass
+class RunDir:
+    path: Path
+    manifest: dict[str, Any]
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def run_id(self) -> str:
+        return str(self.manifest.get("run_id") or self.path.name)
+
+    @property
+    def scenario(self) -> str:
+        scenario = self.manifest.get("scenario")
+        name = scenario.get("name") if isinstance(scenario, dict) else scenario
+        return str(name or "unknown")
+
+    def note(self, where: Path | str, what: str) -> None:
+        self.problems.append(Problem(str(where), what))
+
+    def rel(self, path: Path) -> str:
+        return str(path.relative_to(self.path)) if path.is_relative_to(self.path) else str(path)
+
+    def nodes(self) -> list[str]:
+        """Nodes with a directory, plus nodes the manifest names (their absence is noted later)."""
+        on_disk = {p.name for p in (self.path / "nodes").glob("*") if p.is_dir()}
+        return sorted(on_disk | set(self.manifest.get("probes") or {}))
+
+
+def open_run(path: Path) -> RunDir:
+    """Read the manifest (a missing or broken one is a problem, not an error) and check every file it lists."""
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} is not a run directory")
+    run = RunDir(path, {})
+    manifest = path / "manifest.json"
+    try:
+        run.manifest = json.loads(manifest.read_text())
+    except FileNotFoundError:
+        run.note("manifest.json", "missing: facts, clock offsets and checksums unknown")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        run.note("manifest.json", f"unreadable ({exc}): facts, clock offsets and checksums unknown")
+    if not isinstance(run.manifest, dict):
+        run.note("manifest.json", "not a JSON object")
+        run.manifest = {}
+    check_files(run)
+    return run
+
+
+def check_files(run: RunDir) -> None:
+    files = run.manifest.get("files") or {}
+    for relpath, expected in sorted(files.items()):
+        path = run.path / relpath
+        if not path.is_file():
+            run.note(relpath, "missing (listed in the manifest)")
+            continue
+        size = path.stat().st_size
+        if "bytes" in expected and size != expected["bytes"]:
+            run.note(relpath, f"size {size} B, the manifest says {expected['bytes']} B (truncated or changed)")
+        elif "sha256" in expected and sha256(path) != expected["sha256"]:
+            run.note(relpath, "sha256 differs from the manifest (changed after the run)")
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def facts(run: RunDir) -> dict[str, str]:
+    """What a reader must know to trust the numbers: where and with what it was measured."""
+    m = run.manifest
+    scenario = m.get("scenario") if isinstance(m.get("scenario"), dict) else {}
+    lab = m.get("lab") if isinstance(m.get("lab"), dict) else {}
+    llm = lab.get("llm") if isinstance(lab.get("llm"), dict) else {}
+    versions = m.get("versions") or {}
+    git = m.get("git")
+    return {
+        "run": run.run_id,
+        "scenario": run.scenario,
+        "provider": str(m.get("provider", "unknown")),
+        "accelerator": str(m.get("accelerator", "unknown")),
+        "model": str(scenario.get("model") or llm.get("model") or m.get("model") or "unknown"),
+        "llm backend": str(llm.get("backend") or m.get("llm_backend") or "unknown"),
+        "image": _short(m.get("image")),
+        "versions": ", ".join(f"{k} {v}" for k, v in versions.items()) if isinstance(versions, dict) else _short(versions),
+        "git": _short(git.get("commit") if isinstance(git, dict) else git),
+        "impairments": _short(m.get("impairments_applied")) if m.get("impairments_applied") else "none",
+    }
+
+
+def _short(value: Any) -> str:
+    if value is None:
+        return "unknown"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in value.items())
+    return str(value)

@@ -1,0 +1,144 @@
+"""Make real run directories without the lab: the whole workload on the loopback of one
+network namespace (run this script inside it), the collectors runner observing that
+namespace as node `agent-b`, the driver submitting tasks, and the output laid out as the
+experiment controller lays out a run (manifest.json, results.jsonl, telemetry, nodes/).
+
+    ip netns exec NS python tests/analysis/loopback_run.py OUT [--scenarios baseline,simple,multihop]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from workload import driver
+from workload.db import seed_database
+from workload.llm import DEFAULT_MODEL
+from workload.local import LocalPostgres, LocalStack
+from workload.tasks import make_tasks
+
+NODE = "agent-b"
+NODE_PYTHON = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
+SYNTH = {"response_bytes": 4096, "latency_ms": 10, "fanout": 2}
+TASKS = {"baseline": (6, 2), "simple": (2, 1), "multihop": (2, 1)}  # tasks, concurrency
+# tcpdump (without --immediate-mode) hands packets over in blocks, about once a second; a
+# SIGTERM sooner after the traffic loses them, so let the last block come out first.
+DRAIN_S = 2.0
+
+
+def start_probes(run_id: str, out: Path) -> subprocess.Popen:
+    argv = [NODE_PYTHON, "-m", "collectors", "run", "--node", NODE, "--run-id", run_id, "--out", str(out),
+            "--netns-inode", "auto", "--iface", "lo"]
+    proc = subprocess.Popen(argv, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            if json.loads((out / "status.json").read_text()).get("state") == "running":
+                return proc
+        except (OSError, ValueError):
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError(f"collectors runner exited {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}")
+        time.sleep(0.2)
+    raise TimeoutError("probes did not attach in 90 s")
+
+
+def stop_probes(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+
+
+def telemetry_sizes(directory: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_size for p in directory.glob("*.jsonl")}
+
+
+def copy_new_telemetry(directory: Path, before: dict[str, int], dest: Path) -> None:
+    """This run's events only: what each service appended since the run started."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for path in directory.glob("*.jsonl"):
+        with open(path, "rb") as f:
+            f.seek(before.get(path.name, 0))
+            (dest / path.name).write_bytes(f.read())
+
+
+def file_facts(run_dir: Path) -> dict[str, dict[str, object]]:
+    return {str(p.relative_to(run_dir)): {"bytes": p.stat().st_size, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
+            for p in sorted(run_dir.rglob("*")) if p.is_file() and p.name != "manifest.json"}
+
+
+def run_scenario(stack: LocalStack, out: Path, scenario: str, seed: int) -> Path:
+    count, concurrency = TASKS[scenario]
+    run_id = f"loop-{scenario}-{time.strftime('%Y%m%dT%H%M%S')}"
+    run_dir = out / run_id
+    probes = run_dir / "nodes" / NODE / "probes"
+    started = time.time_ns()
+    runner = start_probes(run_id, probes)
+    before = telemetry_sizes(stack.telemetry_dir)
+    try:
+        results = driver.run(scenario, make_tasks(seed, count), stack.entry, concurrency,  # type: ignore[arg-type]
+                             telemetry_dir=run_dir / "telemetry")
+        time.sleep(DRAIN_S)
+    finally:
+        stop_probes(runner)
+    copy_new_telemetry(stack.telemetry_dir, before, run_dir / "nodes" / NODE / "telemetry")
+    with open(run_dir / "results.jsonl", "w") as f:
+        f.writelines(json.dumps({**asdict(result), "repetition": 0, "warmup": False}) + "\n" for result in results)
+    status = json.loads((probes / "status.json").read_text())
+    manifest = {
+        "run_id": run_id, "scenario": {"name": scenario, "tasks": count, "concurrency": concurrency, "synth": SYNTH},
+        "lab": {"name": "loopback", "llm": {"backend": "llamacpp", "model": DEFAULT_MODEL}},
+        "provider": "loopback", "accelerator": "container", "image": "host",
+        "versions": {"python": platform.python_version(), "kernel": platform.release()}, "git": None,
+        "started_at_ns": started, "ended_at_ns": time.time_ns(),
+        "clock_offsets": {NODE: {"start": {"offset_ns": 0, "uncertainty_ns": 0}, "end": {"offset_ns": 0, "uncertainty_ns": 0}}},
+        "probes": {NODE: {name: {"state": p["state"], "source": p["source"], "records": p["records"], "error": p["error"]}
+                          for name, p in status["probes"].items()}},
+        "impairments_applied": [], "tasks": [r.task_id for r in results], "faults": [],
+        "files": file_facts(run_dir),
+    }
+    (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return run_dir
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--scenarios", default="baseline,simple,multihop")
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+    scenarios = args.scenarios.split(",")
+    work = Path(tempfile.mkdtemp(prefix="analysis-loop-"))
+    work.chmod(0o755)
+    pg = LocalPostgres(work / "pg")
+    seed_database(pg.start(), args.seed)
+    stack = LocalStack(work / "stack", pg.dsn, synth=SYNTH)
+    stack.directory.mkdir()
+    try:
+        if set(scenarios) - {"baseline"}:
+            stack.start_llm(DEFAULT_MODEL)
+        stack.start()
+        for scenario in scenarios:
+            print(run_scenario(stack, args.out, scenario, args.seed), flush=True)
+    finally:
+        stack.stop()
+        pg.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,134 @@
+"""The analysis on real runs: the workload on loopback observed by the real probes (see
+conftest.py), three scenarios, then a damaged copy of one run."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from scapy.all import TCP, PcapReader
+
+import analysis
+from analysis.pipeline import RunAnalysis
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1500)]
+
+# The baseline's fixed call graph: every task makes exactly these hops, each over its own connection.
+BASELINE_HOPS = {"client→entry": 1, "service→service": 2, "→db": 2}  # driver→gateway; gateway→order, order→shipping; 2 queries
+HANDSHAKE_TOLERANCE = 0.01  # probe connections vs SYNs in the capture: within 1 % (at least 1)
+
+
+@pytest.fixture(scope="module")
+def analysed(loop_runs: dict[str, Path]) -> dict[str, RunAnalysis]:
+    return {scenario: analysis.analyze_run(path) for scenario, path in loop_runs.items()}
+
+
+def _hops_per_task(result: RunAnalysis) -> pd.DataFrame:
+    used = result.joined.used.merge(result.joined.conns[["conn_id", "hop"]], on="conn_id")
+    counted = result.per_task.loc[~result.per_task["warmup"], "trace_id"]
+    used = used[used["trace_id"].isin(counted)].drop_duplicates(["trace_id", "conn_id"])
+    return pd.crosstab(used["trace_id"], used["hop"]).reindex(counted, fill_value=0)
+
+
+def test_baseline_flows_per_task_match_the_fixed_call_graph(analysed: dict[str, RunAnalysis]) -> None:
+    result = analysed["baseline"]
+    assert len(result.per_task) == 6 and result.per_task["ok"].all()
+    assert (result.per_task["flows"] == sum(BASELINE_HOPS.values())).all(), result.per_task[["task_id", "flows"]]
+    hops = _hops_per_task(result)
+    assert hops.loc[:, list(BASELINE_HOPS)].eq(pd.Series(BASELINE_HOPS)).all().all(), hops
+    assert result.summary["flows_per_task"] == 5.0
+
+
+def _handshakes(pcap: Path) -> int:
+    """Independent count: distinct 4-tuples of SYN (without ACK) segments, read with scapy."""
+    syns = set()
+    with PcapReader(str(pcap)) as packets:
+        for packet in packets:
+            if TCP in packet and packet[TCP].flags & 0x12 == 0x02:
+                syns.add((packet.payload.src, packet[TCP].sport, packet.payload.dst, packet[TCP].dport))
+    return len(syns)
+
+
+@pytest.mark.parametrize("scenario", ["baseline", "simple", "multihop"])
+def test_probe_flow_count_agrees_with_handshakes_in_the_capture(analysed: dict[str, RunAnalysis],
+                                                                 scenario: str) -> None:
+    result = analysed[scenario]
+    flows = result.joined.flows
+    opened = flows.loc[flows["direction"].fillna("") != "seen", "conn_id"].nunique()
+    handshakes = _handshakes(result.run.path / "nodes" / "agent-b" / "probes" / "pcap-lo.pcap")
+    assert handshakes > 0
+    assert abs(opened - handshakes) <= max(1, HANDSHAKE_TOLERANCE * handshakes), (opened, handshakes)
+
+
+@pytest.mark.parametrize("scenario", ["simple", "multihop"])
+def test_every_agentic_task_has_an_llm_flow(analysed: dict[str, RunAnalysis], scenario: str) -> None:
+    hops = _hops_per_task(analysed[scenario])
+    assert len(hops) == 2
+    assert (hops["agent→llm"] >= 1).all(), hops
+    if scenario == "multihop":
+        assert (hops["agent→agent"] >= 1).all() and (hops["agent→tool"] >= 2).all(), hops
+
+
+@pytest.mark.parametrize("scenario", ["baseline", "simple", "multihop"])
+def test_lab_traffic_is_joined_to_calls(analysed: dict[str, RunAnalysis], scenario: str) -> None:
+    result = analysed[scenario]
+    conns, flows = result.joined.conns, result.joined.flows
+    unmatched = flows[flows["conn_id"].isin(conns.loc[conns["call_id"].isna(), "conn_id"])]
+    assert result.summary["matched_lab_flows"] >= 0.99, (conns["label"].value_counts(), unmatched.to_string())
+    assert result.summary["matched_packets"] >= 0.95
+    tcp_calls = result.joined.calls[result.joined.calls["kind"] != "task"]
+    matched = tcp_calls["call_id"].isin(result.joined.used["call_id"])
+    assert matched.mean() >= 0.99, tcp_calls.loc[~matched, ["client_service", "kind", "peer", "op"]]
+    assert not result.run.problems, result.run.problems
+    assert result.summary["rtt_us_p50"] > 0 and result.summary["packets_per_task"] > 0
+
+
+def test_run_outputs_are_written_and_the_report_is_self_contained(analysed: dict[str, RunAnalysis]) -> None:
+    path = analysed["multihop"].run.path
+    for table in ("tasks", "calls", "connections", "packets", "rtt", "hops"):
+        assert len(pd.read_parquet(path / "tables" / f"{table}.parquet")) > 0, table
+    summary = json.loads((path / "analysis.json").read_text())
+    assert summary["scenario"] == "multihop" and summary["problems"] == []
+    page = (path / "report.html").read_text()
+    assert "loopback" in page and "container" in page and "Headline metrics" in page
+    assert len(re.findall(r'<img [^>]*src="data:image/png;base64,', page)) == len(list((path / "plots").glob("*.png"))) == 7
+    assert not re.search(r'(src|href)="(?!data:)', page)
+
+
+def test_comparison_report_puts_the_scenarios_side_by_side(loop_runs: dict[str, Path], tmp_path: Path) -> None:
+    runs = [loop_runs[s] for s in ("baseline", "simple", "multihop")]
+    page = analysis.compare(runs, tmp_path).read_text()
+    assert "baseline vs simple vs multihop" in page
+    assert "different set-ups" not in page
+    manifest = json.loads((runs[0] / "manifest.json").read_text())
+    (runs[0] / "manifest.json").write_text(json.dumps({**manifest, "provider": "libvirt", "accelerator": "kvm"}))
+    try:
+        assert "different set-ups" in analysis.compare(runs, tmp_path / "mixed").read_text()
+    finally:
+        (runs[0] / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_a_damaged_run_is_analysed_as_far_as_the_data_allows(loop_runs: dict[str, Path], tmp_path: Path) -> None:
+    run = tmp_path / "damaged"
+    shutil.copytree(loop_runs["simple"], run)
+    probes = run / "nodes" / "agent-b" / "probes"
+    (probes / "pcap-lo.pcap").unlink()
+    rtt = (probes / "rtt.jsonl").read_bytes()
+    (probes / "rtt.jsonl").write_bytes(rtt[: len(rtt) // 2])  # cut mid-line
+    (run / "nodes" / "agent-b" / "telemetry" / "tool-db.jsonl").write_text("{broken\n")
+    result = subprocess.run([sys.executable, "-m", "lab", "analyze", str(run)], capture_output=True, text=True, check=False,
+                            env={**os.environ, "COLUMNS": "200"}, timeout=300)
+    assert result.returncode == 0, result.stderr
+    problems = {p["where"]: p["what"] for p in json.loads((run / "analysis.json").read_text())["problems"]}
+    assert problems["nodes/agent-b/probes/pcap-lo.pcap"].startswith("missing")
+    assert "truncated" in problems["nodes/agent-b/probes/rtt.jsonl"]
+    assert "unreadable" in problems["nodes/agent-b/telemetry/tool-db.jsonl"]
+    page = (run / "report.html").read_text()
+    assert "analysed as far as the data allows" in page and "pcap-lo.pcap" in page
