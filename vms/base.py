@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
-from lab.config import LabConfig
+from lab.config import LabConfig, NodeSpec
+from lab.keys import KeyPair, ensure_keypair
 
 Progress = Callable[[str], None]
 
@@ -63,3 +64,13 @@ def state_path(lab: LabConfig, *parts: str) -> Path:
     path = lab.state_dir.joinpath(*parts)
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def make_node(lab: LabConfig, spec: NodeSpec, login: KeyPair, provider: str, accelerator: str) -> tuple[Node, KeyPair]:
+    """The node as everything above the provider sees it, and its host key (made once, before first boot)."""
+    host_key = ensure_keypair(state_path(lab, "nodes", spec.name, "ssh_host_ed25519_key"), spec.name)
+    node = Node(
+        name=spec.name, groups=tuple(spec.groups), address=str(spec.address), ssh_user=lab.ssh_user,
+        key_path=login.private, host_key=host_key.public_key, provider=provider, accelerator=accelerator,
+    )
+    return node, host_key

@@ -33,6 +33,8 @@ BASE_PACKAGES = (
     "bpftrace", "libbpf-tools", "bpfcc-tools", "python3-bpfcc", "tcpdump", "nftables",
     # the tools node's database
     "postgresql",
+    # the LLM node's CPU server (xllamacpp links OpenMP)
+    "libgomp1",
 )
 
 # Run inside the new root by mmdebstrap (`chroot "$1"`): cloud-init takes hostname, users,

@@ -19,7 +19,7 @@ from lab.config import LabConfig, NodeSpec
 from lab.errors import LabError
 from lab.keys import KeyPair, ensure_keypair
 from vms import host, image
-from vms.base import Node, NodeStatus, Progress, Removed, state_path
+from vms.base import Node, NodeStatus, Progress, Removed, make_node, state_path
 from vms.seed import make_seed
 
 # Probes need bpf() and perf_event_open() and to read kernel memory; nspawn drops these by default.
@@ -74,11 +74,7 @@ class NspawnProvider:
             raise
 
     def _start(self, lab: LabConfig, spec: NodeSpec, node_image: image.NodeImage, login: KeyPair) -> tuple[Node, bool]:
-        host_key = ensure_keypair(state_path(lab, "nodes", spec.name, "ssh_host_ed25519_key"), spec.name)
-        node = Node(
-            name=spec.name, groups=tuple(spec.groups), address=str(spec.address), ssh_user=lab.ssh_user,
-            key_path=login.private, host_key=host_key.public_key, provider=self.name, accelerator="container",
-        )
+        node, host_key = make_node(lab, spec, login, self.name, "container")
         if self._pids(lab, spec):
             return node, False
         root = self._mount_root(lab, spec, node_image)

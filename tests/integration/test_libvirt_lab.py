@@ -1,0 +1,130 @@
+"""The libvirt provider end to end on real VMs under TCG: up in parallel, SSH with pinned keys,
+node-to-node traffic on the lab network, idempotency (running, stopped, changed), teardown
+leaving nothing in libvirt, and a failed up cleaning up after itself."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import libvirt
+import pytest
+import yaml
+
+from lab import ssh, state
+from lab.config import load_config
+from tests.conftest import lab_cli, write_lab
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+
+NAME = "tv"
+PREFIX = "10.78.0"
+NODES = ("agent-a", "agent-b", "llm")
+MEMORY = {"agent-a": 640, "agent-b": 640, "llm": 768}
+
+
+def write_vm_lab(directory: Path, name: str, prefix: str, **overrides: object) -> Path:
+    """Three small TCG VMs, so they fit beside each other on a two-core CI runner; booting three
+    emulated VMs on two busy cores can take minutes, hence the long boot timeout."""
+    nodes = [
+        {"name": node, "groups": groups, "address": f"{prefix}.{11 + index}", "memory_mb": MEMORY[node]}
+        for index, (node, groups) in enumerate(zip(NODES, (["agents"], ["agents", "tools"], ["llm"])))
+    ]
+    return write_lab(directory, name, prefix, **{"provider": "libvirt", "accelerator": "tcg", "nodes": nodes, "boot_timeout_s": 400, **overrides})
+
+
+def leftovers(name: str) -> list[str]:
+    """Everything in libvirt (and on the host) that carries the lab's prefix."""
+    conn = libvirt.open("qemu:///system")
+    prefix = f"{name}-"
+    found = [f"domain {d.name()}" for d in conn.listAllDomains(0) if d.name().startswith(prefix)]
+    found += [f"network {n.name()}" for n in conn.listAllNetworks(0) if n.name().startswith(prefix)]
+    for pool in conn.listAllStoragePools(0):
+        if pool.name().startswith(prefix):
+            found.append(f"pool {pool.name()}")
+        if pool.isActive():
+            found += [f"volume {v.name()}" for v in pool.listAllVolumes(0) if v.name().startswith(prefix)]
+    found += [f"link {link.name}" for link in Path("/sys/class/net").iterdir() if link.name.startswith(prefix)]
+    if Path(f"/var/lib/libvirt/images/{name}").exists():
+        found.append(f"directory /var/lib/libvirt/images/{name}")
+    return found
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory, node_image):
+    config = write_vm_lab(tmp_path_factory.mktemp("libvirt"), NAME, PREFIX)
+    started = time.monotonic()
+    result = lab_cli(config, "up")
+    print(f"lab up (libvirt, tcg): {time.monotonic() - started:.1f} s")
+    yield config, result
+    lab_cli(config, "teardown", check=False)
+
+
+def test_up_boots_three_tcg_vms_and_records_the_accelerator(lab):
+    config, result = lab
+    assert "is up" in result.stdout and "libvirt (tcg)" in result.stdout
+    assert "LLM backend: llamacpp" in result.stdout
+    current = state.require(load_config(config))
+    assert current.provider == "libvirt" and current.accelerator == "tcg"
+    assert [(n.name, n.accelerator) for n in current.nodes] == [(node, "tcg") for node in NODES]
+
+
+def test_each_vm_runs_a_command_and_reaches_the_others_on_the_lab_network(lab):
+    config, _ = lab
+    current = state.require(load_config(config))
+    for node in current.nodes:
+        others = [n.address for n in current.nodes if n is not node]
+        pings = " && ".join(f"ping -c1 -W5 {address} >/dev/null" for address in others)
+        code, out, err = ssh.run(node, f"hostname && ip -4 -br addr show lab0 && {pings} && echo reached")
+        assert code == 0, err
+        lines = out.split("\n")
+        assert lines[0] == node.name and f"{node.address}/24" in lines[1] and "reached" in out
+
+
+def test_vms_reach_nothing_beyond_the_lab(lab):
+    config, _ = lab
+    node = state.require(load_config(config)).node("agent-a")
+    _, out, _ = ssh.run(node, "ip route; ping -c1 -W2 1.1.1.1 >/dev/null 2>&1 || echo unreachable")
+    assert "default" not in out and "unreachable" in out
+
+
+def test_up_again_leaves_running_vms_alone_starts_stopped_ones_and_reports_changes(lab):
+    config, _ = lab
+    conn = libvirt.open("qemu:///system")
+    conn.lookupByName(f"{NAME}-agent-b").destroy()
+    data = yaml.safe_load(config.read_text())
+    data["nodes"][2]["memory_mb"] = 896
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    try:
+        result = lab_cli(config, "up")
+    finally:
+        data["nodes"][2]["memory_mb"] = MEMORY["llm"]
+        config.write_text(yaml.safe_dump(data, sort_keys=False))
+    out = " ".join(result.stdout.split())  # rich wraps long lines
+    assert "agent-a: already running" in out and "llm: already running" in out
+    assert "agent-b: was defined but stopped; started" in out
+    assert "llm: lab.yaml changed since the VM was defined (memory_mb: 768 -> 896)" in out
+    assert len(conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)) >= 3
+    assert re.search(r"agent-b: SSH ready \(\d+\.\d s\)", out)
+
+
+def test_teardown_removes_everything_with_the_lab_prefix(lab):
+    config, _ = lab
+    result = lab_cli(config, "teardown")
+    out = " ".join(result.stdout.split())
+    for item in ("domain tv-agent-a", "domain tv-llm", "volume tv-llm.qcow2", "volume tv-llm-seed.iso", "storage pool tv-pool", "network tv-net"):
+        assert item in out
+    assert leftovers(NAME) == []
+    assert "nothing to remove" in lab_cli(config, "teardown").stdout
+
+
+def test_a_failed_up_removes_what_it_created(tmp_path, node_image):
+    config = write_vm_lab(tmp_path, "tw", "10.81.0", boot_timeout_s=1)
+    result = lab_cli(config, "up", check=False)
+    assert result.returncode == 1
+    assert "did not answer SSH" in result.stderr and "Traceback" not in result.stderr
+    assert leftovers("tw") == []
+    assert (config.parent / ".lab" / "logs").is_dir()  # console logs stay to show why
+    lab_cli(config, "teardown")
+    assert leftovers("tw") == []
