@@ -92,21 +92,48 @@ def deploy(ctx: typer.Context) -> None:
     lab = ctx.obj.lab
     root = lab.path.parent.resolve()
     if not (root / "deploy.yml").is_file():
-        raise LabError("deploy.yml is not implemented yet (issue 4)")
+        raise LabError(f"no deploy.yml in {root}; keep lab.yaml in the repository root, beside deploy.yml")
     state.require(lab)
-    raise typer.Exit(subprocess.call(["ansible-playbook", "deploy.yml", *ctx.args], cwd=root))
+    beside = Path(sys.executable).with_name("ansible-playbook")  # the venv's, when `lab` runs from it unactivated
+    playbook = str(beside) if beside.is_file() else "ansible-playbook"
+    raise typer.Exit(subprocess.call([playbook, "deploy.yml", *ctx.args], cwd=root))
 
 
 @app.command()
 def experiment(ctx: typer.Context, scenario: str = typer.Argument(..., help="baseline, simple, multihop or all")) -> None:
     """Run a scenario end to end: probes on every node, the workload driven, logs pulled, analysis."""
-    raise LabError("`lab experiment` is not implemented yet (issue 6)")
+    from experiments.controller import run_named
+    from experiments.progress import Reporter
+
+    try:
+        run_dirs = run_named(ctx.obj.lab, scenario, Reporter(console))
+    except KeyboardInterrupt:
+        errors.print("[red]interrupted[/red]: probes stopped, what they measured is pulled (see the run's manifest faults)")
+        sys.exit(130)
+    analyze(ctx, run_dirs)
+    if len(run_dirs) > 1:
+        analyze(ctx, run_dirs, compare=True)
 
 
 @app.command()
 def analyze(ctx: typer.Context, runs: list[Path] = typer.Argument(..., help="run directories"), compare: bool = False) -> None:
-    """Tables, plots and report.html for one or more run directories."""
-    raise LabError("`lab analyze` is not implemented yet (issue 7)")
+    """Tables, plots and report.html for one or more run directories (--compare: one report across them)."""
+    import analysis
+
+    missing = [str(r) for r in runs if not (r / "manifest.json").is_file() and not (r / "nodes").is_dir()]
+    if missing:
+        raise LabError(f"not a run directory (no manifest.json, no nodes/): {', '.join(missing)}")
+    if compare:
+        console.print(f"comparison report: {analysis.compare(runs)}")
+        return
+    table = Table("run", "scenario", "tasks", "flows/task", "RTT p99 (µs)", "matched", "problems", "report")
+    for run in runs:
+        result = analysis.analyze_run(run)
+        s = result.summary
+        table.add_row(result.run.run_id, result.run.scenario, f"{s['tasks']:.0f}", f"{s['flows_per_task']:.2f}",
+                      f"{s['rtt_us_p99']:.0f}", f"{s['matched_lab_flows']:.1%}", str(len(result.run.problems)),
+                      str(run / "report.html"))
+    console.print(table)
 
 
 @app.command()
@@ -137,7 +164,8 @@ def image_build(ctx: typer.Context) -> None:
 
 def main() -> None:
     try:
-        app(prog_name="lab", standalone_mode=False)
+        code = app(prog_name="lab", standalone_mode=False)  # returns the exit code a command asked for
+        sys.exit(code if isinstance(code, int) else 0)
     except LabError as exc:
         errors.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         sys.exit(1)

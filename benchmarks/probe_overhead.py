@@ -1,0 +1,113 @@
+"""Probe overhead: throughput and p99 latency of the baseline chain with every probe running on
+every node against none, measured in one run on a deployed lab. Blocks of tasks alternate
+off/on (off, on, on, off, ...) so slow drift of the machine cancels; probes start before an
+"on" block and stop after it, outside the timed window.
+
+    sudo .venv/bin/python benchmarks/probe_overhead.py [--config lab.yaml] [--tasks 200] [--pairs 3] [--concurrency 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from experiments import controller, services
+from experiments.remote import NodeSession, parallel
+from experiments.scenario import PROBES, Scenario
+from lab import state
+from lab.config import load_config
+from workload.driver import Entry, TaskResult, run
+from workload.tasks import make_dataset, make_tasks
+
+
+@dataclass
+class Block:
+    probes: bool
+    seconds: float
+    latencies_s: list[float]
+    failed: int
+
+
+def drive(entry: Entry, count: int, concurrency: int, seed: int) -> tuple[float, list[TaskResult]]:
+    tasks = make_tasks(seed, count, make_dataset(1))
+    with tempfile.TemporaryDirectory() as telemetry:
+        started = time.monotonic()
+        results = run("baseline", tasks, entry, concurrency, Path(telemetry), timeout_s=30)
+        return time.monotonic() - started, results
+
+
+def block(sessions: list[NodeSession], entry: Entry, probes: bool, args: argparse.Namespace, index: int) -> Block:
+    if probes:
+        answers = parallel(lambda s: s.step("start", timeout=180, run_dir=s.run_dir, node=s.node.name, run_id=s.run_id,
+                                            probes=args.probes, rtt=(args.rtt_interval_ms, args.rtt_max_per_s),
+                                            collectors=services.COLLECTORS,
+                                            telemetry=services.TELEMETRY_DIR), sessions)
+        broken = {n: a if isinstance(a, Exception) else a["error"] for n, a in answers.items()
+                  if isinstance(a, Exception) or a["error"]}
+        if broken:
+            raise SystemExit(f"probes did not start: {broken}")
+    try:
+        seconds, results = drive(entry, args.tasks, args.concurrency, seed=100 + index)
+    finally:
+        if probes:
+            parallel(lambda s: s.step("stop", run_dir=s.run_dir, telemetry=services.TELEMETRY_DIR, offsets={}), sessions)
+            parallel(lambda s: s.step("cleanup", run_dir=s.run_dir), sessions)
+    return Block(probes, seconds, [(r.end_ns - r.start_ns) / 1e9 for r in results if r.ok], sum(not r.ok for r in results))
+
+
+def p99(values: list[float]) -> float:
+    return statistics.quantiles(values, n=100)[98]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, default=Path("lab.yaml"))
+    parser.add_argument("--tasks", type=int, default=200, help="tasks per block")
+    parser.add_argument("--pairs", type=int, default=3, help="off/on pairs of blocks")
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--rtt-interval-ms", type=int, default=10, help="the rtt probe's per-socket sampling interval")
+    parser.add_argument("--rtt-max-per-s", type=int, default=2000, help="the rtt probe's samples per second per node")
+    parser.add_argument("--probes", type=lambda v: v.split(","), default=list(PROBES), help="comma-separated subset (default: all)")
+    args = parser.parse_args()
+    lab = load_config(args.config)
+    run_id = controller.new_run_id("overhead")
+    sessions = controller.connect(state.require(lab), lab, run_id)
+    try:
+        baseline = Scenario.model_validate({"name": "overhead", "workload": "baseline", "tasks": {"count": args.tasks}})
+        entry = services.entry(controller.preflight(sessions, lab, baseline))
+        drive(entry, args.tasks, args.concurrency, seed=99)  # warm-up, not counted
+        order = [probes for pair in range(args.pairs) for probes in ((False, True) if pair % 2 == 0 else (True, False))]
+        blocks = []
+        for index, probes in enumerate(order):
+            block_sessions = [replace(s, run_id=f"{run_id}-{index}") for s in sessions]
+            blocks.append(block(block_sessions, entry, probes, args, index))
+            b = blocks[-1]
+            print(f"block {index}: probes {'on ' if probes else 'off'} {len(b.latencies_s) / b.seconds:7.1f} tasks/s  "
+                  f"p99 {p99(b.latencies_s) * 1e3:6.1f} ms  failed {b.failed}", flush=True)
+    finally:
+        for session in sessions:
+            session.close()
+    report(blocks, args)
+
+
+def report(blocks: list[Block], args: argparse.Namespace) -> None:
+    def figures(probes: bool) -> tuple[float, float]:
+        chosen = [b for b in blocks if b.probes == probes]
+        latencies = [x for b in chosen for x in b.latencies_s]
+        return len(latencies) / sum(b.seconds for b in chosen), p99(latencies)
+
+    (off_tput, off_p99), (on_tput, on_p99) = figures(False), figures(True)
+    print(f"\nbaseline, {args.pairs} off/on pairs of {args.tasks} tasks, {args.concurrency} in flight, probes {','.join(args.probes)}, "
+          f"rtt every {args.rtt_interval_ms} ms per socket, at most {args.rtt_max_per_s}/s")
+    print(f"{'probes':<8}{'tasks/s':>10}{'p99 ms':>10}")
+    print(f"{'off':<8}{off_tput:>10.1f}{off_p99 * 1e3:>10.1f}")
+    print(f"{'on':<8}{on_tput:>10.1f}{on_p99 * 1e3:>10.1f}")
+    print(f"throughput on/off {on_tput / off_tput:.3f} (aim >= 0.97); p99 on/off {on_p99 / off_p99:.3f} (aim <= 1.03)")
+
+
+if __name__ == "__main__":
+    main()

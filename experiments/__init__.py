@@ -1,0 +1,1 @@
+"""Experiments: scenario files and the controller that runs them over SSH (see README.md)."""

@@ -1,0 +1,335 @@
+"""The experiment controller: preflight, clock offsets, impairments, probes started on every node,
+the tasks driven from here, probes stopped, every file pulled back and checked, manifest.json.
+
+A probe that dies, a node that stops answering, a task that fails or Ctrl-C is recorded in the
+manifest as a fault; whatever the other nodes measured is still pulled and kept.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, TextIO
+
+from experiments import drive, services
+from experiments.manifest import (
+    Faults,
+    Manifest,
+    checksums,
+    controller_versions,
+    git_info,
+    probe_faults,
+    probe_summary,
+)
+from experiments.progress import Reporter
+from experiments.remote import NodeError, NodeSession, open_session, parallel
+from experiments.scenario import ALL, Scenario, load_scenario
+from lab import inventory, state
+from lab.config import LabConfig
+from lab.errors import LabError
+from lab.state import LabState
+
+MONITOR_INTERVAL_S = 5.0
+REPO = Path(__file__).resolve().parents[1]
+
+
+def new_run_id(scenario: str, now_s: float | None = None) -> str:
+    return f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(now_s))}-{scenario}"
+
+
+def run(lab: LabConfig, scenario: Scenario, scenario_file: Path, reporter: Reporter) -> Path:
+    """One scenario end to end; returns the run directory. Re-raises Ctrl-C after the data is safe."""
+    current = state.require(lab)
+    run_id = new_run_id(scenario.name)
+    run_dir = lab.path.parent.resolve() / "runs" / run_id
+    if run_dir.exists():
+        raise LabError(f"{run_dir} already exists; wait a second and run again")
+    reporter.phase(f"[bold]{scenario.name}[/bold]: connecting to {len(current.nodes)} nodes")
+    sessions = connect(current, lab, run_id)
+    try:
+        reporter.phase("preflight: services, probes, versions")
+        checks = preflight(sessions, lab, scenario)
+        run_dir.mkdir(parents=True)
+        Experiment(lab, current, scenario, scenario_file, run_dir, sessions, reporter, checks).execute()
+    finally:
+        for session in sessions:
+            session.close()
+    return run_dir
+
+
+def run_named(lab: LabConfig, name: str, reporter: Reporter) -> list[Path]:
+    """`lab experiment NAME|all`: every scenario validated first, then run one after the other."""
+    loaded = [load_scenario(n, lab) for n in (ALL if name == "all" else (name,))]
+    return [run(lab, scenario, path, reporter) for scenario, path in loaded]
+
+
+def connect(current: LabState, lab: LabConfig, run_id: str) -> list[NodeSession]:
+    known_hosts = inventory.known_hosts_file(lab)
+    opened: list[NodeSession] = []
+    errors = []
+    for node in current.nodes:
+        try:
+            opened.append(open_session(node, known_hosts, run_id))
+        except LabError as exc:
+            errors.append(str(exc))
+    if errors:
+        for session in opened:
+            session.close()
+        raise LabError("; ".join(errors))
+    return opened
+
+
+def preflight(sessions: list[NodeSession], lab: LabConfig, scenario: Scenario) -> dict[str, dict]:
+    """Every node answers, every service is deployed and healthy, every probe the scenario wants can attach."""
+    answers = parallel(lambda s: s.step("preflight", **services.preflight_args(s.node.name, s.node.address, lab)), sessions)
+    problems = [f"{node}: {answer}" for node, answer in answers.items() if isinstance(answer, Exception)]
+    checks: dict[str, dict] = {n: a for n, a in answers.items() if not isinstance(a, Exception)}
+    for node, answer in checks.items():
+        problems += _preflight_problems(node, answer, scenario)
+    if not problems and (absent := services.missing(checks)):
+        problems.append(f"no node runs {', '.join(absent)}; run `lab deploy`")
+    if problems:
+        raise LabError("preflight failed: " + "; ".join(problems))
+    return checks
+
+
+def _preflight_problems(node: str, answer: dict, scenario: Scenario) -> list[str]:
+    if answer["detect_error"]:
+        return [f"{node}: the probe runner {services.COLLECTORS} does not run ({answer['detect_error']}); run `lab deploy`"]
+    unhealthy = [f"{name} ({_said(s['health'])})" for name, s in answer["services"].items() if not s["health"]["ok"]]
+    problems = [f"{node}: not healthy: {', '.join(unhealthy)}; see `journalctl -u lab-SERVICE` there or run `lab deploy`"] if unhealthy else []
+    problems += [f"{node}: probe {probe} cannot attach ({answer['probes'][probe].get('unavailable')}); remove it from the scenario's probes"
+                 for probe in scenario.probes if answer["probes"].get(probe, {}).get("source") is None]
+    return problems
+
+
+def _said(health: dict) -> str:
+    return f"HTTP {health['status']}: {health['body']}" if health["status"] else str(health["body"])
+
+
+class Experiment:
+    def __init__(self, lab: LabConfig, current: LabState, scenario: Scenario, scenario_file: Path, run_dir: Path,
+                 sessions: list[NodeSession], reporter: Reporter, checks: dict[str, dict]) -> None:
+        self.lab, self.scenario, self.run_dir, self.sessions, self.reporter = lab, scenario, run_dir, sessions, reporter
+        self.entry = services.entry(checks)
+        self.faults = Faults()
+        self.offsets: dict[str, dict[str, int]] = {}
+        self.impaired: list[NodeSession] = []
+        self.probes_started = False
+        self.done = 0
+        self.manifest = Manifest(
+            run_id=run_dir.name,
+            scenario={"name": scenario.name, "file": str(scenario_file), "config": scenario.model_dump(mode="json")},
+            lab=lab.model_dump(mode="json"), provider=current.provider, accelerator=current.accelerator,
+            image=current.image, started_at_ns=time.time_ns(), git=git_info(REPO),
+            versions=_versions(checks),
+        )
+
+    def execute(self) -> None:
+        interrupted = False
+        try:
+            self._clock("start")
+            self._impair()
+            self._start_probes()
+            interrupted = self._drive()
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            with _sigint_deferred(self.reporter):
+                if interrupted:
+                    self.fault("controller", f"interrupted (Ctrl-C) after {self.done} task(s); stopping the probes and pulling what exists")
+                self._finish()
+        if interrupted:
+            raise KeyboardInterrupt
+
+    def fault(self, node: str, what: str) -> None:
+        if self.faults.add(node, what):
+            self.reporter.fault(node, what)
+
+    def _each(self, what: str, fn: Any, sessions: list[NodeSession] | None = None) -> dict[str, Any]:
+        """`fn` on every node in parallel; a node's exception becomes a fault; the answers of the others."""
+        answers = {}
+        for node, answer in parallel(fn, self.sessions if sessions is None else sessions).items():
+            if isinstance(answer, Exception):
+                self.fault(node, f"{what}: {answer}")
+            else:
+                answers[node] = answer
+        return answers
+
+    def _clock(self, when: str) -> None:
+        for node, offset in self._each(f"clock offset ({when})", lambda s: s.clock()).items():
+            self.manifest.clock_offsets.setdefault(node, {})[when] = asdict(offset)
+
+    def _impair(self) -> None:
+        links: dict[str, list[dict]] = defaultdict(list)
+        for item in self.scenario.impairments:
+            to = self.lab.node(item.to).address.exploded if item.to else None
+            links[item.node].append({**item.model_dump(), "to_address": to})
+        self.impaired = [s for s in self.sessions if s.node.name in links]
+        if not self.impaired:
+            return
+        self.reporter.phase("impairments: " + ", ".join(f"{i.node}→{i.to or 'all'}" for i in self.scenario.impairments))
+        applied = self._each("impairment failed", lambda s: s.step("impair", address=s.node.address, links=links[s.node.name]),
+                             self.impaired)
+        if len(applied) < len(self.impaired):
+            raise LabError("an impairment could not be applied (see the faults above); the run stopped before the probes started")
+        for node, answer in applied.items():
+            for link in links[node]:
+                self.manifest.impairments_applied.append(_applied(node, link, answer))
+                if not answer["netem"]:
+                    self.reporter.phase(f"[yellow]{node}: no netem in this kernel: only rate limits (htb) apply, not delay or loss")
+
+    def _start_probes(self) -> None:
+        self.reporter.phase(f"starting probes on {len(self.sessions)} nodes: {', '.join(self.scenario.probes)}")
+        self.probes_started = True
+        started = self._each("probes did not start", lambda s: s.step(
+            "start", timeout=180, run_dir=s.run_dir, node=s.node.name, run_id=s.run_id, probes=self.scenario.probes,
+            collectors=services.COLLECTORS, telemetry=services.TELEMETRY_DIR,
+            rtt=(self.scenario.rtt_interval_ms, self.scenario.rtt_max_per_s)))
+        for node, answer in started.items():
+            self.offsets[node] = answer["offsets"]
+            self._record_probes(node, answer["status"])
+            if answer["error"]:
+                self.fault(node, f"probes did not start: {answer['error']}")
+        self.manifest.write(self.run_dir)
+
+    def _record_probes(self, node: str, status: dict | None) -> dict[str, dict]:
+        summary = probe_summary(status)
+        if summary:
+            self.manifest.probes[node] = summary
+        for line in probe_faults(summary):
+            self.fault(node, line)
+        return summary
+
+    def _drive(self) -> bool:
+        phases = drive.plan(self.scenario)
+        measured = sum(len(p) for p in phases if not p[0].warmup)
+        load = self.scenario.load
+        how = f"{load.concurrency} in flight" if load.mode == "closed" else f"{load.rate_per_s}/s Poisson arrivals"
+        self.reporter.phase(f"driving {measured} task(s) ({self.scenario.warmup} warm-up first), {how}")
+        self.manifest.tasks = {"planned": measured, "total": 0, "ok": 0, "failed": 0, "warmup": 0}
+        stop = threading.Event()
+        monitor = threading.Thread(target=self._monitor, args=(stop,), name="probe-monitor", daemon=True)
+        with open(self.run_dir / "results.jsonl", "a", encoding="utf-8") as results, \
+                self.reporter.tasks(sum(len(p) for p in phases)):
+            monitor.start()
+            try:
+                drive.drive(phases, self.scenario, self.entry, self.run_dir / "telemetry", lambda o: self._done(o, results))
+            except KeyboardInterrupt:
+                return True
+            finally:
+                stop.set()
+                monitor.join()
+        return False
+
+    def _done(self, outcome: drive.Outcome, results: TextIO) -> None:
+        results.write(_json_line(outcome.record()))
+        results.flush()
+        self.done += 1
+        tasks = self.manifest.tasks
+        if outcome.planned.warmup:
+            tasks["warmup"] += 1
+        else:
+            tasks["total"] += 1
+            tasks["ok" if outcome.result.ok else "failed"] += 1
+        if not outcome.result.ok:
+            r = outcome.result
+            self.fault("controller", f"task {r.task_id} (repetition {outcome.planned.repetition}) failed: {r.error}")
+        self.reporter.task_done(outcome)
+
+    def _monitor(self, stop: threading.Event) -> None:
+        """Every few seconds: each node's probe status (record counts, probes that died, nodes that stopped answering)."""
+        while not stop.wait(MONITOR_INTERVAL_S):
+            answers = self._each("not answering", lambda s: s.step("status", timeout=30, run_dir=s.run_dir))
+            records = {}
+            for node, answer in answers.items():
+                summary = self._record_probes(node, answer["status"])
+                records[node] = sum(p["records"] for p in summary.values())
+                if not answer["alive"]:
+                    self.fault(node, "the probe runner is not running")
+            self.reporter.records(records)
+
+    def _finish(self) -> None:
+        if self.probes_started:
+            self.reporter.phase("stopping probes")
+        stopped = self._each(f"probes did not stop; their data stays on the node in {self.sessions[0].run_dir}",
+                             self._stop) if self.probes_started else {}
+        if self.impaired:
+            self._each("impairment not removed", lambda s: s.step("unimpair", address=s.node.address), self.impaired)
+        if stopped:
+            self.reporter.phase("pulling files")
+            parallel(lambda s: self._collect(s, stopped[s.node.name]), [s for s in self.sessions if s.node.name in stopped])
+        self.manifest.ended_at_ns = time.time_ns()
+        self.manifest.faults = self.faults.items
+        self.manifest.files = checksums(self.run_dir)
+        self.manifest.write(self.run_dir)
+        self.reporter.summary(self.manifest, self.run_dir)
+
+    def _stop(self, session: NodeSession) -> dict:
+        node = session.node.name
+        stopped = session.step("stop", run_dir=session.run_dir, telemetry=services.TELEMETRY_DIR,
+                               offsets=self.offsets.get(node, {}))
+        self._record_probes(node, stopped["status"])
+        if stopped["runner"] != "stopped":
+            self.fault(node, f"probe runner {stopped['runner']} at the end of the run")
+        return stopped
+
+    def _collect(self, session: NodeSession, stopped: dict) -> None:
+        """The end clock offset, then every file over SFTP; the node's copy goes once all matched."""
+        node = session.node.name
+        try:
+            self.manifest.clock_offsets.setdefault(node, {})["end"] = asdict(session.clock())
+            bad = session.pull(stopped["files"], self.run_dir / "nodes" / node)
+            if bad:
+                self.fault(node, f"{len(bad)} file(s) differ after two pulls ({', '.join(bad[:3])}); the originals stay in {session.run_dir}")
+            else:
+                session.step("cleanup", run_dir=session.run_dir)
+        except NodeError as exc:
+            self.fault(node, f"{exc}; what was not pulled stays on the node in {session.run_dir}")
+
+
+def _versions(checks: dict[str, dict]) -> dict[str, Any]:
+    keys = ("kernel", "python", "bpftrace", "tcpdump", "workload")
+    llm_node, llm = services.placement(checks)["llm"]
+    models = llm["models"]
+    served = (models["body"].get("data") or [{}])[0] if models["ok"] and isinstance(models["body"], dict) else {}
+    return {
+        "controller": controller_versions(),
+        "nodes": {node: {k: answer[k] for k in keys} for node, answer in checks.items()},
+        "llm": {"node": llm_node, "backend": served.get("owned_by"), "model": served.get("id"), "served": served},
+    }
+
+
+def _applied(node: str, link: dict, answer: dict) -> dict[str, Any]:
+    wanted = {k: link[k] for k in ("delay_ms", "jitter_ms", "loss_pct", "rate_mbit") if link[k]}
+    by = {k: ("netem" if answer["netem"] else None) for k in wanted if k != "rate_mbit"}
+    if "rate_mbit" in wanted:
+        by["rate_mbit"] = "htb"
+    not_applied = [k for k, v in by.items() if v is None]
+    return {"node": node, "to": link["to"], "iface": answer["iface"], "requested": wanted, "applied_by": by,
+            "not_applied": not_applied, "reason": "no netem qdisc in this kernel" if not_applied else None,
+            "qdisc": answer["qdisc"]}
+
+
+def _json_line(record: dict) -> str:
+    return json.dumps(record, separators=(",", ":")) + "\n"
+
+
+@contextmanager
+def _sigint_deferred(reporter: Reporter) -> Iterator[None]:
+    """While probes stop and files come back, Ctrl-C only says to wait."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, lambda *_: reporter.phase("[yellow]still stopping probes and pulling files; please wait"))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

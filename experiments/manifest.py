@@ -1,0 +1,129 @@
+"""manifest.json: everything needed to reproduce and to trust a run, and the faults it met."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from experiments.remote import file_digest
+
+CONTROLLER_PACKAGES = ("agentic-lab", "fabric", "paramiko", "pydantic", "httpx", "rich")
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class Fault:
+    when_ns: int
+    node: str
+    what: str
+
+
+class Faults:
+    """Faults from any thread, each recorded once."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items: list[Fault] = []
+
+    def add(self, node: str, what: str) -> bool:
+        with self._lock:
+            if any(f.node == node and f.what == what for f in self._items):
+                return False
+            self._items.append(Fault(time.time_ns(), node, what))
+            return True
+
+    @property
+    def items(self) -> list[Fault]:
+        with self._lock:
+            return list(self._items)
+
+
+@dataclass
+class Manifest:
+    run_id: str
+    scenario: dict[str, Any]
+    lab: dict[str, Any]
+    provider: str
+    accelerator: str
+    image: str
+    started_at_ns: int
+    versions: dict[str, Any] = field(default_factory=dict)
+    git: dict[str, Any] = field(default_factory=dict)
+    ended_at_ns: int | None = None
+    clock_offsets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    probes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    impairments_applied: list[dict[str, Any]] = field(default_factory=list)
+    tasks: dict[str, int] = field(default_factory=dict)
+    faults: list[Fault] = field(default_factory=list)
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    analysis: dict[str, Any] | None = None
+
+    def write(self, run_dir: Path) -> Path:
+        path = run_dir / MANIFEST
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2, default=str) + "\n")
+        os.replace(tmp, path)
+        return path
+
+
+def probe_summary(status: dict | None) -> dict[str, dict[str, Any]]:
+    """{probe: {state, source, started, records, lost, error}} from a runner's status.json;
+    a packet capture's records are its packets."""
+    if not status:
+        return {}
+    return {name: _probe(probe) for name, probe in status.get("probes", {}).items()}
+
+
+def _probe(probe: dict) -> dict[str, Any]:
+    capture = probe.get("packets") is not None
+    return {
+        "state": probe.get("state"),
+        "source": probe.get("source"),
+        "started": probe.get("started", False),
+        "records": probe["packets"] if capture else probe.get("records", 0),
+        "lost": (probe.get("packets_dropped") if capture else probe.get("lost_events")) or 0,
+        "error": probe.get("attach_error") or probe.get("error") or probe.get("unavailable_reason"),
+    }
+
+
+def probe_faults(summary: dict[str, dict[str, Any]]) -> list[str]:
+    """One line per probe that did not run to the end."""
+    return [f"probe {name} {p['state']}: {p['error'] or 'no reason given'}" for name, p in summary.items()
+            if p["state"] not in ("running", "stopped", "starting")]
+
+
+def checksums(run_dir: Path) -> dict[str, dict[str, Any]]:
+    """{relpath: {bytes, sha256}} of every file in the run directory but the manifest."""
+    files = {}
+    for path in sorted(p for p in run_dir.rglob("*") if p.is_file() and p.name != MANIFEST):
+        size, digest = file_digest(path)
+        files[str(path.relative_to(run_dir))] = {"bytes": size, "sha256": digest}
+    return files
+
+
+def git_info(repo: Path) -> dict[str, Any]:
+    def git(*args: str) -> str | None:
+        result = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=False)
+        return result.stdout.strip() if result.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain")
+    return {"commit": commit, "dirty": bool(status) if status is not None else None}
+
+
+def controller_versions() -> dict[str, Any]:
+    packages = {}
+    for name in CONTROLLER_PACKAGES:
+        try:
+            packages[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            packages[name] = None
+    return {"python": platform.python_version(), "kernel": platform.release(), "packages": packages}

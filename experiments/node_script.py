@@ -1,0 +1,321 @@
+"""The experiment's steps on a lab node: run as root with the node's python3 (stdlib only) as
+`python3 -c <this file> STEP JSON-ARGS`; each step prints one JSON object on stdout.
+
+The controller sends this file's text with every call (one SSH round trip per step), so the
+node needs nothing installed for it besides python3, tc and the collectors deploy put there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+FINAL_STATES = ("running", "stopped", "failed")
+START_TIMEOUT_S = 90.0
+STOP_TIMEOUT_S = 30.0
+UNSHAPED = "10gbit"
+
+
+def _run(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False, **kwargs)  # type: ignore[call-overload]
+
+
+def _first_line(text: str) -> str:
+    return next((line.strip() for line in text.splitlines() if line.strip()), "")
+
+
+def lab_interface(address: str) -> str:
+    """The interface that holds the node's lab address (host0 in a container, e.g. enp1s0 in a VM)."""
+    for line in _run(["ip", "-o", "-4", "addr", "show"]).stdout.splitlines():
+        fields = line.split()
+        if f"{address}/" in line:
+            return fields[1].split("@")[0]
+    raise RuntimeError(f"no interface holds {address}")
+
+
+def _version(argv: list[str]) -> str:
+    try:
+        result = _run(argv)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"unavailable ({exc})"
+    return _first_line(result.stdout or result.stderr) if result.returncode == 0 else f"unavailable ({_first_line(result.stderr)})"
+
+
+def _get(url: str) -> dict:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return {"ok": True, "status": response.status, "body": json.loads(response.read() or b"null")}
+    except urllib.error.HTTPError as exc:
+        return {"ok": False, "status": exc.code, "body": exc.read(500).decode(errors="replace")}
+    except urllib.error.URLError as exc:
+        return {"ok": False, "status": None, "body": str(exc.reason)}
+    except (OSError, ValueError) as exc:
+        return {"ok": False, "status": None, "body": f"{type(exc).__name__}: {exc}"}
+
+
+def _health(address: str, port: int, path: str) -> dict:
+    """GET the service on the lab address, then on loopback (a service may bind either)."""
+    tried = {}
+    for host in (address, "127.0.0.1"):
+        answer = _get(f"http://{host}:{port}{path}")
+        if answer["ok"]:
+            return answer
+        tried[host] = answer
+    return tried[address]
+
+
+def service_config(path: Path) -> dict[str, str]:
+    """The top-level `key: value` lines of a service's YAML config (enough for host and port)."""
+    values = {}
+    for line in path.read_text().splitlines():
+        if line and not line[0].isspace() and not line.startswith("#") and ":" in line:
+            key, value = line.split(":", 1)
+            values[key.strip()] = value.strip().strip("'\"")
+    return values
+
+
+def placed_services(config_dir: str, address: str, known: dict[str, int]) -> dict[str, dict]:
+    """The workload services deploy put on this node: {service: {host, port}} from their config files."""
+    placed = {}
+    for path in sorted(Path(config_dir).glob("*.yaml")):
+        if path.stem in known:
+            config = service_config(path)
+            host = config.get("host", address)
+            placed[path.stem] = {"host": address if host in ("0.0.0.0", "::", "") else host,
+                                 "port": int(config.get("port") or known[path.stem])}
+    return placed
+
+
+def _detect(collectors: str) -> tuple[dict | None, str | None]:
+    try:
+        result = _run([collectors, "detect"])
+    except OSError as exc:
+        return None, str(exc)
+    if result.returncode != 0:
+        return None, _first_line(result.stderr) or f"exit {result.returncode}"
+    return json.loads(result.stdout), None
+
+
+def preflight(address: str, config_dir: str, known: dict[str, int], llm_port: int | None, collectors: str,
+              venvs: list[str]) -> dict:
+    """Versions, the lab interface, what the probes can attach to, where each service is and its health."""
+    detection, detect_error = _detect(collectors)
+    services = placed_services(config_dir, address, known)
+    for service in services.values():
+        service["health"] = _health(service["host"], service["port"], "/healthz")
+    if llm_port is not None:
+        services["llm"] = {"host": address, "port": llm_port, "health": _health(address, llm_port, "/health"),
+                           "models": _get(f"http://{address}:{llm_port}/v1/models")}
+    python = next((v for v in venvs if Path(v).exists()), None)
+    return {
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "bpftrace": _version(["bpftrace", "--version"]),
+        "tcpdump": _version(["tcpdump", "--version"]),
+        "workload": _version([python, "-c", "import importlib.metadata as m; print(m.version('agentic-lab'))"]) if python else "not installed",
+        "iface": lab_interface(address),
+        "probes": detection["probes"] if detection else None,
+        "detect_error": detect_error,
+        "services": services,
+    }
+
+
+def telemetry_sizes(telemetry: str) -> dict[str, int]:
+    directory = Path(telemetry)
+    return {p.name: p.stat().st_size for p in sorted(directory.glob("*.jsonl"))} if directory.is_dir() else {}
+
+
+def _status(out: Path) -> dict | None:
+    try:
+        return json.loads((out / "status.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _pid(out: Path) -> int | None:
+    try:
+        return int((out / "runner.pid").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def start(run_dir: str, node: str, run_id: str, probes: list[str], collectors: str, telemetry: str,
+          rtt: tuple[int, int]) -> dict:
+    """Note where each service's telemetry file ends, start the runner detached, wait until it runs."""
+    out = Path(run_dir) / "probes"
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    offsets = telemetry_sizes(telemetry)
+    with open(out / "logs" / "runner.log", "ab") as log:
+        runner = subprocess.Popen(
+            [collectors, "run", "--node", node, "--run-id", run_id, "--out", str(out), "--probes", ",".join(probes),
+             "--rtt-interval-ms", str(rtt[0]), "--rtt-max-per-s", str(rtt[1])],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+        )
+    deadline = time.monotonic() + START_TIMEOUT_S
+    status = None
+    while time.monotonic() < deadline and runner.poll() is None:
+        status = _status(out)
+        if status and status.get("state") in FINAL_STATES:
+            break
+        time.sleep(0.2)
+    status = _status(out)
+    error = None
+    if runner.poll() is not None:
+        error = f"the runner exited {runner.returncode}: {_tail(out / 'logs' / 'runner.log')}"
+    elif not status or status.get("state") != "running":
+        error = f"the runner did not reach 'running' within {START_TIMEOUT_S:.0f} s"
+    return {"pid": runner.pid, "offsets": offsets, "status": status, "error": error}
+
+
+def _tail(path: Path) -> str:
+    try:
+        lines = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""
+
+
+def status(run_dir: str) -> dict:
+    out = Path(run_dir) / "probes"
+    return {"status": _status(out), "alive": _alive(_pid(out))}
+
+
+def stop(run_dir: str, telemetry: str, offsets: dict[str, int]) -> dict:
+    """SIGTERM the runner and wait until it stopped; copy this run's telemetry; list every file with its sha256."""
+    root = Path(run_dir)
+    out = root / "probes"
+    pid = _pid(out)
+    outcome = "not running"
+    if _alive(pid):
+        os.kill(pid, signal.SIGTERM)  # type: ignore[arg-type]
+        outcome = "stopped"
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)  # type: ignore[arg-type]
+            outcome = f"killed (did not stop within {STOP_TIMEOUT_S:.0f} s)"
+    copied = copy_telemetry(Path(telemetry), root / "telemetry", offsets)
+    _run(["chmod", "-R", "a+rX", str(root)])
+    return {"runner": outcome, "status": _status(out), "telemetry": copied, "files": checksums(root)}
+
+
+def copy_telemetry(source: Path, target: Path, offsets: dict[str, int]) -> dict[str, dict]:
+    """Each service file from its size at run start to its last complete line now."""
+    target.mkdir(parents=True, exist_ok=True)
+    copied = {}
+    for path in sorted(source.glob("*.jsonl")) if source.is_dir() else []:
+        start = offsets.get(path.name, 0)
+        data = path.read_bytes()
+        note = None
+        if len(data) < start:
+            start, note = 0, "the file shrank since the run started (rotated?); copied all of it"
+        chunk = data[start:]
+        chunk = chunk[: chunk.rfind(b"\n") + 1]
+        (target / path.name).write_bytes(chunk)
+        copied[path.name] = {"from": start, "bytes": len(chunk), "note": note}
+    return copied
+
+
+def checksums(root: Path) -> dict[str, dict]:
+    files = {}
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            while block := f.read(1 << 20):
+                digest.update(block)
+        files[str(path.relative_to(root))] = {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+    return files
+
+
+def tc_commands(iface: str, links: list[dict], netem: bool) -> list[list[str]]:
+    """htb at the root: class 1:1 unshaped, one class per impaired link (rate by htb, delay/loss by
+    a netem leaf where the kernel has netem), u32 filters sending each peer's traffic to its class."""
+    catch_all = any(link["to_address"] is None for link in links)
+    tc = ["tc", "qdisc", "replace", "dev", iface, "root", "handle", "1:", "htb", "default", "2" if catch_all else "1"]
+    commands = [tc, ["tc", "class", "add", "dev", iface, "parent", "1:", "classid", "1:1", "htb", "rate", UNSHAPED]]
+    for index, link in enumerate(links, start=2):
+        rate = f"{link['rate_mbit']:g}mbit" if link["rate_mbit"] else UNSHAPED
+        commands.append(["tc", "class", "add", "dev", iface, "parent", "1:", "classid", f"1:{index}", "htb", "rate", rate, "ceil", rate])
+        if netem and (link["delay_ms"] or link["loss_pct"]):
+            commands.append(["tc", "qdisc", "add", "dev", iface, "parent", f"1:{index}", "handle", f"{index}0:", "netem", *netem_args(link)])
+        if link["to_address"] is not None:
+            commands.append(["tc", "filter", "add", "dev", iface, "parent", "1:", "protocol", "ip", "prio", "1", "u32",
+                             "match", "ip", "dst", f"{link['to_address']}/32", "flowid", f"1:{index}"])
+    return commands
+
+
+def netem_args(link: dict) -> list[str]:
+    args = []
+    if link["delay_ms"]:
+        args += ["delay", f"{link['delay_ms']:g}ms"] + ([f"{link['jitter_ms']:g}ms"] if link["jitter_ms"] else [])
+    if link["loss_pct"]:
+        args += ["loss", f"{link['loss_pct']:g}%"]
+    return args
+
+
+def has_netem(iface: str) -> bool:
+    """Try it: a netem qdisc on the interface, removed at once."""
+    added = _run(["tc", "qdisc", "add", "dev", iface, "root", "handle", "1:", "netem", "delay", "0ms"])
+    if added.returncode == 0:
+        _run(["tc", "qdisc", "del", "dev", iface, "root"])
+    return added.returncode == 0
+
+
+def impair(address: str, links: list[dict]) -> dict:
+    iface = lab_interface(address)
+    _run(["tc", "qdisc", "del", "dev", iface, "root"])
+    netem = has_netem(iface)
+    for argv in tc_commands(iface, links, netem):
+        result = _run(argv)
+        if result.returncode != 0:
+            _run(["tc", "qdisc", "del", "dev", iface, "root"])
+            raise RuntimeError(f"`{' '.join(argv)}` failed: {_first_line(result.stderr)}")
+    return {"iface": iface, "netem": netem, "qdisc": _run(["tc", "qdisc", "show", "dev", iface]).stdout.strip()}
+
+
+def unimpair(address: str) -> dict:
+    iface = lab_interface(address)
+    result = _run(["tc", "qdisc", "del", "dev", iface, "root"])
+    return {"iface": iface, "removed": result.returncode == 0}
+
+
+def cleanup(run_dir: str) -> dict:
+    _run(["rm", "-rf", "--one-file-system", run_dir])
+    return {"removed": not Path(run_dir).exists()}
+
+
+STEPS = {f.__name__: f for f in (preflight, start, status, stop, impair, unimpair, cleanup)}
+
+
+def main(argv: list[str]) -> int:
+    step, args = argv[1], json.loads(argv[2])
+    try:
+        print(json.dumps({"ok": True, "result": STEPS[step](**args)}))
+    except Exception as exc:  # noqa: BLE001 - any failure of a step is reported to the controller as a fault
+        print(json.dumps({"ok": False, "error": f"{step}: {type(exc).__name__}: {exc}"}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

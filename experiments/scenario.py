@@ -1,0 +1,128 @@
+"""Scenario files (`experiments/scenarios/*.yaml`): what one experiment runs, validated on load
+with errors that name the file, the field and the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from lab.config import LabConfig
+from lab.errors import ConfigError
+from lab.validation import FieldError, read_yaml, validate
+
+SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
+ALL = ("baseline", "simple", "multihop")
+PROBES = ("lifetime", "state", "connect", "rtt", "retrans", "pcap")
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Tasks(Model):
+    count: int = Field(ge=1, le=100_000)
+    """Measured tasks per repetition, from the seeded task set (`workload.tasks.make_tasks`)."""
+    seed: int = Field(default=1, ge=0)
+    """Which tasks: the same seed gives the same tasks in every scenario."""
+    dataset_seed: int = Field(default=1, ge=0)
+    """The seed the database was deployed with (inventory/group_vars lab_db_seed): tasks ask about its orders."""
+
+
+class Load(Model):
+    """Closed loop (`concurrency` tasks in flight) or open loop (`rate_per_s` Poisson arrivals)."""
+
+    concurrency: int | None = Field(default=None, ge=1, le=1024)
+    rate_per_s: float | None = Field(default=None, gt=0, le=10_000)
+
+    @model_validator(mode="after")
+    def _one_mode(self) -> Load:
+        if (self.concurrency is None) == (self.rate_per_s is None):
+            raise ValueError("give exactly one of concurrency (closed loop) or rate_per_s (open loop)")
+        return self
+
+    @property
+    def mode(self) -> Literal["closed", "open"]:
+        return "closed" if self.concurrency is not None else "open"
+
+
+class Impairment(Model):
+    """Traffic control on one directed link: what `node` sends on its lab interface (to `to` only, if given)."""
+
+    node: str
+    to: str | None = None
+    delay_ms: float = Field(default=0, ge=0, le=60_000)
+    jitter_ms: float = Field(default=0, ge=0, le=60_000)
+    loss_pct: float = Field(default=0, ge=0, le=100)
+    rate_mbit: float | None = Field(default=None, gt=0, le=100_000)
+
+    @model_validator(mode="after")
+    def _does_something(self) -> Impairment:
+        if not (self.delay_ms or self.loss_pct or self.rate_mbit):
+            raise ValueError("an impairment needs at least one of delay_ms, loss_pct, rate_mbit; add one or remove the entry")
+        if self.jitter_ms and not self.delay_ms:
+            raise ValueError("jitter_ms needs delay_ms; add a delay or remove the jitter")
+        if self.to == self.node:
+            raise ValueError(f"'to' names the node itself ({self.node}); name another node or drop 'to'")
+        return self
+
+
+class Scenario(Model):
+    name: str
+    workload: Literal["baseline", "simple", "multihop"]
+    """What the driver sends where: the baseline chain or Agent A (simple, multihop)."""
+    tasks: Tasks
+    load: Load = Load(concurrency=1)
+    warmup: int = Field(default=0, ge=0, le=10_000)
+    """Tasks run before the measured ones (their own ids, `warmup-...`), marked warmup in the results."""
+    repetitions: int = Field(default=1, ge=1, le=1000)
+    task_timeout_s: float = Field(default=300, gt=0)
+    probes: list[Literal["lifetime", "state", "connect", "rtt", "retrans", "pcap"]] = Field(default=list(PROBES), min_length=1)
+    """The probes to run on every node (default: all)."""
+    rtt_interval_ms: int = Field(default=10, ge=1, le=60_000)
+    """RTT sampling: at most one sample per socket this often (the probe's main cost under load)."""
+    rtt_max_per_s: int = Field(default=2000, ge=1, le=1_000_000)
+    """RTT sampling: at most this many samples per second per node."""
+    impairments: list[Impairment] = []
+
+    @model_validator(mode="after")
+    def _distinct_links(self) -> Scenario:
+        targets: dict[str, list[str | None]] = {}
+        for index, item in enumerate(self.impairments):
+            seen = targets.setdefault(item.node, [])
+            if item.to in seen or None in seen or (item.to is None and seen):
+                raise FieldError(("impairments", index), f"link {item.node} -> {item.to or 'all'} overlaps an earlier entry; give each link once, either one entry without 'to' or one per peer")
+            seen.append(item.to)
+        return self
+
+    def check_nodes(self, lab: LabConfig, path: Path) -> None:
+        """Impairments must name nodes of this lab."""
+        names = [n.name for n in lab.nodes]
+        for index, item in enumerate(self.impairments):
+            for key in ("node", "to"):
+                value = getattr(item, key)
+                if value is not None and value not in names:
+                    raise ConfigError(f"{path}: impairments[{index}].{key}: no node '{value}' in {lab.path.name}; use one of {', '.join(names)}")
+
+
+def scenario_path(name_or_path: str) -> Path:
+    """A scenario file: a path to a YAML file, or the name of one in experiments/scenarios/."""
+    candidate = Path(name_or_path)
+    if candidate.suffix in (".yaml", ".yml"):
+        return candidate
+    path = SCENARIO_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in SCENARIO_DIR.glob("*.yaml")))
+        raise ConfigError(f"no scenario '{name_or_path}'; use one of {known}, 'all', or a path to a .yaml file")
+    return path
+
+
+def load_scenario(name_or_path: str, lab: LabConfig) -> tuple[Scenario, Path]:
+    path = scenario_path(name_or_path)
+    data = read_yaml(path, "pass a scenario name (baseline, simple, multihop) or an existing .yaml file")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys (workload, tasks, load, ...), got {type(data).__name__}")
+    scenario = validate(Scenario, {"name": path.stem, **data}, path)
+    scenario.check_nodes(lab, path)
+    return scenario, path

@@ -1,0 +1,196 @@
+"""The controller's pure parts: clock offset math, traffic-control commands, the task plan,
+probe summaries, telemetry slices, checksums, service placement, the manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from experiments import node_script, services
+from experiments.clock import Sample, best_offset
+from experiments.controller import new_run_id
+from experiments.drive import arrivals, plan
+from experiments.manifest import (
+    Faults,
+    Manifest,
+    checksums,
+    probe_faults,
+    probe_summary,
+)
+from experiments.scenario import Scenario
+
+
+def test_offset_comes_from_the_sample_with_the_shortest_round_trip():
+    samples = [Sample(1_000, 1_600, 2_000), Sample(10_000, 10_150, 10_200), Sample(20_000, 20_900, 21_000)]
+    offset = best_offset(samples)
+    assert offset.offset_ns == 10_150 - 10_100 and offset.uncertainty_ns == 100
+    assert offset.samples == 3 and offset.measured_at_ns == 10_000
+
+
+def test_offset_sign_is_node_minus_controller():
+    assert best_offset([Sample(0, 5_000_000, 100)]).offset_ns == 5_000_000 - 50
+    with pytest.raises(ValueError):
+        best_offset([])
+
+
+def link(to: str | None = None, delay: float = 0, jitter: float = 0, loss: float = 0, rate: float | None = None) -> dict:
+    return {"to_address": to, "delay_ms": delay, "jitter_ms": jitter, "loss_pct": loss, "rate_mbit": rate}
+
+
+def test_tc_one_peer_with_netem():
+    commands = [" ".join(c) for c in node_script.tc_commands("host0", [link("10.0.0.13", 20, 5, 0.5, 100)], netem=True)]
+    assert commands == [
+        "tc qdisc replace dev host0 root handle 1: htb default 1",
+        "tc class add dev host0 parent 1: classid 1:1 htb rate 10gbit",
+        "tc class add dev host0 parent 1: classid 1:2 htb rate 100mbit ceil 100mbit",
+        "tc qdisc add dev host0 parent 1:2 handle 20: netem delay 20ms 5ms loss 0.5%",
+        "tc filter add dev host0 parent 1: protocol ip prio 1 u32 match ip dst 10.0.0.13/32 flowid 1:2",
+    ]
+
+
+def test_tc_all_traffic_without_netem_keeps_only_the_rate():
+    commands = [" ".join(c) for c in node_script.tc_commands("eth0", [link(None, 20, rate=8)], netem=False)]
+    assert commands[0].endswith("htb default 2")
+    assert "classid 1:2 htb rate 8mbit ceil 8mbit" in commands[2]
+    assert not any("netem" in c or "filter" in c for c in commands)
+
+
+def test_tc_two_peers_get_their_own_classes():
+    commands = node_script.tc_commands("host0", [link("10.0.0.12", loss=1), link("10.0.0.13", delay=3)], netem=True)
+    flows = [c[-1] for c in commands if c[1] == "filter"]
+    assert flows == ["1:2", "1:3"]
+    assert ["loss", "1%"] == [a for a in commands[3] if a in ("loss", "1%")]
+
+
+def scenario(**changes) -> Scenario:
+    return Scenario.model_validate({"name": "t", "workload": "multihop", "tasks": {"count": 3, "seed": 4}, **changes})
+
+
+def test_plan_warmup_then_repetitions_with_distinct_warmup_ids():
+    phases = plan(scenario(warmup=2, repetitions=2))
+    assert [len(p) for p in phases] == [2, 3, 3]
+    assert all(p.warmup and p.task.task_id.startswith("warmup-s4-") for p in phases[0])
+    assert [p.repetition for p in phases[2]] == [2, 2, 2]
+    assert [p.task.task_id for p in phases[1]] == [p.task.task_id for p in phases[2]] == ["s4-t0000", "s4-t0001", "s4-t0002"]
+    assert all(p.at_s is None for phase in phases for p in phase)
+
+
+def test_open_loop_arrivals_are_seeded_poisson():
+    phases = plan(scenario(load={"rate_per_s": 2.0}))
+    times = [p.at_s for p in phases[0]]
+    assert times == sorted(times) and times[0] > 0
+    assert times == [p.at_s for p in plan(scenario(load={"rate_per_s": 2.0}))[0]]
+    many = arrivals(4000, 2.0, seed=1)
+    assert many[-1] / len(many) == pytest.approx(0.5, rel=0.05)
+
+
+STATUS = {"probes": {
+    "rtt": {"state": "stopped", "source": "bpftrace tracepoint:tcp:tcp_probe", "started": True, "records": 12, "lost_events": 1},
+    "lifetime": {"state": "exited", "source": "bpftrace x", "started": True, "records": 3, "error": "killed by SIGKILL", "exit_code": -9},
+    "retrans": {"state": "unavailable", "source": None, "started": False, "records": 0, "unavailable_reason": "no tracepoint"},
+    "pcap:host0": {"state": "stopped", "source": "tcpdump -s 96", "started": True, "records": 0, "packets": 817, "packets_dropped": 2},
+}}
+
+
+def test_probe_summary_and_faults():
+    summary = probe_summary(STATUS)
+    assert summary["rtt"] == {"state": "stopped", "source": "bpftrace tracepoint:tcp:tcp_probe", "started": True,
+                              "records": 12, "lost": 1, "error": None}
+    assert summary["pcap:host0"]["records"] == 817 and summary["pcap:host0"]["lost"] == 2
+    assert probe_faults(summary) == ["probe lifetime exited: killed by SIGKILL", "probe retrans unavailable: no tracepoint"]
+    assert probe_summary(None) == {}
+
+
+def test_faults_are_recorded_once():
+    faults = Faults()
+    assert faults.add("llm", "probe rtt exited") and not faults.add("llm", "probe rtt exited")
+    assert faults.add("agent-a", "probe rtt exited")
+    assert [(f.node, f.what) for f in faults.items] == [("llm", "probe rtt exited"), ("agent-a", "probe rtt exited")]
+
+
+def test_telemetry_slice_starts_at_the_offset_and_ends_at_the_last_full_line(tmp_path):
+    source, target = tmp_path / "telemetry", tmp_path / "run" / "telemetry"
+    source.mkdir()
+    (source / "agent-a.jsonl").write_bytes(b'{"old":1}\n{"new":2}\n{"new":3}\n{"partial"')
+    (source / "tool-db.jsonl").write_bytes(b'{"a":1}\n')
+    (source / "new.jsonl").write_bytes(b'{"b":1}\n')
+    copied = node_script.copy_telemetry(source, target, {"agent-a.jsonl": 10, "tool-db.jsonl": 8})
+    assert (target / "agent-a.jsonl").read_bytes() == b'{"new":2}\n{"new":3}\n'
+    assert (target / "tool-db.jsonl").read_bytes() == b""
+    assert (target / "new.jsonl").read_bytes() == b'{"b":1}\n'
+    assert copied["agent-a.jsonl"] == {"from": 10, "bytes": 20, "note": None}
+
+
+def test_a_shrunk_telemetry_file_is_copied_whole_and_says_so(tmp_path):
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "x.jsonl").write_bytes(b'{"a":1}\n')
+    copied = node_script.copy_telemetry(tmp_path / "t", tmp_path / "out", {"x.jsonl": 500})
+    assert copied["x.jsonl"]["from"] == 0 and "shrank" in copied["x.jsonl"]["note"]
+
+
+def test_checksums_list_every_file_but_the_manifest(tmp_path):
+    (tmp_path / "nodes" / "llm").mkdir(parents=True)
+    (tmp_path / "nodes" / "llm" / "a.jsonl").write_bytes(b"abc")
+    (tmp_path / "manifest.json").write_text("{}")
+    files = checksums(tmp_path)
+    assert files == {"nodes/llm/a.jsonl": {"bytes": 3, "sha256": hashlib.sha256(b"abc").hexdigest()}}
+    assert node_script.checksums(tmp_path)["nodes/llm/a.jsonl"] == files["nodes/llm/a.jsonl"]
+
+
+def test_placed_services_come_from_the_config_files(tmp_path):
+    (tmp_path / "agent-a.yaml").write_text("# managed\nnode: agent-a\nhost: 10.0.0.11\nport: 8101\npeers:\n  port: 1\n")
+    (tmp_path / "tool-db.yaml").write_text("node: agent-b\nhost: 0.0.0.0\n")
+    (tmp_path / "llm.env").write_text("HF_TOKEN=x\n")
+    (tmp_path / "other.yaml").write_text("port: 9\n")
+    placed = node_script.placed_services(str(tmp_path), "10.0.0.12", {"agent-a": 1, "tool-db": 8201})
+    assert placed == {"agent-a": {"host": "10.0.0.11", "port": 8101}, "tool-db": {"host": "10.0.0.12", "port": 8201}}
+
+
+def test_entry_and_missing_services_follow_the_preflight_answers():
+    healthy = {"ok": True}
+    checks = {
+        "n1": {"services": {"agent-a": {"host": "10.0.0.11", "port": 8101, "health": healthy}}},
+        "n2": {"services": {"baseline-gateway": {"host": "10.0.0.12", "port": 8301, "health": healthy}}},
+    }
+    entry = services.entry(checks)
+    assert entry.agent_a == "http://10.0.0.11:8101" and entry.baseline == "http://10.0.0.12:8301"
+    assert "tool-db" in services.missing(checks) and "llm" in services.missing(checks)
+    assert "agent-a" not in services.missing(checks)
+
+
+def test_node_script_runs_standalone_and_reports_errors_as_json(tmp_path):
+    script = Path(node_script.__file__).read_text()
+    ok = subprocess.run([sys.executable, "-c", script, "cleanup", json.dumps({"run_dir": str(tmp_path / "x")})],
+                        capture_output=True, text=True, check=True)
+    assert json.loads(ok.stdout) == {"ok": True, "result": {"removed": True}}
+    bad = subprocess.run([sys.executable, "-c", script, "status", json.dumps({"nope": 1})], capture_output=True, text=True,
+                         check=False)
+    answer = json.loads(bad.stdout)
+    assert not answer["ok"] and answer["error"].startswith("status: TypeError")
+
+
+def test_manifest_is_written_whole(tmp_path):
+    manifest = Manifest(run_id="r", scenario={"name": "s"}, lab={}, provider="nspawn", accelerator="container",
+                        image="i", started_at_ns=1)
+    data = json.loads(manifest.write(tmp_path).read_text())
+    assert data["run_id"] == "r" and data["analysis"] is None and data["faults"] == []
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_run_id_is_utc_time_and_scenario():
+    assert new_run_id("multihop", 0) == "19700101T000000Z-multihop"
+
+
+def test_tasks_ask_about_the_deployed_database_whatever_their_seed():
+    from workload.tasks import make_dataset
+
+    dataset = make_dataset(1)
+    shipped = {s.order_id for s in dataset.shipments}
+    tasks = [p.task for p in plan(scenario(tasks={"count": 30, "seed": 9}))[0]]
+    assert all(t.order_id in shipped for t in tasks if t.kind == "shipment_eta")
+    assert tasks[0].task_id == "s9-t0000"

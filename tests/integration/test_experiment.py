@@ -1,0 +1,210 @@
+"""`lab experiment` end to end on a deployed nspawn lab: a small multihop run leaves a
+self-describing run directory; a probe killed mid-run, Ctrl-C and an impairment are recorded
+in the manifest while every node's data is still pulled and checked."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import lab_cli
+
+pytestmark = pytest.mark.integration
+
+NODES = ("agent-a", "agent-b", "llm")
+COUNTED = ("lifetime", "state", "connect", "rtt", "pcap:host0")  # retransmissions need loss: started, maybe 0 records
+
+
+def scenario(directory: Path, name: str, **config) -> Path:
+    path = directory / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def run_dir(config: Path, name: str) -> Path:
+    """The newest run of this scenario."""
+    return max((config.parent / "runs").glob(f"*-{name}"))
+
+
+def manifest(run: Path) -> dict:
+    return json.loads((run / "manifest.json").read_text())
+
+
+def assert_files_intact(run: Path, files: dict, prefix: str = "") -> None:
+    listed = {rel: meta for rel, meta in files.items() if rel.startswith(prefix)}
+    assert listed, f"no files under {prefix}"
+    for rel, meta in listed.items():
+        data = (run / rel).read_bytes()
+        assert len(data) == meta["bytes"] and hashlib.sha256(data).hexdigest() == meta["sha256"], rel
+
+
+def lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def start_experiment(config: Path, path: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "lab", "--config", str(config), "experiment", str(path)],
+                            cwd=config.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "COLUMNS": "200"})
+
+
+def remote_status(config: Path, node: str) -> dict | None:
+    newest = "'cat \"$(ls -td /var/lib/lab/runs/*/ | head -1)probes/status.json\"'"
+    result = lab_cli(config, "ssh", node, "--", "sudo", "sh", "-c", newest, check=False)
+    return json.loads(result.stdout) if result.returncode == 0 and result.stdout.strip() else None
+
+
+def wait_running(config: Path, node: str, timeout_s: float = 120) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = remote_status(config, node)
+        if status and status["state"] == "running":
+            return status
+        time.sleep(1)
+    raise AssertionError(f"the probes on {node} did not run within {timeout_s} s")
+
+
+@pytest.fixture(scope="module")
+def multihop(deployed_lab, tmp_path_factory):
+    config, _ = deployed_lab
+    path = scenario(tmp_path_factory.mktemp("scenarios"), "multihop-small", workload="multihop",
+                    tasks={"count": 3, "seed": 1}, load={"concurrency": 1}, task_timeout_s=300)
+    started = time.monotonic()
+    result = lab_cli(config, "experiment", str(path), timeout=900)
+    return config, run_dir(config, "multihop-small"), result, time.monotonic() - started
+
+
+def test_multihop_run_directory_describes_the_run(multihop):
+    _, run, result, wall_s = multihop
+    print(f"multihop, 3 tasks: {wall_s:.1f} s wall")
+    m = manifest(run)
+    assert m["run_id"] == run.name and m["scenario"]["name"] == "multihop-small"
+    assert m["scenario"]["config"]["workload"] == "multihop" and m["lab"]["name"] == "tx"
+    assert m["provider"] == "nspawn" and m["accelerator"] == "container" and m["image"]
+    assert m["git"]["commit"] and set(m["versions"]["nodes"]) == set(NODES)
+    assert m["versions"]["llm"]["model"] and m["versions"]["controller"]["packages"]["fabric"]
+    assert m["started_at_ns"] < m["ended_at_ns"]
+    assert m["tasks"]["total"] == 3 and m["tasks"]["ok"] + m["tasks"]["failed"] == 3
+    assert str(run) in result.stdout and "tasks" in result.stdout
+
+
+def test_every_probe_on_every_node_started_and_recorded(multihop):
+    _, run, _, _ = multihop
+    probes = manifest(run)["probes"]
+    assert set(probes) == set(NODES)
+    for node, by_probe in probes.items():
+        assert all(p["started"] and p["state"] == "stopped" for p in by_probe.values()), (node, by_probe)
+        for name in COUNTED:
+            assert by_probe[name]["records"] > 0, (node, name)
+    assert not [f for f in manifest(run)["faults"] if "probe" in f["what"]]
+
+
+def test_clock_offsets_at_start_and_end(multihop):
+    _, run, _, _ = multihop
+    offsets = manifest(run)["clock_offsets"]
+    for node in NODES:
+        for when in ("start", "end"):
+            measured = offsets[node][when]
+            print(f"clock {node} {when}: {measured['offset_ns']} ± {measured['uncertainty_ns']} ns")
+            assert measured["samples"] >= 10 and 0 < measured["uncertainty_ns"] < 5_000_000
+            assert abs(measured["offset_ns"]) < 5_000_000  # containers share the host's clock
+
+
+def test_every_pulled_file_matches_its_checksum(multihop):
+    config, run, _, _ = multihop
+    files = manifest(run)["files"]
+    assert_files_intact(run, files)
+    for node in NODES:
+        assert f"nodes/{node}/probes/status.json" in files and f"nodes/{node}/probes/pcap-host0.pcap" in files
+    assert "results.jsonl" in files and "telemetry/driver.jsonl" in files
+    leftover = lab_cli(config, "ssh", "agent-a", "--", "test", "-e", f"/var/lib/lab/runs/{run.name}", check=False)
+    assert leftover.returncode == 1  # the node's copy is removed once every file matched
+
+
+def test_telemetry_holds_every_task(multihop):
+    _, run, _, _ = multihop
+    results = lines(run / "results.jsonl")
+    tasks = {r["task_id"] for r in results}
+    assert len(results) == 3 and all(r["repetition"] == 1 and r["warmup"] is False for r in results)
+    for node, service in (("agent-a", "agent-a"), ("agent-b", "agent-b"), ("agent-b", "tool-db")):
+        seen = {e["task_id"] for e in lines(run / "nodes" / node / "telemetry" / f"{service}.jsonl")}
+        assert tasks <= seen, (service, tasks - seen)
+    assert tasks <= {e["task_id"] for e in lines(run / "telemetry" / "driver.jsonl")}
+
+
+def test_flows_include_the_agents_connections_to_the_llm(multihop):
+    config, run, _, _ = multihop
+    llm = yaml.safe_load(config.read_text())["nodes"][2]["address"]
+    for agent in ("agent-a", "agent-b"):
+        flows = lines(run / "nodes" / agent / "probes" / "lifetime.jsonl")
+        to_llm = [f for f in flows if f["daddr"] == llm and f["dport"] == 8000]
+        assert to_llm and all(f["tx_bytes"] > 0 and f["rx_bytes"] > 0 for f in to_llm), agent
+    accepted = lines(run / "nodes" / "llm" / "probes" / "connect.jsonl")
+    assert any(c["direction"] == "accept" and c["sport"] == 8000 for c in accepted)
+
+
+def test_a_probe_killed_mid_run_is_recorded_and_the_rest_is_kept(deployed_lab, tmp_path):
+    config, _ = deployed_lab
+    path = scenario(tmp_path, "baseline-kill", workload="baseline", tasks={"count": 60, "seed": 2},
+                    load={"rate_per_s": 4}, task_timeout_s=30)
+    experiment = start_experiment(config, path)
+    status = wait_running(config, "agent-b")
+    victim = status["probes"]["lifetime"]["pid"]
+    lab_cli(config, "ssh", "agent-b", "--", "sudo", "kill", "-9", str(victim))
+    output, _ = experiment.communicate(timeout=300)
+    assert experiment.returncode == 0, output
+    run = run_dir(config, "baseline-kill")
+    m = manifest(run)
+    assert m["probes"]["agent-b"]["lifetime"]["state"] == "exited"
+    assert "SIGKILL" in m["probes"]["agent-b"]["lifetime"]["error"]
+    assert any(f["node"] == "agent-b" and f["what"].startswith("probe lifetime exited") for f in m["faults"])
+    assert "probe lifetime exited" in output
+    for node in ("agent-a", "llm"):
+        assert all(p["state"] == "stopped" for p in m["probes"][node].values())
+    assert m["probes"]["agent-b"]["state"]["state"] == "stopped" and m["probes"]["agent-b"]["state"]["records"] > 0
+    assert_files_intact(run, m["files"])
+    assert m["tasks"] == {"planned": 60, "total": 60, "ok": 60, "failed": 0, "warmup": 0}
+
+
+def test_ctrl_c_stops_the_probes_and_pulls_what_exists(deployed_lab, tmp_path):
+    config, _ = deployed_lab
+    path = scenario(tmp_path, "baseline-interrupted", workload="baseline", tasks={"count": 400, "seed": 3},
+                    load={"rate_per_s": 5}, task_timeout_s=30)
+    experiment = start_experiment(config, path)
+    wait_running(config, "llm")
+    time.sleep(8)
+    experiment.send_signal(signal.SIGINT)
+    output, _ = experiment.communicate(timeout=300)
+    assert experiment.returncode == 130, output
+    run = run_dir(config, "baseline-interrupted")
+    m = manifest(run)
+    assert any(f["node"] == "controller" and f["what"].startswith("interrupted (Ctrl-C)") for f in m["faults"])
+    done = lines(run / "results.jsonl")
+    assert 0 < len(done) == m["tasks"]["total"] < 400
+    for node in NODES:
+        assert json.loads((run / "nodes" / node / "probes" / "status.json").read_text())["state"] == "stopped"
+    assert_files_intact(run, m["files"])
+
+
+def test_an_impairment_is_applied_recorded_and_removed(deployed_lab, tmp_path):
+    config, _ = deployed_lab
+    path = scenario(tmp_path, "baseline-impaired", workload="baseline", tasks={"count": 10, "seed": 4},
+                    load={"concurrency": 2}, impairments=[{"node": "agent-b", "to": "llm", "delay_ms": 5, "rate_mbit": 50}])
+    lab_cli(config, "experiment", str(path), timeout=300)
+    m = manifest(run_dir(config, "baseline-impaired"))
+    [applied] = m["impairments_applied"]
+    assert applied["node"] == "agent-b" and applied["to"] == "llm" and applied["iface"] == "host0"
+    assert applied["applied_by"]["rate_mbit"] == "htb" and "htb" in applied["qdisc"]
+    netem = applied["applied_by"]["delay_ms"] == "netem"
+    assert applied["not_applied"] == ([] if netem else ["delay_ms"])
+    qdisc = lab_cli(config, "ssh", "agent-b", "--", "sudo", "tc", "qdisc", "show", "dev", "host0").stdout
+    assert "htb" not in qdisc and "netem" not in qdisc
