@@ -64,9 +64,9 @@ def run(lab: LabConfig, scenario: Scenario, scenario_file: Path, reporter: Repor
     return run_dir
 
 
-def run_named(lab: LabConfig, name: str, reporter: Reporter) -> list[Path]:
+def run_named(lab: LabConfig, name: str, reporter: Reporter, tasks: int | None = None, warmup: int | None = None) -> list[Path]:
     """`lab experiment NAME|all`: every scenario validated first, then run one after the other."""
-    loaded = [load_scenario(n, lab) for n in (ALL if name == "all" else (name,))]
+    loaded = [load_scenario(n, lab, tasks, warmup) for n in (ALL if name == "all" else (name,))]
     return [run(lab, scenario, path, reporter) for scenario, path in loaded]
 
 

@@ -118,11 +118,16 @@ def scenario_path(name_or_path: str) -> Path:
     return path
 
 
-def load_scenario(name_or_path: str, lab: LabConfig) -> tuple[Scenario, Path]:
+def load_scenario(name_or_path: str, lab: LabConfig, tasks: int | None = None, warmup: int | None = None) -> tuple[Scenario, Path]:
+    """The validated scenario; `tasks` and `warmup` (from the command line) replace the file's values."""
     path = scenario_path(name_or_path)
     data = read_yaml(path, "pass a scenario name (baseline, simple, multihop) or an existing .yaml file")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of keys (workload, tasks, load, ...), got {type(data).__name__}")
+    if tasks is not None:
+        data["tasks"] = {**(data.get("tasks") or {}), "count": tasks}
+    if warmup is not None:
+        data["warmup"] = warmup
     scenario = validate(Scenario, {"name": path.stem, **data}, path)
     scenario.check_nodes(lab, path)
     return scenario, path

@@ -100,13 +100,18 @@ def deploy(ctx: typer.Context) -> None:
 
 
 @app.command()
-def experiment(ctx: typer.Context, scenario: str = typer.Argument(..., help="baseline, simple, multihop or all")) -> None:
+def experiment(
+    ctx: typer.Context,
+    scenario: str = typer.Argument(..., help="baseline, simple, multihop, all, or a scenario .yaml"),
+    tasks: Optional[int] = typer.Option(None, help="measured tasks per repetition (overrides the scenario file)"),
+    warmup: Optional[int] = typer.Option(None, help="warm-up tasks (overrides the scenario file)"),
+) -> None:
     """Run a scenario end to end: probes on every node, the workload driven, logs pulled, analysis."""
     from experiments.controller import run_named
     from experiments.progress import Reporter
 
     try:
-        run_dirs = run_named(ctx.obj.lab, scenario, Reporter(console))
+        run_dirs = run_named(ctx.obj.lab, scenario, Reporter(console), tasks, warmup)
     except KeyboardInterrupt:
         errors.print("[red]interrupted[/red]: probes stopped, what they measured is pulled (see the run's manifest faults)")
         sys.exit(130)
