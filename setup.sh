@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One command for a fresh Debian/Ubuntu host (run as root):
-#   ./setup.sh        install what the lab needs, build the node image, bring the lab up
+#   ./setup.sh        install what the lab needs, bring the lab up, deploy it, run every scenario
+#                     on a small task set and print the comparison report's path
 #   ./setup.sh test   install the same, then run the whole test suite (python -m pytest)
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -49,6 +50,8 @@ case "$mode" in
   main)
     .venv/bin/lab image build
     .venv/bin/lab up
+    .venv/bin/lab deploy
+    .venv/bin/lab experiment all --tasks "${LAB_TASKS:-3}" --warmup 1
     ;;
   test)
     .venv/bin/python -m pytest -v -p no:cacheprovider

@@ -39,6 +39,13 @@ def write(lab: LabConfig, state: LabState) -> None:
                 "lab_subnet": str(lab.network.subnet),
                 "lab_controller_address": str(lab.network.host_address),
                 "lab_llm_port": lab.llm.port,
+                "lab_llm_backend": lab.llm.backend,
+                "lab_llm_model": lab.llm.model,
+                "lab_llm_cpu_model": lab.llm.cpu_model,
+                # a GPU reaches the LLM node only as a passed-through PCI device of a VM
+                "lab_llm_gpu": lab.llm_node.gpu is not None and state.provider == "libvirt",
+                # pinned host keys wherever ansible-playbook runs from (ansible.cfg names none)
+                "ansible_ssh_common_args": f"-o UserKnownHostsFile={known_hosts_file(lab)}",
             },
             "hosts": hosts,
             "children": children,

@@ -75,7 +75,7 @@ def wait_running(config: Path, node: str, timeout_s: float = 120) -> dict:
 
 @pytest.fixture(scope="module")
 def multihop(deployed_lab, tmp_path_factory):
-    config, _ = deployed_lab
+    config = deployed_lab.config
     path = scenario(tmp_path_factory.mktemp("scenarios"), "multihop-small", workload="multihop",
                     tasks={"count": 3, "seed": 1}, load={"concurrency": 1}, task_timeout_s=300)
     started = time.monotonic()
@@ -153,7 +153,7 @@ def test_flows_include_the_agents_connections_to_the_llm(multihop):
 
 
 def test_a_probe_killed_mid_run_is_recorded_and_the_rest_is_kept(deployed_lab, tmp_path):
-    config, _ = deployed_lab
+    config = deployed_lab.config
     path = scenario(tmp_path, "baseline-kill", workload="baseline", tasks={"count": 60, "seed": 2},
                     load={"rate_per_s": 4}, task_timeout_s=30)
     experiment = start_experiment(config, path)
@@ -176,7 +176,7 @@ def test_a_probe_killed_mid_run_is_recorded_and_the_rest_is_kept(deployed_lab, t
 
 
 def test_ctrl_c_stops_the_probes_and_pulls_what_exists(deployed_lab, tmp_path):
-    config, _ = deployed_lab
+    config = deployed_lab.config
     path = scenario(tmp_path, "baseline-interrupted", workload="baseline", tasks={"count": 400, "seed": 3},
                     load={"rate_per_s": 5}, task_timeout_s=30)
     experiment = start_experiment(config, path)
@@ -196,7 +196,7 @@ def test_ctrl_c_stops_the_probes_and_pulls_what_exists(deployed_lab, tmp_path):
 
 
 def test_an_impairment_is_applied_recorded_and_removed(deployed_lab, tmp_path):
-    config, _ = deployed_lab
+    config = deployed_lab.config
     path = scenario(tmp_path, "baseline-impaired", workload="baseline", tasks={"count": 10, "seed": 4},
                     load={"concurrency": 2}, impairments=[{"node": "agent-b", "to": "llm", "delay_ms": 5, "rate_mbit": 50}])
     lab_cli(config, "experiment", str(path), timeout=300)

@@ -1,0 +1,145 @@
+"""deploy.yml end to end on three real nspawn containers: every service answers its health
+endpoint from another node, a second run changes nothing (nor does --check), failures stop the
+deploy with a message naming the node and the cause and leave running services alone, and the
+playbook passes ansible-lint's production profile."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import lab_cli
+from tests.integration.conftest import BIN, PREFIX, playbook, with_group_vars
+
+REPO = Path(__file__).resolve().parents[2]
+NODES = ("agent-a", "agent-b", "llm")
+# The placement inventory/group_vars/all.yml gives the three-node lab (README's table).
+RUNS_ON = {"agent-a": "agent-a", "agent-b": "agent-b", "tool-db": "agent-b", "tool-synth": "agent-b",
+           "baseline-gateway": "agent-b", "baseline-order": "agent-b", "baseline-shipping": "agent-b"}
+RECAP = re.compile(r"^(\S+)\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.MULTILINE)
+
+
+def recap(result: subprocess.CompletedProcess[str]) -> dict[str, dict[str, int]]:
+    return {host: {"ok": int(ok), "changed": int(changed), "unreachable": int(unreachable), "failed": int(failed)}
+            for host, ok, changed, unreachable, failed in RECAP.findall(result.stdout)}
+
+
+def explain(result: subprocess.CompletedProcess[str]) -> str:
+    return f"exit {result.returncode}\n{result.stdout[-6000:]}\n{result.stderr[-2000:]}"
+
+
+def http_codes(config: Path, node: str, urls: list[str]) -> list[str]:
+    """The HTTP status of each URL as seen from `node` (one SSH round trip)."""
+    loop = "; ".join(f"curl -s -o /dev/null -m 10 -w '%{{http_code}}\\n' {url}" for url in urls)
+    return lab_cli(config, "ssh", node, "--", loop).stdout.split()
+
+
+@pytest.fixture
+def lab(deployed_lab):
+    """The session's deployed lab (tests/integration/conftest.py) and its first deploy."""
+    return deployed_lab.config, deployed_lab.first_deploy
+
+
+def address(node: str) -> str:
+    return f"{PREFIX}.{11 + NODES.index(node)}"
+
+
+def health_urls() -> dict[str, str]:
+    services = yaml.safe_load((REPO / "inventory" / "group_vars" / "all.yml").read_text())["lab_services"]
+    return {name: f"http://{address(RUNS_ON[name])}:{services[name]['port']}/healthz" for name in RUNS_ON}
+
+
+@pytest.mark.integration
+def test_first_deploy_configures_every_node(lab):
+    _, first = lab
+    assert first.returncode == 0, explain(first)
+    assert set(recap(first)) == set(NODES)
+    assert all(counts["failed"] == 0 and counts["unreachable"] == 0 for counts in recap(first).values())
+
+
+@pytest.mark.integration
+def test_every_service_answers_its_health_endpoint_from_another_node(lab):
+    config, _ = lab
+    urls = health_urls()
+    on_agent_b = [urls[s] for s, node in RUNS_ON.items() if node == "agent-b"]
+    assert http_codes(config, "agent-a", on_agent_b) == ["200"] * len(on_agent_b)
+    assert http_codes(config, "llm", [urls["agent-a"]]) == ["200"]
+    assert http_codes(config, "agent-b", [f"http://{address('llm')}:8000/v1/models"]) == ["200"]
+
+
+@pytest.mark.integration
+def test_units_run_as_the_lab_user_and_probe_facts_are_recorded(lab):
+    config, _ = lab
+    units = {node: [f"lab-{service}" for service, where in RUNS_ON.items() if where == node] for node in NODES}
+    units["llm"] = ["lab-llm"]
+    for node, names in units.items():
+        active = lab_cli(config, "ssh", node, "--", "systemctl is-active " + " ".join(names)).stdout.split()
+        assert active == ["active"] * len(names), (node, names, active)
+    for node in NODES:
+        facts = lab_cli(config, "ssh", node, "--", "cat /etc/ansible/facts.d/lab_probes.fact").stdout
+        assert yaml.safe_load(facts)["probes"]["lifetime"]["source"].startswith("bpftrace")
+    owner = lab_cli(config, "ssh", "agent-b", "--", "ps -o user= -C python").stdout.split()
+    assert owner and set(owner) == {"lab"}
+
+
+@pytest.mark.integration
+def test_second_deploy_and_check_mode_change_nothing(lab):
+    config, _ = lab
+    second = playbook(config)
+    assert second.returncode == 0, explain(second)
+    assert {host: counts["changed"] for host, counts in recap(second).items()} == dict.fromkeys(NODES, 0), explain(second)
+    check = playbook(config, "--check", "--diff")
+    assert check.returncode == 0, explain(check)
+    assert {host: counts["changed"] for host, counts in recap(check).items()} == dict.fromkeys(NODES, 0), explain(check)
+
+
+@pytest.mark.integration
+def test_a_missing_model_stops_the_deploy_naming_the_node(lab):
+    config, _ = lab
+    result = playbook(config, "--tags", "llm_server", "-e", "lab_llm_cpu_model=/nonexistent/model.gguf")
+    assert result.returncode != 0
+    assert "llm: llm.cpu_model /nonexistent/model.gguf: no such file" in result.stdout, explain(result)
+    assert http_codes(config, "agent-a", [f"http://{address('llm')}:8000/v1/models"]) == ["200"]  # left running
+
+
+@pytest.mark.integration
+def test_an_unhealthy_service_stops_the_deploy_with_its_cause(lab):
+    config, _ = lab
+    broken = playbook(config, "--tags", "mcp_tools", "-e", "lab_health_timeout_s=6",
+                      "-e", f"lab_db_dsn=postgresql://lab@{address('agent-b')}:5999/lab")
+    assert broken.returncode != 0
+    message = " ".join(broken.stdout.split())
+    assert f"agent-b: lab-tool-db did not become healthy within 6 s at http://{address('agent-b')}:8201/healthz" in message
+    assert "port 5999 failed" in message, explain(broken)
+    urls = health_urls()
+    assert http_codes(config, "agent-a", [urls["baseline-order"], urls["agent-b"]]) == ["200", "200"]  # the others run on
+    repaired = playbook(config, "--tags", "mcp_tools")
+    assert repaired.returncode == 0, explain(repaired)
+    assert http_codes(config, "agent-a", [urls["tool-db"]]) == ["200"]
+
+
+@pytest.mark.integration
+def test_an_unreachable_node_stops_the_deploy_naming_it(lab, tmp_path):
+    config, _ = lab
+    inventory = yaml.safe_load((config.parent / "inventory" / "hosts.yml").read_text())
+    inventory["all"]["hosts"]["ghost"] = {"ansible_host": f"{PREFIX}.99", "lab_groups": ["agents"]}
+    inventory["all"]["children"]["agents"]["hosts"]["ghost"] = None
+    (tmp_path / "inventory").mkdir()
+    (tmp_path / "inventory" / "hosts.yml").write_text(yaml.safe_dump(inventory))
+    result = playbook(config, "--tags", "common", inventory=with_group_vars(tmp_path / "inventory"))
+    assert result.returncode != 0
+    assert re.search(rf"fatal: \[ghost\]: UNREACHABLE!.*\n(.*\n)*?.*{re.escape(PREFIX)}\.99", result.stdout), explain(result)
+    assert recap(result)["agent-a"]["ok"] <= 1  # the others stopped with it
+
+
+def test_ansible_lint_passes_the_production_profile():
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    result = subprocess.run([str(BIN / "ansible-lint"), "--offline"], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert "Profile 'production' was required, and it passed" in result.stdout + result.stderr
