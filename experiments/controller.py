@@ -190,7 +190,7 @@ class Experiment:
         self.reporter.phase(f"starting probes on {len(self.sessions)} nodes: {', '.join(self.scenario.probes)}")
         self.probes_started = True
         started = self._each("probes did not start", lambda s: s.step(
-            "start", timeout=180, run_dir=s.run_dir, node=s.node.name, run_id=s.run_id, probes=self.scenario.probes,
+            "start", timeout=180, run_dir=s.run_dir, node=s.node.name, address=s.node.address, run_id=s.run_id, probes=self.scenario.probes,
             collectors=services.COLLECTORS, telemetry=services.TELEMETRY_DIR,
             rtt=(self.scenario.rtt_interval_ms, self.scenario.rtt_max_per_s)))
         for node, answer in started.items():

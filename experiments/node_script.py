@@ -159,15 +159,19 @@ def _pid(out: Path) -> int | None:
         return None
 
 
-def start(run_dir: str, node: str, run_id: str, probes: list[str], collectors: str, telemetry: str,
+def start(run_dir: str, node: str, address: str, run_id: str, probes: list[str], collectors: str, telemetry: str,
           rtt: tuple[int, int]) -> dict:
-    """Note where each service's telemetry file ends, start the runner detached, wait until it runs."""
+    """Note where each service's telemetry file ends, start the runner detached, wait until it runs.
+
+    The capture covers the lab interface and loopback: a node's services that call each other
+    by the node's own address talk over lo, and their packets belong to the run too."""
     out = Path(run_dir) / "probes"
     (out / "logs").mkdir(parents=True, exist_ok=True)
     offsets = telemetry_sizes(telemetry)
     with open(out / "logs" / "runner.log", "ab") as log:
         runner = subprocess.Popen(
             [collectors, "run", "--node", node, "--run-id", run_id, "--out", str(out), "--probes", ",".join(probes),
+             "--iface", lab_interface(address), "--iface", "lo",
              "--rtt-interval-ms", str(rtt[0]), "--rtt-max-per-s", str(rtt[1])],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
         )

@@ -68,10 +68,11 @@ def wait_ready(node: Node, timeout: float, still_booting=lambda: None) -> float:
     last_error = "no answer"
     while (left := timeout - (time.monotonic() - started)) > 0:
         try:
-            code, _, err = run(node, "true", timeout=10, connect_timeout=min(10.0, max(left, 0.1)))
+            # sync: what first boot wrote (host keys, the login's key) survives a VM that is powered off hard
+            code, _, err = run(node, "sync", timeout=30, connect_timeout=min(10.0, max(left, 0.1)))
             if code == 0:
                 return time.monotonic() - started
-            last_error = f"`true` exited {code}: {err.strip()}"
+            last_error = f"`sync` exited {code}: {err.strip()}"
         except paramiko.BadHostKeyException as exc:
             raise LabError(f"{node.name} ({node.address}) offered a host key that is not the pinned one ({exc}); run `lab teardown` and `lab up`") from None
         except (OSError, socket.timeout, paramiko.SSHException) as exc:

@@ -13,16 +13,17 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from scapy.all import TCP, PcapReader
 
 import analysis
 from analysis.pipeline import RunAnalysis
+from tests.analysis.checks import (
+    assert_baseline_matches_the_call_graph,
+    assert_every_agentic_task_has_an_llm_flow,
+    assert_flows_agree_with_handshakes,
+    hops_per_task,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1500)]
-
-# The baseline's fixed call graph: every task makes exactly these hops, each over its own connection.
-BASELINE_HOPS = {"client→entry": 1, "service→service": 2, "→db": 2}  # driver→gateway; gateway→order, order→shipping; 2 queries
-HANDSHAKE_TOLERANCE = 0.01  # probe connections vs SYNs in the capture: within 1 % (at least 1)
 
 
 @pytest.fixture(scope="module")
@@ -30,50 +31,24 @@ def analysed(loop_runs: dict[str, Path]) -> dict[str, RunAnalysis]:
     return {scenario: analysis.analyze_run(path) for scenario, path in loop_runs.items()}
 
 
-def _hops_per_task(result: RunAnalysis) -> pd.DataFrame:
-    used = result.joined.used.merge(result.joined.conns[["conn_id", "hop"]], on="conn_id")
-    counted = result.per_task.loc[~result.per_task["warmup"], "trace_id"]
-    used = used[used["trace_id"].isin(counted)].drop_duplicates(["trace_id", "conn_id"])
-    return pd.crosstab(used["trace_id"], used["hop"]).reindex(counted, fill_value=0)
-
-
 def test_baseline_flows_per_task_match_the_fixed_call_graph(analysed: dict[str, RunAnalysis]) -> None:
     result = analysed["baseline"]
-    assert len(result.per_task) == 6 and result.per_task["ok"].all()
-    assert (result.per_task["flows"] == sum(BASELINE_HOPS.values())).all(), result.per_task[["task_id", "flows"]]
-    hops = _hops_per_task(result)
-    assert hops.loc[:, list(BASELINE_HOPS)].eq(pd.Series(BASELINE_HOPS)).all().all(), hops
+    assert len(result.per_task) == 6
+    assert_baseline_matches_the_call_graph(result)
     assert result.summary["flows_per_task"] == 5.0
-
-
-def _handshakes(pcap: Path) -> int:
-    """Independent count: distinct 4-tuples of SYN (without ACK) segments, read with scapy."""
-    syns = set()
-    with PcapReader(str(pcap)) as packets:
-        for packet in packets:
-            if TCP in packet and packet[TCP].flags & 0x12 == 0x02:
-                syns.add((packet.payload.src, packet[TCP].sport, packet.payload.dst, packet[TCP].dport))
-    return len(syns)
 
 
 @pytest.mark.parametrize("scenario", ["baseline", "simple", "multihop"])
 def test_probe_flow_count_agrees_with_handshakes_in_the_capture(analysed: dict[str, RunAnalysis],
                                                                  scenario: str) -> None:
     result = analysed[scenario]
-    flows = result.joined.flows
-    opened = flows.loc[flows["direction"].fillna("") != "seen", "conn_id"].nunique()
-    handshakes = _handshakes(result.run.path / "nodes" / "agent-b" / "probes" / "pcap-lo.pcap")
-    assert handshakes > 0
-    assert abs(opened - handshakes) <= max(1, HANDSHAKE_TOLERANCE * handshakes), (opened, handshakes)
+    assert_flows_agree_with_handshakes(result, [result.run.path / "nodes" / "agent-b" / "probes" / "pcap-lo.pcap"])
 
 
 @pytest.mark.parametrize("scenario", ["simple", "multihop"])
 def test_every_agentic_task_has_an_llm_flow(analysed: dict[str, RunAnalysis], scenario: str) -> None:
-    hops = _hops_per_task(analysed[scenario])
-    assert len(hops) == 2
-    assert (hops["agent→llm"] >= 1).all(), hops
-    if scenario == "multihop":
-        assert (hops["agent→agent"] >= 1).all() and (hops["agent→tool"] >= 2).all(), hops
+    assert len(hops_per_task(analysed[scenario])) == 2
+    assert_every_agentic_task_has_an_llm_flow(analysed[scenario], multihop=scenario == "multihop")
 
 
 @pytest.mark.parametrize("scenario", ["baseline", "simple", "multihop"])

@@ -16,6 +16,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+import analysis
+from tests.analysis.checks import (
+    assert_baseline_matches_the_call_graph,
+    assert_every_agentic_task_has_an_llm_flow,
+    assert_flows_agree_with_handshakes,
+)
 from tests.conftest import lab_cli
 
 pytestmark = pytest.mark.integration
@@ -105,6 +111,7 @@ def test_every_probe_on_every_node_started_and_recorded(multihop):
         assert all(p["started"] and p["state"] == "stopped" for p in by_probe.values()), (node, by_probe)
         for name in COUNTED:
             assert by_probe[name]["records"] > 0, (node, name)
+    assert probes["agent-b"]["pcap:lo"]["records"] > 0  # agent-b's services call each other over loopback
     assert not [f for f in manifest(run)["faults"] if "probe" in f["what"]]
 
 
@@ -150,6 +157,36 @@ def test_flows_include_the_agents_connections_to_the_llm(multihop):
         assert to_llm and all(f["tx_bytes"] > 0 and f["rx_bytes"] > 0 for f in to_llm), agent
     accepted = lines(run / "nodes" / "llm" / "probes" / "connect.jsonl")
     assert any(c["direction"] == "accept" and c["sport"] == 8000 for c in accepted)
+
+
+def captures(run: Path) -> list[Path]:
+    return sorted(run.glob("nodes/*/probes/pcap-*.pcap"))
+
+
+def test_the_experiment_analysed_its_run(multihop):
+    _, run, _, _ = multihop
+    assert (run / "report.html").is_file() and (run / "tables" / "connections.parquet").is_file()
+    assert_every_agentic_task_has_an_llm_flow(analysis.analyze_run(run), multihop=True)
+
+
+@pytest.fixture(scope="module")
+def baseline(deployed_lab, tmp_path_factory):
+    config = deployed_lab.config
+    path = scenario(tmp_path_factory.mktemp("scenarios"), "baseline-small", workload="baseline",
+                    tasks={"count": 8, "seed": 1}, load={"concurrency": 1}, warmup=1)
+    lab_cli(config, "experiment", str(path), timeout=600)
+    return analysis.analyze_run(run_dir(config, "baseline-small"))
+
+
+def test_baseline_flows_per_task_match_the_fixed_call_graph_on_the_lab(baseline):
+    assert len(baseline.per_task[~baseline.per_task["warmup"]]) == 8
+    assert_baseline_matches_the_call_graph(baseline)
+
+
+def test_probe_flows_agree_with_handshakes_in_every_nodes_capture(baseline, multihop):
+    assert_flows_agree_with_handshakes(baseline, captures(baseline.run.path))
+    _, run, _, _ = multihop
+    assert_flows_agree_with_handshakes(analysis.analyze_run(run), captures(run))
 
 
 def test_a_probe_killed_mid_run_is_recorded_and_the_rest_is_kept(deployed_lab, tmp_path):
