@@ -130,8 +130,9 @@ def domain_xml(spec: DomainSpec) -> str:
     features = _sub(root, "features")
     _sub(features, "acpi")
     _sub(features, "apic")
-    if spec.accelerator == "kvm":
-        _sub(root, "cpu", mode="host-model")
+    # TCG's default qemu64 CPU lacks AVX/AVX2, which prebuilt inference engines (llama.cpp) use;
+    # 'maximum' gives the guest everything QEMU can emulate (AVX2 since QEMU 7.2).
+    _sub(root, "cpu", mode="host-model" if spec.accelerator == "kvm" else "maximum")
     _sub(root, "clock", offset="utc")
     _sub(root, "on_poweroff", "destroy")
     _sub(root, "on_reboot", "restart")

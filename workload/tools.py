@@ -87,7 +87,9 @@ def _synthetic(seed: str, size: int, **extra: Any) -> dict[str, Any]:
 
 def build_tool_synth(config: ServiceConfig, telemetry: Telemetry) -> Any:
     synth = config.synth
-    downstream = synth.downstream_url or f"http://127.0.0.1:{config.listen_port('tool-synth')}/backend"
+    # by default the fan-out goes to this server's own /backend, at the address it listens on
+    own = "127.0.0.1" if config.host in ("0.0.0.0", "") else config.host
+    downstream = synth.downstream_url or f"http://{own}:{config.listen_port('tool-synth')}/backend"
     client = lab_http_client(config.timeouts.service_s)
     mcp = new_mcp("tool-synth", "A synthetic carrier microservice with configurable size, latency and fan-out.")
 

@@ -101,7 +101,7 @@ def test_every_domain_validates_with_and_without_a_gpu(tmp_path, sysfs, case):
     for name, xml in rendered.items():
         validate(tmp_path, "domain", xml)
         root = ET.fromstring(xml)
-        assert root.get("type") == "qemu" and root.find("cpu") is None
+        assert root.get("type") == "qemu" and root.find("cpu").get("mode") == "maximum"
         assert root.findtext("os/cmdline") == provider.KERNEL_CMDLINE
         assert root.find("devices/serial/log").get("file") == str(tmp_path / ".lab" / "logs" / f"{name}.console.log")
         assert [d.get("bus") for d in root.iterfind("devices/disk/target")] == ["virtio", "virtio"]
