@@ -103,13 +103,29 @@ def facts(run: RunDir) -> dict[str, str]:
         "scenario": run.scenario,
         "provider": str(m.get("provider", "unknown")),
         "accelerator": str(m.get("accelerator", "unknown")),
-        "model": str(scenario.get("model") or llm.get("model") or m.get("model") or "unknown"),
-        "llm backend": str(llm.get("backend") or m.get("llm_backend") or "unknown"),
+        "model": _model(versions.get("llm") if isinstance(versions, dict) else None, llm),
+        "llm backend": str((versions.get("llm") or {}).get("backend") if isinstance(versions, dict) else None
+                           or llm.get("backend") or "unknown"),
         "image": _short(m.get("image")),
         "versions": ", ".join(f"{k} {v}" for k, v in versions.items()) if isinstance(versions, dict) else _short(versions),
         "git": _short(git.get("commit") if isinstance(git, dict) else git),
         "impairments": _short(m.get("impairments_applied")) if m.get("impairments_applied") else "none",
     }
+
+
+def _model(served: Any, configured: dict) -> str:
+    """What really answered: the backend the LLM node ran (from the run's versions) decides which
+    configured model applies; the server's own description (parameters, quantisation) is added."""
+    if not isinstance(served, dict):
+        return str(configured.get("model") or "unknown")
+    name = configured.get("cpu_model") if served.get("backend") == "llamacpp" else configured.get("model")
+    meta = (served.get("served") or {}).get("meta") or {}
+    details = []
+    if meta.get("n_params"):
+        details.append(f"{meta['n_params'] / 1e9:.2f} B parameters")
+    if meta.get("ftype"):
+        details.append(str(meta["ftype"]))
+    return f"{name or served.get('model') or 'unknown'}" + (f" ({', '.join(details)})" if details else "")
 
 
 def _short(value: Any) -> str:
