@@ -21,9 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
+from benchlab import REPO, bench_lab
 
-REPO = Path(__file__).resolve().parents[1]
+
 BIN = Path(sys.executable).parent
 CHANGED = re.compile(r"^\S+\s+: ok=\d+\s+changed=(\d+)", re.MULTILINE)
 
@@ -61,14 +61,7 @@ def main() -> None:
     parser.add_argument("--provider", default="nspawn", choices=["nspawn", "libvirt"])
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="lab-bench-deploy-"))
-    config = work / "lab.yaml"
-    base = yaml.safe_load((REPO / "lab.yaml").read_text())
-    base.update(name="bd", provider=args.provider)
-    base["network"] = {"subnet": "10.85.0.0/24"}
-    for index, node in enumerate(base["nodes"]):
-        node["address"] = f"10.85.0.{11 + index}"
-    config.write_text(yaml.safe_dump(base))
+    config = bench_lab("bd", "10.85.0", args.provider)
 
     figures: dict[str, list[float]] = {"wheelhouse, empty directory": [], "first deploy": [], "second deploy (no-op)": []}
     changed_second: list[int] = []
@@ -78,17 +71,17 @@ def main() -> None:
     try:
         for _ in range(args.runs):
             lab(config, "up")
-            accelerator = json.loads((work / ".lab" / "state.json").read_text())["accelerator"]
-            (work / "inventory" / "group_vars").symlink_to(REPO / "inventory" / "group_vars")
+            accelerator = json.loads((config.parent / ".lab" / "state.json").read_text())["accelerator"]
+            (config.parent / "inventory" / "group_vars").symlink_to(REPO / "inventory" / "group_vars")
             figures["first deploy"].append(deploy(config)[0])
             seconds, changed = deploy(config)
             figures["second deploy (no-op)"].append(seconds)
             changed_second.append(changed)
             lab(config, "teardown")
-            (work / "inventory" / "group_vars").unlink()
+            (config.parent / "inventory" / "group_vars").unlink()
     finally:
         lab(config, "teardown")
-        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(config.parent, ignore_errors=True)
 
     print(f"provider {args.provider} ({accelerator}), {os.cpu_count()} cores, median of {args.runs} runs; "
           f"second deploys reported changed={changed_second}")

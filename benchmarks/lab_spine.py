@@ -16,9 +16,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
+from benchlab import REPO, bench_lab
 
-REPO = Path(__file__).resolve().parents[1]
+
 
 
 def timed(argv: list[str], env: dict[str, str] | None = None, cwd: Path = REPO) -> float:
@@ -36,14 +36,7 @@ def main() -> None:
     parser.add_argument("--provider", default="nspawn", choices=["nspawn", "libvirt"])
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="lab-bench-"))
-    config = work / "lab.yaml"
-    base = yaml.safe_load((REPO / "lab.yaml").read_text())
-    base.update(name="bn", provider=args.provider)
-    base["network"] = {"subnet": "10.81.0.0/24"}
-    for index, node in enumerate(base["nodes"]):
-        node["address"] = f"10.81.0.{11 + index}"
-    config.write_text(yaml.safe_dump(base))
+    config = bench_lab("bn", "10.81.0", args.provider)
 
     figures: dict[str, list[float]] = {"image build, cold": [], "image build, warm": [], "lab up to SSH-ready": [], "lab teardown": []}
     for _ in range(args.runs):

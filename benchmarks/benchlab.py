@@ -1,0 +1,23 @@
+"""The lab a benchmark brings up: the repository's lab.yaml under its own name and subnet,
+written to a fresh directory, so a benchmark never touches the user's lab."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def bench_lab(name: str, subnet_prefix: str, provider: str) -> Path:
+    """lab.yaml for a benchmark lab (`subnet_prefix` like "10.81.0"); returns its path."""
+    config = Path(tempfile.mkdtemp(prefix=f"lab-bench-{name}-")) / "lab.yaml"
+    base = yaml.safe_load((REPO / "lab.yaml").read_text())
+    base.update(name=name, provider=provider)
+    base["network"] = {"subnet": f"{subnet_prefix}.0/24"}
+    for index, node in enumerate(base["nodes"]):
+        node["address"] = f"{subnet_prefix}.{11 + index}"
+    config.write_text(yaml.safe_dump(base))
+    return config
