@@ -24,7 +24,8 @@ PROBE_SCHEMAS: dict[str, pa.Schema] = {
                                     ("rx_bytes", pa.int64()), ("duration_ns", pa.int64()), ("start_ns", pa.int64())]),
     "state": pa.schema(_TUPLE + [("oldstate", pa.string()), ("newstate", pa.string())]),
     "connect": pa.schema(_TUPLE + [("direction", pa.string()), ("pid", pa.int64()), ("comm", pa.string())]),
-    "rtt": pa.schema(_TUPLE + [("srtt_us", pa.int64()), ("snd_cwnd", pa.int64())]),
+    "rtt": pa.schema(_TUPLE + [("srtt_us", pa.int64()), ("snd_cwnd", pa.int64()), ("first_ns", pa.int64()),
+                               ("segments", pa.int64()), ("srtt_min_us", pa.int64()), ("srtt_max_us", pa.int64())]),
     "retrans": pa.schema(_TUPLE + [("state", pa.string())]),
 }
 

@@ -127,7 +127,8 @@ def task_metrics(tasks: pd.DataFrame, calls: pd.DataFrame, used: pd.DataFrame, p
 
 
 def hop_metrics(packets: pd.DataFrame, conns: pd.DataFrame, rtt: pd.DataFrame, tasks: pd.DataFrame) -> pd.DataFrame:
-    """Per hop kind: connections, packets and bytes per task, RTT p50/p99 in µs, median connection lifetime."""
+    """Per hop kind: connections, packets and bytes per task, RTT p50/p99 over the rtt probe's windows and
+    the highest smoothed RTT any segment saw (µs), median connection lifetime."""
     counted = tasks.loc[~tasks["warmup"], "trace_id"]
     n = max(len(counted), 1)
     inside = packets[packets["trace_id"].isin(counted)]
@@ -137,6 +138,7 @@ def hop_metrics(packets: pd.DataFrame, conns: pd.DataFrame, rtt: pd.DataFrame, t
     out["lifetime_ms_p50"] = conns.groupby("hop")["lifetime_ns"].median() / 1e6
     rtt_by = rtt.groupby("hop")["srtt_us"]
     out["rtt_us_p50"], out["rtt_us_p99"] = rtt_by.median(), rtt_by.quantile(0.99)
+    out["rtt_us_max"] = rtt.groupby("hop")["srtt_max_us"].max()
     return out.reset_index()
 
 
@@ -154,6 +156,7 @@ def scenario_summary(per_task: pd.DataFrame, conns: pd.DataFrame, packets: pd.Da
         "peers_per_task": float(counted["peers"].mean()), "packets_per_task": float(counted["packets"].mean()),
         "bytes_per_task": float(counted["bytes"].mean()), "llm_calls_per_task": float(counted.get("llm_calls", pd.Series(0.0)).mean()),
         **{f"rtt_us_{k}": v for k, v in percentiles(rtt["srtt_us"]).items()},
+        "rtt_us_max": float(rtt["srtt_max_us"].max()) if len(rtt) else float("nan"),
         "retrans_rate": float(retx["retrans_rate"].iloc[0]) if len(retx) else float("nan"),
         "retransmits": float(retx["retransmits"].sum()),
         "lifetime_ms_p50": float(conns["lifetime_ns"].median() / 1e6), "lifetime_ms_p90": float(conns["lifetime_ns"].quantile(0.9) / 1e6),

@@ -37,10 +37,10 @@ def rtt_cdf(results: list[RunAnalysis]) -> Plot:
     if len(data):
         sns.ecdfplot(data=data, x="srtt_us", hue="run", log_scale=True, ax=ax)
     else:
-        _empty(ax, "RTT samples")
-    ax.set(xlabel="smoothed RTT (µs, log scale)", ylabel="share of samples")
-    return "rtt_cdf", fig, ("CDF of the kernel's smoothed RTT (srtt) samples from the rtt probe, every connection "
-                            "of every node, per run.")
+        _empty(ax, "RTT windows")
+    ax.set(xlabel="smoothed RTT (µs, log scale)", ylabel="share of windows")
+    return "rtt_cdf", fig, ("CDF of the kernel's smoothed RTT (srtt) at the end of each rtt-probe window (one per socket "
+                            "per window), every connection of every node, per run.")
 
 
 def flow_size_cdf(results: list[RunAnalysis]) -> Plot:

@@ -35,6 +35,7 @@ HEADLINE: dict[str, tuple[str, str]] = {
     "rtt_us_p90": ("RTT p90 (µs)", "{:.0f}"),
     "rtt_us_p99": ("RTT p99 (µs)", "{:.0f}"),
     "rtt_us_p99.9": ("RTT p99.9 (µs)", "{:.0f}"),
+    "rtt_us_max": ("RTT max, any segment (µs)", "{:.0f}"),
     "retrans_rate": ("retransmission rate (per data segment)", "{:.4f}"),
     "lifetime_ms_p50": ("connection lifetime p50 (ms)", "{:.1f}"),
     "lifetime_ms_p90": ("connection lifetime p90 (ms)", "{:.1f}"),

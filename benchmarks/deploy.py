@@ -23,7 +23,6 @@ from pathlib import Path
 
 from benchlab import REPO, bench_lab
 
-
 BIN = Path(sys.executable).parent
 CHANGED = re.compile(r"^\S+\s+: ok=\d+\s+changed=(\d+)", re.MULTILINE)
 

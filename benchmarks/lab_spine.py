@@ -19,8 +19,6 @@ from pathlib import Path
 from benchlab import REPO, bench_lab
 
 
-
-
 def timed(argv: list[str], env: dict[str, str] | None = None, cwd: Path = REPO) -> float:
     started = time.monotonic()
     subprocess.run(argv, check=True, capture_output=True, env=env, cwd=cwd)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import IO
 
 from collectors.clock import ClockOffset
-from collectors.sources import ParseError, Parser
+from collectors.sources import ParseError, Parser, map_entry
 from collectors.status import EXITED, FAILED, RUNNING, STOPPED, ProbeStatus, StatusFile
 
 PR_SET_PDEATHSIG = 1
@@ -114,8 +114,12 @@ class Child:
 
     def request_stop(self) -> None:
         self._stopping = True
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGINT)
+        if self.running:
+            self._proc.send_signal(signal.SIGINT)  # type: ignore[union-attr]
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
 
     def wait(self, timeout: float) -> None:
         """Wait for the process to end after request_stop(); SIGKILL it past the timeout."""
@@ -203,10 +207,14 @@ class BpftraceChild(Child):
         self.parse = parse
         self.tags = tags
         self.out = out_path.open("a", buffering=1)  # line buffered: a kill loses nothing
+        self.printed_at_end: dict[str, list[str]] = {}  # map key -> fields, see programs.py
 
     def on_stdout(self, line: str) -> None:
         if line.startswith("E "):
             self._record(line)
+        elif entry := map_entry(line):
+            key, fields = entry
+            self.printed_at_end.setdefault(key, []).extend(fields)
         elif line.startswith("READY"):
             self.mark_started()
         elif lost := BPFTRACE_LOST.search(line):
@@ -239,6 +247,11 @@ class BpftraceChild(Child):
         self.out.write(json.dumps(record, separators=(",", ":")) + "\n")
         self.status.records += 1
         self.status_file.touch()
+
+    def _finish(self, code: int) -> None:
+        for fields in self.printed_at_end.values():
+            self._record("E " + " ".join(fields))
+        super()._finish(code)
 
     def close(self) -> None:
         self.out.close()

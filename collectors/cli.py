@@ -78,14 +78,14 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--rtt-interval-ms",
         type=_positive,
-        default=10,
-        help="minimum time between two RTT samples of one socket (default 10)",
+        default=100,
+        help="length of one RTT window of a socket, aggregated in the kernel (default 100)",
     )
     run.add_argument(
         "--rtt-max-per-s",
         type=_positive,
-        default=2000,
-        help="most RTT samples per second in total (default 2000)",
+        default=1000,
+        help="most RTT window records per second in total (default 1000)",
     )
     return top
 

@@ -11,7 +11,9 @@ Conventions shared by every program (the runner relies on them):
   the runner converts it to wall-clock time;
 - addresses are printed as IPv6 (IPv4 arrives v4-mapped) or as both an IPv4 and an IPv6
   rendering plus the socket family; the runner keeps the one that applies;
-- ``END`` clears every map so bpftrace prints nothing on exit.
+- ``END`` clears every map so bpftrace prints nothing on exit, except maps it prints on
+  purpose (the RTT probe's windows still open at the stop): the tuples of all entries
+  ``@map[key]: (a, b, ...)`` with one key, in the order printed, hold the fields of one E line.
 """
 
 from __future__ import annotations
@@ -112,73 +114,90 @@ END {{ clear(@pid); clear(@comm); }}
 """
 )
 
-# RTT samples, rate limited twice so a bulk transfer cannot flood the node: `$2` is the
-# minimum interval between two samples of one socket (ns), `$3` the most samples per second
-# for the whole namespace (approximate: the counter is not atomic across CPUs).
-# Output: E nsecs family saddr4 saddr6 sport daddr4 daddr6 dport srtt_us snd_cwnd
-_RTT_EMIT = """
-      printf("E %llu %d %s %s %d %s %s %d %u %u\\n", nsecs, $sk->__sk_common.skc_family,
-             ntop(2, $sk->__sk_common.skc_rcv_saddr),
-             ntop($sk->__sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8), {sport},
-             ntop(2, $sk->__sk_common.skc_daddr),
-             ntop($sk->__sk_common.skc_v6_daddr.in6_u.u6_addr8), {dport}, {srtt}, {cwnd});
-"""
-_RTT_FORGET = f"""
-interval:s:1 {{ @sampled = 0; }}
-tracepoint:sock:inet_sock_set_state /args->newstate == {CLOSE}/ {{
-  delete(@last[(uint64)args->skaddr]);
+# RTT windows, aggregated in the kernel: every received segment of a socket updates its open
+# window (last smoothed RTT and cwnd, segment count, lowest and highest smoothed RTT); one
+# line per window leaves the kernel, so the cost in user space does not grow with the packet
+# rate and no spike between two lines is lost. A window holds the segments of at most `$2` ns
+# (from its first segment); it is printed when the next segment opens a new one, when the
+# socket closes, or (still open) by END. `$3` caps the lines per second for the whole
+# namespace (approximate: the counter is not atomic across CPUs); a window that would pass
+# the cap stays open and keeps aggregating.
+# E line: last_ns srtt_us snd_cwnd first_ns segments srtt_min_us srtt_max_us (the @win tuple)
+#         family saddr4 saddr6 sport daddr4 daddr6 dport (the @addr tuple, for END's print).
+# The addresses are read from the socket when a line is printed and kept in @addr only for
+# END: a tuple holding them would not fit the 512-byte BPF stack next to the printf.
+_RTT_PRINT = """$s = (struct sock *){sk};
+    printf("E %llu %llu %llu %llu %llu %llu %llu %llu %s %s %llu %s %s %llu\\n",
+           $w.0, $w.1, $w.2, $w.3, $w.4, $w.5, $w.6, (uint64)$s->__sk_common.skc_family,
+           ntop(2, $s->__sk_common.skc_rcv_saddr), ntop($s->__sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8),
+           (uint64)({sport}), ntop(2, $s->__sk_common.skc_daddr),
+           ntop($s->__sk_common.skc_v6_daddr.in6_u.u6_addr8), (uint64)({dport}));"""
+_RTT_WINDOW = """
+  $k = (uint64){sk};
+  $now = nsecs;
+  $w = @win[$k];
+  $n = $w.4;
+  if ($n > 0 && $now - $w.3 >= $2 && @lines < $3) {{
+    @lines = @lines + 1;
+    {print_window}
+    $n = 0;
+  }}
+  if ($w.0 == 0) {{
+    $sk = (struct sock *){sk};
+    @addr[$k] = ((uint64)$sk->__sk_common.skc_family, ntop(2, $sk->__sk_common.skc_rcv_saddr),
+                 ntop($sk->__sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8), (uint64)({sport}),
+                 ntop(2, $sk->__sk_common.skc_daddr),
+                 ntop($sk->__sk_common.skc_v6_daddr.in6_u.u6_addr8), (uint64)({dport}));
+  }}
+  $srtt = (uint64)({srtt});
+  @win[$k] = ($now, $srtt, (uint64)({cwnd}), $n == 0 ? $now : $w.3, $n + 1,
+              ($n == 0 || $srtt < $w.5) ? $srtt : $w.5, ($n == 0 || $srtt > $w.6) ? $srtt : $w.6);
 }}
-END {{ clear(@last); clear(@sampled); }}
+interval:s:1 {{ @lines = 0; }}
+tracepoint:sock:inet_sock_set_state /args->newstate == {close}/ {{
+  $w = @win[(uint64)args->skaddr];
+  if ($w.4 > 0) {{
+    {print_at_close}
+  }}
+  delete(@win[(uint64)args->skaddr]);
+  delete(@addr[(uint64)args->skaddr]);
+}}
+END {{ clear(@lines); print(@win); print(@addr); clear(@win); clear(@addr); }}
 """
+
+
+def _rtt_window(sk: str, sport: str, dport: str, srtt: str, cwnd: str) -> str:
+    return _RTT_WINDOW.format(
+        sk=sk, sport=sport, dport=dport, srtt=srtt, cwnd=cwnd, close=CLOSE,
+        print_window=_RTT_PRINT.format(sk=sk, sport=sport, dport=dport),
+        print_at_close=_RTT_PRINT.format(sk="args->skaddr", sport="args->sport", dport="args->dport"),
+    )
+
 
 # tcp:tcp_probe carries skaddr since Linux 6.10; srtt there is already in microseconds.
 RTT_TRACEPOINT = (
     READY
-    + """tracepoint:tcp:tcp_probe
-/"""
+    + "tracepoint:tcp:tcp_probe\n/"
     + _NETNS.format(sk="args->skaddr")
-    + """/
-{
-  $k = (uint64)args->skaddr;
-  if (nsecs - @last[$k] >= $2 && @sampled < $3) {
-      @last[$k] = nsecs;
-      @sampled = @sampled + 1;
-      $sk = (struct sock *)args->skaddr;"""
-    + _RTT_EMIT.format(
-        sport="args->sport", dport="args->dport", srtt="args->srtt", cwnd="args->snd_cwnd"
-    )
-    + """  }
-}
-"""
-    + _RTT_FORGET
+    + "/\n{"
+    + _rtt_window("args->skaddr", "args->sport", "args->dport", "args->srtt", "args->snd_cwnd")
 )
 
-# Older kernels (Debian bookworm's 6.1): the same sample from tcp_rcv_established(), where
+# Older kernels (Debian bookworm's 6.1): the same window from tcp_rcv_established(), where
 # tcp_probe is called, through a kprobe.
+_SK = "((struct sock *)arg0)"
 RTT_KPROBE = (
     READY
-    + """kprobe:tcp_rcv_established
-/"""
+    + "kprobe:tcp_rcv_established\n/"
     + _NETNS.format(sk="arg0")
-    + """/
-{
-  $k = (uint64)arg0;
-  if (nsecs - @last[$k] >= $2 && @sampled < $3) {
-      @last[$k] = nsecs;
-      @sampled = @sampled + 1;
-      $sk = (struct sock *)arg0;
-      $tp = (struct tcp_sock *)arg0;
-      $dp = $sk->__sk_common.skc_dport;"""
-    + _RTT_EMIT.format(
-        sport="$sk->__sk_common.skc_num",
-        dport="(($dp >> 8) | (($dp << 8) & 0xff00))",
-        srtt="$tp->srtt_us >> 3",
-        cwnd="$tp->snd_cwnd",
+    + "/\n{"
+    + _rtt_window(
+        "arg0",
+        f"{_SK}->__sk_common.skc_num",
+        f"(({_SK}->__sk_common.skc_dport >> 8) | (({_SK}->__sk_common.skc_dport << 8) & 0xff00))",
+        "((struct tcp_sock *)arg0)->srtt_us >> 3",
+        "((struct tcp_sock *)arg0)->snd_cwnd",
     )
-    + """  }
-}
-"""
-    + _RTT_FORGET
 )
 
 RETRANS = (

@@ -9,6 +9,7 @@ libbpf-tools/BCC tools: those cannot filter by namespace, and their byte counts 
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -30,6 +31,7 @@ TCP_STATES = {
     12: "NEW_SYN_RECV",
 }
 AF_INET = 2
+MAP_ENTRY = re.compile(r"@\w+\[([^\]]*)\]: \((.*)\)")
 
 
 class ParseError(ValueError):
@@ -136,13 +138,28 @@ def parse_connect(line: str) -> Event:
 
 
 def parse_rtt(line: str) -> Event:
-    ts, family, s4, s6, sport, d4, d6, dport, srtt, cwnd = _split(line, 10)
+    """One RTT window (programs.RTT_TRACEPOINT): stamped with its last segment."""
+    last, srtt, cwnd, first, segments, low, high, family, s4, s6, sport, d4, d6, dport = _split(line, 14)
     v4 = int(family) == AF_INET
     return Event(
-        mono_ns=int(ts),
+        mono_ns=int(last),
         **_tuple([s4 if v4 else s6, sport, d4 if v4 else d6, dport]),  # type: ignore[arg-type]
-        fields={"srtt_us": int(srtt), "snd_cwnd": int(cwnd)},
+        fields={
+            "srtt_us": int(srtt),
+            "snd_cwnd": int(cwnd),
+            "first_ns": int(first),
+            "segments": int(segments),
+            "srtt_min_us": int(low),
+            "srtt_max_us": int(high),
+        },
+        mono_fields=("first_ns",),
     )
+
+
+def map_entry(line: str) -> tuple[str, list[str]] | None:
+    """A map entry printed by END (`@win[key]: (a, b, ...)`): its key and its tuple's fields."""
+    entry = MAP_ENTRY.fullmatch(line.rstrip("\n"))
+    return None if entry is None else (entry.group(1), entry.group(2).split(", "))
 
 
 def parse_retrans(line: str) -> Event:

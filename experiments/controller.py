@@ -131,6 +131,10 @@ class Experiment:
             image=current.image, started_at_ns=time.time_ns(), git=git_info(REPO),
             versions=_versions(checks),
         )
+        for node, answer in checks.items():
+            for stale in answer["stale_runners"]:
+                self.fault(node, f"a probe runner left running by an earlier run (pid {stale['pid']}) was {stale['outcome']} "
+                                 f"before this one; its files stay in {stale['run_dir']} there")
 
     def execute(self) -> None:
         interrupted = False
@@ -189,10 +193,8 @@ class Experiment:
     def _start_probes(self) -> None:
         self.reporter.phase(f"starting probes on {len(self.sessions)} nodes: {', '.join(self.scenario.probes)}")
         self.probes_started = True
-        started = self._each("probes did not start", lambda s: s.step(
-            "start", timeout=180, run_dir=s.run_dir, node=s.node.name, address=s.node.address, run_id=s.run_id, probes=self.scenario.probes,
-            collectors=services.COLLECTORS, telemetry=services.TELEMETRY_DIR,
-            rtt=(self.scenario.rtt_interval_ms, self.scenario.rtt_max_per_s)))
+        rtt = (self.scenario.rtt_interval_ms, self.scenario.rtt_max_per_s)
+        started = self._each("probes did not start", lambda s: s.start_probes(self.scenario.probes, rtt))
         for node, answer in started.items():
             self.offsets[node] = answer["offsets"]
             self._record_probes(node, answer["status"])
@@ -274,8 +276,7 @@ class Experiment:
 
     def _stop(self, session: NodeSession) -> dict:
         node = session.node.name
-        stopped = session.step("stop", run_dir=session.run_dir, telemetry=services.TELEMETRY_DIR,
-                               offsets=self.offsets.get(node, {}))
+        stopped = session.stop_probes(self.offsets.get(node, {}))
         self._record_probes(node, stopped["status"])
         if stopped["runner"] != "stopped":
             self.fault(node, f"probe runner {stopped['runner']} at the end of the run")

@@ -106,8 +106,11 @@ def _detect(collectors: str) -> tuple[dict | None, str | None]:
 
 
 def preflight(address: str, config_dir: str, known: dict[str, int], llm_port: int | None, collectors: str,
-              venvs: list[str]) -> dict:
-    """Versions, the lab interface, what the probes can attach to, where each service is and its health."""
+              venvs: list[str], runs: str) -> dict:
+    """Versions, the lab interface, what the probes can attach to, where each service is and its health.
+    A probe runner still running from an earlier run (its controller died) is stopped first: it would
+    load the node during this one; its files stay where they are."""
+    stale = stop_stale_runners(runs)
     detection, detect_error = _detect(collectors)
     services = placed_services(config_dir, address, known)
     for service in services.values():
@@ -126,6 +129,7 @@ def preflight(address: str, config_dir: str, known: dict[str, int], llm_port: in
         "probes": detection["probes"] if detection else None,
         "detect_error": detect_error,
         "services": services,
+        "stale_runners": stale,
     }
 
 
@@ -150,6 +154,34 @@ def _alive(pid: int | None) -> bool:
         return False
     stat = Path(f"/proc/{pid}/stat").read_text()
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _is_runner(pid: int | None) -> bool:
+    try:
+        return _alive(pid) and "--run-id" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return False
+
+
+def _stop_runner(pid: int) -> str:
+    """SIGTERM the runner (it stops its probes so they flush) and wait; SIGKILL past the timeout."""
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if _alive(pid):
+        os.kill(pid, signal.SIGKILL)
+        return f"killed (did not stop within {STOP_TIMEOUT_S:.0f} s)"
+    return "stopped"
+
+
+def stop_stale_runners(runs: str) -> list[dict]:
+    stale = []
+    for pid_file in sorted(Path(runs).glob("*/probes/runner.pid")):
+        pid = _pid(pid_file.parent)
+        if pid is not None and _is_runner(pid):
+            stale.append({"run_dir": str(pid_file.parent.parent), "pid": pid, "outcome": _stop_runner(pid)})
+    return stale
 
 
 def _pid(out: Path) -> int | None:
@@ -209,16 +241,7 @@ def stop(run_dir: str, telemetry: str, offsets: dict[str, int]) -> dict:
     root = Path(run_dir)
     out = root / "probes"
     pid = _pid(out)
-    outcome = "not running"
-    if _alive(pid):
-        os.kill(pid, signal.SIGTERM)  # type: ignore[arg-type]
-        outcome = "stopped"
-        deadline = time.monotonic() + STOP_TIMEOUT_S
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if _alive(pid):
-            os.kill(pid, signal.SIGKILL)  # type: ignore[arg-type]
-            outcome = f"killed (did not stop within {STOP_TIMEOUT_S:.0f} s)"
+    outcome = _stop_runner(pid) if pid is not None and _alive(pid) else "not running"
     copied = copy_telemetry(Path(telemetry), root / "telemetry", offsets)
     _run(["chmod", "-R", "a+rX", str(root)])
     return {"runner": outcome, "status": _status(out), "telemetry": copied, "files": checksums(root)}

@@ -16,13 +16,12 @@ import paramiko
 from fabric import Connection
 from invoke.exceptions import CommandTimedOut
 
-from experiments import clock, node_script
+from experiments import clock, node_script, services
 from lab.errors import LabError
 from lab.ssh import connection
 from vms.base import Node
 
 SCRIPT = Path(node_script.__file__).read_text()
-REMOTE_RUNS = "/var/lib/lab/runs"
 T = TypeVar("T")
 
 
@@ -38,7 +37,7 @@ class NodeSession:
 
     @property
     def run_dir(self) -> str:
-        return f"{REMOTE_RUNS}/{self.run_id}"
+        return f"{services.RUNS_DIR}/{self.run_id}"
 
     def step(self, name: str, timeout: float = 120, **args: Any) -> dict:
         """Run one step of the node script as root; its result, or NodeError naming what failed."""
@@ -56,6 +55,16 @@ class NodeSession:
         if not answer["ok"]:
             raise NodeError(answer["error"])
         return answer["result"]
+
+    def start_probes(self, probes: list[str], rtt: tuple[int, int]) -> dict:
+        """Start this node's probe runner on the lab interface and loopback; wait until it runs."""
+        return self.step("start", timeout=180, run_dir=self.run_dir, node=self.node.name, address=self.node.address,
+                         run_id=self.run_id, probes=probes, collectors=services.COLLECTORS,
+                         telemetry=services.TELEMETRY_DIR, rtt=rtt)
+
+    def stop_probes(self, offsets: dict[str, int]) -> dict:
+        """Stop the runner so its probes flush; copy the services' telemetry from `offsets` on."""
+        return self.step("stop", run_dir=self.run_dir, telemetry=services.TELEMETRY_DIR, offsets=offsets)
 
     def clock(self) -> clock.ClockOffset:
         try:

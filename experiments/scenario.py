@@ -80,10 +80,11 @@ class Scenario(Model):
     task_timeout_s: float = Field(default=300, gt=0)
     probes: list[Literal["lifetime", "state", "connect", "rtt", "retrans", "pcap"]] = Field(default=list(PROBES), min_length=1)
     """The probes to run on every node (default: all)."""
-    rtt_interval_ms: int = Field(default=10, ge=1, le=60_000)
-    """RTT sampling: at most one sample per socket this often (the probe's main cost under load)."""
-    rtt_max_per_s: int = Field(default=2000, ge=1, le=1_000_000)
-    """RTT sampling: at most this many samples per second per node."""
+    rtt_interval_ms: int = Field(default=100, ge=1, le=60_000)
+    """RTT windows: one record per socket per this many ms, aggregated in the kernel (min/max/count of
+    every segment's smoothed RTT), so a longer window costs less and loses no spike, only time resolution."""
+    rtt_max_per_s: int = Field(default=1000, ge=1, le=1_000_000)
+    """RTT windows: at most this many records per second per node (a window past the cap keeps aggregating)."""
     impairments: list[Impairment] = []
 
     @model_validator(mode="after")

@@ -11,6 +11,8 @@ CONFIG_DIR = "/etc/lab"
 TELEMETRY_DIR = "/var/log/lab/telemetry"
 COLLECTORS = "/usr/local/bin/lab-collectors"
 """The probe runner's command the collectors role installs on every node."""
+RUNS_DIR = "/var/lib/lab/runs"
+"""Each run's directory on a node (probes, telemetry copy) until the controller pulled it."""
 VENVS = ["/opt/lab/venv", "/opt/lab/llm"]
 """The workload's venvs (services, LLM server): the first present gives the workload version."""
 
@@ -19,7 +21,7 @@ def preflight_args(node: str, address: str, lab: LabConfig) -> dict:
     return {
         "address": address, "config_dir": CONFIG_DIR, "known": {s: DEFAULT_PORTS[s] for s in SERVICES},
         "llm_port": lab.llm.port if node == lab.llm_node.name else None, "collectors": COLLECTORS,
-        "venvs": [f"{v}/bin/python" for v in VENVS],
+        "venvs": [f"{v}/bin/python" for v in VENVS], "runs": RUNS_DIR,
     }
 
 

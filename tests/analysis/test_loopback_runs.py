@@ -63,6 +63,7 @@ def test_lab_traffic_is_joined_to_calls(analysed: dict[str, RunAnalysis], scenar
     assert matched.mean() >= 0.99, tcp_calls.loc[~matched, ["client_service", "kind", "peer", "op"]]
     assert not result.run.problems, result.run.problems
     assert result.summary["rtt_us_p50"] > 0 and result.summary["packets_per_task"] > 0
+    assert result.summary["rtt_us_max"] >= result.summary["rtt_us_p99.9"]  # every segment's srtt, not only window ends
 
 
 def test_run_outputs_are_written_and_the_report_is_self_contained(analysed: dict[str, RunAnalysis]) -> None:

@@ -27,6 +27,8 @@ CLIENT_SIZES = (1000, 65536, 300_000)  # A -> B:5001
 PASSIVE_SIZE = 20_000  # B -> A:5002
 RETRANS_SIZE = 200_000  # A -> B:5005 while B drops it for a while
 OTHER_PORTS = (5003, 5004)  # C's loopback flow, C -> B
+HELD_SIZE = 50_000  # A -> B:5006, open until after the runner stopped
+RTT_INTERVAL_MS = 100  # the runner's default
 SLACK_NS = 50_000_000
 
 
@@ -38,22 +40,32 @@ class ObservedRun:
     active: list[dict]  # type: ignore[type-arg]  # A's client flows, as the clients saw them
     passive: dict  # type: ignore[type-arg]  # B's client flow into A
     retrans_flow: dict  # type: ignore[type-arg]
+    held_flow: dict  # type: ignore[type-arg]  # still open when the runner stopped
     window: tuple[int, int]  # wall-clock ns around the traffic
     a_addr: str
     b_addr: str
 
 
-def drop_while_sending(netns: Namespaces) -> dict:  # type: ignore[type-arg]
-    """A sends to B while B's firewall drops the segments for a while: A retransmits."""
-    server = netns.serve(netns.b, netns.b_addr, 5005, 1)
+Sender = tuple[subprocess.Popen[str], subprocess.Popen[str]]  # B's server, A's client
+
+
+def paused_sender(netns: Namespaces, command: str, port: int, size: int, said: str) -> Sender:
+    """A client in A sending to B (traffic.py `command`) that waits for a line once it said `said`."""
+    server = netns.serve(netns.b, netns.b_addr, port, 1)
     client = netns.popen(
         netns.a,
-        [netns.python, netns.traffic, "send-on-go", netns.b_addr, "5005", str(RETRANS_SIZE)],
+        [netns.python, netns.traffic, command, netns.b_addr, str(port), str(size)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
     )
-    assert client.stdin is not None and client.stdout is not None
-    assert client.stdout.readline().strip() == "connected"
+    assert client.stdout is not None and client.stdout.readline().strip() == said
+    return server, client
+
+
+def drop_while_sending(netns: Namespaces) -> dict:  # type: ignore[type-arg]
+    """A sends to B while B's firewall drops the segments for a while: A retransmits."""
+    server, client = paused_sender(netns, "send-on-go", 5005, RETRANS_SIZE, "connected")
+    assert client.stdin is not None
     table = "inet collectors_test"
     netns.exec(netns.b, "nft", "add", "table", table)
     netns.exec(
@@ -67,6 +79,13 @@ def drop_while_sending(netns: Namespaces) -> dict:  # type: ignore[type-arg]
     finally:
         netns.exec(netns.b, "nft", "delete", "table", table)
     out, _ = client.communicate(timeout=30)
+    server.wait(timeout=30)
+    return json.loads(out)
+
+
+def release(held: Sender) -> dict:  # type: ignore[type-arg]
+    server, client = held
+    out, _ = client.communicate("go\n", timeout=30)
     server.wait(timeout=30)
     return json.loads(out)
 
@@ -95,9 +114,11 @@ def observed(
     a_server.wait(timeout=30)
     other_namespace_traffic(netns)
     retrans_flow = drop_while_sending(netns)
+    held = paused_sender(netns, "send-and-hold", 5006, HELD_SIZE, "sent")  # B's ACKs reached A; still open
     time.sleep(0.5)  # let the last events reach the runner
     end = time.time_ns()
     exit_code = runner.stop()
+    held_flow = release(held)
     return ObservedRun(
         runner,
         exit_code,
@@ -105,6 +126,7 @@ def observed(
         active,
         passive,
         retrans_flow,
+        held_flow,
         (start - SLACK_NS, end + SLACK_NS),
         netns.a_addr,
         netns.b_addr,
@@ -171,12 +193,31 @@ def test_connects_and_accepts(observed: ObservedRun) -> None:
     assert accepted["direction"] == "accept" and "pid" not in accepted
 
 
-def test_rtt_samples_for_every_flow(observed: ObservedRun) -> None:
+def test_rtt_windows_for_every_flow(observed: ObservedRun) -> None:
     sampled = {four_tuple(r) for r in observed.runner.records("rtt")}
     for flow in observed.active:
         assert four_tuple(flow) in sampled
     for record in observed.runner.records("rtt"):
-        assert 0 < record["srtt_us"] < 1_000_000 and record["snd_cwnd"] > 0
+        assert 0 < record["srtt_min_us"] <= record["srtt_us"] <= record["srtt_max_us"] < 1_000_000, record
+        assert record["snd_cwnd"] > 0 and record["segments"] >= 1, record
+        # a window holds the segments of one interval, from its first to its last
+        assert 0 <= record["ts_ns"] - record["first_ns"] < RTT_INTERVAL_MS * 1_000_000, record
+
+
+def test_rtt_windows_do_not_overlap(observed: ObservedRun) -> None:
+    by_flow: dict[tuple, list[dict]] = {}  # type: ignore[type-arg]
+    for record in observed.runner.records("rtt"):
+        by_flow.setdefault(four_tuple(record), []).append(record)
+    for windows in by_flow.values():
+        windows.sort(key=lambda r: r["first_ns"])
+        for earlier, later in zip(windows, windows[1:]):
+            assert earlier["ts_ns"] < later["first_ns"], (earlier, later)
+
+
+def test_rtt_window_still_open_at_the_stop_is_recorded(observed: ObservedRun) -> None:
+    held = [r for r in observed.runner.records("rtt") if four_tuple(r) == four_tuple(observed.held_flow)]
+    assert held, "the open connection's last window was lost at the stop"
+    assert sum(r["segments"] for r in held) >= 1
 
 
 def test_retransmissions_are_recorded(observed: ObservedRun) -> None:

@@ -91,11 +91,21 @@ def test_parse_connect_has_pid_only_for_active_connects() -> None:
 
 
 def test_parse_rtt_picks_the_address_of_the_socket_family() -> None:
-    v4 = sources.parse_rtt("E 9 2 10.0.0.1 :: 5 10.0.0.2 :: 6 120 10")
-    v6 = sources.parse_rtt("E 9 10 0.0.0.0 fd00::1 5 0.0.0.0 fd00::2 6 120 10")
-    assert (v4.saddr, v4.daddr) == ("10.0.0.1", "10.0.0.2")
+    v4 = sources.parse_rtt("E 9 120 10 4 3 100 130 2 10.0.0.1 :: 5 10.0.0.2 :: 6")
+    v6 = sources.parse_rtt("E 9 120 10 4 3 100 130 10 0.0.0.0 fd00::1 5 0.0.0.0 fd00::2 6")
+    assert (v4.saddr, v4.sport, v4.daddr, v4.dport) == ("10.0.0.1", 5, "10.0.0.2", 6)
     assert (v6.saddr, v6.daddr) == ("fd00::1", "fd00::2")
-    assert v4.fields == {"srtt_us": 120, "snd_cwnd": 10}
+    assert v4.mono_ns == 9 and v4.mono_fields == ("first_ns",)
+    assert v4.fields == {"srtt_us": 120, "snd_cwnd": 10, "first_ns": 4, "segments": 3,
+                         "srtt_min_us": 100, "srtt_max_us": 130}
+
+
+def test_map_entries_printed_by_end() -> None:
+    assert sources.map_entry("@win[-131386795706496]: (9, 120, 10, 4, 3, 100, 130)") == (
+        "-131386795706496", ["9", "120", "10", "4", "3", "100", "130"])
+    assert sources.map_entry("@addr[7]: (2, 127.0.0.1, ::ffff:127.0.0.1, 5)") == (
+        "7", ["2", "127.0.0.1", "::ffff:127.0.0.1", "5"])
+    assert sources.map_entry("Attaching 5 probes...") is None
 
 
 def test_parse_retrans() -> None:

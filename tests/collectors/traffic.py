@@ -3,6 +3,9 @@
     serve ADDR PORT COUNT       accept COUNT connections; read each to EOF, reply half as much
     send ADDR PORT NBYTES       connect, send NBYTES, half-close, read the reply to EOF
     send-on-go ADDR PORT NBYTES as send, but print "connected" and wait for a line on stdin
+    send-and-hold ADDR PORT NBYTES
+                                as send, but print "sent" and wait for a line on stdin before
+                                the half-close: the connection stays open meanwhile
 
 Clients print one JSON line: their local and remote address and port, bytes sent and received.
 Every socket operation has a timeout, so a broken test cannot hang here.
@@ -35,13 +38,19 @@ def serve(address: str, port: int, count: int) -> None:
                 conn.sendall(b"r" * (read_to_eof(conn) // 2))
 
 
-def send(address: str, port: int, nbytes: int, wait_for_go: bool) -> None:
+def wait_for_line(said: str) -> None:
+    print(said, flush=True)
+    sys.stdin.readline()
+
+
+def send(address: str, port: int, nbytes: int, wait_for_go: bool, hold: bool) -> None:
     with socket.create_connection((address, port), timeout=TIMEOUT_S) as sock:
         local, remote = sock.getsockname(), sock.getpeername()
         if wait_for_go:
-            print("connected", flush=True)
-            sys.stdin.readline()
+            wait_for_line("connected")
         sock.sendall(b"q" * nbytes)
+        if hold:
+            wait_for_line("sent")
         sock.shutdown(socket.SHUT_WR)
         received = read_to_eof(sock)
     print(
@@ -63,7 +72,7 @@ def main(argv: list[str]) -> None:
     if command == "serve":
         serve(address, port, number)
     else:
-        send(address, port, number, wait_for_go=command == "send-on-go")
+        send(address, port, number, wait_for_go=command == "send-on-go", hold=command == "send-and-hold")
 
 
 if __name__ == "__main__":

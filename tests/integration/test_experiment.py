@@ -232,6 +232,24 @@ def test_ctrl_c_stops_the_probes_and_pulls_what_exists(deployed_lab, tmp_path):
     assert_files_intact(run, m["files"])
 
 
+def test_runners_left_by_a_killed_controller_are_stopped_by_the_next_run(deployed_lab, tmp_path):
+    config = deployed_lab.config
+    orphaned = scenario(tmp_path, "baseline-orphaned", workload="baseline", tasks={"count": 400, "seed": 5},
+                        load={"rate_per_s": 5}, task_timeout_s=30)
+    experiment = start_experiment(config, orphaned)
+    left = wait_running(config, "agent-b")["pid"]
+    experiment.kill()  # SIGKILL: no chance to stop the probes
+    experiment.communicate(timeout=60)
+    path = scenario(tmp_path, "baseline-after", workload="baseline", tasks={"count": 3, "seed": 5})
+    lab_cli(config, "experiment", str(path), timeout=300)
+    m = manifest(run_dir(config, "baseline-after"))
+    stale = {f["node"]: f["what"] for f in m["faults"] if "left running by an earlier run" in f["what"]}
+    assert set(stale) == set(NODES), m["faults"]
+    assert f"pid {left}" in stale["agent-b"] and "baseline-orphaned" in stale["agent-b"]
+    assert lab_cli(config, "ssh", "agent-b", "--", "sudo", "kill", "-0", str(left), check=False).returncode != 0
+    assert m["tasks"]["ok"] == 3
+
+
 def test_an_impairment_is_applied_recorded_and_removed(deployed_lab, tmp_path):
     config = deployed_lab.config
     path = scenario(tmp_path, "baseline-impaired", workload="baseline", tasks={"count": 10, "seed": 4},
