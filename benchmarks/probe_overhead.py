@@ -9,6 +9,7 @@ off/on (off, on, on, off, ...) so slow drift of the machine cancels; probes star
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -30,6 +31,13 @@ class Block:
     seconds: float
     latencies_s: list[float]
     failed: int
+    busy_s: float  # CPU time the whole host spent (every node, the controller, the kernel)
+
+
+def host_busy_s() -> float:
+    """CPU seconds this host has been busy (user, nice, system, irq, softirq, steal) since boot."""
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, Path("/proc/stat").read_text().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def drive(entry: Entry, count: int, concurrency: int, seed: int) -> tuple[float, list[TaskResult]]:
@@ -53,12 +61,14 @@ def block(sessions: list[NodeSession], entry: Entry, probes: bool, args: argpars
             raise SystemExit(f"probes did not start: {broken}")
     time.sleep(args.settle)
     try:
+        busy = host_busy_s()
         seconds, results = drive(entry, args.tasks, args.concurrency, seed=100 + index)
+        busy = host_busy_s() - busy
     finally:
         if probes:
             parallel(lambda s: s.stop_probes({}), sessions)
             parallel(lambda s: s.step("cleanup", run_dir=s.run_dir), sessions)
-    return Block(probes, seconds, [(r.end_ns - r.start_ns) / 1e9 for r in results if r.ok], sum(not r.ok for r in results))
+    return Block(probes, seconds, [(r.end_ns - r.start_ns) / 1e9 for r in results if r.ok], sum(not r.ok for r in results), busy)
 
 
 def p99(values: list[float]) -> float:
@@ -102,19 +112,21 @@ def main() -> None:
 def report(blocks: list[Block], args: argparse.Namespace) -> None:
     """Pooled figures for off and on, and the spread of the on/off throughput ratio over the pairs
     (each pair ran back to back, so the machine's drift hits both alike)."""
-    def figures(chosen: list[Block]) -> tuple[float, float]:
+    def figures(chosen: list[Block]) -> tuple[float, float, float]:
         latencies = [x for b in chosen for x in b.latencies_s]
-        return len(latencies) / sum(b.seconds for b in chosen), p99(latencies)
+        return len(latencies) / sum(b.seconds for b in chosen), p99(latencies), sum(b.busy_s for b in chosen) / len(latencies)
 
-    (off_tput, off_p99), (on_tput, on_p99) = figures([b for b in blocks if not b.probes]), figures([b for b in blocks if b.probes])
+    (off_tput, off_p99, off_cpu), (on_tput, on_p99, on_cpu) = (figures([b for b in blocks if not b.probes]),
+                                                               figures([b for b in blocks if b.probes]))
     ratios = sorted(figures([on])[0] / figures([off])[0] for on, off in
                     ((max(pair, key=lambda b: b.probes), min(pair, key=lambda b: b.probes))
                      for pair in zip(blocks[::2], blocks[1::2])))
     print(f"\nbaseline, {args.pairs} off/on pairs of {args.tasks} tasks, {args.concurrency} in flight, probes {','.join(args.probes)}, "
           f"rtt window {args.rtt_interval_ms} ms per socket, at most {args.rtt_max_per_s} lines/s")
-    print(f"{'probes':<8}{'tasks/s':>10}{'p99 ms':>10}")
-    print(f"{'off':<8}{off_tput:>10.1f}{off_p99 * 1e3:>10.1f}")
-    print(f"{'on':<8}{on_tput:>10.1f}{on_p99 * 1e3:>10.1f}")
+    print(f"{'probes':<8}{'tasks/s':>10}{'p99 ms':>10}{'host CPU ms/task':>18}")
+    print(f"{'off':<8}{off_tput:>10.1f}{off_p99 * 1e3:>10.1f}{off_cpu * 1e3:>18.3f}")
+    print(f"{'on':<8}{on_tput:>10.1f}{on_p99 * 1e3:>10.1f}{on_cpu * 1e3:>18.3f}")
+    print(f"host CPU per task on/off {on_cpu / off_cpu:.3f}")
     print(f"throughput on/off per pair: median {statistics.median(ratios):.3f}, range {ratios[0]:.3f}-{ratios[-1]:.3f}")
     print(f"throughput on/off {on_tput / off_tput:.3f} (aim >= 0.97); p99 on/off {on_p99 / off_p99:.3f} (aim <= 1.03)")
 
