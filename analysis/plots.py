@@ -31,27 +31,28 @@ def _empty(ax: plt.Axes, what: str) -> None:
     ax.text(0.5, 0.5, f"no {what} in the data", ha="center", va="center", transform=ax.transAxes)
 
 
-def rtt_cdf(results: list[RunAnalysis]) -> Plot:
+def _ecdf(data: pd.DataFrame, column: str, what: str, xlabel: str, ylabel: str) -> Figure:
+    """A log-scale CDF of `column`, one line per run, or a note that there is nothing to plot."""
     fig, ax = plt.subplots(figsize=(7, 4))
-    data = _stack(results, "rtt", "srtt_us")
     if len(data):
-        sns.ecdfplot(data=data, x="srtt_us", hue="run", log_scale=True, ax=ax)
+        sns.ecdfplot(data=data, x=column, hue="run", log_scale=True, ax=ax)
     else:
-        _empty(ax, "RTT windows")
-    ax.set(xlabel="smoothed RTT (µs, log scale)", ylabel="share of windows")
+        _empty(ax, what)
+    ax.set(xlabel=xlabel, ylabel=ylabel)
+    return fig
+
+
+def rtt_cdf(results: list[RunAnalysis]) -> Plot:
+    fig = _ecdf(_stack(results, "rtt", "srtt_us"), "srtt_us", "RTT windows", "smoothed RTT (µs, log scale)",
+                "share of windows")
     return "rtt_cdf", fig, ("CDF of the kernel's smoothed RTT (srtt) at the end of each rtt-probe window (one per socket "
                             "per window), every connection of every node, per run.")
 
 
 def flow_size_cdf(results: list[RunAnalysis]) -> Plot:
-    fig, ax = plt.subplots(figsize=(7, 4))
     data = _stack(results, "conns", "bytes")
-    data = data[data["bytes"] > 0]
-    if len(data):
-        sns.ecdfplot(data=data, x="bytes", hue="run", log_scale=True, ax=ax)
-    else:
-        _empty(ax, "flow sizes")
-    ax.set(xlabel="bytes per connection, both directions (log scale)", ylabel="share of connections")
+    fig = _ecdf(data[data["bytes"] > 0], "bytes", "flow sizes", "bytes per connection, both directions (log scale)",
+                "share of connections")
     return "flow_size_cdf", fig, ("CDF of connection sizes: payload bytes sent plus received (lifetime probe; "
                                   "connections still open at the end are sized from their captured packets).")
 

@@ -13,6 +13,7 @@ from fabric import Connection
 from lab.errors import LabError
 from vms.base import Node
 
+BOOT_FINISHED = "/var/lib/cloud/instance/boot-finished"
 
 def client(node: Node, timeout: float = 10.0) -> paramiko.SSHClient:
     """A connected paramiko client that accepts only the node's pinned host key."""
@@ -59,8 +60,15 @@ def run(node: Node, command: str, timeout: float = 60.0, connect_timeout: float 
         return code, stdout.read().decode(), stderr.read().decode()
 
 
+# Ready = cloud-init's first boot finished, not merely sshd up: its config stage still changes
+# sshd_config and restarts sshd (connections refused meanwhile). Then sync, so what first boot
+# wrote (host keys, the login's key) survives a VM that is powered off hard.
+READY_COMMAND = f"test -f {BOOT_FINISHED} || {{ echo 'first boot (cloud-init) still running' >&2; exit 1; }}; sync"
+
+
 def wait_ready(node: Node, timeout: float, still_booting=lambda: None) -> float:
-    """Block until the node answers SSH with its pinned key and runs a command; returns seconds waited.
+    """Block until the node answers SSH with its pinned key and its first boot finished; returns
+    seconds waited.
 
     `still_booting` is called between attempts and may raise to give up early (e.g. the VM died).
     """
@@ -68,11 +76,10 @@ def wait_ready(node: Node, timeout: float, still_booting=lambda: None) -> float:
     last_error = "no answer"
     while (left := timeout - (time.monotonic() - started)) > 0:
         try:
-            # sync: what first boot wrote (host keys, the login's key) survives a VM that is powered off hard
-            code, _, err = run(node, "sync", timeout=30, connect_timeout=min(10.0, max(left, 0.1)))
+            code, _, err = run(node, READY_COMMAND, timeout=30, connect_timeout=min(10.0, max(left, 0.1)))
             if code == 0:
                 return time.monotonic() - started
-            last_error = f"`sync` exited {code}: {err.strip()}"
+            last_error = err.strip() or f"exit {code}"
         except paramiko.BadHostKeyException as exc:
             raise LabError(f"{node.name} ({node.address}) offered a host key that is not the pinned one ({exc}); run `lab teardown` and `lab up`") from None
         except (OSError, socket.timeout, paramiko.SSHException) as exc:
