@@ -1,5 +1,5 @@
-"""Probe overhead: throughput and p99 latency of the baseline chain with every probe running on
-every node against none, measured in one run on a deployed lab. Blocks of tasks alternate
+"""Probe overhead: throughput and p99 latency of a scenario (the baseline chain by default) with every
+probe running on every node against none, measured in one run on a deployed lab. Blocks of tasks alternate
 off/on (off, on, on, off, ...) so slow drift of the machine cancels; probes start before an
 "on" block and stop after it, outside the timed window.
 
@@ -15,6 +15,7 @@ import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import get_args
 
 from experiments import controller, services
 from experiments.remote import NodeSession, parallel
@@ -22,6 +23,7 @@ from experiments.scenario import PROBES, Scenario
 from lab import state
 from lab.config import load_config
 from workload.driver import Entry, TaskResult, run
+from workload.driver import Scenario as Workload  # the driver's name for a workload kind
 from workload.tasks import make_dataset, make_tasks
 
 
@@ -40,11 +42,11 @@ def host_busy_s() -> float:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
-def drive(entry: Entry, count: int, concurrency: int, seed: int) -> tuple[float, list[TaskResult]]:
+def drive(workload: Workload, entry: Entry, count: int, concurrency: int, seed: int) -> tuple[float, list[TaskResult]]:
     tasks = make_tasks(seed, count, make_dataset(1))
     with tempfile.TemporaryDirectory() as telemetry:
         started = time.monotonic()
-        results = run("baseline", tasks, entry, concurrency, Path(telemetry), timeout_s=30)
+        results = run(workload, tasks, entry, concurrency, Path(telemetry), timeout_s=300)
         return time.monotonic() - started, results
 
 
@@ -62,7 +64,7 @@ def block(sessions: list[NodeSession], entry: Entry, probes: bool, args: argpars
     time.sleep(args.settle)
     try:
         busy = host_busy_s()
-        seconds, results = drive(entry, args.tasks, args.concurrency, seed=100 + index)
+        seconds, results = drive(args.workload, entry, args.tasks, args.concurrency, seed=100 + index)
         busy = host_busy_s() - busy
     finally:
         if probes:
@@ -81,6 +83,7 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=1000, help="tasks per block")
     parser.add_argument("--pairs", type=int, default=10, help="off/on pairs of blocks")
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--workload", choices=get_args(Workload), default="baseline")
     parser.add_argument("--settle", type=float, default=3.0, help="seconds of quiet before each block")
     parser.add_argument("--rtt-interval-ms", type=int, default=Scenario.model_fields["rtt_interval_ms"].default,
                         help="the rtt probe's window per socket (default: the scenarios' default)")
@@ -92,9 +95,9 @@ def main() -> None:
     run_id = controller.new_run_id("overhead")
     sessions = controller.connect(state.require(lab), lab, run_id)
     try:
-        baseline = Scenario.model_validate({"name": "overhead", "workload": "baseline", "tasks": {"count": args.tasks}})
-        entry = services.entry(controller.preflight(sessions, lab, baseline))
-        drive(entry, args.tasks, args.concurrency, seed=99)  # warm-up, not counted
+        scenario = Scenario.model_validate({"name": "overhead", "workload": args.workload, "tasks": {"count": args.tasks}})
+        entry = services.entry(controller.preflight(sessions, lab, scenario))
+        drive(args.workload, entry, min(args.tasks, 20), args.concurrency, seed=99)  # warm-up, not counted
         order = [probes for pair in range(args.pairs) for probes in ((False, True) if pair % 2 == 0 else (True, False))]
         blocks = []
         for index, probes in enumerate(order):
@@ -121,7 +124,7 @@ def report(blocks: list[Block], args: argparse.Namespace) -> None:
     ratios = sorted(figures([on])[0] / figures([off])[0] for on, off in
                     ((max(pair, key=lambda b: b.probes), min(pair, key=lambda b: b.probes))
                      for pair in zip(blocks[::2], blocks[1::2])))
-    print(f"\nbaseline, {args.pairs} off/on pairs of {args.tasks} tasks, {args.concurrency} in flight, probes {','.join(args.probes)}, "
+    print(f"\n{args.workload}, {args.pairs} off/on pairs of {args.tasks} tasks, {args.concurrency} in flight, probes {','.join(args.probes)}, "
           f"rtt window {args.rtt_interval_ms} ms per socket, at most {args.rtt_max_per_s} lines/s")
     print(f"{'probes':<8}{'tasks/s':>10}{'p99 ms':>10}{'host CPU ms/task':>18}")
     print(f"{'off':<8}{off_tput:>10.1f}{off_p99 * 1e3:>10.1f}{off_cpu * 1e3:>18.3f}")
