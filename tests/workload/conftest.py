@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -71,4 +72,13 @@ def runs(stack: LocalStack, tasks: list[Task]) -> dict[str, list[driver.TaskResu
 
 @pytest.fixture(scope="session")
 def events(stack: LocalStack, runs: dict[str, list[driver.TaskResult]]) -> list[dict]:
-    return read_events(stack.telemetry_dir)
+    """Every service's events, once each task's entry service logged its side of the root call: a
+    server writes its event after the response went out, so the driver can see the answer first."""
+    roots = {r.call_id for results in runs.values() for r in results}
+    deadline = time.monotonic() + 15
+    while True:
+        events = read_events(stack.telemetry_dir)
+        served = {e["call_id"] for e in events if e["side"] == "server"}
+        if roots <= served or time.monotonic() > deadline:
+            return events
+        time.sleep(0.2)
