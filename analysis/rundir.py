@@ -78,16 +78,13 @@ def check_files(run: RunDir) -> None:
         size = path.stat().st_size
         if "bytes" in expected and size != expected["bytes"]:
             run.note(relpath, f"size {size} B, the manifest says {expected['bytes']} B (truncated or changed)")
-        elif "sha256" in expected and sha256(path) != expected["sha256"]:
+        elif "sha256" in expected and _sha256(path) != expected["sha256"]:
             run.note(relpath, "sha256 differs from the manifest (changed after the run)")
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
+def _sha256(path: Path) -> str:
     with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def facts(run: RunDir) -> dict[str, str]:

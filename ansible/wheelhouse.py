@@ -196,17 +196,15 @@ def profile_archive(profile: str, requirements: list[str], out: Path) -> Built:
     return Built(archive, True)
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def cpu_model(spec: str, lab_dir: Path) -> dict[str, Any]:
     """The GGUF for llm.cpu_model: `package:NAME` joined from its packages, or a local file."""
-    from workload.llm import SHIPPED, ModelError, default_cache_dir, materialise
+    from workload.llm import (
+        SHIPPED,
+        ModelError,
+        default_cache_dir,
+        materialise,
+        sha256_of,
+    )
 
     if spec.startswith("package:"):
         package = spec.removeprefix("package:").replace("-", "_")
@@ -225,7 +223,7 @@ def cpu_model(spec: str, lab_dir: Path) -> dict[str, Any]:
     path = path if path.is_absolute() else lab_dir / path
     if not path.is_file():
         return {"error": f"llm.cpu_model {spec}: no such file {path} on the controller"}
-    return {"path": str(path), "name": f"{path.stem}-{sha256_file(path)[:12]}.gguf", "built": False}
+    return {"path": str(path), "name": f"{path.stem}-{sha256_of(path)[:12]}.gguf", "built": False}
 
 
 def build(out: Path, profiles: list[str], model_spec: str | None, lab_dir: Path) -> dict[str, Any]:

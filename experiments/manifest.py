@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from experiments.remote import file_digest
+from experiments import node_script
 
 CONTROLLER_PACKAGES = ("agentic-lab", "fabric", "paramiko", "pydantic", "httpx", "rich")
 MANIFEST = "manifest.json"
@@ -102,10 +102,8 @@ def probe_faults(summary: dict[str, dict[str, Any]]) -> list[str]:
 
 def checksums(run_dir: Path) -> dict[str, dict[str, Any]]:
     """{relpath: {bytes, sha256}} of every file in the run directory but the manifest."""
-    files = {}
-    for path in sorted(p for p in run_dir.rglob("*") if p.is_file() and p.name != MANIFEST):
-        size, digest = file_digest(path)
-        files[str(path.relative_to(run_dir))] = {"bytes": size, "sha256": digest}
+    files = node_script.checksums(run_dir)
+    files.pop(MANIFEST, None)
     return files
 
 

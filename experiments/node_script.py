@@ -264,14 +264,17 @@ def copy_telemetry(source: Path, target: Path, offsets: dict[str, int]) -> dict[
     return copied
 
 
+def file_digest(path: Path) -> tuple[int, str]:
+    """Size and sha256, as the manifest lists every file and the pull checks it."""
+    with open(path, "rb") as f:
+        return os.fstat(f.fileno()).st_size, hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def checksums(root: Path) -> dict[str, dict]:
     files = {}
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            while block := f.read(1 << 20):
-                digest.update(block)
-        files[str(path.relative_to(root))] = {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+        size, digest = file_digest(path)
+        files[str(path.relative_to(root))] = {"bytes": size, "sha256": digest}
     return files
 
 

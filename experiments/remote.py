@@ -3,7 +3,6 @@ offset and the SFTP pull with size and sha256 checks."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shlex
 from collections.abc import Callable
@@ -82,7 +81,7 @@ class NodeSession:
                 local.parent.mkdir(parents=True, exist_ok=True)
                 for _ in range(2):
                     sftp.get(f"{self.run_dir}/{relpath}", str(local))
-                    if file_digest(local) == (expected["bytes"], expected["sha256"]):
+                    if node_script.file_digest(local) == (expected["bytes"], expected["sha256"]):
                         break
                 else:
                     bad.append(relpath)
@@ -92,14 +91,6 @@ class NodeSession:
 
     def close(self) -> None:
         self.conn.close()
-
-
-def file_digest(path: Path) -> tuple[int, str]:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return path.stat().st_size, digest.hexdigest()
 
 
 def open_session(node: Node, known_hosts: Path, run_id: str) -> NodeSession:

@@ -9,7 +9,6 @@ experiment controller lays out a run (manifest.json, results.jsonl, telemetry, n
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import platform
@@ -25,6 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from experiments.manifest import checksums
 from workload import driver
 from workload.db import seed_database
 from workload.llm import DEFAULT_MODEL
@@ -75,11 +75,6 @@ def copy_new_telemetry(directory: Path, before: dict[str, int], dest: Path) -> N
             (dest / path.name).write_bytes(f.read())
 
 
-def file_facts(run_dir: Path) -> dict[str, dict[str, object]]:
-    return {str(p.relative_to(run_dir)): {"bytes": p.stat().st_size, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
-            for p in sorted(run_dir.rglob("*")) if p.is_file() and p.name != "manifest.json"}
-
-
 def run_scenario(stack: LocalStack, out: Path, scenario: str, seed: int) -> Path:
     count, concurrency = TASKS[scenario]
     run_id = f"loop-{scenario}-{time.strftime('%Y%m%dT%H%M%S')}"
@@ -108,7 +103,7 @@ def run_scenario(stack: LocalStack, out: Path, scenario: str, seed: int) -> Path
         "probes": {NODE: {name: {"state": p["state"], "source": p["source"], "records": p["records"], "error": p["error"]}
                           for name, p in status["probes"].items()}},
         "impairments_applied": [], "tasks": [r.task_id for r in results], "faults": [],
-        "files": file_facts(run_dir),
+        "files": checksums(run_dir),
     }
     (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return run_dir

@@ -62,11 +62,8 @@ def _part_paths(model: ShippedModel) -> list[Path]:
 
 
 def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def materialise(spec: str, cache_dir: Path | None = None) -> Path:
