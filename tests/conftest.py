@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -37,6 +39,18 @@ def write_lab(directory: Path, name: str, subnet_prefix: str, **overrides) -> Pa
     path = directory / "lab.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
+
+
+def require_root(what: str, tools: Iterable[str], missing: Iterable[str] = ()) -> None:
+    """Skip tests that need root and these tools where they cannot run; in CI (CI=true) that is a
+    failure, not a skip. `missing` names anything else the caller found absent."""
+    absent = [t for t in tools if shutil.which(t) is None] + list(missing)
+    reason = "needs root (network namespaces, bpftrace)" if os.geteuid() != 0 else ""
+    reason = reason or (f"missing: {', '.join(absent)}" if absent else "")
+    if reason and os.environ.get("CI") == "true":
+        pytest.fail(f"{what} cannot run in CI: {reason}")
+    if reason:
+        pytest.skip(reason)
 
 
 def lab_cli(config: Path, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:

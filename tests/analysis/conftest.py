@@ -13,26 +13,17 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import require_root
+
 BUILDER = Path(__file__).with_name("loopback_run.py")
 PG_BIN = Path(os.environ.get("LAB_PG_BIN", "/usr/lib/postgresql/15/bin"))
-
-
-def _require() -> None:
-    """Skip where runs cannot be made; in CI (CI=true) that is a failure, not a skip."""
-    missing = [t for t in ("ip", "bpftrace", "tcpdump") if shutil.which(t) is None]
-    missing += [] if (PG_BIN / "initdb").exists() else [f"PostgreSQL in {PG_BIN}"]
-    reason = "needs root (network namespace, bpftrace)" if os.geteuid() != 0 else ""
-    reason = reason or (f"missing: {', '.join(missing)}" if missing else "")
-    if reason and os.environ.get("CI") == "true":
-        pytest.fail(f"analysis integration tests cannot run in CI: {reason}")
-    if reason:
-        pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")
 def loop_runs() -> Iterator[dict[str, Path]]:
     """scenario -> run directory, for baseline, simple and multihop (one workload, three runs)."""
-    _require()
+    require_root("analysis integration tests", ("ip", "bpftrace", "tcpdump"),
+                 [] if (PG_BIN / "initdb").exists() else [f"PostgreSQL in {PG_BIN}"])
     out = Path(tempfile.mkdtemp(prefix="analysis-runs-"))
     out.chmod(0o755)
     ns = f"an{os.getpid() % 100000}"

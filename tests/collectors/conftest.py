@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import require_root
 
 REPO = Path(__file__).resolve().parents[2]
 TRAFFIC = Path(__file__).with_name("traffic.py")
@@ -30,17 +31,6 @@ def run(*argv: str) -> str:
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed: {result.stderr.strip()}")
     return result.stdout
-
-
-def require_root_tools() -> None:
-    """Skip where the probes cannot run; in CI (CI=true) that is a failure, not a skip."""
-    missing = [t for t in ("ip", "bpftrace", "tcpdump", "nft") if shutil.which(t) is None]
-    reason = "needs root (network namespaces, bpftrace)" if os.geteuid() != 0 else ""
-    reason = reason or (f"missing tools: {', '.join(missing)}" if missing else "")
-    if reason and os.environ.get("CI") == "true":
-        pytest.fail(f"collector integration tests cannot run in CI: {reason}")
-    if reason:
-        pytest.skip(reason)
 
 
 @dataclass
@@ -103,7 +93,7 @@ def _link(ns1: str, addr1: str, ns2: str, addr2: str, name1: str, name2: str) ->
 
 @pytest.fixture(scope="module")
 def netns() -> Iterator[Namespaces]:
-    require_root_tools()
+    require_root("collector integration tests", ("ip", "bpftrace", "tcpdump", "nft"))
     tag = f"ct{os.getpid() % 100000}"
     spaces = Namespaces(a=f"{tag}a", b=f"{tag}b", c=f"{tag}c")
     try:
