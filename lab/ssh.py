@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import socket
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import paramiko
@@ -14,6 +16,7 @@ from lab.errors import LabError
 from vms.base import Node
 
 BOOT_FINISHED = "/var/lib/cloud/instance/boot-finished"
+
 
 def client(node: Node, timeout: float = 10.0) -> paramiko.SSHClient:
     """A connected paramiko client that accepts only the node's pinned host key."""
@@ -87,3 +90,21 @@ def wait_ready(node: Node, timeout: float, still_booting=lambda: None) -> float:
         still_booting()
         time.sleep(0.5)
     raise LabError(f"{node.name} ({node.address}) did not answer SSH within {timeout:.0f} s (last: {last_error})")
+
+
+def wait_all_ready(nodes: list[Node], timeout: float, alive: Callable[[Node], bool], console: Callable[[Node], Path],
+                   stopped: str, progress: Callable[[str], None]) -> None:
+    """`wait_ready` for every node at once. A node whose machine is no longer `alive` fails at once,
+    saying it `stopped`, with the last lines of its console log."""
+    def one(node: Node) -> None:
+        def still_booting() -> None:
+            if not alive(node):
+                log = console(node)
+                tail = log.read_text(errors="replace").strip().splitlines()[-3:] if log.is_file() else []
+                raise LabError(f"{node.name}: {stopped} while booting; {' | '.join(tail)} (console log: {log})")
+
+        progress(f"{node.name}: SSH ready ({wait_ready(node, timeout, still_booting):.1f} s)")
+
+    with ThreadPoolExecutor(len(nodes)) as pool:
+        for future in [pool.submit(one, node) for node in nodes]:
+            future.result()

@@ -66,6 +66,11 @@ def state_path(lab: LabConfig, *parts: str) -> Path:
     return path
 
 
+def login_key(lab: LabConfig) -> KeyPair:
+    """The lab's own SSH login key (made once), the one every node's admin user accepts."""
+    return ensure_keypair(state_path(lab, "ssh", "id_ed25519"), f"{lab.name}-login")
+
+
 def make_node(lab: LabConfig, spec: NodeSpec, login: KeyPair, provider: str, accelerator: str) -> tuple[Node, KeyPair]:
     """The node as everything above the provider sees it, and its host key (made once, before first boot)."""
     host_key = ensure_keypair(state_path(lab, "nodes", spec.name, "ssh_host_ed25519_key"), spec.name)

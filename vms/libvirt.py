@@ -23,7 +23,6 @@ import tempfile
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Interface
 from pathlib import Path
@@ -35,10 +34,17 @@ import libvirt
 from lab import ssh
 from lab.config import LabConfig, NodeSpec
 from lab.errors import LabError
-from lab.keys import KeyPair, ensure_keypair
+from lab.keys import KeyPair
 from vms import image, vfio
 from vms.accel import kvm_usable
-from vms.base import Node, NodeStatus, Progress, Removed, make_node, state_path
+from vms.base import (
+    Node,
+    NodeStatus,
+    Progress,
+    Removed,
+    login_key,
+    make_node,
+)
 from vms.domain import (
     METADATA_NS,
     Accelerator,
@@ -464,13 +470,15 @@ class LibvirtProvider:
             if host.accelerator == "tcg":
                 progress(f"warning: VMs on {host.uri} are emulated with TCG, several times slower than KVM, because {host.why}; runs record accelerator=tcg")
         media = boot_media(lab, progress)
-        login = ensure_keypair(state_path(lab, "ssh", "id_ed25519"), f"{lab.name}-login")
+        login = login_key(lab)
         undo = Undo()
         try:
             for host in hosts.values():
                 host.prepare(media, undo, progress)
             booting = [self._node(lab, spec, hosts[spec.libvirt_uri], media, login, hostdevs.get(spec.name, ()), undo, progress) for spec in lab.nodes]
-            self._wait(lab, booting, progress)
+            domains = {node.name: dom for node, dom in booting}
+            ssh.wait_all_ready([node for node, _ in booting], lab.boot_timeout_s, lambda n: domains[n.name].isActive(),
+                               lambda n: Path(console_log(lab, lab.node(n.name))), "the VM stopped", progress)
             return [node for node, _ in booting]
         except BaseException as exc:
             progress("up failed; removing what this run created")
@@ -536,21 +544,6 @@ class LibvirtProvider:
         undo.push(lambda: remove_domain(dom))
         dom.create()
         return dom
-
-    def _wait(self, lab: LabConfig, booting: list[tuple[Node, libvirt.virDomain]], progress: Progress) -> None:
-        def one(node: Node, dom: libvirt.virDomain) -> None:
-            def still_booting() -> None:
-                if not dom.isActive():
-                    log = Path(console_log(lab, lab.node(node.name)))
-                    tail = log.read_text(errors="replace").strip().splitlines()[-3:] if log.is_file() else []
-                    raise LabError(f"{node.name}: the VM stopped while booting; {' | '.join(tail)} (console log: {log})")
-
-            seconds = ssh.wait_ready(node, lab.boot_timeout_s, still_booting)
-            progress(f"{node.name}: SSH ready ({seconds:.1f} s)")
-
-        with ThreadPoolExecutor(len(booting)) as pool:
-            for future in [pool.submit(one, node, dom) for node, dom in booting]:
-                future.result()
 
     def status(self, lab: LabConfig) -> list[NodeStatus]:
         conns: dict[str, libvirt.virConnect | str] = {}

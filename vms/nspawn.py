@@ -11,15 +11,22 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from lab import ssh
 from lab.config import LabConfig, NodeSpec
 from lab.errors import LabError
-from lab.keys import KeyPair, ensure_keypair
+from lab.keys import KeyPair
 from vms import host, image
-from vms.base import Node, NodeStatus, Progress, Removed, make_node, state_path
+from vms.base import (
+    Node,
+    NodeStatus,
+    Progress,
+    Removed,
+    login_key,
+    make_node,
+    state_path,
+)
 from vms.seed import make_seed
 
 # Probes need bpf() and perf_event_open() and to read kernel memory; nspawn drops these by default.
@@ -52,7 +59,7 @@ class NspawnProvider:
         node_image, built = image.build(lab.image, log=progress)
         if built:
             progress(f"node image {node_image.hash} built")
-        login = ensure_keypair(state_path(lab, "ssh", "id_ed25519"), f"{lab.name}-login")
+        login = login_key(lab)
         created: list[str] = []
         try:
             if host.ensure_bridge(bridge_name(lab), f"{lab.network.host_address}/{lab.network.subnet.prefixlen}"):
@@ -66,7 +73,8 @@ class NspawnProvider:
                     progress(f"{spec.name}: container started")
                 else:
                     progress(f"{spec.name}: already running")
-            self._wait(lab, nodes, progress)
+            ssh.wait_all_ready(nodes, lab.boot_timeout_s, lambda n: bool(self._pids(lab, lab.node(n.name))),
+                               lambda n: console_log(lab, lab.node(n.name)), "the container exited", progress)
             return nodes
         except BaseException:
             progress("up failed; removing what this run created")
@@ -106,23 +114,6 @@ class NspawnProvider:
 
     def _pids(self, lab: LabConfig, spec: NodeSpec) -> list[int]:
         return host.processes_with(f"--machine={machine_name(lab, spec)}")
-
-    def _wait(self, lab: LabConfig, nodes: list[Node], progress: Progress) -> None:
-        def one(node: Node) -> None:
-            spec = lab.node(node.name)
-
-            def still_booting() -> None:
-                if not self._pids(lab, spec):
-                    console = console_log(lab, spec)
-                    tail = console.read_text(errors="replace").strip().splitlines()[-3:] if console.is_file() else []
-                    raise LabError(f"{node.name}: the container exited while booting; {' | '.join(tail)} (full log: {console})")
-
-            seconds = ssh.wait_ready(node, lab.boot_timeout_s, still_booting)
-            progress(f"{node.name}: SSH ready ({seconds:.1f} s)")
-
-        with ThreadPoolExecutor(len(nodes)) as pool:
-            for future in [pool.submit(one, node) for node in nodes]:
-                future.result()
 
     def status(self, lab: LabConfig) -> list[NodeStatus]:
         return [
