@@ -70,11 +70,18 @@ def write_tables(result: RunAnalysis) -> list[str]:
 
 
 def compare(paths: list[Path], out: Path | None = None) -> Path:
-    """Analyse every run and write one comparison report (baseline, simple, multihop, then the rest); returns its path."""
+    """Analyse every run and write one comparison report; returns its path."""
+    return compare_results([analyze_run(path) for path in paths], out)
+
+
+def compare_results(results: list[RunAnalysis], out: Path | None = None) -> Path:
+    """One comparison report of runs already analysed (baseline, simple, multihop, then the rest), by
+    default beside the first run; returns its path."""
     order = {name: i for i, name in enumerate(SCENARIO_ORDER)}
-    results = sorted((analyze_run(path) for path in paths), key=lambda r: order.get(r.run.scenario, len(order)))
+    first = results[0].run.path
+    results = sorted(results, key=lambda r: order.get(r.run.scenario, len(order)))
     if out is None:
         digest = hashlib.sha256("\n".join(r.run.run_id for r in results).encode()).hexdigest()[:8]
-        out = paths[0].resolve().parent / f"comparison-{digest}"
+        out = first.resolve().parent / f"comparison-{digest}"
     out.mkdir(parents=True, exist_ok=True)
     return report.write_comparison(results, out)

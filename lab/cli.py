@@ -115,30 +115,33 @@ def experiment(
     except KeyboardInterrupt:
         errors.print("[red]interrupted[/red]: probes stopped, what they measured is pulled (see the run's manifest faults)")
         sys.exit(130)
-    analyze(ctx, run_dirs)
-    if len(run_dirs) > 1:
-        analyze(ctx, run_dirs, compare=True)
+    _report(run_dirs, table=True, comparison=len(run_dirs) > 1)
 
 
 @app.command()
 def analyze(ctx: typer.Context, runs: list[Path] = typer.Argument(..., help="run directories"), compare: bool = False) -> None:
     """Tables, plots and report.html for one or more run directories (--compare: one report across them)."""
-    import analysis
-
     missing = [str(r) for r in runs if not (r / "manifest.json").is_file() and not (r / "nodes").is_dir()]
     if missing:
         raise LabError(f"not a run directory (no manifest.json, no nodes/): {', '.join(missing)}")
-    if compare:
-        console.print(f"comparison report: {analysis.compare(runs)}")
-        return
-    table = Table("run", "scenario", "tasks", "flows/task", "RTT p99 (µs)", "matched", "problems", "report")
-    for run in runs:
-        result = analysis.analyze_run(run)
-        s = result.summary
-        table.add_row(result.run.run_id, result.run.scenario, f"{s['tasks']:.0f}", f"{s['flows_per_task']:.2f}",
-                      f"{s['rtt_us_p99']:.0f}", f"{s['matched_lab_flows']:.1%}", str(len(result.run.problems)),
-                      str(run / "report.html"))
-    console.print(table)
+    _report(runs, table=not compare, comparison=compare)
+
+
+def _report(runs: list[Path], table: bool, comparison: bool) -> None:
+    """Analyse each run once; print a line per run and/or the comparison report's path."""
+    import analysis
+
+    results = [analysis.analyze_run(run) for run in runs]
+    if table:
+        rows = Table("run", "scenario", "tasks", "flows/task", "RTT p99 (µs)", "matched", "problems", "report")
+        for result in results:
+            s = result.summary
+            rows.add_row(result.run.run_id, result.run.scenario, f"{s['tasks']:.0f}", f"{s['flows_per_task']:.2f}",
+                         f"{s['rtt_us_p99']:.0f}", f"{s['matched_lab_flows']:.1%}", str(len(result.run.problems)),
+                         str(result.run.path / "report.html"))
+        console.print(rows)
+    if comparison:
+        console.print(f"comparison report: {analysis.compare_results(results)}")
 
 
 @app.command()
