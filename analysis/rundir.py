@@ -90,24 +90,27 @@ def _sha256(path: Path) -> str:
 def facts(run: RunDir) -> dict[str, str]:
     """What a reader must know to trust the numbers: where and with what it was measured."""
     m = run.manifest
-    scenario = m.get("scenario") if isinstance(m.get("scenario"), dict) else {}
-    lab = m.get("lab") if isinstance(m.get("lab"), dict) else {}
-    llm = lab.get("llm") if isinstance(lab.get("llm"), dict) else {}
+    llm = _dict(_dict(m.get("lab")).get("llm"))
     versions = m.get("versions") or {}
+    served = _dict(versions).get("llm")
     git = m.get("git")
     return {
         "run": run.run_id,
         "scenario": run.scenario,
         "provider": str(m.get("provider", "unknown")),
         "accelerator": str(m.get("accelerator", "unknown")),
-        "model": _model(versions.get("llm") if isinstance(versions, dict) else None, llm),
-        "llm backend": str((versions.get("llm") or {}).get("backend") if isinstance(versions, dict) else None
-                           or llm.get("backend") or "unknown"),
+        "model": _model(served, llm),
+        "llm backend": str(_dict(served).get("backend") or llm.get("backend") or "unknown"),
         "image": _short(m.get("image")),
         "versions": ", ".join(f"{k} {v}" for k, v in versions.items()) if isinstance(versions, dict) else _short(versions),
         "git": _short(git.get("commit") if isinstance(git, dict) else git),
         "impairments": _short(m.get("impairments_applied")) if m.get("impairments_applied") else "none",
     }
+
+
+def _dict(value: Any) -> dict:
+    """A manifest field that should be a mapping, or {} when it is missing or malformed."""
+    return value if isinstance(value, dict) else {}
 
 
 def _model(served: Any, configured: dict) -> str:

@@ -27,7 +27,7 @@ from analysis.join import (
 from analysis.jsonl import PROBE_SCHEMAS, TELEMETRY_SCHEMA, read_jsonl
 from analysis.load import _offset
 from analysis.pcap import ACK, SYN, PcapError, read_pcap
-from analysis.rundir import RunDir, open_run
+from analysis.rundir import RunDir, facts, open_run
 
 MS = 1_000_000
 
@@ -254,6 +254,17 @@ def test_manifest_file_checks_report_missing_resized_and_changed_files(tmp_path:
     assert problems["a"].startswith("size 5 B") and "sha256" in problems["b"] and problems["c"].startswith("missing")
     (tmp_path / "bare").mkdir()
     assert [(p.where, p.what.split(":")[0]) for p in open_run(tmp_path / "bare").problems] == [("manifest.json", "missing")]
+
+
+def test_facts_name_the_served_llm_and_fall_back_to_the_configured_one(tmp_path: Path) -> None:
+    lab = {"llm": {"backend": "auto", "model": "big", "cpu_model": "package:small"}}
+    served = {"backend": "llamacpp", "served": {"meta": {"n_params": 494_000_000, "ftype": "Q4_K_M"}}}
+    run = _run(tmp_path, {"lab": lab, "versions": {"llm": served}})
+    assert facts(run)["llm backend"] == "llamacpp"
+    assert facts(run)["model"] == "package:small (0.49 B parameters, Q4_K_M)"
+    (tmp_path / "old").mkdir()
+    unserved = _run(tmp_path / "old", {"lab": lab, "versions": {"kernel": "6.1"}})
+    assert facts(unserved)["llm backend"] == "auto" and facts(unserved)["model"] == "big"
 
 
 def test_clock_offsets_are_interpolated_between_start_and_end(tmp_path: Path) -> None:
