@@ -62,7 +62,8 @@ def plan(scenario: Scenario) -> list[list[Planned]]:
 
 def _times(count: int, scenario: Scenario, repetition: int) -> list[float | None]:
     rate = scenario.load.rate_per_s
-    return list(arrivals(count, rate, scenario.tasks.seed + repetition)) if rate else [None] * count
+    return arrivals(count, rate, scenario.tasks.seed + repetition) if rate else [None] * count
+
 
 async def _phase(phase: list[Planned], scenario: Scenario, entry: Entry, telemetry_dir: Path,
                  done: Callable[[Outcome], None]) -> None:

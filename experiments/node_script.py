@@ -63,14 +63,12 @@ def _get(url: str) -> dict:
 
 
 def _health(address: str, port: int, path: str) -> dict:
-    """GET the service on the lab address, then on loopback (a service may bind either)."""
-    tried = {}
-    for host in (address, "127.0.0.1"):
-        answer = _get(f"http://{host}:{port}{path}")
-        if answer["ok"]:
-            return answer
-        tried[host] = answer
-    return tried[address]
+    """GET the service on the lab address, then on loopback (a service may bind either); a failure
+    is reported as the lab address saw it."""
+    answer = _get(f"http://{address}:{port}{path}")
+    if not answer["ok"] and (local := _get(f"http://127.0.0.1:{port}{path}"))["ok"]:
+        return local
+    return answer
 
 
 def service_config(path: Path) -> dict[str, str]:
@@ -304,29 +302,33 @@ def netem_args(link: dict) -> list[str]:
     return args
 
 
+def _remove_root_qdisc(iface: str) -> subprocess.CompletedProcess[str]:
+    return _run(["tc", "qdisc", "del", "dev", iface, "root"])
+
+
 def has_netem(iface: str) -> bool:
     """Try it: a netem qdisc on the interface, removed at once."""
     added = _run(["tc", "qdisc", "add", "dev", iface, "root", "handle", "1:", "netem", "delay", "0ms"])
     if added.returncode == 0:
-        _run(["tc", "qdisc", "del", "dev", iface, "root"])
+        _remove_root_qdisc(iface)
     return added.returncode == 0
 
 
 def impair(address: str, links: list[dict]) -> dict:
     iface = lab_interface(address)
-    _run(["tc", "qdisc", "del", "dev", iface, "root"])
+    _remove_root_qdisc(iface)
     netem = has_netem(iface)
     for argv in tc_commands(iface, links, netem):
         result = _run(argv)
         if result.returncode != 0:
-            _run(["tc", "qdisc", "del", "dev", iface, "root"])
+            _remove_root_qdisc(iface)
             raise RuntimeError(f"`{' '.join(argv)}` failed: {_first_line(result.stderr)}")
     return {"iface": iface, "netem": netem, "qdisc": _run(["tc", "qdisc", "show", "dev", iface]).stdout.strip()}
 
 
 def unimpair(address: str) -> dict:
     iface = lab_interface(address)
-    result = _run(["tc", "qdisc", "del", "dev", iface, "root"])
+    result = _remove_root_qdisc(iface)
     return {"iface": iface, "removed": result.returncode == 0}
 
 
