@@ -19,7 +19,7 @@ from analysis.pcap import PcapError, empty_packets, read_pcap
 from analysis.rundir import CONTROLLER, RunDir
 
 PROBES = tuple(PROBE_SCHEMAS)
-TIME_COLUMNS = {"lifetime": ("ts_ns", "start_ns"), "telemetry": ("start_ns", "end_ns")}
+TIME_COLUMNS = {"lifetime": ("ts_ns", "start_ns"), "rtt": ("ts_ns", "first_ns"), "telemetry": ("start_ns", "end_ns")}
 
 
 @dataclass
@@ -84,16 +84,14 @@ def _probe(run: RunDir, node: str, probe: str, status: dict) -> pd.DataFrame:
         run.note(run.rel(path), f"probe {state['state']} on {node}: {state.get('attach_error') or state.get('error')}")
     frame = read_jsonl(path, PROBE_SCHEMAS[probe], run).to_pandas()
     frame["node"] = node
-    for column in TIME_COLUMNS.get(probe, ("ts_ns",)):
-        frame[column] = frame[column] - _offset(run, node, frame[column].to_numpy())
+    _to_controller_clock(run, node, frame, TIME_COLUMNS.get(probe, ("ts_ns",)))
     return frame
 
 
 def _events(run: RunDir, path: Path, node: str) -> pd.DataFrame:
     frame = read_jsonl(path, TELEMETRY_SCHEMA, run).to_pandas()
     frame["node_dir"] = node
-    for column in TIME_COLUMNS["telemetry"]:
-        frame[column] = frame[column] - _offset(run, node, frame[column].to_numpy())
+    _to_controller_clock(run, node, frame, TIME_COLUMNS["telemetry"])
     return frame
 
 
@@ -110,9 +108,8 @@ def _packets(run: RunDir, node: str) -> pd.DataFrame:
             run.note(run.rel(path), "truncated: last packet incomplete (dropped)")
         if capture.packets.empty and iface != "lo":  # loopback is empty on a node whose services never call each other
             run.note(run.rel(path), "holds no TCP packet: packet, byte and burst figures lack this interface")
-        packets = capture.packets
-        packets["ts_ns"] -= _offset(run, node, packets["ts_ns"].to_numpy())
-        frames.append(_with_node(packets, node, iface))
+        _to_controller_clock(run, node, capture.packets, ("ts_ns",))
+        frames.append(_with_node(capture.packets, node, iface))
     if not frames and (run.path / "nodes" / node / "probes").is_dir():
         run.note(f"nodes/{node}/probes/pcap-*.pcap", "no packet capture: packet, byte and burst figures lack this node")
     return pd.concat(frames, ignore_index=True) if frames else _with_node(empty_packets(), node, "")
@@ -120,6 +117,11 @@ def _packets(run: RunDir, node: str) -> pd.DataFrame:
 
 def _with_node(packets: pd.DataFrame, node: str, iface: str) -> pd.DataFrame:
     return packets.assign(node=node, iface=iface)
+
+
+def _to_controller_clock(run: RunDir, node: str, frame: pd.DataFrame, columns: tuple[str, ...]) -> None:
+    for column in columns:
+        frame[column] = frame[column] - _offset(run, node, frame[column].to_numpy())
 
 
 def _offset(run: RunDir, node: str, at_ns: np.ndarray) -> np.ndarray:

@@ -25,7 +25,7 @@ from analysis.join import (
     pair_key,
 )
 from analysis.jsonl import PROBE_SCHEMAS, TELEMETRY_SCHEMA, read_jsonl
-from analysis.load import _offset
+from analysis.load import _offset, load_run
 from analysis.pcap import ACK, SYN, PcapError, read_pcap
 from analysis.rundir import RunDir, facts, open_run
 
@@ -274,3 +274,15 @@ def test_clock_offsets_are_interpolated_between_start_and_end(tmp_path: Path) ->
     assert _offset(run, "n", np.array([1000, 1500, 2000, 5000])).tolist() == [100, 200, 300, 300]
     assert _offset(run, "m", np.array([1, 2])).tolist() == [-50, -50]
     assert _offset(run, "controller", np.array([1])).tolist() == [0]
+
+
+def test_every_time_column_of_a_probe_moves_to_the_controller_clock(tmp_path: Path) -> None:
+    probes = tmp_path / "nodes" / "n" / "probes"
+    probes.mkdir(parents=True)
+    window = {"ts_ns": 5000, "node": "n", "run_id": "r", "probe": "rtt", "saddr": "a", "sport": 1, "daddr": "b",
+              "dport": 2, "srtt_us": 50, "snd_cwnd": 10, "first_ns": 4000, "segments": 3, "srtt_min_us": 40,
+              "srtt_max_us": 60}
+    (probes / "rtt.jsonl").write_text(json.dumps(window) + "\n")
+    run = _run(tmp_path, {"clock_offsets": {"n": {"start": {"offset_ns": 100, "uncertainty_ns": 1}}}})
+    rtt = load_run(run).probes["rtt"]
+    assert (rtt["first_ns"].tolist(), rtt["ts_ns"].tolist()) == ([3900], [4900])
