@@ -1,5 +1,5 @@
 """Joins: connections from the probes, calls from the telemetry, tasks from the results;
-then every connection, packet, RTT sample and retransmission to the call and task it
+then every connection, packet, RTT window and retransmission to the call and task it
 belongs to, all with vectorised merges (no Python loop per record).
 
 Keys. An address is scoped by node when it is loopback (127.0.0.0/8, ::1), so two nodes'
@@ -9,7 +9,7 @@ connection key is the unordered pair of its endpoints. A connection seen at both
 
 Attribution. A connection belongs to every call whose telemetry names its 4-tuple while
 the connection was alive (keep-alive reuse: several calls); its owner is the first of them,
-and the owner's task is the connection's task. A packet, RTT sample or retransmission
+and the owner's task is the connection's task. A packet, RTT window (by its last segment) or retransmission
 belongs to the call whose interval on that connection contains it, else to the owner.
 """
 
@@ -130,7 +130,7 @@ def flow_observations(probes: dict[str, pd.DataFrame], stop_ns: dict[str, int], 
 
 def seen_only(obs: pd.DataFrame, records: list[pd.DataFrame]) -> pd.DataFrame:
     """Connections that neither opened nor closed while the probes ran (e.g. a pooled database
-    connection from before the run) but carried packets or RTT samples: one observation per
+    connection from before the run) but carried packets or RTT windows: one observation per
     node from the first to the last record."""
     seen = pd.concat([r[["node", "key", "ts_ns", "saddr", "sport", "daddr", "dport"]] for r in records if len(r)]
                      or [pd.DataFrame(columns=["node", "key", "ts_ns", "saddr", "sport", "daddr", "dport"])])

@@ -1,14 +1,22 @@
-"""The lab a benchmark brings up: the repository's lab.yaml under its own name and subnet,
-written to a fresh directory, so a benchmark never touches the user's lab."""
+"""What the benchmarks share: the lab a benchmark brings up (the repository's lab.yaml under its own
+name and subnet, in a fresh directory, so a benchmark never touches the user's lab) and the host's
+busy CPU time."""
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def host_busy_s() -> float:
+    """CPU seconds this host has been busy (user, nice, system, irq, softirq, steal) since boot."""
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, Path("/proc/stat").read_text().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def bench_lab(name: str, subnet_prefix: str, provider: str) -> Path:

@@ -20,7 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from benchlab import REPO, host_busy_s
+
 NETNS = "lab-probe-cost"
 VARIANTS = ("none", "rtt", "lifetime,state,connect,retrans", "pcap", "lifetime,state,connect,rtt,retrans,pcap")
 
@@ -41,11 +42,6 @@ def ping_pong(round_trips: int) -> None:
         print(time.process_time() - started)
         client.close()
         peer.close()
-
-
-def host_busy_s() -> float:
-    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, Path("/proc/stat").read_text().split()[1:9])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def in_netns(*argv: str) -> list[str]:

@@ -9,7 +9,6 @@ off/on (off, on, on, off, ...) so slow drift of the machine cancels; probes star
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import tempfile
 import time
@@ -17,13 +16,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import get_args
 
+from benchlab import host_busy_s
+
 from experiments import controller, services
 from experiments.remote import NodeSession, parallel
 from experiments.scenario import PROBES, Scenario
 from lab import state
 from lab.config import load_config
 from workload.driver import Entry, TaskResult, run
-from workload.driver import Scenario as Workload  # the driver's name for a workload kind
+from workload.driver import (
+    Scenario as Workload,  # the driver's name for a workload kind
+)
 from workload.tasks import make_dataset, make_tasks
 
 
@@ -34,12 +37,6 @@ class Block:
     latencies_s: list[float]
     failed: int
     busy_s: float  # CPU time the whole host spent (every node, the controller, the kernel)
-
-
-def host_busy_s() -> float:
-    """CPU seconds this host has been busy (user, nice, system, irq, softirq, steal) since boot."""
-    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, Path("/proc/stat").read_text().split()[1:9])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def drive(workload: Workload, entry: Entry, count: int, concurrency: int, seed: int) -> tuple[float, list[TaskResult]]:
