@@ -96,6 +96,9 @@ def main() -> None:
     if args.ping_pong:
         ping_pong(args.ping_pong)
         return
+    if os.geteuid() != 0:
+        raise SystemExit("probe_cost.py needs root (a network namespace, bpftrace, tcpdump): run it with sudo")
+    subprocess.run(["ip", "netns", "del", NETNS], check=False, capture_output=True)  # left by an interrupted run
     subprocess.run(["ip", "netns", "add", NETNS], check=True)
     try:
         subprocess.run(in_netns("ip", "link", "set", "lo", "up"), check=True)
