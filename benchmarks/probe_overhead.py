@@ -23,6 +23,8 @@ from experiments.remote import NodeSession, parallel
 from experiments.scenario import PROBES, Scenario
 from lab import state
 from lab.config import load_config
+from lab.errors import LabError
+from lab.validation import validate
 from workload.driver import Entry, TaskResult, run
 from workload.driver import (
     Scenario as Workload,  # the driver's name for a workload kind
@@ -88,11 +90,16 @@ def main() -> None:
                         help="the rtt probe's lines per second per node (default: the scenarios' default)")
     parser.add_argument("--probes", type=lambda v: v.split(","), default=list(PROBES), help="comma-separated subset (default: all)")
     args = parser.parse_args()
-    lab = load_config(args.config)
-    run_id = controller.new_run_id("overhead")
-    sessions = controller.connect(state.require(lab), lab, run_id)
+    try:  # bad arguments, lab.yaml or lab state: one line naming what and how to fix it
+        scenario = validate(Scenario, {"name": "overhead", "workload": args.workload, "tasks": {"count": args.tasks},
+                                       "probes": args.probes, "rtt_interval_ms": args.rtt_interval_ms,
+                                       "rtt_max_per_s": args.rtt_max_per_s}, Path("probe_overhead.py's arguments"))
+        lab = load_config(args.config)
+        run_id = controller.new_run_id("overhead")
+        sessions = controller.connect(state.require(lab), lab, run_id)
+    except LabError as exc:
+        raise SystemExit(f"error: {exc}") from None
     try:
-        scenario = Scenario.model_validate({"name": "overhead", "workload": args.workload, "tasks": {"count": args.tasks}})
         entry = services.entry(controller.preflight(sessions, lab, scenario))
         drive(args.workload, entry, min(args.tasks, 20), args.concurrency, seed=99)  # warm-up, not counted
         order = [probes for pair in range(args.pairs) for probes in ((False, True) if pair % 2 == 0 else (True, False))]
