@@ -8,6 +8,7 @@ libbpf-tools/BCC tools: those cannot filter by namespace, and their byte counts 
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Callable
@@ -71,6 +72,7 @@ class Source:
         return [reason for check in self.requires if (reason := check(detection)) is not None]
 
 
+@functools.lru_cache(maxsize=4096)  # a node talks to few addresses; parsing one costs microseconds
 def address(text: str) -> str:
     """An address as printed by bpftrace's ntop(), IPv4-mapped IPv6 turned back into IPv4."""
     ip = ipaddress.ip_address(text)
