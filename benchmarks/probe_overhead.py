@@ -19,6 +19,7 @@ from typing import get_args
 from benchlab import host_busy_s
 
 from experiments import controller, services
+from experiments.manifest import probe_cpu
 from experiments.remote import NodeSession, parallel
 from experiments.scenario import PROBES, Scenario
 from lab import state
@@ -39,6 +40,7 @@ class Block:
     latencies_s: list[float]
     failed: int
     busy_s: float  # CPU time the whole host spent (every node, the controller, the kernel)
+    observing_s: float  # CPU the runners and probe processes spent while running (0 with probes off)
 
 
 def drive(workload: Workload, entry: Entry, count: int, concurrency: int, seed: int) -> tuple[float, list[TaskResult]]:
@@ -66,10 +68,19 @@ def block(sessions: list[NodeSession], entry: Entry, probes: bool, args: argpars
         seconds, results = drive(args.workload, entry, args.tasks, args.concurrency, seed=100 + index)
         busy = host_busy_s() - busy
     finally:
+        stopped = parallel(lambda s: s.stop_probes({}), sessions) if probes else {}
         if probes:
-            parallel(lambda s: s.stop_probes({}), sessions)
             parallel(lambda s: s.step("cleanup", run_dir=s.run_dir), sessions)
-    return Block(probes, seconds, [(r.end_ns - r.start_ns) / 1e9 for r in results if r.ok], sum(not r.ok for r in results), busy)
+    return Block(probes, seconds, [(r.end_ns - r.start_ns) / 1e9 for r in results if r.ok], sum(not r.ok for r in results),
+                 busy, sum(observing_s(answer) for answer in stopped.values()))
+
+
+def observing_s(stopped: dict | Exception) -> float:
+    """A node's CPU spent observing from the probes' attach to the stop (the settle time included)."""
+    running = probe_cpu(None if isinstance(stopped, Exception) else stopped["status"])["running"]
+    if running is None:
+        raise SystemExit(f"a node did not report the CPU its probes used: {stopped}")
+    return running
 
 
 def p99(values: list[float]) -> float:
@@ -134,6 +145,9 @@ def report(blocks: list[Block], args: argparse.Namespace) -> None:
     print(f"{'off':<8}{off_tput:>10.1f}{off_p99 * 1e3:>10.1f}{off_cpu * 1e3:>18.3f}")
     print(f"{'on':<8}{on_tput:>10.1f}{on_p99 * 1e3:>10.1f}{on_cpu * 1e3:>18.3f}")
     print(f"host CPU per task on/off {on_cpu / off_cpu:.3f}")
+    observing = sum(b.observing_s for b in blocks) / sum(len(b.latencies_s) for b in blocks if b.probes)
+    print(f"runners and probe processes while running: {observing * 1e3:.3f} ms CPU per task "
+          f"({observing / off_cpu:.1%} of a task's host CPU with probes off; the probes' work in the kernel is not in it)")
     print(f"throughput on/off per pair: median {statistics.median(ratios):.3f}, range {ratios[0]:.3f}-{ratios[-1]:.3f}")
     print(f"throughput on/off {on_tput / off_tput:.3f} (aim >= 0.97); p99 on/off {on_p99 / off_p99:.3f} (aim <= 1.03)")
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import fcntl
 import json
 import os
 import re
@@ -11,19 +13,23 @@ import subprocess
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 from collectors.clock import ClockOffset
 from collectors.sources import ParseError, Parser, map_entry
-from collectors.status import EXITED, FAILED, RUNNING, STOPPED, ProbeStatus, StatusFile
+from collectors.status import EXITED, FAILED, RUNNING, STOPPED, CpuSpent, ProbeStatus, StatusFile
 
 PR_SET_PDEATHSIG = 1
 # stderr lines that are not errors (bpftrace warns when it cannot raise RLIMIT_MEMLOCK,
 # which kernels >= 5.11 no longer need).
 NOISE = re.compile(r"RLIMIT_MEMLOCK")
 STDERR_TAIL = 8
+READ_INTERVAL_S = 0.05  # a reader wakes at most this often; lines wait in the pipe meanwhile
+PIPE_BYTES = 1 << 20  # the pipe's size: 20 MB/s of lines at that interval before bpftrace waits
+READ_BYTES = 1 << 16  # per read: below malloc's mmap threshold, so no mmap and page faults per read
 BPFTRACE_LOST = re.compile(r"Lost (\d+) events")
 TCPDUMP_CAPTURED = re.compile(r"(\d+) packets? captured")
 TCPDUMP_DROPPED = re.compile(r"(\d+) packets? dropped by kernel")
@@ -33,6 +39,15 @@ def _die_with_parent() -> None:
     """Runs in the child before exec: SIGKILL it if the runner dies without stopping it."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def process_cpu_s(pid: int) -> float | None:
+    """User + system CPU a live process has used so far (/proc/PID/stat), None if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 3)
 
 
 def describe_exit(code: int) -> str:
@@ -72,7 +87,9 @@ class Child:
         self._log_lock = threading.Lock()
         self._stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL)
         self._stopping = False
-        self._proc: subprocess.Popen[str] | None = None
+        self._cpu_at_attach: float | None = None
+        self._cpu_at_stop: float | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
         self._supervisor: threading.Thread | None = None
 
     # --- lifecycle ----------------------------------------------------------------------
@@ -86,8 +103,7 @@ class Child:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE if self.capture_stdout else subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
-                text=True,
-                bufsize=1,
+                bufsize=0,
                 env=self.env,
                 start_new_session=True,  # a Ctrl-C meant for the runner must not reach probes
                 preexec_fn=_die_with_parent,
@@ -99,6 +115,9 @@ class Child:
                 self.status.attach_error = f"cannot start {self.argv[0]}: {e.strerror}"
             self.close()
             return
+        if self._proc.stdout is not None:
+            with contextlib.suppress(OSError):  # room for the lines of a burst between two reads
+                fcntl.fcntl(self._proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
         with self.status_file.lock:
             self.status.argv = self.argv
             self.status.pid = self._proc.pid
@@ -114,12 +133,15 @@ class Child:
 
     def request_stop(self) -> None:
         self._stopping = True
-        if self.running:
-            self._proc.send_signal(signal.SIGINT)  # type: ignore[union-attr]
+        if self.running and self._proc is not None:
+            self._cpu_at_stop = process_cpu_s(self._proc.pid)
+        self._signal(signal.SIGINT)
 
     @property
     def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+        """Not yet reaped. Only the supervisor reaps (os.wait4, for the CPU the process used),
+        so an exited process stays a zombie until then and its pid cannot be reused."""
+        return self._proc is not None and self._proc.returncode is None
 
     def wait(self, timeout: float) -> None:
         """Wait for the process to end after request_stop(); SIGKILL it past the timeout."""
@@ -127,8 +149,14 @@ class Child:
             return
         self._supervisor.join(timeout)
         if self._supervisor.is_alive():
-            self._proc.kill()
+            self._signal(signal.SIGKILL)
             self._supervisor.join()
+
+    def _signal(self, signum: int) -> None:
+        # os.kill, not Popen.send_signal: that polls first, and could reap the process before
+        # the supervisor's wait4 reads how much CPU it used.
+        if self.running:
+            os.kill(self._proc.pid, signum)  # type: ignore[union-attr]
 
     # --- output -------------------------------------------------------------------------
 
@@ -142,18 +170,37 @@ class Child:
             reader.start()
         for reader in readers:
             reader.join()
-        self._finish(self._proc.wait())
+        _, wait_status, usage = os.wait4(self._proc.pid, 0)
+        self._proc.returncode = os.waitstatus_to_exitcode(wait_status)
+        self._finish(self._proc.returncode, usage.ru_utime + usage.ru_stime)
 
-    def _read(self, stream: IO[str] | None, handle: object) -> None:
-        assert stream is not None and callable(handle)
-        for line in stream:
-            handle(line.rstrip("\n"))
+    def _read(self, stream: IO[bytes] | None, handle: Callable[[str], None]) -> None:
+        """Hand every line to `handle`, taking what gathered in the pipe every READ_INTERVAL_S:
+        bpftrace writes each event as it comes, and a wake-up and a write per line cost the
+        workload more than the parsing does."""
+        assert stream is not None
+        fd = stream.fileno()
+        pending = b""
+        while chunk := os.read(fd, READ_BYTES):
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in lines:
+                handle(line.decode(errors="replace"))
+            self.flush()
+            if len(chunk) < READ_BYTES:  # the pipe is drained
+                time.sleep(READ_INTERVAL_S)
+        if pending:
+            handle(pending.decode(errors="replace"))
+        self.flush()
 
-    def _finish(self, code: int) -> None:
+    def flush(self) -> None:
+        """Called after each batch of lines: what was handled so far reaches the disk."""
+
+    def _finish(self, code: int, cpu_s: float) -> None:
         tail = "; ".join(self._stderr_tail)
         reason = describe_exit(code) + (f": {tail}" if tail else "")
         with self.status_file.lock:
             self.status.exit_code = code
+            self.status.cpu_s = CpuSpent.split(self._cpu_at_attach, self._cpu_at_stop, cpu_s)
             self.status.stopped_at_ns = time.time_ns()
             if self._stopping:
                 self.status.state = STOPPED
@@ -182,6 +229,7 @@ class Child:
         self.log_line("stdout", line)
 
     def mark_started(self) -> None:
+        self._cpu_at_attach = process_cpu_s(self._proc.pid) if self._proc else None
         with self.status_file.lock:
             self.status.started = True
             self.status.started_at_ns = time.time_ns()
@@ -206,7 +254,7 @@ class BpftraceChild(Child):
         super().__init__(status, argv, log_path, status_file, env)
         self.parse = parse
         self.tags = tags
-        self.out = out_path.open("a", buffering=1)  # line buffered: a kill loses nothing
+        self.out = out_path.open("a")  # flushed after every batch of lines
         self.printed_at_end: dict[str, list[str]] = {}  # map key -> fields, see programs.py
 
     def on_stdout(self, line: str) -> None:
@@ -248,10 +296,13 @@ class BpftraceChild(Child):
         self.status.records += 1
         self.status_file.touch()
 
-    def _finish(self, code: int) -> None:
+    def _finish(self, code: int, cpu_s: float) -> None:
         for fields in self.printed_at_end.values():
             self._record("E " + " ".join(fields))
-        super()._finish(code)
+        super()._finish(code, cpu_s)
+
+    def flush(self) -> None:
+        self.out.flush()
 
     def close(self) -> None:
         self.out.close()

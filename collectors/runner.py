@@ -4,6 +4,7 @@ everything cleanly on SIGTERM/SIGINT."""
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import threading
 import time
@@ -14,7 +15,7 @@ from collectors import clock
 from collectors.children import BpftraceChild, Child, RecordTags, TcpdumpChild
 from collectors.detect import Detection
 from collectors.sources import PROBES, Choice, choose
-from collectors.status import STARTING, UNAVAILABLE, ProbeStatus, RunStatus, StatusFile
+from collectors.status import STARTING, UNAVAILABLE, CpuSpent, ProbeStatus, RunStatus, StatusFile
 
 NETWORK_PROBES = ("lifetime", "state", "connect", "rtt", "retrans")
 ALL_PROBES = (*NETWORK_PROBES, "pcap")
@@ -84,6 +85,7 @@ class Runner:
         self.children: list[Child] = []
         self.stop_requested = threading.Event()
         self.failure: str | None = None
+        self._cpu_at_attach: float | None = None
 
     # --- building probes ----------------------------------------------------------------
 
@@ -109,7 +111,7 @@ class Runner:
         argv = [
             str(self.detection.tools["bpftrace"]),
             "-B",
-            "none",
+            "line",  # one write per line; "none" writes each printf in two pieces (two wake-ups)
             str(program_path),
             str(self.config.netns_inode),
         ]
@@ -210,10 +212,12 @@ class Runner:
             ):
                 with self.status_file.lock:
                     status.state = "running"
+                self._cpu_at_attach = _own_cpu_s()
                 self.status_file.touch()
             self.status_file.write()
 
     def stop(self) -> None:
+        cpu_at_stop = _own_cpu_s()
         with self.status_file.lock:
             self.status_file.status.state = "stopping"
         self.status_file.write(force=True)
@@ -230,7 +234,13 @@ class Runner:
             status.state = "stopped" if self.failure is None else "failed"
             status.error = self.failure
             status.stopped_at_ns = time.time_ns()
+            status.cpu_s = CpuSpent.split(self._cpu_at_attach, cpu_at_stop, _own_cpu_s())
         self.status_file.write(force=True)
+
+
+def _own_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return round(usage.ru_utime + usage.ru_stime, 3)
 
 
 def selection(detection: Detection) -> dict[str, dict[str, object]]:

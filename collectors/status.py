@@ -19,6 +19,26 @@ STOPPED = "stopped"  # stopped by the runner
 
 
 @dataclass
+class CpuSpent:
+    """User + system CPU seconds of one process by phase: until its probes attached (bpftrace
+    compiles and loads its program), while they ran (the cost of observing), and while stopping
+    (flushing, bpftrace freeing its maps). A phase the process did not reach stays None."""
+
+    attach: float | None = None
+    running: float | None = None
+    stopping: float | None = None
+
+    @classmethod
+    def split(cls, attached: float | None, stop_requested: float | None, total: float) -> CpuSpent:
+        """From the process's running totals when it attached, when it was asked to stop, and at exit."""
+        if attached is None:
+            return cls(attach=round(total, 3))
+        if stop_requested is None:  # ended on its own
+            return cls(attach=attached, running=round(total - attached, 3))
+        return cls(attached, round(stop_requested - attached, 3), round(total - stop_requested, 3))
+
+
+@dataclass
 class ProbeStatus:
     probe: str
     metric: str
@@ -38,6 +58,7 @@ class ProbeStatus:
     records: int = 0
     parse_errors: int = 0
     lost_events: int = 0
+    cpu_s: CpuSpent | None = None  # the probe process's CPU, known once it exited
     # packet captures only
     packets: int | None = None
     packets_dropped: int | None = None
@@ -57,6 +78,7 @@ class RunStatus:
     started_at_ns: int = field(default_factory=time.time_ns)
     updated_at_ns: int = 0
     stopped_at_ns: int | None = None
+    cpu_s: CpuSpent | None = None  # the runner's own CPU (reading, parsing, writing records), at stop
     probes: dict[str, ProbeStatus] = field(default_factory=dict)
 
 

@@ -25,6 +25,7 @@ from experiments.manifest import (
     checksums,
     controller_versions,
     git_info,
+    probe_cpu,
     probe_faults,
     probe_summary,
 )
@@ -206,6 +207,7 @@ class Experiment:
         summary = probe_summary(status)
         if summary:
             self.manifest.probes[node] = summary
+            self.manifest.probe_cpu_s[node] = probe_cpu(status)
         for line in probe_faults(summary):
             self.fault(node, line)
         return summary

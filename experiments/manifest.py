@@ -60,6 +60,7 @@ class Manifest:
     ended_at_ns: int | None = None
     clock_offsets: dict[str, dict[str, Any]] = field(default_factory=dict)
     probes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    probe_cpu_s: dict[str, dict[str, float | None]] = field(default_factory=dict)  # node -> CPU_PHASES
     impairments_applied: list[dict[str, Any]] = field(default_factory=list)
     tasks: dict[str, int] = field(default_factory=dict)
     faults: list[Fault] = field(default_factory=list)
@@ -72,6 +73,9 @@ class Manifest:
         tmp.write_text(json.dumps(asdict(self), indent=2, default=str) + "\n")
         os.replace(tmp, path)
         return path
+
+
+CPU_PHASES = ("attach", "running", "stopping")
 
 
 def probe_summary(status: dict | None) -> dict[str, dict[str, Any]]:
@@ -92,6 +96,17 @@ def _probe(probe: dict) -> dict[str, Any]:
         "lost": (probe.get("packets_dropped") if capture else probe.get("lost_events")) or 0,
         "error": probe.get("attach_error") or probe.get("error") or probe.get("unavailable_reason"),
     }
+
+
+def probe_cpu(status: dict | None) -> dict[str, float | None]:
+    """CPU seconds spent observing on a node, by phase (collectors.status.CpuSpent: attach, running,
+    stopping), summed over the runner and its probe processes. Every phase is None until each of
+    them has exited and reported its CPU; a phase a process never reached counts as 0."""
+    status = status or {}
+    spent = [status.get("cpu_s"), *(p.get("cpu_s") for p in status.get("probes", {}).values() if p.get("pid"))]
+    if None in spent:
+        return dict.fromkeys(CPU_PHASES)
+    return {phase: round(sum(s[phase] or 0 for s in spent), 3) for phase in CPU_PHASES}
 
 
 def probe_faults(summary: dict[str, dict[str, Any]]) -> list[str]:

@@ -59,14 +59,17 @@ class Reporter:
             self._progress.update(self._bar, records=text)  # type: ignore[arg-type]
 
     def summary(self, manifest: Manifest, run_dir: Path) -> None:
-        table = Table("node", "clock offset (start)", "probes stopped", "records", "files", title=f"run {manifest.run_id}")
+        table = Table("node", "clock offset (start)", "probes stopped", "records", "probe CPU (running)", "files",
+                      title=f"run {manifest.run_id}")
         for node, probes in manifest.probes.items():
             offset = manifest.clock_offsets.get(node, {}).get("start")
             clock = f"{offset['offset_ns'] / 1e3:+.0f} ± {offset['uncertainty_ns'] / 1e3:.0f} µs" if offset else "-"
             stopped = sum(p["state"] == "stopped" for p in probes.values())
             records = sum(p["records"] for p in probes.values())
             files = sum(1 for f in manifest.files if f.startswith(f"nodes/{node}/"))
-            table.add_row(node, clock, f"{stopped}/{len(probes)}", str(records), str(files))
+            running = manifest.probe_cpu_s.get(node, {}).get("running")
+            spent = "-" if running is None else f"{running:.2f} s"
+            table.add_row(node, clock, f"{stopped}/{len(probes)}", str(records), spent, str(files))
         self.console.print(table)
         tasks = manifest.tasks
         wall = ((manifest.ended_at_ns or 0) - manifest.started_at_ns) / 1e9

@@ -142,6 +142,8 @@ def test_runner_stops_cleanly_on_sigterm(observed: ObservedRun) -> None:
     assert observed.status["state"] == "stopped"
     assert observed.status["node"] == "node-a" and observed.status["run_id"] == "test-run"
     assert "mono_to_realtime_offset_ns" in observed.status["clock"]
+    cpu = observed.status["cpu_s"]  # the runner's own CPU, for the cost of observing
+    assert cpu["attach"] > 0 and cpu["running"] >= 0 and cpu["stopping"] >= 0, cpu
 
 
 def test_status_lists_every_probe_started(observed: ObservedRun) -> None:
@@ -153,6 +155,8 @@ def test_status_lists_every_probe_started(observed: ObservedRun) -> None:
         assert probe["state"] == "stopped" and probe["exit_code"] == 0, probe
         assert probe["attach_error"] is None and probe["parse_errors"] == 0, probe
         assert probe["records"] == len(observed.runner.records(name)), probe
+        assert probe["cpu_s"]["attach"] > 0, probe  # bpftrace compiles its program: never free
+        assert probe["cpu_s"]["running"] >= 0 and probe["cpu_s"]["stopping"] >= 0, probe
 
 
 def test_lifetime_has_every_connection_with_exact_bytes(observed: ObservedRun) -> None:
@@ -280,6 +284,7 @@ def test_killed_probe_is_reported_and_runner_survives(start_runner: Any, tmp_pat
     )
     killed = status["probes"]["retrans"]
     assert killed["exit_code"] == -signal.SIGKILL
+    assert killed["cpu_s"]["attach"] > 0 and killed["cpu_s"]["stopping"] is None  # it never got to stop
     assert "SIGKILL" in killed["error"]
     assert status["probes"]["state"]["state"] == "running"
     assert runner.proc.poll() is None
