@@ -1,6 +1,6 @@
 """What the benchmarks share: the lab a benchmark brings up (the repository's lab.yaml under its own
-name and subnet, in a fresh directory, so a benchmark never touches the user's lab) and the host's
-busy CPU time."""
+name and subnet, in a fresh directory, so a benchmark never touches the user's lab), the host's
+busy CPU time and its context switches."""
 
 from __future__ import annotations
 
@@ -17,6 +17,14 @@ def host_busy_s() -> float:
     """CPU seconds this host has been busy (user, nice, system, irq, softirq, steal) since boot."""
     user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, Path("/proc/stat").read_text().split()[1:9])
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def host_context_switches() -> int:
+    """Context switches on this host since boot: a probe that wakes a process per event shows here."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith("ctxt "):
+            return int(line.split()[1])
+    raise RuntimeError("/proc/stat has no ctxt line")
 
 
 def bench_lab(name: str, subnet_prefix: str, provider: str) -> Path:

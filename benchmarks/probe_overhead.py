@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import get_args
 
-from benchlab import host_busy_s
+from benchlab import host_busy_s, host_context_switches
 
 from experiments import controller, services
 from experiments.manifest import probe_cpu
@@ -41,6 +41,7 @@ class Block:
     failed: int
     busy_s: float  # CPU time the whole host spent (every node, the controller, the kernel)
     observing_s: float  # CPU the runners and probe processes spent while running (0 with probes off)
+    switches: int  # the host's context switches during the block
 
 
 def drive(workload: Workload, entry: Entry, count: int, concurrency: int, seed: int) -> tuple[float, list[TaskResult]]:
@@ -64,15 +65,15 @@ def block(sessions: list[NodeSession], entry: Entry, probes: bool, args: argpars
             raise SystemExit(f"probes did not start: {broken}")
     time.sleep(args.settle)
     try:
-        busy = host_busy_s()
+        busy, switches = host_busy_s(), host_context_switches()
         seconds, results = drive(args.workload, entry, args.tasks, args.concurrency, seed=100 + index)
-        busy = host_busy_s() - busy
+        busy, switches = host_busy_s() - busy, host_context_switches() - switches
     finally:
         stopped = parallel(lambda s: s.stop_probes({}), sessions) if probes else {}
         if probes:
             parallel(lambda s: s.step("cleanup", run_dir=s.run_dir), sessions)
     return Block(probes, seconds, [(r.end_ns - r.start_ns) / 1e9 for r in results if r.ok], sum(not r.ok for r in results),
-                 busy, sum(observing_s(answer) for answer in stopped.values()))
+                 busy, sum(observing_s(answer) for answer in stopped.values()), switches)
 
 
 def observing_s(stopped: dict | Exception) -> float:
@@ -130,25 +131,28 @@ def main() -> None:
 def report(blocks: list[Block], args: argparse.Namespace) -> None:
     """Pooled figures for off and on, and the spread of the on/off throughput ratio over the pairs
     (each pair ran back to back, so the machine's drift hits both alike)."""
-    def figures(chosen: list[Block]) -> tuple[float, float, float]:
+    def figures(chosen: list[Block]) -> tuple[float, float, float, float]:
         latencies = [x for b in chosen for x in b.latencies_s]
-        return len(latencies) / sum(b.seconds for b in chosen), p99(latencies), sum(b.busy_s for b in chosen) / len(latencies)
+        return (len(latencies) / sum(b.seconds for b in chosen), p99(latencies),
+                sum(b.busy_s for b in chosen) / len(latencies), sum(b.switches for b in chosen) / len(latencies))
 
-    (off_tput, off_p99, off_cpu), (on_tput, on_p99, on_cpu) = (figures([b for b in blocks if not b.probes]),
-                                                               figures([b for b in blocks if b.probes]))
+    (off_tput, off_p99, off_cpu, off_switches), (on_tput, on_p99, on_cpu, on_switches) = (
+        figures([b for b in blocks if not b.probes]), figures([b for b in blocks if b.probes]))
     ratios = sorted(figures([on])[0] / figures([off])[0] for on, off in
                     ((max(pair, key=lambda b: b.probes), min(pair, key=lambda b: b.probes))
                      for pair in zip(blocks[::2], blocks[1::2])))
     print(f"\n{args.workload}, {args.pairs} off/on pairs of {args.tasks} tasks, {args.concurrency} in flight, probes {','.join(args.probes)}, "
           f"rtt window {args.rtt_interval_ms} ms per socket, at most {args.rtt_max_per_s} lines/s")
-    print(f"{'probes':<8}{'tasks/s':>10}{'p99 ms':>10}{'host CPU ms/task':>18}")
-    print(f"{'off':<8}{off_tput:>10.1f}{off_p99 * 1e3:>10.1f}{off_cpu * 1e3:>18.3f}")
-    print(f"{'on':<8}{on_tput:>10.1f}{on_p99 * 1e3:>10.1f}{on_cpu * 1e3:>18.3f}")
+    print(f"{'probes':<8}{'tasks/s':>10}{'p99 ms':>10}{'host CPU ms/task':>18}{'switches/task':>15}")
+    print(f"{'off':<8}{off_tput:>10.1f}{off_p99 * 1e3:>10.1f}{off_cpu * 1e3:>18.3f}{off_switches:>15.1f}")
+    print(f"{'on':<8}{on_tput:>10.1f}{on_p99 * 1e3:>10.1f}{on_cpu * 1e3:>18.3f}{on_switches:>15.1f}")
     print(f"host CPU per task on/off {on_cpu / off_cpu:.3f}")
     observing = sum(b.observing_s for b in blocks) / sum(len(b.latencies_s) for b in blocks if b.probes)
     print(f"runners and probe processes while running: {observing * 1e3:.3f} ms CPU per task "
           f"({observing / off_cpu:.1%} of a task's host CPU with probes off; the probes' work in the kernel is not in it)")
-    print(f"throughput on/off per pair: median {statistics.median(ratios):.3f}, range {ratios[0]:.3f}-{ratios[-1]:.3f}")
+    spread = f", mean {statistics.mean(ratios):.3f} ± {1.96 * statistics.stdev(ratios) / len(ratios) ** 0.5:.3f} (95 %)" \
+        if len(ratios) > 1 else ""
+    print(f"throughput on/off per pair: median {statistics.median(ratios):.3f}, range {ratios[0]:.3f}-{ratios[-1]:.3f}{spread}")
     print(f"throughput on/off {on_tput / off_tput:.3f} (aim >= 0.97); p99 on/off {on_p99 / off_p99:.3f} (aim <= 1.03)")
 
 
