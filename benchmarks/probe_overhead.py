@@ -41,6 +41,7 @@ class Block:
     failed: int
     busy_s: float  # CPU time the whole host spent (every node, the controller, the kernel)
     observing_s: float  # CPU the runners and probe processes spent while running (0 with probes off)
+    bpf_s: float  # the kernel's time in the probes' BPF programs (0 with probes off)
     switches: int  # the host's context switches during the block
 
 
@@ -72,16 +73,18 @@ def block(sessions: list[NodeSession], entry: Entry, probes: bool, args: argpars
         stopped = parallel(lambda s: s.stop_probes({}), sessions) if probes else {}
         if probes:
             parallel(lambda s: s.step("cleanup", run_dir=s.run_dir), sessions)
+    spent = [observing_s(answer) for answer in stopped.values()]
     return Block(probes, seconds, [(r.end_ns - r.start_ns) / 1e9 for r in results if r.ok], sum(not r.ok for r in results),
-                 busy, sum(observing_s(answer) for answer in stopped.values()), switches)
+                 busy, sum(running for running, _ in spent), sum(bpf for _, bpf in spent), switches)
 
 
-def observing_s(stopped: dict | Exception) -> float:
-    """A node's CPU spent observing from the probes' attach to the stop (the settle time included)."""
-    running = probe_cpu(None if isinstance(stopped, Exception) else stopped["status"])["running"]
-    if running is None:
+def observing_s(stopped: dict | Exception) -> tuple[float, float]:
+    """A node's CPU spent observing from the probes' attach to the stop (the settle time included):
+    in the runner and probe processes, and in the probes' BPF programs."""
+    cpu = probe_cpu(None if isinstance(stopped, Exception) else stopped["status"])
+    if cpu["running"] is None or cpu["bpf"] is None:
         raise SystemExit(f"a node did not report the CPU its probes used: {stopped}")
-    return running
+    return cpu["running"], cpu["bpf"]
 
 
 def p99(values: list[float]) -> float:
@@ -147,9 +150,10 @@ def report(blocks: list[Block], args: argparse.Namespace) -> None:
     print(f"{'off':<8}{off_tput:>10.1f}{off_p99 * 1e3:>10.1f}{off_cpu * 1e3:>18.3f}{off_switches:>15.1f}")
     print(f"{'on':<8}{on_tput:>10.1f}{on_p99 * 1e3:>10.1f}{on_cpu * 1e3:>18.3f}{on_switches:>15.1f}")
     print(f"host CPU per task on/off {on_cpu / off_cpu:.3f}")
-    observing = sum(b.observing_s for b in blocks) / sum(len(b.latencies_s) for b in blocks if b.probes)
-    print(f"runners and probe processes while running: {observing * 1e3:.3f} ms CPU per task "
-          f"({observing / off_cpu:.1%} of a task's host CPU with probes off; the probes' work in the kernel is not in it)")
+    tasks_on = sum(len(b.latencies_s) for b in blocks if b.probes)
+    for what, seconds in (("runners and probe processes while running", sum(b.observing_s for b in blocks)),
+                          ("the probes' BPF programs in the kernel", sum(b.bpf_s for b in blocks))):
+        print(f"{what}: {seconds / tasks_on * 1e3:.3f} ms CPU per task ({seconds / tasks_on / off_cpu:.1%} of a task's host CPU with probes off)")
     spread = f", mean {statistics.mean(ratios):.3f} ± {1.96 * statistics.stdev(ratios) / len(ratios) ** 0.5:.3f} (95 %)" \
         if len(ratios) > 1 else ""
     print(f"throughput on/off per pair: median {statistics.median(ratios):.3f}, range {ratios[0]:.3f}-{ratios[-1]:.3f}{spread}")

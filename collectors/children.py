@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from collectors import bpfstats
 from collectors.clock import ClockOffset
 from collectors.sources import ParseError, Parser, map_entry
 from collectors.status import EXITED, FAILED, RUNNING, STOPPED, CpuSpent, ProbeStatus, StatusFile
@@ -256,6 +257,12 @@ class BpftraceChild(Child):
         self.tags = tags
         self.out = out_path.open("a")  # flushed after every batch of lines
         self.printed_at_end: dict[str, list[str]] = {}  # map key -> fields, see programs.py
+
+    def request_stop(self) -> None:
+        if self.running and self._proc is not None and (spent := bpfstats.program_time(self._proc.pid)):
+            with self.status_file.lock:
+                self.status.bpf_run_ns, self.status.bpf_runs = spent.run_ns, spent.runs
+        super().request_stop()
 
     def on_stdout(self, line: str) -> None:
         if line.startswith("E "):

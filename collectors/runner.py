@@ -11,7 +11,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from collectors import clock
+from collectors import bpfstats, clock
 from collectors.children import BpftraceChild, Child, RecordTags, TcpdumpChild
 from collectors.detect import Detection
 from collectors.sources import PROBES, Choice, choose
@@ -86,6 +86,7 @@ class Runner:
         self.stop_requested = threading.Event()
         self.failure: str | None = None
         self._cpu_at_attach: float | None = None
+        self._stats_fd: int | None = None  # BPF run-time statistics stay on while it is open
 
     # --- building probes ----------------------------------------------------------------
 
@@ -196,6 +197,7 @@ class Runner:
             self.stop()
 
     def _start(self) -> None:
+        self._stats_fd = bpfstats.enable()
         self.build()
         for child in self.children:  # fork every child before any thread exists
             child.spawn()
@@ -227,6 +229,9 @@ class Runner:
             child.request_stop()
         for child in self.children:
             child.wait(STOP_TIMEOUT_S)
+        if self._stats_fd is not None:
+            os.close(self._stats_fd)
+            self._stats_fd = None
         at_stop = clock.measure()
         with self.status_file.lock:
             status = self.status_file.status

@@ -59,6 +59,10 @@ class ProbeStatus:
     parse_errors: int = 0
     lost_events: int = 0
     cpu_s: CpuSpent | None = None  # the probe process's CPU, known once it exited
+    # The kernel's time in the probe's BPF programs and their runs, read when the stop began
+    # (collectors.bpfstats); None where the kernel keeps no statistics or the probe died first.
+    bpf_run_ns: int | None = None
+    bpf_runs: int | None = None
     # packet captures only
     packets: int | None = None
     packets_dropped: int | None = None

@@ -60,7 +60,7 @@ class Manifest:
     ended_at_ns: int | None = None
     clock_offsets: dict[str, dict[str, Any]] = field(default_factory=dict)
     probes: dict[str, dict[str, Any]] = field(default_factory=dict)
-    probe_cpu_s: dict[str, dict[str, float | None]] = field(default_factory=dict)  # node -> CPU_PHASES
+    probe_cpu_s: dict[str, dict[str, float | None]] = field(default_factory=dict)  # node -> probe_cpu()
     impairments_applied: list[dict[str, Any]] = field(default_factory=list)
     tasks: dict[str, int] = field(default_factory=dict)
     faults: list[Fault] = field(default_factory=list)
@@ -100,13 +100,18 @@ def _probe(probe: dict) -> dict[str, Any]:
 
 def probe_cpu(status: dict | None) -> dict[str, float | None]:
     """CPU seconds spent observing on a node, by phase (collectors.status.CpuSpent: attach, running,
-    stopping), summed over the runner and its probe processes. Every phase is None until each of
-    them has exited and reported its CPU; a phase a process never reached counts as 0."""
+    stopping), summed over the runner and its probe processes, and `bpf`: the kernel's time in
+    the probes' BPF programs, which no process's CPU includes. Every phase is None until each
+    process has exited and reported its CPU; a phase a process never reached counts as 0; `bpf`
+    is None where no probe reported it."""
     status = status or {}
-    spent = [status.get("cpu_s"), *(p.get("cpu_s") for p in status.get("probes", {}).values() if p.get("pid"))]
+    probes = [p for p in status.get("probes", {}).values() if p.get("pid")]
+    spent = [status.get("cpu_s"), *(p.get("cpu_s") for p in probes)]
+    in_bpf = [p["bpf_run_ns"] for p in probes if p.get("bpf_run_ns") is not None]
+    bpf = {"bpf": round(sum(in_bpf) / 1e9, 3) if in_bpf else None}
     if None in spent:
-        return dict.fromkeys(CPU_PHASES)
-    return {phase: round(sum(s[phase] or 0 for s in spent), 3) for phase in CPU_PHASES}
+        return dict.fromkeys(CPU_PHASES) | bpf
+    return {phase: round(sum(s[phase] or 0 for s in spent), 3) for phase in CPU_PHASES} | bpf
 
 
 def probe_faults(summary: dict[str, dict[str, Any]]) -> list[str]:

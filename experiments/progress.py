@@ -59,7 +59,7 @@ class Reporter:
             self._progress.update(self._bar, records=text)  # type: ignore[arg-type]
 
     def summary(self, manifest: Manifest, run_dir: Path) -> None:
-        table = Table("node", "clock offset (start)", "probes stopped", "records", "probe CPU (running)", "files",
+        table = Table("node", "clock offset (start)", "probes stopped", "records", "probe CPU (running + BPF)", "files",
                       title=f"run {manifest.run_id}")
         for node, probes in manifest.probes.items():
             offset = manifest.clock_offsets.get(node, {}).get("start")
@@ -67,8 +67,8 @@ class Reporter:
             stopped = sum(p["state"] == "stopped" for p in probes.values())
             records = sum(p["records"] for p in probes.values())
             files = sum(1 for f in manifest.files if f.startswith(f"nodes/{node}/"))
-            running = manifest.probe_cpu_s.get(node, {}).get("running")
-            spent = "-" if running is None else f"{running:.2f} s"
+            cpu = manifest.probe_cpu_s.get(node, {})
+            spent = "-" if cpu.get("running") is None else f"{cpu['running'] + (cpu.get('bpf') or 0):.2f} s"
             table.add_row(node, clock, f"{stopped}/{len(probes)}", str(records), spent, str(files))
         self.console.print(table)
         tasks = manifest.tasks

@@ -157,6 +157,7 @@ def test_status_lists_every_probe_started(observed: ObservedRun) -> None:
         assert probe["records"] == len(observed.runner.records(name)), probe
         assert probe["cpu_s"]["attach"] > 0, probe  # bpftrace compiles its program: never free
         assert probe["cpu_s"]["running"] >= 0 and probe["cpu_s"]["stopping"] >= 0, probe
+        assert probe["bpf_runs"] > 0 and probe["bpf_run_ns"] > 0, probe  # the kernel's side of the cost
 
 
 def test_lifetime_has_every_connection_with_exact_bytes(observed: ObservedRun) -> None:

@@ -109,14 +109,14 @@ def test_probe_summary_and_faults():
 
 def test_probe_cpu_sums_the_runner_and_its_probe_processes_by_phase():
     status = {"cpu_s": {"attach": 0.5, "running": 1.0, "stopping": 0.25}, "probes": {
-        "rtt": {"pid": 10, "cpu_s": {"attach": 1.25, "running": 0.5, "stopping": 0.5}},
+        "rtt": {"pid": 10, "cpu_s": {"attach": 1.25, "running": 0.5, "stopping": 0.5}, "bpf_run_ns": 250_000_000},
         "state": {"pid": 11, "cpu_s": {"attach": 0.25, "running": None, "stopping": None}},  # died before attaching
         "retrans": {"pid": None, "cpu_s": None},  # unavailable: never spawned
     }}
-    assert probe_cpu(status) == {"attach": 2.0, "running": 1.5, "stopping": 0.75}
+    assert probe_cpu(status) == {"attach": 2.0, "running": 1.5, "stopping": 0.75, "bpf": 0.25}
     status["probes"]["rtt"]["cpu_s"] = None  # still running: its CPU is not known yet
-    assert probe_cpu(status) == {"attach": None, "running": None, "stopping": None}
-    assert probe_cpu(None) == {"attach": None, "running": None, "stopping": None}
+    assert probe_cpu(status) == {"attach": None, "running": None, "stopping": None, "bpf": 0.25}
+    assert probe_cpu(None) == {"attach": None, "running": None, "stopping": None, "bpf": None}
 
 
 def test_faults_are_recorded_once():
