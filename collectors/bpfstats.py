@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import ctypes
 import os
+import platform
 from dataclasses import dataclass
 from pathlib import Path
 
-SYS_BPF = 321  # x86_64
+SYS_BPF = {"x86_64": 321, "aarch64": 280}  # the bpf() syscall's number per architecture
 BPF_ENABLE_STATS = 32
 BPF_STATS_RUN_TIME = 0
 
@@ -23,10 +24,14 @@ class ProgramTime:
 
 def enable() -> int | None:
     """Turn on run-time statistics until the returned fd is closed; None where the kernel refuses
-    (older than 5.8, or no CAP_SYS_ADMIN), and the probes' kernel time is then unknown."""
+    (older than 5.8, or no CAP_SYS_ADMIN) or the architecture's syscall number is not known here,
+    and the probes' kernel time is then unknown."""
+    number = SYS_BPF.get(platform.machine())
+    if number is None:
+        return None
     libc = ctypes.CDLL(None, use_errno=True)
     attr = (ctypes.c_uint32 * 2)(BPF_STATS_RUN_TIME, 0)  # union bpf_attr: enable_stats.type, padded
-    fd = libc.syscall(SYS_BPF, BPF_ENABLE_STATS, ctypes.byref(attr), ctypes.sizeof(attr))
+    fd = libc.syscall(number, BPF_ENABLE_STATS, ctypes.byref(attr), ctypes.sizeof(attr))
     return fd if fd >= 0 else None
 
 
