@@ -163,9 +163,9 @@ class Child:
 
     def _supervise(self) -> None:
         assert self._proc is not None
-        streams = [(self._proc.stderr, self.on_stderr)]
+        streams = [(self._proc.stderr, self.on_stderr, None)]  # its log is line buffered
         if self.capture_stdout:
-            streams.append((self._proc.stdout, self.on_stdout))
+            streams.append((self._proc.stdout, self.on_stdout, self.flush))
         readers = [threading.Thread(target=self._read, args=s, daemon=True) for s in streams]
         for reader in readers:
             reader.start()
@@ -175,10 +175,11 @@ class Child:
         self._proc.returncode = os.waitstatus_to_exitcode(wait_status)
         self._finish(self._proc.returncode, usage.ru_utime + usage.ru_stime)
 
-    def _read(self, stream: IO[bytes] | None, handle: Callable[[str], None]) -> None:
-        """Hand every line to `handle`, taking what gathered in the pipe every READ_INTERVAL_S:
-        bpftrace writes each event as it comes, and a wake-up and a write per line cost the
-        workload more than the parsing does."""
+    def _read(self, stream: IO[bytes] | None, handle: Callable[[str], None],
+              batch_done: Callable[[], None] | None) -> None:
+        """Hand every line to `handle`, taking what gathered in the pipe every READ_INTERVAL_S,
+        and call `batch_done` after each batch: bpftrace writes each event as it comes, and a
+        wake-up and a write per line cost the workload more than the parsing does."""
         assert stream is not None
         fd = stream.fileno()
         pending = b""
@@ -186,15 +187,17 @@ class Child:
             *lines, pending = (pending + chunk).split(b"\n")
             for line in lines:
                 handle(line.decode(errors="replace"))
-            self.flush()
+            if batch_done:
+                batch_done()
             if len(chunk) < READ_BYTES:  # the pipe is drained
                 time.sleep(READ_INTERVAL_S)
         if pending:
             handle(pending.decode(errors="replace"))
-        self.flush()
+        if batch_done:
+            batch_done()
 
     def flush(self) -> None:
-        """Called after each batch of lines: what was handled so far reaches the disk."""
+        """Called after each batch of stdout lines: what was handled so far reaches the disk."""
 
     def _finish(self, code: int, cpu_s: float) -> None:
         tail = "; ".join(self._stderr_tail)
