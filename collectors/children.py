@@ -163,7 +163,9 @@ class Child:
 
     def _supervise(self) -> None:
         assert self._proc is not None
-        streams = [(self._proc.stderr, self.on_stderr, None)]  # its log is line buffered
+        streams: list[tuple[IO[bytes] | None, Callable[[str], None], Callable[[], None] | None]] = [
+            (self._proc.stderr, self.on_stderr, None)  # its log is line buffered
+        ]
         if self.capture_stdout:
             streams.append((self._proc.stdout, self.on_stdout, self.flush))
         readers = [threading.Thread(target=self._read, args=s, daemon=True) for s in streams]
