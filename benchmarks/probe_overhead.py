@@ -41,7 +41,7 @@ class Block:
     failed: int
     busy_s: float  # CPU time the whole host spent (every node, the controller, the kernel)
     observing_s: float  # CPU the runners and probe processes spent while running (0 with probes off)
-    bpf_s: float  # the kernel's time in the probes' BPF programs (0 with probes off)
+    bpf_s: float | None  # the kernel's time in the probes' BPF programs (0 with probes off), None if not every node said
     switches: int  # the host's context switches during the block
 
 
@@ -74,15 +74,17 @@ def block(sessions: list[NodeSession], entry: Entry, probes: bool, args: argpars
         if probes:
             parallel(lambda s: s.step("cleanup", run_dir=s.run_dir), sessions)
     spent = [observing_s(answer) for answer in stopped.values()]
+    in_bpf = [bpf for _, bpf in spent]
     return Block(probes, seconds, [(r.end_ns - r.start_ns) / 1e9 for r in results if r.ok], sum(not r.ok for r in results),
-                 busy, sum(running for running, _ in spent), sum(bpf for _, bpf in spent), switches)
+                 busy, sum(running for running, _ in spent), None if None in in_bpf else sum(in_bpf), switches)  # type: ignore[arg-type]
 
 
-def observing_s(stopped: dict | Exception) -> tuple[float, float]:
+def observing_s(stopped: dict | Exception) -> tuple[float, float | None]:
     """A node's CPU spent observing from the probes' attach to the stop (the settle time included):
-    in the runner and probe processes, and in the probes' BPF programs."""
+    in the runner and probe processes, and in the probes' BPF programs (None without BPF probes or
+    where the kernel keeps no statistics)."""
     cpu = probe_cpu(None if isinstance(stopped, Exception) else stopped["status"])
-    if cpu["running"] is None or cpu["bpf"] is None:
+    if cpu["running"] is None:
         raise SystemExit(f"a node did not report the CPU its probes used: {stopped}")
     return cpu["running"], cpu["bpf"]
 
@@ -151,9 +153,11 @@ def report(blocks: list[Block], args: argparse.Namespace) -> None:
     print(f"{'on':<8}{on_tput:>10.1f}{on_p99 * 1e3:>10.1f}{on_cpu * 1e3:>18.3f}{on_switches:>15.1f}")
     print(f"host CPU per task on/off {on_cpu / off_cpu:.3f}")
     tasks_on = sum(len(b.latencies_s) for b in blocks if b.probes)
+    in_bpf = [b.bpf_s for b in blocks]
     for what, seconds in (("runners and probe processes while running", sum(b.observing_s for b in blocks)),
-                          ("the probes' BPF programs in the kernel", sum(b.bpf_s for b in blocks))):
-        print(f"{what}: {seconds / tasks_on * 1e3:.3f} ms CPU per task ({seconds / tasks_on / off_cpu:.1%} of a task's host CPU with probes off)")
+                          ("the probes' BPF programs in the kernel", None if None in in_bpf else sum(in_bpf))):  # type: ignore[arg-type]
+        print(f"{what}: not reported by every node (no BPF probe, or a kernel without BPF statistics)" if seconds is None else
+              f"{what}: {seconds / tasks_on * 1e3:.3f} ms CPU per task ({seconds / tasks_on / off_cpu:.1%} of a task's host CPU with probes off)")
     spread = f", mean {statistics.mean(ratios):.3f} ± {1.96 * statistics.stdev(ratios) / len(ratios) ** 0.5:.3f} (95 %)" \
         if len(ratios) > 1 else ""
     print(f"throughput on/off per pair: median {statistics.median(ratios):.3f}, range {ratios[0]:.3f}-{ratios[-1]:.3f}{spread}")
