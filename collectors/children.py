@@ -20,7 +20,7 @@ from typing import IO
 
 from collectors import bpfstats
 from collectors.clock import ClockOffset
-from collectors.sources import ParseError, Parser, map_entry
+from collectors.sources import BUFFER_ENTRY, EMITTED_ENTRY, MAP_ENTRY, Event, ParseError, Parser
 from collectors.status import EXITED, FAILED, RUNNING, STOPPED, CpuSpent, ProbeStatus, StatusFile
 
 PR_SET_PDEATHSIG = 1
@@ -31,6 +31,10 @@ STDERR_TAIL = 8
 READ_INTERVAL_S = 0.05  # a reader wakes at most this often; lines wait in the pipe meanwhile
 PIPE_BYTES = 1 << 20  # the pipe's size: 20 MB/s of lines at that interval before bpftrace waits
 READ_BYTES = 1 << 16  # per read: below malloc's mmap threshold, so no mmap and page faults per read
+# Entries per bpftrace map (each map is allocated whole: ~50 MB of kernel memory per node):
+# a buffer map holds the events of one flush interval (programs.FLUSH_MS), 160 k events/s;
+# the lifetime, connect and RTT maps one entry per open socket.
+MAP_KEYS_MAX = 16384
 BPFTRACE_LOST = re.compile(r"Lost (\d+) events")
 TCPDUMP_CAPTURED = re.compile(r"(\d+) packets? captured")
 TCPDUMP_DROPPED = re.compile(r"(\d+) packets? dropped by kernel")
@@ -244,7 +248,8 @@ class Child:
 
 
 class BpftraceChild(Child):
-    """bpftrace running one of programs.py: READY line, E lines, "Lost N events"."""
+    """bpftrace running one of programs.py: READY, batches of buffer-map entries between F
+    lines, the event counts and maps END prints, "Lost N events"."""
 
     def __init__(
         self,
@@ -256,12 +261,17 @@ class BpftraceChild(Child):
         tags: RecordTags,
         out_path: Path,
     ) -> None:
-        env = dict(os.environ, BPFTRACE_MAP_KEYS_MAX="65536")
+        env = dict(os.environ, BPFTRACE_MAP_KEYS_MAX=str(MAP_KEYS_MAX))
         super().__init__(status, argv, log_path, status_file, env)
         self.parse = parse
         self.tags = tags
         self.out = out_path.open("a")  # flushed after every batch of lines
-        self.printed_at_end: dict[str, list[str]] = {}  # map key -> fields, see programs.py
+        self.printed_at_end: dict[str, list[str]] = {}  # map key -> tuples, see programs.py
+        self._batch: list[Event] = []
+        self._batch_keys: set[tuple[int, int]] = set()
+        self._previous_keys: set[tuple[int, int]] = set()
+        self._received = 0
+        self._emitted: dict[int, int] = {}  # cpu -> events the program stored
 
     def request_stop(self) -> None:
         if self.running and self._proc is not None and (spent := bpfstats.program_time(self._proc.pid)):
@@ -270,11 +280,14 @@ class BpftraceChild(Child):
         super().request_stop()
 
     def on_stdout(self, line: str) -> None:
-        if line.startswith("E "):
-            self._record(line)
-        elif entry := map_entry(line):
-            key, fields = entry
-            self.printed_at_end.setdefault(key, []).extend(fields)
+        if entry := BUFFER_ENTRY.fullmatch(line):
+            self._buffered((int(entry[1]), int(entry[2])), entry[3])
+        elif line == "F":
+            self._write_batch()
+        elif emitted := EMITTED_ENTRY.fullmatch(line):
+            self._emitted[int(emitted[1])] = int(emitted[2])
+        elif entry := MAP_ENTRY.fullmatch(line):
+            self.printed_at_end.setdefault(entry[1], []).append(entry[2])
         elif line.startswith("READY"):
             self.mark_started()
         elif lost := BPFTRACE_LOST.search(line):
@@ -284,13 +297,32 @@ class BpftraceChild(Child):
         elif line.strip():
             self.log_line("stdout", line)
 
-    def _record(self, line: str) -> None:
+    def _buffered(self, key: tuple[int, int], text: str) -> None:
+        if key in self._previous_keys:
+            return  # printed by the previous batch too: its clear() was discarded at the stop
+        self._batch_keys.add(key)
+        self._received += 1
+        if event := self._parse(text):
+            self._batch.append(event)
+
+    def _write_batch(self) -> None:
+        """Write the batch in time order (a buffer map prints in key order: CPU, then seq)."""
+        for event in sorted(self._batch, key=lambda e: e.mono_ns):
+            self._record(event)
+        if self._batch_keys:
+            self._previous_keys = self._batch_keys
+        self._batch, self._batch_keys = [], set()
+        self.status_file.touch()
+
+    def _parse(self, text: str) -> Event | None:
         try:
-            event = self.parse(line)
+            return self.parse(text)
         except (ParseError, ValueError) as e:
-            self.log_line("parse-error", f"{e}: {line}")
+            self.log_line("parse-error", f"{e}: ({text})")
             self.status.parse_errors += 1
-            return
+            return None
+
+    def _record(self, event: Event) -> None:
         record: dict[str, object] = {
             "ts_ns": self.tags.clock.to_wall(event.mono_ns),
             "node": self.tags.node,
@@ -306,11 +338,17 @@ class BpftraceChild(Child):
             record[name] = self.tags.clock.to_wall(value) if is_mono else value  # type: ignore[arg-type]
         self.out.write(json.dumps(record, separators=(",", ":")) + "\n")
         self.status.records += 1
-        self.status_file.touch()
 
     def _finish(self, code: int, cpu_s: float) -> None:
-        for fields in self.printed_at_end.values():
-            self._record("E " + " ".join(fields))
+        self._write_batch()  # a batch cut short by the process's end
+        for tuples in self.printed_at_end.values():
+            if event := self._parse(", ".join(tuples)):
+                self._record(event)
+        # A full buffer map drops events; a killed bpftrace never prints @emitted.
+        if (lost := sum(self._emitted.values()) - self._received) > 0:
+            self.log_line("lost", f"{lost} events did not fit the buffer maps")
+            with self.status_file.lock:
+                self.status.lost_events += lost
         super()._finish(code, cpu_s)
 
     def flush(self) -> None:

@@ -32,11 +32,13 @@ TCP_STATES = {
     12: "NEW_SYN_RECV",
 }
 AF_INET = 2
+BUFFER_ENTRY = re.compile(r"@buf[01]\[(\d+), (\d+)\]: \((.*)\)")
+EMITTED_ENTRY = re.compile(r"@emitted\[(\d+)\]: (\d+)")
 MAP_ENTRY = re.compile(r"@\w+\[([^\]]*)\]: \((.*)\)")
 
 
 class ParseError(ValueError):
-    """An event line that does not have the shape its program prints."""
+    """An event tuple that does not have the shape its program stores."""
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,8 @@ Requirement = Callable[[Detection], str | None]
 @dataclass(frozen=True)
 class Source:
     """One way to produce a probe's records. `program` is a bpftrace program (None for
-    tcpdump); `requires` names what is missing on this node, or returns None."""
+    tcpdump); `parse` turns one of its event tuples (the text between the parentheses)
+    into an Event; `requires` names what is missing on this node, or returns None."""
 
     name: str
     tool: str
@@ -85,30 +88,23 @@ def state_name(number: str) -> str:
     return TCP_STATES.get(int(number), f"UNKNOWN_{number}")
 
 
-def _split(line: str, count: int, optional: int = 0, text_last: bool = False) -> list[str]:
-    """The `count` fields after the leading "E", of which the last `optional` may be missing;
-    with `text_last` the last field is free text (a comm may hold spaces, or be empty)."""
-    parts = line.rstrip("\n").split(" ", count if text_last else -1)
-    if parts[0] != "E" or not (count - optional <= len(parts) - 1 <= count):
-        raise ParseError(f"expected {count} fields: {line.strip()!r}")
-    return parts[1:] + [""] * (count - len(parts) + 1)
+def _fields(text: str, count: int) -> list[str]:
+    """The `count` fields of a printed tuple; the last may be a string holding ", "."""
+    parts = text.split(", ", count - 1)
+    if len(parts) != count:
+        raise ParseError(f"expected {count} fields: ({text})")
+    return parts
 
 
-def _tuple(parts: list[str]) -> dict[str, object]:
-    return {
-        "saddr": address(parts[0]),
-        "sport": int(parts[1]),
-        "daddr": address(parts[2]),
-        "dport": int(parts[3]),
-    }
+def _tuple(saddr: str, sport: str, daddr: str, dport: str) -> dict[str, object]:
+    return {"saddr": address(saddr), "sport": int(sport), "daddr": address(daddr), "dport": int(dport)}
 
 
-def parse_lifetime(line: str) -> Event:
-    ts, birth, *rest = _split(line, 10, optional=1, text_last=True)
-    tx, rx, pid, comm = rest[4:8]
+def parse_lifetime(text: str) -> Event:
+    ts, birth, sport, dport, tx, rx, pid, saddr, daddr, comm = _fields(text, 10)
     return Event(
         mono_ns=int(ts),
-        **_tuple(rest[:4]),  # type: ignore[arg-type]
+        **_tuple(saddr, sport, daddr, dport),  # type: ignore[arg-type]
         fields={
             "pid": int(pid),
             "comm": comm,
@@ -121,31 +117,30 @@ def parse_lifetime(line: str) -> Event:
     )
 
 
-def parse_state(line: str) -> Event:
-    ts, *rest = _split(line, 7)
+def parse_state(text: str) -> Event:
+    ts, sport, dport, old, new, saddr, daddr = _fields(text, 7)
     return Event(
         mono_ns=int(ts),
-        **_tuple(rest[:4]),  # type: ignore[arg-type]
-        fields={"oldstate": state_name(rest[4]), "newstate": state_name(rest[5])},
+        **_tuple(saddr, sport, daddr, dport),  # type: ignore[arg-type]
+        fields={"oldstate": state_name(old), "newstate": state_name(new)},
     )
 
 
-def parse_connect(line: str) -> Event:
-    ts, *rest = _split(line, 8, optional=2, text_last=True)
-    direction, pid, comm = rest[4:7]
-    fields: dict[str, object] = {"direction": direction}
-    if direction == "connect":
+def parse_connect(text: str) -> Event:
+    ts, sport, dport, active, pid, saddr, daddr, comm = _fields(text, 8)
+    fields: dict[str, object] = {"direction": "connect" if int(active) else "accept"}
+    if int(active):
         fields.update(pid=int(pid), comm=comm)
-    return Event(mono_ns=int(ts), **_tuple(rest[:4]), fields=fields)  # type: ignore[arg-type]
+    return Event(mono_ns=int(ts), **_tuple(saddr, sport, daddr, dport), fields=fields)  # type: ignore[arg-type]
 
 
-def parse_rtt(line: str) -> Event:
+def parse_rtt(text: str) -> Event:
     """One RTT window (programs.RTT_TRACEPOINT): stamped with its last segment."""
-    last, srtt, cwnd, first, segments, low, high, family, s4, s6, sport, d4, d6, dport = _split(line, 14)
+    last, srtt, cwnd, first, segments, low, high, family, sport, dport, s4, s6, d4, d6 = _fields(text, 14)
     v4 = int(family) == AF_INET
     return Event(
         mono_ns=int(last),
-        **_tuple([s4 if v4 else s6, sport, d4 if v4 else d6, dport]),  # type: ignore[arg-type]
+        **_tuple(s4 if v4 else s6, sport, d4 if v4 else d6, dport),  # type: ignore[arg-type]
         fields={
             "srtt_us": int(srtt),
             "snd_cwnd": int(cwnd),
@@ -158,18 +153,12 @@ def parse_rtt(line: str) -> Event:
     )
 
 
-def map_entry(line: str) -> tuple[str, list[str]] | None:
-    """A map entry printed by END (`@win[key]: (a, b, ...)`): its key and its tuple's fields."""
-    entry = MAP_ENTRY.fullmatch(line.rstrip("\n"))
-    return None if entry is None else (entry.group(1), entry.group(2).split(", "))
-
-
-def parse_retrans(line: str) -> Event:
-    ts, *rest = _split(line, 6)
+def parse_retrans(text: str) -> Event:
+    ts, sport, dport, state, saddr, daddr = _fields(text, 6)
     return Event(
         mono_ns=int(ts),
-        **_tuple(rest[:4]),  # type: ignore[arg-type]
-        fields={"state": state_name(rest[4])},
+        **_tuple(saddr, sport, daddr, dport),  # type: ignore[arg-type]
+        fields={"state": state_name(state)},
     )
 
 

@@ -14,10 +14,12 @@ from pathlib import Path
 import pytest
 
 from collectors import clock, detect, programs, sources
+from collectors.children import BpftraceChild, RecordTags
 from collectors.cli import main
 from collectors.detect import Detection, Kprobes, Tracefs
 from collectors.runner import RunConfig, Runner, RunnerError, prepare_out_dir
-from collectors.sources import ParseError, choose
+from collectors.sources import choose
+from collectors.status import ProbeStatus, RunStatus, StatusFile
 
 NODE_PYTHON = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
 SET_STATE_FIELDS = ["skaddr", "oldstate", "newstate", "sport", "dport", "saddr_v6", "daddr_v6"]
@@ -53,9 +55,9 @@ def detection(
 # --- parsers ----------------------------------------------------------------------------
 
 
-def test_parse_lifetime_turns_v4_mapped_addresses_back_and_keeps_comm_spaces() -> None:
+def test_parse_lifetime_turns_v4_mapped_addresses_back_and_keeps_comm_separators() -> None:
     event = sources.parse_lifetime(
-        "E 2000 500 ::ffff:10.0.0.1 40000 ::ffff:10.0.0.2 80 1200 34 77 my worker"
+        "2000, 500, 40000, 80, 1200, 34, 77, ::ffff:10.0.0.1, ::ffff:10.0.0.2, my, worker"
     )
     assert (event.saddr, event.sport, event.daddr, event.dport) == (
         "10.0.0.1",
@@ -66,7 +68,7 @@ def test_parse_lifetime_turns_v4_mapped_addresses_back_and_keeps_comm_spaces() -
     assert event.mono_ns == 2000 and event.mono_fields == ("start_ns",)
     assert event.fields == {
         "pid": 77,
-        "comm": "my worker",
+        "comm": "my, worker",
         "tx_bytes": 1200,
         "rx_bytes": 34,
         "duration_ns": 1500,
@@ -75,24 +77,24 @@ def test_parse_lifetime_turns_v4_mapped_addresses_back_and_keeps_comm_spaces() -
 
 
 def test_parse_lifetime_accepts_an_empty_comm() -> None:
-    assert sources.parse_lifetime("E 2 1 ::1 1 ::1 2 0 0 0 ").fields["comm"] == ""
+    assert sources.parse_lifetime("2, 1, 1, 2, 0, 0, 0, ::1, ::1, ").fields["comm"] == ""
 
 
 def test_parse_state_names_the_states() -> None:
-    event = sources.parse_state("E 1 ::ffff:10.0.0.1 1 ::ffff:10.0.0.2 2 2 1")
+    event = sources.parse_state("1, 1, 2, 2, 1, ::ffff:10.0.0.1, ::ffff:10.0.0.2")
     assert event.fields == {"oldstate": "SYN_SENT", "newstate": "ESTABLISHED"}
 
 
 def test_parse_connect_has_pid_only_for_active_connects() -> None:
-    connect = sources.parse_connect("E 1 ::ffff:10.0.0.1 1 ::ffff:10.0.0.2 2 connect 42 curl")
-    accept = sources.parse_connect("E 1 ::ffff:10.0.0.2 2 ::ffff:10.0.0.1 1 accept")
+    connect = sources.parse_connect("1, 1, 2, 1, 42, ::ffff:10.0.0.1, ::ffff:10.0.0.2, curl")
+    accept = sources.parse_connect("1, 2, 1, 0, 0, ::ffff:10.0.0.2, ::ffff:10.0.0.1, ")
     assert connect.fields == {"direction": "connect", "pid": 42, "comm": "curl"}
     assert accept.fields == {"direction": "accept"}
 
 
 def test_parse_rtt_picks_the_address_of_the_socket_family() -> None:
-    v4 = sources.parse_rtt("E 9 120 10 4 3 100 130 2 10.0.0.1 :: 5 10.0.0.2 :: 6")
-    v6 = sources.parse_rtt("E 9 120 10 4 3 100 130 10 0.0.0.0 fd00::1 5 0.0.0.0 fd00::2 6")
+    v4 = sources.parse_rtt("9, 120, 10, 4, 3, 100, 130, 2, 5, 6, 10.0.0.1, ::, 10.0.0.2, ::")
+    v6 = sources.parse_rtt("9, 120, 10, 4, 3, 100, 130, 10, 5, 6, 0.0.0.0, fd00::1, 0.0.0.0, fd00::2")
     assert (v4.saddr, v4.sport, v4.daddr, v4.dport) == ("10.0.0.1", 5, "10.0.0.2", 6)
     assert (v6.saddr, v6.daddr) == ("fd00::1", "fd00::2")
     assert v4.mono_ns == 9 and v4.mono_fields == ("first_ns",)
@@ -100,23 +102,55 @@ def test_parse_rtt_picks_the_address_of_the_socket_family() -> None:
                          "srtt_min_us": 100, "srtt_max_us": 130}
 
 
-def test_map_entries_printed_by_end() -> None:
-    assert sources.map_entry("@win[-131386795706496]: (9, 120, 10, 4, 3, 100, 130)") == (
-        "-131386795706496", ["9", "120", "10", "4", "3", "100", "130"])
-    assert sources.map_entry("@addr[7]: (2, 127.0.0.1, ::ffff:127.0.0.1, 5)") == (
-        "7", ["2", "127.0.0.1", "::ffff:127.0.0.1", "5"])
-    assert sources.map_entry("Attaching 5 probes...") is None
-
-
 def test_parse_retrans() -> None:
-    event = sources.parse_retrans("E 5 ::ffff:10.0.0.1 1 ::ffff:10.0.0.2 2 1")
+    event = sources.parse_retrans("5, 1, 2, 1, ::ffff:10.0.0.1, ::ffff:10.0.0.2")
     assert event.fields == {"state": "ESTABLISHED"}
 
 
-@pytest.mark.parametrize("line", ["E 1 2", "X 1 ::1 1 ::1 2 1 1", "E 1 ::1 1 ::1 2 1 2 3 4"])
-def test_malformed_lines_are_parse_errors(line: str) -> None:
-    with pytest.raises(ParseError):
-        sources.parse_state(line)
+@pytest.mark.parametrize("text", ["1, 2", "1, 1, 2, 2, 1, ::1", "x, 1, 2, 2, 1, ::1, ::1"])
+def test_malformed_tuples_are_parse_errors(text: str) -> None:
+    with pytest.raises(ValueError):
+        sources.parse_state(text)
+
+
+def state_entry(buffer: int, cpu: int, seq: int, ns: int) -> str:
+    return f"@buf{buffer}[{cpu}, {seq}]: ({ns}, 40000, 80, 2, 1, ::ffff:10.0.0.1, ::ffff:10.0.0.2)"
+
+
+def state_child(tmp_path: Path) -> tuple[BpftraceChild, Path]:
+    status = ProbeStatus(probe="state", metric="TCP state transitions")
+    run = RunStatus(node="n", run_id="r", pid=1, netns_inode=1, config={}, clock={}, detection={})
+    out = tmp_path / "state.jsonl"
+    child = BpftraceChild(
+        status, ["bpftrace"], tmp_path / "state.log", StatusFile(tmp_path / "status.json", run),
+        sources.parse_state, RecordTags("n", "r", "state", clock.ClockOffset(1000, 0, 0)), out,
+    )
+    return child, out
+
+
+def test_batches_are_written_in_time_order_and_a_batch_printed_twice_once(tmp_path: Path) -> None:
+    """The output of bpftrace stopped between a batch's print() and its clear(): END prints
+    that buffer again, after the other one."""
+    child, out = state_child(tmp_path)
+    lines = ["READY 1", "F", state_entry(0, 0, 1, 30), state_entry(0, 1, 1, 10), "F", "F",
+             state_entry(1, 0, 2, 40), state_entry(1, 1, 2, 50),  # clear() and F discarded
+             "F", state_entry(0, 1, 3, 60), state_entry(1, 0, 2, 40), state_entry(1, 1, 2, 50),
+             "F", "@emitted[0]: 2", "@emitted[1]: 3"]
+    for line in lines:
+        child.on_stdout(line)
+    child._finish(0, 0.0)
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["ts_ns"] for r in records] == [1010, 1030, 1040, 1050, 1060]
+    assert (child.status.records, child.status.lost_events) == (5, 0)
+
+
+def test_events_that_did_not_fit_the_buffer_are_counted_lost(tmp_path: Path) -> None:
+    child, _ = state_child(tmp_path)
+    for line in ["F", state_entry(0, 0, 1, 30), state_entry(0, 0, 3, 40), "F", "@emitted[0]: 4"]:
+        child.on_stdout(line)
+    child._finish(0, 0.0)
+    assert (child.status.records, child.status.lost_events) == (2, 2)
+    assert "2 events did not fit" in (tmp_path / "state.log").read_text()
 
 
 # --- source selection -------------------------------------------------------------------
