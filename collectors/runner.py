@@ -33,9 +33,6 @@ PCAP_BUFFER_TIMEOUT_S = 1.0
 STATUS_INTERVAL_S = 0.5
 ATTACH_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
-# The runner and its probes yield the CPU to the node's workload when both want it: their
-# output waits in buffer maps and pipes meanwhile, and their CPU is still counted (cpu_s).
-NICE = 10
 
 
 class RunnerError(Exception):
@@ -200,7 +197,6 @@ class Runner:
             self.stop()
 
     def _start(self) -> None:
-        os.setpriority(os.PRIO_PROCESS, 0, NICE)  # inherited by every probe
         self._stats_fd = bpfstats.enable()
         self.build()
         for child in self.children:  # fork every child before any thread exists

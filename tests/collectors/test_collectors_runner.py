@@ -279,8 +279,6 @@ def test_killed_probe_is_reported_and_runner_survives(start_runner: Any, tmp_pat
     runner = start_runner(tmp_path / "out", "--probes", "state,retrans")
     status = runner.wait_running()
     victim = status["probes"]["retrans"]["pid"]
-    for pid in (status["pid"], victim):  # runner and probes yield to the workload
-        assert os.getpriority(os.PRIO_PROCESS, pid) == 10
     os.kill(victim, signal.SIGKILL)
     status = runner.wait_for(
         lambda s: s["probes"]["retrans"]["state"] == "exited", 20, "the killed probe to be reported"
