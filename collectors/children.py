@@ -38,6 +38,7 @@ MAP_KEYS_MAX = 16384
 BPFTRACE_LOST = re.compile(r"Lost (\d+) events")
 TCPDUMP_CAPTURED = re.compile(r"(\d+) packets? captured")
 TCPDUMP_DROPPED = re.compile(r"(\d+) packets? dropped by kernel")
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode  # one encoder for every record
 
 
 def _die_with_parent() -> None:
@@ -336,7 +337,7 @@ class BpftraceChild(Child):
         for name, value in event.fields.items():
             is_mono = name in event.mono_fields and isinstance(value, int)
             record[name] = self.tags.clock.to_wall(value) if is_mono else value  # type: ignore[arg-type]
-        self.out.write(json.dumps(record, separators=(",", ":")) + "\n")
+        self.out.write(_ENCODE(record) + "\n")
         self.status.records += 1
 
     def _finish(self, code: int, cpu_s: float) -> None:
