@@ -90,6 +90,16 @@ def tracepoint_fields(tracefs: Path, tracepoint: str) -> list[str] | None:
     return fields
 
 
+def _append(path: Path, text: str) -> None:
+    """One write to a tracefs control file. Not open("a"): that seeks to the end first, which
+    kprobe_events refuses (EINVAL), so every kernel with kprobes looked like one without."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
 def detect_kprobes(tracefs: Path | None) -> Kprobes:
     """Kprobes are usable when a test probe on a TCP function can be created and removed."""
     events = tracefs / "kprobe_events" if tracefs else None
@@ -101,10 +111,8 @@ def detect_kprobes(tracefs: Path | None) -> Kprobes:
         )
     name = f"collectors_test_{os.getpid()}"
     try:
-        with events.open("a") as f:
-            f.write(f"p:{name} {KPROBE_TEST_FUNCTION}\n")
-        with events.open("a") as f:
-            f.write(f"-:{name}\n")
+        _append(events, f"p:{name} {KPROBE_TEST_FUNCTION}\n")
+        _append(events, f"-:{name}\n")
     except OSError as e:
         return Kprobes(False, f"test kprobe on {KPROBE_TEST_FUNCTION} failed: {e.strerror}")
     return Kprobes(True, f"test kprobe on {KPROBE_TEST_FUNCTION} attached")

@@ -1,11 +1,15 @@
 """The libvirt provider end to end on real VMs under TCG: up in parallel, SSH with pinned keys,
-node-to-node traffic on the lab network, idempotency (running, stopped, changed), teardown
-leaving nothing in libvirt, and a failed up cleaning up after itself."""
+node-to-node traffic on the lab network, the probes on the guest kernel, idempotency (running,
+stopped, changed), teardown leaving nothing in libvirt, and a failed up cleaning up after itself."""
 
 from __future__ import annotations
 
+import json
 import re
+import shlex
+import shutil
 import time
+import zipapp
 from pathlib import Path
 
 import libvirt
@@ -18,6 +22,7 @@ from tests.conftest import lab_cli, write_lab
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
+REPO = Path(__file__).resolve().parents[2]
 NAME = "tv"
 PREFIX = "10.78.0"
 NODES = ("agent-a", "agent-b", "llm")
@@ -87,6 +92,48 @@ def test_vms_reach_nothing_beyond_the_lab(lab):
     node = state.require(load_config(config)).node("agent-a")
     _, out, _ = ssh.run(node, "ip route; ping -c1 -W2 1.1.1.1 >/dev/null 2>&1 || echo unreachable")
     assert "default" not in out and "unreachable" in out
+
+
+# Runs the RTT probe for a few loopback HTTP requests and prints its status and records.
+RTT_RUN = """set -e
+out=$(mktemp -d)/run
+python3 /tmp/collectors.pyz run --node agent-a --run-id vm --out "$out" --probes rtt >/dev/null 2>&1 &
+runner=$!
+running() { python3 -c "import json,sys; sys.exit(json.load(open('$out/status.json'))['state'] != 'running')" 2>/dev/null; }
+for _ in $(seq 300); do running && break; sleep 1; done
+python3 -m http.server 8099 --bind 127.0.0.1 >/dev/null 2>&1 &
+server=$!
+sleep 1
+python3 -c "import urllib.request
+for _ in range(10): urllib.request.urlopen('http://127.0.0.1:8099/').read()"
+kill $server; kill -TERM $runner; wait $runner
+cat "$out/status.json"; echo RECORDS; cat "$out/rtt.jsonl"
+"""
+
+
+def test_rtt_probe_comes_from_a_kprobe_on_the_guest_kernel(lab, tmp_path):
+    """Debian's 6.1 guest kernel has kprobes, but its tcp_probe tracepoint has no socket pointer to
+    filter by namespace: the RTT windows come from the kprobe program there (this host's kernel has
+    no kprobes, so only a VM runs it)."""
+    config, _ = lab
+    node = state.require(load_config(config)).node("agent-a")
+    shutil.copytree(REPO / "collectors", tmp_path / "src" / "collectors", ignore=shutil.ignore_patterns("__pycache__"))
+    zipapp.create_archive(tmp_path / "src", tmp_path / "collectors.pyz", main="collectors.cli:main")
+    with ssh.client(node) as client, client.open_sftp() as sftp:
+        sftp.put(str(tmp_path / "collectors.pyz"), "/tmp/collectors.pyz")
+    code, out, err = ssh.run(node, "sudo python3 /tmp/collectors.pyz detect", timeout=120)
+    assert code == 0, err
+    detected = json.loads(out)
+    assert detected["kprobes"]["available"], detected["kprobes"]
+    assert detected["probes"]["rtt"]["source"] == "bpftrace kprobe:tcp_rcv_established"
+    code, out, err = ssh.run(node, f"sudo bash -c {shlex.quote(RTT_RUN)}", timeout=400)
+    assert code == 0, err
+    status, records = out.split("RECORDS\n")
+    rtt = json.loads(status)["probes"]["rtt"]
+    assert rtt["started"] and rtt["state"] == "stopped" and rtt["lost_events"] == 0, rtt
+    windows = [json.loads(line) for line in records.splitlines()]
+    assert len(windows) == rtt["records"] >= 10  # at least the client's window of each request
+    assert all(8099 in (w["sport"], w["dport"]) and w["srtt_min_us"] <= w["srtt_us"] <= w["srtt_max_us"] for w in windows)
 
 
 def test_up_again_leaves_running_vms_alone_starts_stopped_ones_and_reports_changes(lab):
