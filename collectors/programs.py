@@ -31,8 +31,6 @@ Conventions shared by every program (the runner relies on them):
 from __future__ import annotations
 
 FLUSH_MS = 100
-BUFFERS = ("@buf0", "@buf1")
-EMITTED = "@emitted"
 
 # The namespace test, applied to a `struct sock *`.
 _NETNS = "((struct sock *){sk})->__sk_common.skc_net.net->ns.inum == $1"
