@@ -1,11 +1,14 @@
 """What the benchmarks share: the lab a benchmark brings up (the repository's lab.yaml under its own
 name and subnet, in a fresh directory, so a benchmark never touches the user's lab), the host's
-busy CPU time and its context switches."""
+CPU time by mode and by process, and its context switches."""
 
 from __future__ import annotations
 
 import os
+import re
 import tempfile
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -13,18 +16,74 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 
-def host_busy_s() -> float:
-    """CPU seconds this host has been busy (user, nice, system, irq, softirq, steal) since boot."""
-    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, Path("/proc/stat").read_text().split()[1:9])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+MODES = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+BUSY_MODES = ("user", "nice", "system", "irq", "softirq", "steal")
 
 
-def host_context_switches() -> int:
-    """Context switches on this host since boot: a probe that wakes a process per event shows here."""
-    for line in Path("/proc/stat").read_text().splitlines():
-        if line.startswith("ctxt "):
-            return int(line.split()[1])
-    raise RuntimeError("/proc/stat has no ctxt line")
+def _process_cpu_s() -> dict[int, tuple[str, float]]:
+    """pid -> (name, user + system CPU seconds) of every live process; kernel threads included."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    spent = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            head, tail = stat.read_text().rsplit(")", 1)
+        except OSError:  # ended meanwhile
+            continue
+        fields = tail.split()
+        name = head.split("(", 1)[1]
+        if name.startswith("python"):
+            name = _python_label(stat.parent / "cmdline", name)
+        spent[int(stat.parent.name)] = (name, (int(fields[11]) + int(fields[12])) / ticks)
+    return spent
+
+
+def _python_label(cmdline: Path, name: str) -> str:
+    """Python processes told apart: `python:agent-b` for `... serve agent-b`, else the script."""
+    try:
+        args = cmdline.read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return name
+    if "serve" in args and args.index("serve") + 1 < len(args):
+        return f"python:{args[args.index('serve') + 1]}"
+    script = next((a for a in args[1:] if a and not a.startswith("-")), "")
+    return f"python:{Path(script).name}" if script else name
+
+
+@dataclass(frozen=True)
+class HostCpu:
+    """The host's CPU time so far: by mode (/proc/stat), by process, and its context switches.
+    `later - earlier` is what happened in between; per process, a process born meanwhile counts
+    whole and one that ended meanwhile is missing."""
+
+    modes: dict[str, float]
+    processes: dict[int, tuple[str, float]]
+    switches: int
+
+    @classmethod
+    def now(cls) -> HostCpu:
+        lines = Path("/proc/stat").read_text().splitlines()
+        ticks = os.sysconf("SC_CLK_TCK")
+        modes = dict(zip(MODES, (int(v) / ticks for v in lines[0].split()[1:9])))
+        switches = next(int(line.split()[1]) for line in lines if line.startswith("ctxt "))
+        return cls(modes, _process_cpu_s(), switches)
+
+    def __sub__(self, earlier: HostCpu) -> HostCpu:
+        processes = {pid: (name, seconds - earlier.processes.get(pid, (name, 0.0))[1])
+                     for pid, (name, seconds) in self.processes.items()}
+        return HostCpu({m: v - earlier.modes[m] for m, v in self.modes.items()}, processes,
+                       self.switches - earlier.switches)
+
+    @property
+    def busy_s(self) -> float:
+        """CPU seconds busy: every mode but idle and iowait."""
+        return sum(self.modes[m] for m in BUSY_MODES)
+
+    def by_name(self) -> Counter[str]:
+        """CPU seconds per process name, digits folded (kworker/1:2 and kworker/0:1 are one)."""
+        spent: Counter[str] = Counter()
+        for name, seconds in self.processes.values():
+            spent[name if name.startswith("python:") else re.sub(r"\d+", "N", name)] += seconds
+        return spent
 
 
 def bench_lab(name: str, subnet_prefix: str, provider: str) -> Path:

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlab import REPO, host_busy_s
+from benchlab import REPO, HostCpu
 
 NETNS = "lab-probe-cost"
 VARIANTS = ("none", "rtt", "lifetime,state,connect,retrans", "pcap", "lifetime,state,connect,rtt,retrans,pcap")
@@ -74,10 +74,10 @@ def measure(probes: str, round_trips: int, settle_s: float) -> tuple[float, floa
         runner = None if probes == "none" else start_runner(probes, Path(out) / "probes")
         try:
             time.sleep(settle_s)
-            busy = host_busy_s()
+            before = HostCpu.now()
             result = subprocess.run(in_netns(sys.executable, __file__, "--ping-pong", str(round_trips)),
                                     capture_output=True, text=True, check=True)
-            busy = host_busy_s() - busy
+            busy = (HostCpu.now() - before).busy_s
         finally:
             if runner is not None:
                 runner.terminate()

@@ -1,7 +1,8 @@
 """Probe overhead: throughput and p99 latency of a scenario (the baseline chain by default) with every
 probe running on every node against none, measured in one run on a deployed lab. Blocks of tasks alternate
 off/on (off, on, on, off, ...) so slow drift of the machine cancels; probes start before an
-"on" block and stop after it, outside the timed window.
+"on" block and stop after it, outside the timed window. Tasks are driven as `lab experiment` drives
+them: a client and a connection per task.
 
     sudo .venv/bin/python benchmarks/probe_overhead.py [--config lab.yaml] [--tasks 1000] [--pairs 10] [--concurrency 4]
 """
@@ -12,13 +13,15 @@ import argparse
 import statistics
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import get_args
 
-from benchlab import host_busy_s, host_context_switches
+from benchlab import BUSY_MODES, HostCpu
 
 from experiments import controller, services
+from experiments import drive as tasks
 from experiments.manifest import probe_cpu
 from experiments.remote import NodeSession, parallel
 from experiments.scenario import PROBES, Scenario
@@ -26,11 +29,10 @@ from lab import state
 from lab.config import load_config
 from lab.errors import LabError
 from lab.validation import validate
-from workload.driver import Entry, TaskResult, run
+from workload.driver import Entry, TaskResult
 from workload.driver import (
     Scenario as Workload,  # the driver's name for a workload kind
 )
-from workload.tasks import make_dataset, make_tasks
 
 
 @dataclass
@@ -39,21 +41,25 @@ class Block:
     seconds: float
     latencies_s: list[float]
     failed: int
-    busy_s: float  # CPU time the whole host spent (every node, the controller, the kernel)
+    host: HostCpu  # CPU the whole host spent (every node, the controller, the kernel), its context switches
     observing_s: float  # CPU the runners and probe processes spent while running (0 with probes off)
     bpf_s: float | None  # the kernel's time in the probes' BPF programs (0 with probes off), None if not every node said
-    switches: int  # the host's context switches during the block
 
 
-def drive(workload: Workload, entry: Entry, count: int, concurrency: int, seed: int) -> tuple[float, list[TaskResult]]:
-    tasks = make_tasks(seed, count, make_dataset(1))
+def drive(scenario: Scenario, entry: Entry, seed: int, count: int | None = None) -> tuple[float, list[TaskResult]]:
+    """The scenario's tasks (seeded by `seed`, `count` of them if given) driven as `lab experiment`
+    drives them: each task its own client and connection, `concurrency` in flight."""
+    chosen = {"seed": seed} | ({"count": count} if count else {})
+    scenario = scenario.model_copy(update={"tasks": scenario.tasks.model_copy(update=chosen)})
+    results: list[TaskResult] = []
     with tempfile.TemporaryDirectory() as telemetry:
         started = time.monotonic()
-        results = run(workload, tasks, entry, concurrency, Path(telemetry), timeout_s=300)
+        tasks.drive(tasks.plan(scenario), scenario, entry, Path(telemetry), lambda outcome: results.append(outcome.result))
         return time.monotonic() - started, results
 
 
-def block(sessions: list[NodeSession], entry: Entry, probes: bool, args: argparse.Namespace, index: int) -> Block:
+def block(sessions: list[NodeSession], scenario: Scenario, entry: Entry, probes: bool, args: argparse.Namespace,
+          index: int) -> Block:
     """One timed block of tasks. Starting and stopping probes costs the kernel work that outlasts the
     call (preallocating and later freeing the maps), so every block begins after `--settle` seconds
     of quiet: the figures are the probes' steady-state cost."""
@@ -66,9 +72,9 @@ def block(sessions: list[NodeSession], entry: Entry, probes: bool, args: argpars
             raise SystemExit(f"probes did not start: {broken}")
     time.sleep(args.settle)
     try:
-        busy, switches = host_busy_s(), host_context_switches()
-        seconds, results = drive(args.workload, entry, args.tasks, args.concurrency, seed=100 + index)
-        busy, switches = host_busy_s() - busy, host_context_switches() - switches
+        before = HostCpu.now()
+        seconds, results = drive(scenario, entry, seed=100 + index)
+        host = HostCpu.now() - before
     finally:
         stopped = parallel(lambda s: s.stop_probes({}), sessions) if probes else {}
         if probes:
@@ -76,7 +82,7 @@ def block(sessions: list[NodeSession], entry: Entry, probes: bool, args: argpars
     spent = [observing_s(answer) for answer in stopped.values()]
     in_bpf = [bpf for _, bpf in spent]
     return Block(probes, seconds, [(r.end_ns - r.start_ns) / 1e9 for r in results if r.ok], sum(not r.ok for r in results),
-                 busy, sum(running for running, _ in spent), None if None in in_bpf else sum(in_bpf), switches)  # type: ignore[arg-type]
+                 host, sum(running for running, _ in spent), None if None in in_bpf else sum(in_bpf))  # type: ignore[arg-type]
 
 
 def observing_s(stopped: dict | Exception) -> tuple[float, float | None]:
@@ -109,6 +115,7 @@ def main() -> None:
     args = parser.parse_args()
     try:  # bad arguments, lab.yaml or lab state: one line naming what and how to fix it
         scenario = validate(Scenario, {"name": "overhead", "workload": args.workload, "tasks": {"count": args.tasks},
+                                       "load": {"concurrency": args.concurrency}, "task_timeout_s": 300,
                                        "probes": args.probes, "rtt_interval_ms": args.rtt_interval_ms,
                                        "rtt_max_per_s": args.rtt_max_per_s}, Path("probe_overhead.py's arguments"))
         lab = load_config(args.config)
@@ -118,12 +125,12 @@ def main() -> None:
         raise SystemExit(f"error: {exc}") from None
     try:
         entry = services.entry(controller.preflight(sessions, lab, scenario))
-        drive(args.workload, entry, min(args.tasks, 20), args.concurrency, seed=99)  # warm-up, not counted
+        drive(scenario, entry, seed=99, count=min(args.tasks, 20))  # warm-up, not counted
         order = [probes for pair in range(args.pairs) for probes in ((False, True) if pair % 2 == 0 else (True, False))]
         blocks = []
         for index, probes in enumerate(order):
             block_sessions = [replace(s, run_id=f"{run_id}-{index}") for s in sessions]
-            blocks.append(block(block_sessions, entry, probes, args, index))
+            blocks.append(block(block_sessions, scenario, entry, probes, args, index))
             b = blocks[-1]
             print(f"block {index}: probes {'on ' if probes else 'off'} {len(b.latencies_s) / b.seconds:7.1f} tasks/s  "
                   f"p99 {p99(b.latencies_s) * 1e3:6.1f} ms  failed {b.failed}", flush=True)
@@ -139,7 +146,7 @@ def report(blocks: list[Block], args: argparse.Namespace) -> None:
     def figures(chosen: list[Block]) -> tuple[float, float, float, float]:
         latencies = [x for b in chosen for x in b.latencies_s]
         return (len(latencies) / sum(b.seconds for b in chosen), p99(latencies),
-                sum(b.busy_s for b in chosen) / len(latencies), sum(b.switches for b in chosen) / len(latencies))
+                sum(b.host.busy_s for b in chosen) / len(latencies), sum(b.host.switches for b in chosen) / len(latencies))
 
     (off_tput, off_p99, off_cpu, off_switches), (on_tput, on_p99, on_cpu, on_switches) = (
         figures([b for b in blocks if not b.probes]), figures([b for b in blocks if b.probes]))
@@ -152,6 +159,7 @@ def report(blocks: list[Block], args: argparse.Namespace) -> None:
     print(f"{'off':<8}{off_tput:>10.1f}{off_p99 * 1e3:>10.1f}{off_cpu * 1e3:>18.3f}{off_switches:>15.1f}")
     print(f"{'on':<8}{on_tput:>10.1f}{on_p99 * 1e3:>10.1f}{on_cpu * 1e3:>18.3f}{on_switches:>15.1f}")
     print(f"host CPU per task on/off {on_cpu / off_cpu:.3f}")
+    where_it_went(blocks)
     tasks_on = sum(len(b.latencies_s) for b in blocks if b.probes)
     in_bpf = [b.bpf_s for b in blocks]
     for what, seconds in (("runners and probe processes while running", sum(b.observing_s for b in blocks)),
@@ -162,6 +170,27 @@ def report(blocks: list[Block], args: argparse.Namespace) -> None:
         if len(ratios) > 1 else ""
     print(f"throughput on/off per pair: median {statistics.median(ratios):.3f}, range {ratios[0]:.3f}-{ratios[-1]:.3f}{spread}")
     print(f"throughput on/off {on_tput / off_tput:.3f} (aim >= 0.97); p99 on/off {on_p99 / off_p99:.3f} (aim <= 1.03)")
+
+
+def where_it_went(blocks: list[Block], shown: int = 10) -> None:
+    """Host CPU per task with probes on minus off, by mode and by the processes that changed most:
+    what the probes cost outside their own processes (the kernel's packet taps and tracepoints,
+    the workload's processes running slower) shows here."""
+    def per_task(chosen: list[Block]) -> tuple[Counter[str], Counter[str]]:
+        tasks = sum(len(b.latencies_s) for b in chosen)
+        modes: Counter[str] = Counter()
+        names: Counter[str] = Counter()
+        for b in chosen:
+            modes.update({m: b.host.modes[m] / tasks for m in BUSY_MODES})
+            names.update({n: s / tasks for n, s in b.host.by_name().items()})
+        return modes, names
+
+    (off_modes, off_names), (on_modes, on_names) = (per_task([b for b in blocks if not b.probes]),
+                                                    per_task([b for b in blocks if b.probes]))
+    print("host CPU per task, on - off, by mode: " + ", ".join(
+        f"{m} {(on_modes[m] - off_modes[m]) * 1e6:+.0f} µs" for m in BUSY_MODES))
+    changed = sorted(set(on_names) | set(off_names), key=lambda n: -abs(on_names[n] - off_names[n]))[:shown]
+    print("  by process: " + ", ".join(f"{n} {(on_names[n] - off_names[n]) * 1e6:+.0f} µs" for n in changed))
 
 
 if __name__ == "__main__":
