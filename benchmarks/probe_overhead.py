@@ -43,6 +43,7 @@ class Block:
     failed: int
     host: HostCpu  # CPU the whole host spent (every node, the controller, the kernel), its context switches
     observing_s: float  # CPU the runners and probe processes spent while running (0 with probes off)
+    stopping_s: float  # ... and once asked to stop: flushing, decoding bpftrace's output (after the timed window)
     bpf_s: float | None  # the kernel's time in the probes' BPF programs (0 with probes off), None if not every node said
 
 
@@ -80,19 +81,20 @@ def block(sessions: list[NodeSession], scenario: Scenario, entry: Entry, probes:
         if probes:
             parallel(lambda s: s.step("cleanup", run_dir=s.run_dir), sessions)
     spent = [observing_s(answer) for answer in stopped.values()]
-    in_bpf = [bpf for _, bpf in spent]
+    in_bpf = [bpf for _, _, bpf in spent]
     return Block(probes, seconds, [(r.end_ns - r.start_ns) / 1e9 for r in results if r.ok], sum(not r.ok for r in results),
-                 host, sum(running for running, _ in spent), None if None in in_bpf else sum(in_bpf))  # type: ignore[arg-type]
+                 host, sum(running for running, _, _ in spent), sum(stopping for _, stopping, _ in spent),
+                 None if None in in_bpf else sum(in_bpf))  # type: ignore[arg-type]
 
 
-def observing_s(stopped: dict | Exception) -> tuple[float, float | None]:
-    """A node's CPU spent observing from the probes' attach to the stop (the settle time included):
-    in the runner and probe processes, and in the probes' BPF programs (None without BPF probes or
-    where the kernel keeps no statistics)."""
+def observing_s(stopped: dict | Exception) -> tuple[float, float, float | None]:
+    """A node's CPU spent observing: in the runner and probe processes from the probes' attach to
+    the stop (the settle time included) and from then on, and in the probes' BPF programs (None
+    without BPF probes or where the kernel keeps no statistics)."""
     cpu = probe_cpu(None if isinstance(stopped, Exception) else stopped["status"])
-    if cpu["running"] is None:
+    if cpu["running"] is None or cpu["stopping"] is None:
         raise SystemExit(f"a node did not report the CPU its probes used: {stopped}")
-    return cpu["running"], cpu["bpf"]
+    return cpu["running"], cpu["stopping"], cpu["bpf"]
 
 
 def p99(values: list[float]) -> float:
@@ -163,7 +165,9 @@ def report(blocks: list[Block], args: argparse.Namespace) -> None:
     tasks_on = sum(len(b.latencies_s) for b in blocks if b.probes)
     in_bpf = [b.bpf_s for b in blocks]
     for what, seconds in (("runners and probe processes while running", sum(b.observing_s for b in blocks)),
-                          ("the probes' BPF programs in the kernel", None if None in in_bpf else sum(in_bpf))):  # type: ignore[arg-type]
+                          ("the probes' BPF programs in the kernel", None if None in in_bpf else sum(in_bpf)),  # type: ignore[arg-type]
+                          ("runners and probes stopping (decoding included), after the timed window",
+                           sum(b.stopping_s for b in blocks))):
         print(f"{what}: not reported by every node (no BPF probe, or a kernel without BPF statistics)" if seconds is None else
               f"{what}: {seconds / tasks_on * 1e3:.3f} ms CPU per task ({seconds / tasks_on / off_cpu:.1%} of a task's host CPU with probes off)")
     spread = f", mean {statistics.mean(ratios):.3f} ± {1.96 * statistics.stdev(ratios) / len(ratios) ** 0.5:.3f} (95 %)" \

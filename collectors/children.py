@@ -13,7 +13,7 @@ import subprocess
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -35,6 +35,7 @@ READ_BYTES = 1 << 16  # per read: below malloc's mmap threshold, so no mmap and 
 # a buffer map holds the events of one flush interval (programs.FLUSH_MS), 160 k events/s;
 # the lifetime, connect and RTT maps one entry per open socket.
 MAP_KEYS_MAX = 16384
+DECODE_STATUS_LINES = 50_000  # status.json is rewritten this often while decoding
 BPFTRACE_LOST = re.compile(r"Lost (\d+) events")
 TCPDUMP_CAPTURED = re.compile(r"(\d+) packets? captured")
 TCPDUMP_DROPPED = re.compile(r"(\d+) packets? dropped by kernel")
@@ -73,9 +74,9 @@ class RecordTags:
 
 
 class Child:
-    """One probe process. Subclasses say what its output lines mean."""
+    """One probe process. Subclasses say what its output means (`read_stdout`, `on_stderr`)."""
 
-    capture_stdout = True
+    capture_stdout = False
 
     def __init__(
         self,
@@ -168,12 +169,9 @@ class Child:
 
     def _supervise(self) -> None:
         assert self._proc is not None
-        streams: list[tuple[IO[bytes] | None, Callable[[str], None], Callable[[], None] | None]] = [
-            (self._proc.stderr, self.on_stderr, None)  # its log is line buffered
-        ]
+        readers = [threading.Thread(target=self._read_lines, args=(self._proc.stderr, self.on_stderr), daemon=True)]
         if self.capture_stdout:
-            streams.append((self._proc.stdout, self.on_stdout, self.flush))
-        readers = [threading.Thread(target=self._read, args=s, daemon=True) for s in streams]
+            readers.append(threading.Thread(target=self.read_stdout, args=(self._proc.stdout,), daemon=True))
         for reader in readers:
             reader.start()
         for reader in readers:
@@ -182,29 +180,29 @@ class Child:
         self._proc.returncode = os.waitstatus_to_exitcode(wait_status)
         self._finish(self._proc.returncode, usage.ru_utime + usage.ru_stime)
 
-    def _read(self, stream: IO[bytes] | None, handle: Callable[[str], None],
-              batch_done: Callable[[], None] | None) -> None:
-        """Hand every line to `handle`, taking what gathered in the pipe every READ_INTERVAL_S,
-        and call `batch_done` after each batch: bpftrace writes each event as it comes, and a
-        wake-up and a write per line cost the workload more than the parsing does."""
+    @staticmethod
+    def _chunks(stream: IO[bytes] | None) -> Iterator[bytes]:
+        """What the process writes, taking what gathered in the pipe every READ_INTERVAL_S: a
+        wake-up per write would cost the workload more than reading does."""
         assert stream is not None
         fd = stream.fileno()
-        pending = b""
         while chunk := os.read(fd, READ_BYTES):
+            yield chunk
+            if len(chunk) < READ_BYTES:  # the pipe is drained
+                time.sleep(READ_INTERVAL_S)
+
+    @classmethod
+    def _read_lines(cls, stream: IO[bytes] | None, handle: Callable[[str], None]) -> None:
+        pending = b""
+        for chunk in cls._chunks(stream):
             *lines, pending = (pending + chunk).split(b"\n")
             for line in lines:
                 handle(line.decode(errors="replace"))
-            if batch_done:
-                batch_done()
-            if len(chunk) < READ_BYTES:  # the pipe is drained
-                time.sleep(READ_INTERVAL_S)
         if pending:
             handle(pending.decode(errors="replace"))
-        if batch_done:
-            batch_done()
 
-    def flush(self) -> None:
-        """Called after each batch of stdout lines: what was handled so far reaches the disk."""
+    def read_stdout(self, stream: IO[bytes] | None) -> None:
+        """Read stdout until it closes (when `capture_stdout`)."""
 
     def _finish(self, code: int, cpu_s: float) -> None:
         tail = "; ".join(self._stderr_tail)
@@ -236,9 +234,6 @@ class Child:
         if line.strip() and not NOISE.search(line):
             self._stderr_tail.append(line.strip())
 
-    def on_stdout(self, line: str) -> None:
-        self.log_line("stdout", line)
-
     def mark_started(self) -> None:
         self._cpu_at_attach = process_cpu_s(self._proc.pid) if self._proc else None
         with self.status_file.lock:
@@ -249,8 +244,14 @@ class Child:
 
 
 class BpftraceChild(Child):
-    """bpftrace running one of programs.py: READY, batches of buffer-map entries between F
-    lines, the event counts and maps END prints, "Lost N events"."""
+    """bpftrace running one of programs.py. While it runs, its stdout goes to a file as it
+    comes (`<probe>.bpftrace` next to the records): the runner only watches for READY and
+    counts entries, because parsing costs it ~8 µs an entry, which the workload would pay while
+    it is being measured. Once bpftrace ended, `decode` turns that file into records (batches
+    of buffer-map entries between F lines, the event counts and maps END prints, "Lost N
+    events") and removes it; a runner killed before that leaves it in place."""
+
+    capture_stdout = True
 
     def __init__(
         self,
@@ -266,7 +267,10 @@ class BpftraceChild(Child):
         super().__init__(status, argv, log_path, status_file, env)
         self.parse = parse
         self.tags = tags
-        self.out = out_path.open("a")  # flushed after every batch of lines
+        self.out_path = out_path
+        self.raw_path = out_path.with_suffix(".bpftrace")
+        self.raw = self.raw_path.open("ab", buffering=0)  # each chunk reaches the file as read
+        self.out: IO[str] | None = None  # the records, while decoding
         self.printed_at_end: dict[str, list[str]] = {}  # map key -> tuples, see programs.py
         self._batch: list[Event] = []
         self._batch_keys: set[tuple[int, int]] = set()
@@ -280,7 +284,46 @@ class BpftraceChild(Child):
                 self.status.bpf_run_ns, self.status.bpf_runs = spent.run_ns, spent.runs
         super().request_stop()
 
-    def on_stdout(self, line: str) -> None:
+    # --- while running: copy --------------------------------------------------------------
+
+    def read_stdout(self, stream: IO[bytes] | None) -> None:
+        pending = b""
+        for chunk in self._chunks(stream):
+            self.raw.write(chunk)
+            if not self.status.started:
+                *lines, pending = (pending + chunk).split(b"\n")
+                if any(line.startswith(b"READY") for line in lines):
+                    self.mark_started()
+            if entries := chunk.count(b"]: ("):
+                with self.status_file.lock:
+                    self.status.records += entries  # entries so far; the records once decoded
+                self.status_file.touch()
+
+    # --- once ended: decode ---------------------------------------------------------------
+
+    def decode(self) -> None:
+        """Write the records of everything bpftrace printed, then remove its output."""
+        self.raw.close()
+        with self.status_file.lock:
+            self.status.records = 0
+        with self.out_path.open("a") as self.out, self.raw_path.open("rb") as raw:
+            for number, line in enumerate(raw, 1):
+                self._decode_line(line.rstrip(b"\n").decode(errors="replace"))
+                if number % DECODE_STATUS_LINES == 0:
+                    self.status_file.write()  # progress, which the controller waits for
+            self._write_batch()  # a batch cut short by the process's end
+            for tuples in self.printed_at_end.values():
+                if event := self._parse(", ".join(tuples)):
+                    self._record(event)
+        self.out = None
+        # A full buffer map drops events; a killed bpftrace never prints @emitted.
+        if (lost := sum(self._emitted.values()) - self._received) > 0:
+            self.log_line("lost", f"{lost} events did not fit the buffer maps")
+            with self.status_file.lock:
+                self.status.lost_events += lost
+        self.raw_path.unlink()
+
+    def _decode_line(self, line: str) -> None:
         if entry := BUFFER_ENTRY.fullmatch(line):
             self._buffered((int(entry[1]), int(entry[2])), entry[3])
         elif line == "F":
@@ -289,13 +332,11 @@ class BpftraceChild(Child):
             self._emitted[int(emitted[1])] = int(emitted[2])
         elif entry := MAP_ENTRY.fullmatch(line):
             self.printed_at_end.setdefault(entry[1], []).append(entry[2])
-        elif line.startswith("READY"):
-            self.mark_started()
         elif lost := BPFTRACE_LOST.search(line):
             with self.status_file.lock:
                 self.status.lost_events += int(lost.group(1))
             self.log_line("stdout", line)
-        elif line.strip():
+        elif line.strip() and not line.startswith("READY"):
             self.log_line("stdout", line)
 
     def _buffered(self, key: tuple[int, int], text: str) -> None:
@@ -313,7 +354,6 @@ class BpftraceChild(Child):
         if self._batch_keys:
             self._previous_keys = self._batch_keys
         self._batch, self._batch_keys = [], set()
-        self.status_file.touch()
 
     def _parse(self, text: str) -> Event | None:
         try:
@@ -337,26 +377,21 @@ class BpftraceChild(Child):
         for name, value in event.fields.items():
             is_mono = name in event.mono_fields and isinstance(value, int)
             record[name] = self.tags.clock.to_wall(value) if is_mono else value  # type: ignore[arg-type]
+        assert self.out is not None
         self.out.write(_ENCODE(record) + "\n")
         self.status.records += 1
 
     def _finish(self, code: int, cpu_s: float) -> None:
-        self._write_batch()  # a batch cut short by the process's end
-        for tuples in self.printed_at_end.values():
-            if event := self._parse(", ".join(tuples)):
-                self._record(event)
-        # A full buffer map drops events; a killed bpftrace never prints @emitted.
-        if (lost := sum(self._emitted.values()) - self._received) > 0:
-            self.log_line("lost", f"{lost} events did not fit the buffer maps")
-            with self.status_file.lock:
-                self.status.lost_events += lost
-        super()._finish(code, cpu_s)
-
-    def flush(self) -> None:
-        self.out.flush()
+        try:
+            self.decode()
+        except OSError as e:  # the output stays for a later look; the probe says why
+            self.log_line("decode-error", str(e))
+            self._stderr_tail.append(f"cannot decode {self.raw_path.name}: {e}")
+        finally:
+            super()._finish(code, cpu_s)
 
     def close(self) -> None:
-        self.out.close()
+        self.raw.close()
         super().close()
 
 

@@ -22,7 +22,8 @@ STOPPED = "stopped"  # stopped by the runner
 class CpuSpent:
     """User + system CPU seconds of one process by phase: until its probes attached (bpftrace
     compiles and loads its program), while they ran (the cost of observing), and while stopping
-    (flushing, bpftrace freeing its maps). A phase the process did not reach stays None."""
+    (flushing, bpftrace freeing its maps; for the runner, decoding bpftrace's output). A phase
+    the process did not reach stays None."""
 
     attach: float | None = None
     running: float | None = None
@@ -55,7 +56,7 @@ class ProbeStatus:
     error: str | None = None
     exit_code: int | None = None
     stopped_at_ns: int | None = None
-    records: int = 0
+    records: int = 0  # written; while a bpftrace probe runs, the entries it printed so far
     parse_errors: int = 0
     lost_events: int = 0
     cpu_s: CpuSpent | None = None  # the probe process's CPU, known once it exited
@@ -82,7 +83,7 @@ class RunStatus:
     started_at_ns: int = field(default_factory=time.time_ns)
     updated_at_ns: int = 0
     stopped_at_ns: int | None = None
-    cpu_s: CpuSpent | None = None  # the runner's own CPU (reading, parsing, writing records), at stop
+    cpu_s: CpuSpent | None = None  # the runner's own CPU (reading; decoding the probes' output is in `stopping`)
     probes: dict[str, ProbeStatus] = field(default_factory=dict)
 
 
@@ -100,12 +101,12 @@ class StatusFile:
         self._dirty = True
 
     def write(self, force: bool = False) -> None:
+        """Persist if anything changed (or `force`). Threads take turns: they share one temporary file."""
         with self.lock:
             if not (self._dirty or force):
                 return
             self._dirty = False
             self.status.updated_at_ns = time.time_ns()
-            text = json.dumps(asdict(self.status), indent=2)
-        tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(text + "\n")
-        os.replace(tmp, self.path)
+            tmp = self.path.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(asdict(self.status), indent=2) + "\n")
+            os.replace(tmp, self.path)

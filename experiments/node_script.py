@@ -161,15 +161,19 @@ def _is_runner(pid: int | None) -> bool:
         return False
 
 
-def _stop_runner(pid: int) -> str:
-    """SIGTERM the runner (it stops its probes so they flush) and wait; SIGKILL past the timeout."""
+def _stop_runner(pid: int, out: Path) -> str:
+    """SIGTERM the runner (it stops its probes so they flush, then decodes their output) and wait;
+    SIGKILL once status.json has not changed for STOP_TIMEOUT_S (decoding rewrites it as it goes)."""
     os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_TIMEOUT_S
-    while _alive(pid) and time.monotonic() < deadline:
+    updated, deadline = None, 0.0
+    while _alive(pid):
+        now = (_status(out) or {}).get("updated_at_ns")
+        if now != updated:
+            updated, deadline = now, time.monotonic() + STOP_TIMEOUT_S
+        elif time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            return f"killed (made no progress stopping for {STOP_TIMEOUT_S:.0f} s)"
         time.sleep(0.2)
-    if _alive(pid):
-        os.kill(pid, signal.SIGKILL)
-        return f"killed (did not stop within {STOP_TIMEOUT_S:.0f} s)"
     return "stopped"
 
 
@@ -178,7 +182,7 @@ def stop_stale_runners(runs: str) -> list[dict]:
     for pid_file in sorted(Path(runs).glob("*/probes/runner.pid")):
         pid = _pid(pid_file.parent)
         if pid is not None and _is_runner(pid):
-            stale.append({"run_dir": str(pid_file.parent.parent), "pid": pid, "outcome": _stop_runner(pid)})
+            stale.append({"run_dir": str(pid_file.parent.parent), "pid": pid, "outcome": _stop_runner(pid, pid_file.parent)})
     return stale
 
 
@@ -239,7 +243,7 @@ def stop(run_dir: str, telemetry: str, offsets: dict[str, int]) -> dict:
     root = Path(run_dir)
     out = root / "probes"
     pid = _pid(out)
-    outcome = _stop_runner(pid) if pid is not None and _alive(pid) else "not running"
+    outcome = _stop_runner(pid, out) if pid is not None and _alive(pid) else "not running"
     copied = copy_telemetry(Path(telemetry), root / "telemetry", offsets)
     _run(["chmod", "-R", "a+rX", str(root)])
     return {"runner": outcome, "status": _status(out), "telemetry": copied, "files": checksums(root)}

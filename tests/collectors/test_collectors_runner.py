@@ -44,6 +44,8 @@ class ObservedRun:
     window: tuple[int, int]  # wall-clock ns around the traffic
     a_addr: str
     b_addr: str
+    before_stop: dict  # type: ignore[type-arg]  # status.json while the probes still ran
+    files_before_stop: set[str]
 
 
 Sender = tuple[subprocess.Popen[str], subprocess.Popen[str]]  # B's server, A's client
@@ -117,6 +119,8 @@ def observed(
     held = paused_sender(netns, "send-and-hold", 5006, HELD_SIZE, "sent")  # B's ACKs reached A; still open
     time.sleep(0.5)  # let the last events reach the runner
     end = time.time_ns()
+    before_stop = runner.wait_for(lambda s: s["probes"]["state"]["records"] > 0, 10, "entries to be counted")
+    files_before_stop = {p.name for p in runner.out.iterdir()}
     exit_code = runner.stop()
     held_flow = release(held)
     return ObservedRun(
@@ -130,6 +134,8 @@ def observed(
         (start - SLACK_NS, end + SLACK_NS),
         netns.a_addr,
         netns.b_addr,
+        before_stop,
+        files_before_stop,
     )
 
 
@@ -158,6 +164,15 @@ def test_status_lists_every_probe_started(observed: ObservedRun) -> None:
         assert probe["cpu_s"]["attach"] > 0, probe  # bpftrace compiles its program: never free
         assert probe["cpu_s"]["running"] >= 0 and probe["cpu_s"]["stopping"] >= 0, probe
         assert probe["bpf_runs"] > 0 and probe["bpf_run_ns"] > 0, probe  # the kernel's side of the cost
+
+
+def test_bpftrace_output_is_decoded_at_the_stop(observed: ObservedRun) -> None:
+    """While the probes run, the runner only copies and counts what bpftrace prints."""
+    for name in NETWORK_PROBES:
+        assert f"{name}.bpftrace" in observed.files_before_stop
+        assert not (observed.runner.out / f"{name}.bpftrace").exists()  # decoded, then removed
+    counted = observed.before_stop["probes"]["state"]["records"]
+    assert 0 < counted <= len(observed.runner.records("state"))
 
 
 def test_lifetime_has_every_connection_with_exact_bytes(observed: ObservedRun) -> None:

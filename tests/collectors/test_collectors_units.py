@@ -128,6 +128,11 @@ def state_child(tmp_path: Path) -> tuple[BpftraceChild, Path]:
     return child, out
 
 
+def printed(child: BpftraceChild, lines: list[str]) -> None:
+    """What bpftrace wrote while running: it reaches the raw file, parsed only at the end."""
+    child.raw.write("".join(f"{line}\n" for line in lines).encode())
+
+
 def test_batches_are_written_in_time_order_and_a_batch_printed_twice_once(tmp_path: Path) -> None:
     """The output of bpftrace stopped between a batch's print() and its clear(): END prints
     that buffer again, after the other one."""
@@ -136,18 +141,17 @@ def test_batches_are_written_in_time_order_and_a_batch_printed_twice_once(tmp_pa
              state_entry(1, 0, 2, 40), state_entry(1, 1, 2, 50),  # clear() and F discarded
              "F", state_entry(0, 1, 3, 60), state_entry(1, 0, 2, 40), state_entry(1, 1, 2, 50),
              "F", "@emitted[0]: 2", "@emitted[1]: 3"]
-    for line in lines:
-        child.on_stdout(line)
+    printed(child, lines)
     child._finish(0, 0.0)
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["ts_ns"] for r in records] == [1010, 1030, 1040, 1050, 1060]
     assert (child.status.records, child.status.lost_events) == (5, 0)
+    assert not child.raw_path.exists()  # decoded, so removed
 
 
 def test_events_that_did_not_fit_the_buffer_are_counted_lost(tmp_path: Path) -> None:
     child, _ = state_child(tmp_path)
-    for line in ["F", state_entry(0, 0, 1, 30), state_entry(0, 0, 3, 40), "F", "@emitted[0]: 4"]:
-        child.on_stdout(line)
+    printed(child, ["F", state_entry(0, 0, 1, 30), state_entry(0, 0, 3, 40), "F", "@emitted[0]: 4"])
     child._finish(0, 0.0)
     assert (child.status.records, child.status.lost_events) == (2, 2)
     assert "2 events did not fit" in (tmp_path / "state.log").read_text()
