@@ -74,19 +74,24 @@ class RecordTags:
 
 
 class Child:
-    """One probe process. Subclasses say what its output means (`read_stdout`, `on_stderr`)."""
+    """One probe process, serving one probe or several (`statuses`): every one of them shares
+    its fate; the first reports the process's CPU, the others name it in `shared_with`.
+    Subclasses say what its output means (`read_stdout`, `on_stderr`)."""
 
     capture_stdout = False
 
     def __init__(
         self,
-        status: ProbeStatus,
+        statuses: list[ProbeStatus],
         argv: list[str],
         log_path: Path,
         status_file: StatusFile,
         env: dict[str, str] | None = None,
     ) -> None:
-        self.status = status
+        self.statuses = statuses
+        self.status = statuses[0]
+        for other in statuses[1:]:
+            other.shared_with = self.status.probe
         self.argv = argv
         self.env = env
         self.status_file = status_file
@@ -117,17 +122,19 @@ class Child:
             )
         except OSError as e:
             with self.status_file.lock:
-                self.status.argv = self.argv
-                self.status.state = FAILED
-                self.status.attach_error = f"cannot start {self.argv[0]}: {e.strerror}"
+                for status in self.statuses:
+                    status.argv = self.argv
+                    status.state = FAILED
+                    status.attach_error = f"cannot start {self.argv[0]}: {e.strerror}"
             self.close()
             return
         if self._proc.stdout is not None:
             with contextlib.suppress(OSError):  # room for the lines of a burst between two reads
                 fcntl.fcntl(self._proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
         with self.status_file.lock:
-            self.status.argv = self.argv
-            self.status.pid = self._proc.pid
+            for status in self.statuses:
+                status.argv = self.argv
+                status.pid = self._proc.pid
         self.status_file.touch()
 
     def start_readers(self) -> None:
@@ -207,18 +214,20 @@ class Child:
     def _finish(self, code: int, cpu_s: float) -> None:
         tail = "; ".join(self._stderr_tail)
         reason = describe_exit(code) + (f": {tail}" if tail else "")
+        stopped_at = time.time_ns()
         with self.status_file.lock:
-            self.status.exit_code = code
             self.status.cpu_s = CpuSpent.split(self._cpu_at_attach, self._cpu_at_stop, cpu_s)
-            self.status.stopped_at_ns = time.time_ns()
-            if self._stopping:
-                self.status.state = STOPPED
-            elif not self.status.started:
-                self.status.state = FAILED
-                self.status.attach_error = reason
-            else:
-                self.status.state = EXITED
-                self.status.error = f"probe ended on its own: {reason}"
+            for status in self.statuses:
+                status.exit_code = code
+                status.stopped_at_ns = stopped_at
+                if self._stopping:
+                    status.state = STOPPED
+                elif not status.started:
+                    status.state = FAILED
+                    status.attach_error = reason
+                else:
+                    status.state = EXITED
+                    status.error = f"probe ended on its own: {reason}"
         self.close()
         self.status_file.touch()
 
@@ -236,47 +245,109 @@ class Child:
 
     def mark_started(self) -> None:
         self._cpu_at_attach = process_cpu_s(self._proc.pid) if self._proc else None
+        started_at = time.time_ns()
         with self.status_file.lock:
-            self.status.started = True
-            self.status.started_at_ns = time.time_ns()
-            self.status.state = RUNNING
+            for status in self.statuses:
+                status.started = True
+                status.started_at_ns = started_at
+                status.state = RUNNING
         self.status_file.touch()
 
 
+class Records:
+    """One probe's records from a bpftrace process: it parses the probe's entries, writes each
+    batch in time order and counts what arrived."""
+
+    def __init__(self, status: ProbeStatus, parse: Parser, tags: RecordTags, out_path: Path) -> None:
+        self.status = status
+        self.parse = parse
+        self.tags = tags
+        self.out_path = out_path
+        self.out: IO[str] | None = None  # open while decoding
+        self.log_line: Callable[[str, str], None] = lambda stream, line: None  # the process's log
+        self.emitted: dict[int, int] = {}  # cpu -> events the program stored
+        self.received = 0
+        self._batch: list[Event] = []
+        self._batch_keys: set[tuple[int, int]] = set()
+        self._previous_keys: set[tuple[int, int]] = set()
+
+    def buffered(self, key: tuple[int, int], text: str) -> None:
+        if key in self._previous_keys:
+            return  # printed by the previous batch too: its clear() was discarded at the stop
+        self._batch_keys.add(key)
+        self.received += 1
+        if event := self.parse_event(text):
+            self._batch.append(event)
+
+    def write_batch(self) -> None:
+        """Write the batch in time order (a buffer map prints in key order: CPU, then seq)."""
+        for event in sorted(self._batch, key=lambda e: e.mono_ns):
+            self.record(event)
+        if self._batch_keys:
+            self._previous_keys = self._batch_keys
+        self._batch, self._batch_keys = [], set()
+
+    def parse_event(self, text: str) -> Event | None:
+        try:
+            return self.parse(text)
+        except (ParseError, ValueError) as e:
+            self.log_line("parse-error", f"{self.status.probe}: {e}: ({text})")
+            self.status.parse_errors += 1
+            return None
+
+    def record(self, event: Event) -> None:
+        record: dict[str, object] = {
+            "ts_ns": self.tags.clock.to_wall(event.mono_ns),
+            "node": self.tags.node,
+            "run_id": self.tags.run_id,
+            "probe": self.tags.probe,
+            "saddr": event.saddr,
+            "sport": event.sport,
+            "daddr": event.daddr,
+            "dport": event.dport,
+        }
+        for name, value in event.fields.items():
+            is_mono = name in event.mono_fields and isinstance(value, int)
+            record[name] = self.tags.clock.to_wall(value) if is_mono else value  # type: ignore[arg-type]
+        assert self.out is not None
+        self.out.write(_ENCODE(record) + "\n")
+        self.status.records += 1
+
+    @property
+    def lost(self) -> int:
+        """Events stored in the kernel that never arrived (a full buffer map). A killed
+        bpftrace never prints its counts: then nothing is known lost."""
+        return max(0, sum(self.emitted.values()) - self.received)
+
+
 class BpftraceChild(Child):
-    """bpftrace running one of programs.py. While it runs, its stdout goes to a file as it
-    comes (`<probe>.bpftrace` next to the records): the runner only watches for READY and
-    counts entries, because parsing costs it ~8 µs an entry, which the workload would pay while
-    it is being measured. Once bpftrace ended, `decode` turns that file into records (batches
-    of buffer-map entries between F lines, the event counts and maps END prints, "Lost N
-    events") and removes it; a runner killed before that leaves it in place."""
+    """bpftrace running a program of programs.py for one probe or several (`records`, by
+    probe). While it runs, its stdout goes to a file as it comes (`raw_path`): the runner
+    only watches for READY and counts entries, because parsing costs it ~8 µs an entry, which
+    the workload would pay while it is being measured. Once bpftrace ended, `decode` turns
+    that file into records (batches of buffer-map entries between F lines, the event counts
+    and maps END prints, "Lost N events") and removes it; a runner killed before that leaves
+    it in place."""
 
     capture_stdout = True
 
     def __init__(
         self,
-        status: ProbeStatus,
+        records: list[Records],
         argv: list[str],
         log_path: Path,
         status_file: StatusFile,
-        parse: Parser,
-        tags: RecordTags,
-        out_path: Path,
+        raw_path: Path,
     ) -> None:
         env = dict(os.environ, BPFTRACE_MAP_KEYS_MAX=str(MAP_KEYS_MAX))
-        super().__init__(status, argv, log_path, status_file, env)
-        self.parse = parse
-        self.tags = tags
-        self.out_path = out_path
-        self.raw_path = out_path.with_suffix(".bpftrace")
-        self.raw = self.raw_path.open("ab", buffering=0)  # each chunk reaches the file as read
-        self.out: IO[str] | None = None  # the records, while decoding
+        super().__init__([r.status for r in records], argv, log_path, status_file, env)
+        self.records = {r.status.probe: r for r in records}
+        for r in records:
+            r.log_line = self.log_line
+        self.raw_path = raw_path
+        self.raw = raw_path.open("ab", buffering=0)  # each chunk reaches the file as read
         self.printed_at_end: dict[str, list[str]] = {}  # map key -> tuples, see programs.py
-        self._batch: list[Event] = []
-        self._batch_keys: set[tuple[int, int]] = set()
-        self._previous_keys: set[tuple[int, int]] = set()
-        self._received = 0
-        self._emitted: dict[int, int] = {}  # cpu -> events the program stored
+        self._entry_marks = {probe: (f"@{probe}0[".encode(), f"@{probe}1[".encode()) for probe in self.records}
 
     def request_stop(self) -> None:
         if self.running and self._proc is not None and (spent := bpfstats.program_time(self._proc.pid)):
@@ -294,9 +365,11 @@ class BpftraceChild(Child):
                 *lines, pending = (pending + chunk).split(b"\n")
                 if any(line.startswith(b"READY") for line in lines):
                     self.mark_started()
-            if entries := chunk.count(b"]: ("):
+            counted = {probe: chunk.count(a) + chunk.count(b) for probe, (a, b) in self._entry_marks.items()}
+            if any(counted.values()):
                 with self.status_file.lock:
-                    self.status.records += entries  # entries so far; the records once decoded
+                    for probe, entries in counted.items():  # entries so far; the records once decoded
+                        self.records[probe].status.records += entries
                 self.status_file.touch()
 
     # --- once ended: decode ---------------------------------------------------------------
@@ -305,31 +378,36 @@ class BpftraceChild(Child):
         """Write the records of everything bpftrace printed, then remove its output."""
         self.raw.close()
         with self.status_file.lock:
-            self.status.records = 0
-        with self.out_path.open("a") as self.out, self.raw_path.open("rb") as raw:
+            for r in self.records.values():
+                r.status.records = 0
+        with contextlib.ExitStack() as files:
+            for r in self.records.values():
+                r.out = files.enter_context(r.out_path.open("a"))
+            raw = files.enter_context(self.raw_path.open("rb"))
             for number, line in enumerate(raw, 1):
                 self._decode_line(line.rstrip(b"\n").decode(errors="replace"))
                 if number % DECODE_STATUS_LINES == 0:
                     self.status_file.write()  # progress, which the controller waits for
-            self._write_batch()  # a batch cut short by the process's end
+            self._write_batches()  # a batch cut short by the process's end
+            # Maps END prints on purpose belong to the program's only probe (the RTT windows).
             for tuples in self.printed_at_end.values():
-                if event := self._parse(", ".join(tuples)):
-                    self._record(event)
-        self.out = None
-        # A full buffer map drops events; a killed bpftrace never prints @emitted.
-        if (lost := sum(self._emitted.values()) - self._received) > 0:
-            self.log_line("lost", f"{lost} events did not fit the buffer maps")
-            with self.status_file.lock:
-                self.status.lost_events += lost
+                if event := self.records[self.status.probe].parse_event(", ".join(tuples)):
+                    self.records[self.status.probe].record(event)
+        for r in self.records.values():
+            r.out = None
+            if r.lost:
+                self.log_line("lost", f"{r.lost} {r.status.probe} events did not fit the buffer maps")
+                with self.status_file.lock:
+                    r.status.lost_events += r.lost
         self.raw_path.unlink()
 
     def _decode_line(self, line: str) -> None:
-        if entry := BUFFER_ENTRY.fullmatch(line):
-            self._buffered((int(entry[1]), int(entry[2])), entry[3])
+        if (entry := BUFFER_ENTRY.fullmatch(line)) and entry[1] in self.records:
+            self.records[entry[1]].buffered((int(entry[2]), int(entry[3])), entry[4])
         elif line == "F":
-            self._write_batch()
-        elif emitted := EMITTED_ENTRY.fullmatch(line):
-            self._emitted[int(emitted[1])] = int(emitted[2])
+            self._write_batches()
+        elif (emitted := EMITTED_ENTRY.fullmatch(line)) and emitted[1] in self.records:
+            self.records[emitted[1]].emitted[int(emitted[2])] = int(emitted[3])
         elif entry := MAP_ENTRY.fullmatch(line):
             self.printed_at_end.setdefault(entry[1], []).append(entry[2])
         elif lost := BPFTRACE_LOST.search(line):
@@ -339,47 +417,9 @@ class BpftraceChild(Child):
         elif line.strip() and not line.startswith("READY"):
             self.log_line("stdout", line)
 
-    def _buffered(self, key: tuple[int, int], text: str) -> None:
-        if key in self._previous_keys:
-            return  # printed by the previous batch too: its clear() was discarded at the stop
-        self._batch_keys.add(key)
-        self._received += 1
-        if event := self._parse(text):
-            self._batch.append(event)
-
-    def _write_batch(self) -> None:
-        """Write the batch in time order (a buffer map prints in key order: CPU, then seq)."""
-        for event in sorted(self._batch, key=lambda e: e.mono_ns):
-            self._record(event)
-        if self._batch_keys:
-            self._previous_keys = self._batch_keys
-        self._batch, self._batch_keys = [], set()
-
-    def _parse(self, text: str) -> Event | None:
-        try:
-            return self.parse(text)
-        except (ParseError, ValueError) as e:
-            self.log_line("parse-error", f"{e}: ({text})")
-            self.status.parse_errors += 1
-            return None
-
-    def _record(self, event: Event) -> None:
-        record: dict[str, object] = {
-            "ts_ns": self.tags.clock.to_wall(event.mono_ns),
-            "node": self.tags.node,
-            "run_id": self.tags.run_id,
-            "probe": self.tags.probe,
-            "saddr": event.saddr,
-            "sport": event.sport,
-            "daddr": event.daddr,
-            "dport": event.dport,
-        }
-        for name, value in event.fields.items():
-            is_mono = name in event.mono_fields and isinstance(value, int)
-            record[name] = self.tags.clock.to_wall(value) if is_mono else value  # type: ignore[arg-type]
-        assert self.out is not None
-        self.out.write(_ENCODE(record) + "\n")
-        self.status.records += 1
+    def _write_batches(self) -> None:
+        for r in self.records.values():
+            r.write_batch()
 
     def _finish(self, code: int, cpu_s: float) -> None:
         try:

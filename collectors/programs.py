@@ -1,4 +1,5 @@
-"""bpftrace programs, one per probe.
+"""bpftrace programs: one per probe, except that the probes on sock:inet_sock_set_state
+(lifetime, state, connect) share one (`set_state`).
 
 Conventions shared by every program (the runner relies on them):
 
@@ -9,14 +10,14 @@ Conventions shared by every program (the runner relies on them):
   attached, so that line is the runner's proof of a successful attach;
 - events leave the kernel in batches, not one printf each: bpftrace 0.17 wakes its reader
   for every printf (a perf buffer with wakeup_events = 1), which costs ~10 µs in the
-  traced TCP path and a context switch per event. An event is a tuple stored in one of two
-  buffer maps, ``@buf0[cpu, seq]`` or ``@buf1[cpu, seq]``, where ``seq`` counts the
-  events of that CPU (``@emitted[cpu]``). Every FLUSH_MS, if anything was stored, the
-  program switches buffers (``@flip``) and prints and clears the one it filled, between
-  two ``F`` lines; END prints both buffers the same way, then ``@emitted``. The runner
-  drops an entry whose key the previous batch held: bpftrace discards pending output when
-  it is stopped, so a batch can be printed while its clear() is lost, and END prints it
-  again. ``@emitted`` minus what arrived is what was lost (a full buffer map);
+  traced TCP path and a context switch per event. An event of probe P is a tuple stored in
+  one of P's two buffer maps, ``@P0[cpu, seq]`` or ``@P1[cpu, seq]``, where ``seq`` counts
+  P's events on that CPU (``@P_emitted[cpu]``). Every FLUSH_MS, if anything was stored, the
+  program switches buffers (``@flip``) and prints and clears the ones it filled, between
+  two ``F`` lines; END prints every buffer the same way, then each ``@P_emitted``. The
+  runner drops an entry whose key the previous batch held: bpftrace discards pending output
+  when it is stopped, so a batch can be printed while its clear() is lost, and END prints it
+  again. ``@P_emitted`` minus what arrived is what was lost (a full buffer map);
 - a tuple holds the event's CLOCK_MONOTONIC ns first, then its integers, then its
   addresses (ntop), then at most one string, last (a comm may hold ", "): integers first
   keep bpftrace's tuple layout free of padding;
@@ -29,6 +30,8 @@ Conventions shared by every program (the runner relies on them):
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 FLUSH_MS = 100
 
@@ -49,36 +52,44 @@ _ADDRESSES = "ntop(args->saddr_v6), ntop(args->daddr_v6)"
 _PORTS = "(uint64)args->sport, (uint64)args->dport"
 
 
-def _emit(fields: str) -> str:
-    """Store one event (a tuple expression) in the buffer being filled."""
-    return f"""$event = ({fields});
-    $seq = @emitted[cpu] + 1;
-    @emitted[cpu] = $seq;
-    if (@flip == 0) {{ @buf0[cpu, $seq] = $event; }} else {{ @buf1[cpu, $seq] = $event; }}
+def _emit(probe: str, fields: str) -> str:
+    """Store one event of `probe` (a tuple expression) in its buffer being filled."""
+    return f"""$e_{probe} = ({fields});
+    $s_{probe} = @{probe}_emitted[cpu] + 1;
+    @{probe}_emitted[cpu] = $s_{probe};
+    if (@flip == 0) {{ @{probe}0[cpu, $s_{probe}] = $e_{probe}; }} else {{ @{probe}1[cpu, $s_{probe}] = $e_{probe}; }}
     @pending = 1;"""
 
 
-_FLUSH = f"""interval:ms:{FLUSH_MS} /@pending/ {{
+def _print_and_clear(probes: Sequence[str], buffer: int) -> str:
+    return " ".join(f"print(@{p}{buffer}); clear(@{p}{buffer});" for p in probes)
+
+
+def _flush(probes: Sequence[str]) -> str:
+    return f"""interval:ms:{FLUSH_MS} /@pending/ {{
   @pending = 0;
   printf("F\\n");
-  if (@flip == 0) {{ @flip = 1; print(@buf0); clear(@buf0); }}
-  else {{ @flip = 0; print(@buf1); clear(@buf1); }}
+  if (@flip == 0) {{ @flip = 1; {_print_and_clear(probes, 0)} }}
+  else {{ @flip = 0; {_print_and_clear(probes, 1)} }}
   printf("F\\n");
 }}
 """
 
 
-def _end(extra: str = "") -> str:
+def _end(probes: Sequence[str], extra: str) -> str:
     """END: the last batch (both buffers), the event counts, then the program's own maps."""
+    last = " ".join(f"print(@{p}0); print(@{p}1);" for p in probes)
+    counts = " ".join(f"print(@{p}_emitted);" for p in probes)
+    cleared = " ".join(f"clear(@{p}0); clear(@{p}1); clear(@{p}_emitted);" for p in probes)
     return f"""END {{
-  printf("F\\n"); print(@buf0); print(@buf1); printf("F\\n"); print(@emitted);
-  clear(@buf0); clear(@buf1); clear(@emitted); clear(@flip); clear(@pending);{extra}
+  printf("F\\n"); {last} printf("F\\n"); {counts}
+  {cleared} clear(@flip); clear(@pending);{extra}
 }}
 """
 
 
-def _batched(probes: str, extra_end: str = "") -> str:
-    return READY + probes + _FLUSH + _end(extra_end)
+def _batched(probes: Sequence[str], blocks: str, extra_end: str = "") -> str:
+    return READY + blocks + _flush(probes) + _end(probes, extra_end)
 
 
 # Connection lifetime and bytes, modelled on libbpf-tools tcplife but filtered by netns and
@@ -89,10 +100,8 @@ def _batched(probes: str, extra_end: str = "") -> str:
 #              FIN_WAIT1->CLOSING, or FIN_WAIT2->CLOSE without first being handed to a
 #              time-wait socket (FIN_WAIT2->FIN_WAIT2).
 # Event: (ns, birth_ns, sport, dport, tx_bytes, rx_bytes, pid, saddr, daddr, comm)
-LIFETIME = _batched(
-    _SET_STATE
-    + f"""{{
-  $k = (uint64)args->skaddr;
+_LIFETIME = (
+    f"""
   if (args->newstate >= {ESTABLISHED} && args->newstate <= {SYN_RECV} && @birth[$k] == 0) {{
     @birth[$k] = nsecs;
   }}
@@ -113,49 +122,55 @@ LIFETIME = _batched(
   if (args->newstate == {CLOSE}) {{
     if (@birth[$k] != 0) {{
       $tp = (struct tcp_sock *)args->skaddr;
-      {_emit(f"nsecs, @birth[$k], {_PORTS}, $tp->bytes_sent - $tp->bytes_retrans, "
+      {_emit("lifetime", f"nsecs, @birth[$k], {_PORTS}, $tp->bytes_sent - $tp->bytes_retrans, "
              f"$tp->bytes_received - (uint64)@fin[$k], (uint64)@pid[$k], {_ADDRESSES}, @comm[$k]")}
     }}
     delete(@birth[$k]); delete(@pid[$k]); delete(@comm[$k]); delete(@fin[$k]); delete(@tw[$k]);
   }}
-}}
 """,
     " clear(@birth); clear(@pid); clear(@comm); clear(@fin); clear(@tw);",
 )
 
 # Every TCP state transition of this namespace's sockets.
 # Event: (ns, sport, dport, oldstate, newstate, saddr, daddr)
-STATE = _batched(
-    _SET_STATE
-    + f"""{{
-  {_emit(f"nsecs, {_PORTS}, (uint64)args->oldstate, (uint64)args->newstate, {_ADDRESSES}")}
-}}
-"""
+_STATE = (
+    f"""
+  {_emit("state", f"nsecs, {_PORTS}, (uint64)args->oldstate, (uint64)args->newstate, {_ADDRESSES}")}
+""",
+    "",
 )
 
 # Active connects (SYN_SENT -> ESTABLISHED, with the pid/comm that called connect()) and
 # passive accepts (SYN_RECV -> ESTABLISHED, in softirq: no meaningful pid, pid 0 and no comm).
 # Event: (ns, sport, dport, active (1 connect, 0 accept), pid, saddr, daddr, comm)
-CONNECT = _batched(
-    _SET_STATE
-    + f"""{{
-  $k = (uint64)args->skaddr;
+_CONNECT = (
+    f"""
   if (args->newstate == {SYN_SENT}) {{
-    @pid[$k] = pid;
-    @comm[$k] = comm;
+    @connect_pid[$k] = pid;
+    @connect_comm[$k] = comm;
   }}
   if (args->newstate == {ESTABLISHED} &&
       (args->oldstate == {SYN_SENT} || args->oldstate == {SYN_RECV})) {{
-    {_emit(f"nsecs, {_PORTS}, (uint64)(args->oldstate == {SYN_SENT}), (uint64)@pid[$k], "
-           f"{_ADDRESSES}, @comm[$k]")}
+    {_emit("connect", f"nsecs, {_PORTS}, (uint64)(args->oldstate == {SYN_SENT}), "
+           f"(uint64)@connect_pid[$k], {_ADDRESSES}, @connect_comm[$k]")}
   }}
   if (args->newstate != {SYN_SENT}) {{
-    delete(@pid[$k]); delete(@comm[$k]);
+    delete(@connect_pid[$k]); delete(@connect_comm[$k]);
   }}
-}}
 """,
-    " clear(@pid); clear(@comm);",
+    " clear(@connect_pid); clear(@connect_comm);",
 )
+
+SET_STATE_PROBES = {"lifetime": _LIFETIME, "state": _STATE, "connect": _CONNECT}
+
+
+def set_state(probes: Sequence[str]) -> str:
+    """One program for any of SET_STATE_PROBES: a single block on inet_sock_set_state does
+    the work of each, so a transition runs one BPF program, however many of them are on."""
+    parts = [SET_STATE_PROBES[p] for p in probes]
+    block = _SET_STATE + "{\n  $k = (uint64)args->skaddr;" + "".join(body for body, _ in parts) + "}\n"
+    return _batched(probes, block, "".join(end for _, end in parts))
+
 
 # RTT windows, aggregated in the kernel: every received segment of a socket updates its open
 # window (last smoothed RTT and cwnd, segment count, lowest and highest smoothed RTT); one
@@ -213,7 +228,7 @@ _RTT_END = " clear(@lines); print(@win); print(@addr); clear(@win); clear(@addr)
 
 
 def _rtt_emit(sk: str, sport: str, dport: str) -> str:
-    return _RTT_EMIT.format(sk=sk, emit=_emit(_RTT_FIELDS.format(sport=sport, dport=dport)))
+    return _RTT_EMIT.format(sk=sk, emit=_emit("rtt", _RTT_FIELDS.format(sport=sport, dport=dport)))
 
 
 def _rtt_window(sk: str, sport: str, dport: str, srtt: str, cwnd: str) -> str:
@@ -226,6 +241,7 @@ def _rtt_window(sk: str, sport: str, dport: str, srtt: str, cwnd: str) -> str:
 
 # tcp:tcp_probe carries skaddr since Linux 6.10; srtt there is already in microseconds.
 RTT_TRACEPOINT = _batched(
+    ("rtt",),
     "tracepoint:tcp:tcp_probe\n/"
     + _NETNS.format(sk="args->skaddr")
     + "/\n{"
@@ -237,6 +253,7 @@ RTT_TRACEPOINT = _batched(
 # tcp_probe is called, through a kprobe.
 _SK = "((struct sock *)arg0)"
 RTT_KPROBE = _batched(
+    ("rtt",),
     "kprobe:tcp_rcv_established\n/"
     + _NETNS.format(sk="arg0")
     + "/\n{"
@@ -252,11 +269,12 @@ RTT_KPROBE = _batched(
 
 # Event: (ns, sport, dport, state, saddr, daddr)
 RETRANS = _batched(
+    ("retrans",),
     "tracepoint:tcp:tcp_retransmit_skb\n/"
     + _NETNS.format(sk="args->skaddr")
     + f"""/
 {{
-  {_emit(f"nsecs, {_PORTS}, (uint64)args->state, {_ADDRESSES}")}
+  {_emit("retrans", f"nsecs, {_PORTS}, (uint64)args->state, {_ADDRESSES}")}
 }}
 """
 )

@@ -12,9 +12,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from collectors import bpfstats, clock
-from collectors.children import BpftraceChild, Child, RecordTags, TcpdumpChild
+from collectors.children import BpftraceChild, Child, RecordTags, Records, TcpdumpChild
 from collectors.detect import Detection
-from collectors.sources import PROBES, Choice, choose
+from collectors.sources import PROBES, Choice, Source, choose
 from collectors.status import STARTING, UNAVAILABLE, CpuSpent, ProbeStatus, RunStatus, StatusFile
 
 NETWORK_PROBES = ("lifetime", "state", "connect", "rtt", "retrans")
@@ -100,15 +100,13 @@ class Runner:
         self.status_file.status.probes[probe] = status
         return status
 
-    def _bpftrace_child(self, probe: str, choice: Choice) -> Child | None:
-        output = f"{probe}.jsonl"
-        status = self._add_status(probe, choice, output)
-        source = choice.source
-        if source is None:
-            return None
-        assert source.program is not None and source.parse is not None
-        program_path = self.config.out / "programs" / f"{probe}.bt"
-        program_path.write_text(source.program)
+    def _bpftrace_child(self, chosen: list[tuple[str, Source]]) -> Child:
+        """One bpftrace for these probes (they share its source, see sources.Source)."""
+        probes = [probe for probe, _ in chosen]
+        source = chosen[0][1]
+        name = "-".join(probes)
+        program_path = self.config.out / "programs" / f"{name}.bt"
+        program_path.write_text(source.program_for(probes))
         argv = [
             str(self.detection.tools["bpftrace"]),
             "-B",
@@ -116,18 +114,32 @@ class Runner:
             str(program_path),
             str(self.config.netns_inode),
         ]
-        if probe == "rtt":
+        if probes == ["rtt"]:
             argv += [str(self.config.rtt_interval_ms * 1_000_000), str(self.config.rtt_max_per_s)]
-        tags = RecordTags(self.config.node, self.config.run_id, probe, self.offset)
+        records = []
+        for probe, probe_source in chosen:
+            assert probe_source.parse is not None
+            status = self.status_file.status.probes[probe]
+            tags = RecordTags(self.config.node, self.config.run_id, probe, self.offset)
+            records.append(Records(status, probe_source.parse, tags, self.config.out / f"{probe}.jsonl"))
         return BpftraceChild(
-            status,
+            records,
             argv,
-            self.config.out / "logs" / f"{probe}.log",
+            self.config.out / "logs" / f"{name}.log",
             self.status_file,
-            source.parse,
-            tags,
-            self.config.out / output,
+            self.config.out / f"{name}.bpftrace",
         )
+
+    def _bpftrace_children(self, probes: list[str]) -> list[Child]:
+        """A bpftrace per probe, or per group of probes whose sources build one program."""
+        processes: dict[str, list[tuple[str, Source]]] = {}
+        for probe in probes:
+            choice = choose(probe, self.detection)
+            self._add_status(probe, choice, f"{probe}.jsonl")
+            if (source := choice.source) is not None:
+                key = source.name if callable(source.program) else probe
+                processes.setdefault(key, []).append((probe, source))
+        return [self._bpftrace_child(chosen) for chosen in processes.values()]
 
     def _pcap_children(self) -> list[Child]:
         choice = choose("pcap", self.detection)
@@ -159,15 +171,13 @@ class Runner:
                 str(self.config.out / output),
             ]
             log = self.config.out / "logs" / f"pcap-{interface}.log"
-            children.append(TcpdumpChild(status, argv, log, self.status_file))
+            children.append(TcpdumpChild([status], argv, log, self.status_file))
         return children
 
     def build(self) -> None:
-        for probe in self.config.probes:
-            if probe == "pcap":
-                self.children += self._pcap_children()
-            elif child := self._bpftrace_child(probe, choose(probe, self.detection)):
-                self.children.append(child)
+        self.children += self._bpftrace_children([p for p in self.config.probes if p != "pcap"])
+        if "pcap" in self.config.probes:
+            self.children += self._pcap_children()
 
     # --- running ------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from collectors import programs
@@ -32,8 +32,9 @@ TCP_STATES = {
     12: "NEW_SYN_RECV",
 }
 AF_INET = 2
-BUFFER_ENTRY = re.compile(r"@buf[01]\[(\d+), (\d+)\]: \((.*)\)")
-EMITTED_ENTRY = re.compile(r"@emitted\[(\d+)\]: (\d+)")
+# programs.py's output: a buffered event of a probe, a probe's event count on one CPU.
+BUFFER_ENTRY = re.compile(r"@([a-z]+)[01]\[(\d+), (\d+)\]: \((.*)\)")
+EMITTED_ENTRY = re.compile(r"@([a-z]+)_emitted\[(\d+)\]: (\d+)")
 MAP_ENTRY = re.compile(r"@\w+\[([^\]]*)\]: \((.*)\)")
 
 
@@ -62,14 +63,20 @@ Requirement = Callable[[Detection], str | None]
 @dataclass(frozen=True)
 class Source:
     """One way to produce a probe's records. `program` is a bpftrace program (None for
-    tcpdump); `parse` turns one of its event tuples (the text between the parentheses)
-    into an Event; `requires` names what is missing on this node, or returns None."""
+    tcpdump), or a function building one program for several probes: the probes whose
+    chosen source has that function and this source's name run in one bpftrace, built by
+    calling it with their names. `parse` turns one event tuple (the text between the
+    parentheses) into an Event; `requires` names what is missing on this node, or returns None."""
 
     name: str
     tool: str
     requires: tuple[Requirement, ...]
-    program: str | None = None
+    program: str | Callable[[Sequence[str]], str] | None = None
     parse: Parser | None = None
+
+    def program_for(self, probes: Sequence[str]) -> str:
+        assert self.program is not None
+        return self.program(probes) if callable(self.program) else self.program
 
     def missing(self, detection: Detection) -> list[str]:
         return [reason for check in self.requires if (reason := check(detection)) is not None]
@@ -200,7 +207,7 @@ PROBES: dict[str, tuple[Source, ...]] = {
             "bpftrace tracepoint:sock:inet_sock_set_state",
             "bpftrace",
             (*_BPFTRACE, _SET_STATE),
-            programs.LIFETIME,
+            programs.set_state,
             parse_lifetime,
         ),
     ),
@@ -209,7 +216,7 @@ PROBES: dict[str, tuple[Source, ...]] = {
             "bpftrace tracepoint:sock:inet_sock_set_state",
             "bpftrace",
             (*_BPFTRACE, _SET_STATE),
-            programs.STATE,
+            programs.set_state,
             parse_state,
         ),
     ),
@@ -218,7 +225,7 @@ PROBES: dict[str, tuple[Source, ...]] = {
             "bpftrace tracepoint:sock:inet_sock_set_state",
             "bpftrace",
             (*_BPFTRACE, _SET_STATE),
-            programs.CONNECT,
+            programs.set_state,
             parse_connect,
         ),
     ),

@@ -64,6 +64,9 @@ class ProbeStatus:
     # (collectors.bpfstats); None where the kernel keeps no statistics or the probe died first.
     bpf_run_ns: int | None = None
     bpf_runs: int | None = None
+    # The probe whose process this one shares (one bpftrace serves several probes): that probe
+    # reports the process's CPU and BPF time, this one leaves them None.
+    shared_with: str | None = None
     # packet captures only
     packets: int | None = None
     packets_dropped: int | None = None

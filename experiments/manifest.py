@@ -100,12 +100,13 @@ def _probe(probe: dict) -> dict[str, Any]:
 
 def probe_cpu(status: dict | None) -> dict[str, float | None]:
     """CPU seconds spent observing on a node, by phase (collectors.status.CpuSpent: attach, running,
-    stopping), summed over the runner and its probe processes, and `bpf`: the kernel's time in
+    stopping), summed over the runner and its probe processes (each once: a probe that shares
+    another's process reports none), and `bpf`: the kernel's time in
     the probes' BPF programs, which no process's CPU includes. Every phase is None until each
     process has exited and reported its CPU; a phase a process never reached counts as 0; `bpf`
     is None where no probe reported it."""
     status = status or {}
-    probes = [p for p in status.get("probes", {}).values() if p.get("pid")]
+    probes = [p for p in status.get("probes", {}).values() if p.get("pid") and not p.get("shared_with")]
     spent = [status.get("cpu_s"), *(p.get("cpu_s") for p in probes)]
     in_bpf = [p["bpf_run_ns"] for p in probes if p.get("bpf_run_ns") is not None]
     bpf = {"bpf": round(sum(in_bpf) / 1e9, 3) if in_bpf else None}

@@ -161,14 +161,24 @@ def test_status_lists_every_probe_started(observed: ObservedRun) -> None:
         assert probe["state"] == "stopped" and probe["exit_code"] == 0, probe
         assert probe["attach_error"] is None and probe["parse_errors"] == 0, probe
         assert probe["records"] == len(observed.runner.records(name)), probe
-        assert probe["cpu_s"]["attach"] > 0, probe  # bpftrace compiles its program: never free
-        assert probe["cpu_s"]["running"] >= 0 and probe["cpu_s"]["stopping"] >= 0, probe
-        assert probe["bpf_runs"] > 0 and probe["bpf_run_ns"] > 0, probe  # the kernel's side of the cost
+        reporting = probes[probe["shared_with"]] if probe["shared_with"] else probe
+        assert reporting["cpu_s"]["attach"] > 0, probe  # bpftrace compiles its program: never free
+        assert reporting["cpu_s"]["running"] >= 0 and reporting["cpu_s"]["stopping"] >= 0, probe
+        assert reporting["bpf_runs"] > 0 and reporting["bpf_run_ns"] > 0, probe  # the kernel's side of the cost
+
+
+def test_the_state_change_probes_share_one_bpftrace(observed: ObservedRun) -> None:
+    """One BPF program per transition, whichever of them are on; its CPU is reported once."""
+    probes = observed.status["probes"]
+    assert probes["lifetime"]["pid"] == probes["state"]["pid"] == probes["connect"]["pid"]
+    assert probes["state"]["shared_with"] == probes["connect"]["shared_with"] == "lifetime"
+    assert probes["state"]["cpu_s"] is None and probes["state"]["bpf_runs"] is None
+    assert probes["rtt"]["pid"] != probes["lifetime"]["pid"] and probes["rtt"]["shared_with"] is None
 
 
 def test_bpftrace_output_is_decoded_at_the_stop(observed: ObservedRun) -> None:
     """While the probes run, the runner only copies and counts what bpftrace prints."""
-    for name in NETWORK_PROBES:
+    for name in ("lifetime-state-connect", "rtt", "retrans"):
         assert f"{name}.bpftrace" in observed.files_before_stop
         assert not (observed.runner.out / f"{name}.bpftrace").exists()  # decoded, then removed
     counted = observed.before_stop["probes"]["state"]["records"]

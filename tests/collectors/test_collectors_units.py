@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from collectors import clock, detect, programs, sources
-from collectors.children import BpftraceChild, RecordTags
+from collectors.children import BpftraceChild, RecordTags, Records
 from collectors.cli import main
 from collectors.detect import Detection, Kprobes, Tracefs
 from collectors.runner import RunConfig, Runner, RunnerError, prepare_out_dir
@@ -114,16 +114,17 @@ def test_malformed_tuples_are_parse_errors(text: str) -> None:
 
 
 def state_entry(buffer: int, cpu: int, seq: int, ns: int) -> str:
-    return f"@buf{buffer}[{cpu}, {seq}]: ({ns}, 40000, 80, 2, 1, ::ffff:10.0.0.1, ::ffff:10.0.0.2)"
+    return f"@state{buffer}[{cpu}, {seq}]: ({ns}, 40000, 80, 2, 1, ::ffff:10.0.0.1, ::ffff:10.0.0.2)"
 
 
 def state_child(tmp_path: Path) -> tuple[BpftraceChild, Path]:
     status = ProbeStatus(probe="state", metric="TCP state transitions")
     run = RunStatus(node="n", run_id="r", pid=1, netns_inode=1, config={}, clock={}, detection={})
     out = tmp_path / "state.jsonl"
+    records = Records(status, sources.parse_state, RecordTags("n", "r", "state", clock.ClockOffset(1000, 0, 0)), out)
     child = BpftraceChild(
-        status, ["bpftrace"], tmp_path / "state.log", StatusFile(tmp_path / "status.json", run),
-        sources.parse_state, RecordTags("n", "r", "state", clock.ClockOffset(1000, 0, 0)), out,
+        [records], ["bpftrace"], tmp_path / "state.log", StatusFile(tmp_path / "status.json", run),
+        tmp_path / "state.bpftrace",
     )
     return child, out
 
@@ -140,7 +141,7 @@ def test_batches_are_written_in_time_order_and_a_batch_printed_twice_once(tmp_pa
     lines = ["READY 1", "F", state_entry(0, 0, 1, 30), state_entry(0, 1, 1, 10), "F", "F",
              state_entry(1, 0, 2, 40), state_entry(1, 1, 2, 50),  # clear() and F discarded
              "F", state_entry(0, 1, 3, 60), state_entry(1, 0, 2, 40), state_entry(1, 1, 2, 50),
-             "F", "@emitted[0]: 2", "@emitted[1]: 3"]
+             "F", "@state_emitted[0]: 2", "@state_emitted[1]: 3"]
     printed(child, lines)
     child._finish(0, 0.0)
     records = [json.loads(line) for line in out.read_text().splitlines()]
@@ -151,10 +152,10 @@ def test_batches_are_written_in_time_order_and_a_batch_printed_twice_once(tmp_pa
 
 def test_events_that_did_not_fit_the_buffer_are_counted_lost(tmp_path: Path) -> None:
     child, _ = state_child(tmp_path)
-    printed(child, ["F", state_entry(0, 0, 1, 30), state_entry(0, 0, 3, 40), "F", "@emitted[0]: 4"])
+    printed(child, ["F", state_entry(0, 0, 1, 30), state_entry(0, 0, 3, 40), "F", "@state_emitted[0]: 4"])
     child._finish(0, 0.0)
     assert (child.status.records, child.status.lost_events) == (2, 2)
-    assert "2 events did not fit" in (tmp_path / "state.log").read_text()
+    assert "2 state events did not fit" in (tmp_path / "state.log").read_text()
 
 
 # --- source selection -------------------------------------------------------------------
@@ -291,14 +292,17 @@ def test_detect_prints_json_with_a_choice_per_probe() -> None:
 
 
 @pytest.mark.parametrize(
-    "program", ["LIFETIME", "STATE", "CONNECT", "RTT_TRACEPOINT", "RTT_KPROBE", "RETRANS"]
+    "program",
+    [programs.set_state(("lifetime", "state", "connect")), programs.set_state(("connect",)),
+     programs.set_state(("state", "lifetime")), programs.RTT_TRACEPOINT, programs.RTT_KPROBE, programs.RETRANS],
+    ids=["set_state", "connect", "state-lifetime", "rtt_tracepoint", "rtt_kprobe", "retrans"],
 )
 def test_every_program_compiles(program: str, tmp_path: Path) -> None:
     """Dry run (no attach), so the kprobe variant is checked even where kprobes are missing."""
     if os.geteuid() != 0 or shutil.which("bpftrace") is None:
         pytest.skip("needs root and bpftrace")
     path = tmp_path / "p.bt"
-    path.write_text(getattr(programs, program))
+    path.write_text(program)
     result = subprocess.run(
         ["bpftrace", "-d", str(path), "1", "1000000", "100"], capture_output=True, text=True
     )

@@ -195,16 +195,16 @@ def test_a_probe_killed_mid_run_is_recorded_and_the_rest_is_kept(deployed_lab, t
                     load={"rate_per_s": 4}, task_timeout_s=30)
     experiment = start_experiment(config, path)
     status = wait_running(config, "agent-b")
-    victim = status["probes"]["lifetime"]["pid"]
+    victim = status["probes"]["rtt"]["pid"]
     lab_cli(config, "ssh", "agent-b", "--", "sudo", "kill", "-9", str(victim))
     output, _ = experiment.communicate(timeout=300)
     assert experiment.returncode == 0, output
     run = run_dir(config, "baseline-kill")
     m = manifest(run)
-    assert m["probes"]["agent-b"]["lifetime"]["state"] == "exited"
-    assert "SIGKILL" in m["probes"]["agent-b"]["lifetime"]["error"]
-    assert any(f["node"] == "agent-b" and f["what"].startswith("probe lifetime exited") for f in m["faults"])
-    assert "probe lifetime exited" in output
+    assert m["probes"]["agent-b"]["rtt"]["state"] == "exited"
+    assert "SIGKILL" in m["probes"]["agent-b"]["rtt"]["error"]
+    assert any(f["node"] == "agent-b" and f["what"].startswith("probe rtt exited") for f in m["faults"])
+    assert "probe rtt exited" in output
     for node in ("agent-a", "llm"):
         assert all(p["state"] == "stopped" for p in m["probes"][node].values())
     assert m["probes"]["agent-b"]["state"]["state"] == "stopped" and m["probes"]["agent-b"]["state"]["records"] > 0
