@@ -88,8 +88,15 @@ def _end(probes: Sequence[str], extra: str) -> str:
 """
 
 
+# bpftrace 0.17 notices SIGINT/SIGTERM only when the signal interrupts its epoll_wait() or
+# when it next handles an async event: a signal that lands while it is busy printing would
+# leave an idle bpftrace running until killed, without its END output. An empty printf every
+# second is such an event (bpftrace wakes every 100 ms anyway; nothing reaches stdout).
+_HEARTBEAT = 'interval:s:1 { printf(""); }\n'
+
+
 def _batched(probes: Sequence[str], blocks: str, extra_end: str = "") -> str:
-    return READY + blocks + _flush(probes) + _end(probes, extra_end)
+    return READY + blocks + _flush(probes) + _HEARTBEAT + _end(probes, extra_end)
 
 
 # Connection lifetime and bytes, modelled on libbpf-tools tcplife but filtered by netns and

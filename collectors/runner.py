@@ -14,6 +14,7 @@ from pathlib import Path
 from collectors import bpfstats, clock
 from collectors.children import BpftraceChild, Child, RecordTags, Records, TcpdumpChild
 from collectors.detect import Detection
+from collectors.gate import Gate, close_tracepoints
 from collectors.sources import PROBES, Choice, Source, choose
 from collectors.status import STARTING, UNAVAILABLE, CpuSpent, ProbeStatus, RunStatus, StatusFile
 
@@ -87,6 +88,8 @@ class Runner:
         self.failure: str | None = None
         self._cpu_at_attach: float | None = None
         self._stats_fd: int | None = None  # BPF run-time statistics stay on while it is open
+        self._tracepoints: set[str] = set()  # those the chosen bpftrace programs attach to
+        self._gate: Gate | None = None
 
     # --- building probes ----------------------------------------------------------------
 
@@ -139,6 +142,7 @@ class Runner:
             if (source := choice.source) is not None:
                 key = source.name if callable(source.program) else probe
                 processes.setdefault(key, []).append((probe, source))
+                self._tracepoints.update(source.tracepoints)
         return [self._bpftrace_child(chosen) for chosen in processes.values()]
 
     def _pcap_children(self) -> list[Child]:
@@ -209,6 +213,9 @@ class Runner:
     def _start(self) -> None:
         self._stats_fd = bpfstats.enable()
         self.build()
+        self._gate = close_tracepoints(sorted(self._tracepoints))
+        with self.status_file.lock:
+            self.status_file.status.gate = {"gated": self._gate.gated, "errors": self._gate.errors}
         for child in self.children:  # fork every child before any thread exists
             child.spawn()
         for child in self.children:
@@ -242,6 +249,8 @@ class Runner:
         if self._stats_fd is not None:
             os.close(self._stats_fd)
             self._stats_fd = None
+        if self._gate is not None:
+            self._gate.close()
         at_stop = clock.measure()
         with self.status_file.lock:
             status = self.status_file.status

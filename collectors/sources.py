@@ -73,6 +73,7 @@ class Source:
     requires: tuple[Requirement, ...]
     program: str | Callable[[Sequence[str]], str] | None = None
     parse: Parser | None = None
+    tracepoints: tuple[str, ...] = ()  # those its program attaches to (see collectors/gate.py)
 
     def program_for(self, probes: Sequence[str]) -> str:
         assert self.program is not None
@@ -198,37 +199,20 @@ def needs_kprobes(d: Detection) -> str | None:
 
 
 _BPFTRACE = (needs_tool("bpftrace"), needs_btf)
-_SET_STATE = needs_tracepoint("sock:inet_sock_set_state")
+_SET_STATE = "sock:inet_sock_set_state"
+
+
+def _on_set_state(parse: Parser) -> Source:
+    """lifetime, state and connect: one bpftrace serves whichever of them are on."""
+    return Source(f"bpftrace tracepoint:{_SET_STATE}", "bpftrace", (*_BPFTRACE, needs_tracepoint(_SET_STATE)),
+                  programs.set_state, parse, (_SET_STATE,))
+
 
 # Probe name -> candidate sources, best first. "pcap" is handled by the runner per interface.
 PROBES: dict[str, tuple[Source, ...]] = {
-    "lifetime": (
-        Source(
-            "bpftrace tracepoint:sock:inet_sock_set_state",
-            "bpftrace",
-            (*_BPFTRACE, _SET_STATE),
-            programs.set_state,
-            parse_lifetime,
-        ),
-    ),
-    "state": (
-        Source(
-            "bpftrace tracepoint:sock:inet_sock_set_state",
-            "bpftrace",
-            (*_BPFTRACE, _SET_STATE),
-            programs.set_state,
-            parse_state,
-        ),
-    ),
-    "connect": (
-        Source(
-            "bpftrace tracepoint:sock:inet_sock_set_state",
-            "bpftrace",
-            (*_BPFTRACE, _SET_STATE),
-            programs.set_state,
-            parse_connect,
-        ),
-    ),
+    "lifetime": (_on_set_state(parse_lifetime),),
+    "state": (_on_set_state(parse_state),),
+    "connect": (_on_set_state(parse_connect),),
     "rtt": (
         Source(
             "bpftrace tracepoint:tcp:tcp_probe",
@@ -236,6 +220,7 @@ PROBES: dict[str, tuple[Source, ...]] = {
             (*_BPFTRACE, needs_tracepoint("tcp:tcp_probe")),
             programs.RTT_TRACEPOINT,
             parse_rtt,
+            ("tcp:tcp_probe", _SET_STATE),  # windows end when their socket closes
         ),
         Source(
             "bpftrace kprobe:tcp_rcv_established",
@@ -243,6 +228,7 @@ PROBES: dict[str, tuple[Source, ...]] = {
             (*_BPFTRACE, needs_kprobes),
             programs.RTT_KPROBE,
             parse_rtt,
+            (_SET_STATE,),
         ),
     ),
     "retrans": (
@@ -252,6 +238,7 @@ PROBES: dict[str, tuple[Source, ...]] = {
             (*_BPFTRACE, needs_tracepoint("tcp:tcp_retransmit_skb")),
             programs.RETRANS,
             parse_retrans,
+            ("tcp:tcp_retransmit_skb",),
         ),
     ),
     "pcap": (Source("tcpdump -s 96", "tcpdump", (needs_tool("tcpdump"),)),),

@@ -87,6 +87,9 @@ class RunStatus:
     updated_at_ns: int = 0
     stopped_at_ns: int | None = None
     cpu_s: CpuSpent | None = None  # the runner's own CPU (reading; decoding the probes' output is in `stopping`)
+    # Tracepoints whose perf events the runner closed while it runs (collectors/gate.py):
+    # {"gated": [...], "errors": {tracepoint: reason}}
+    gate: dict[str, object] = field(default_factory=dict)
     probes: dict[str, ProbeStatus] = field(default_factory=dict)
 
 

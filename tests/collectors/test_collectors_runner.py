@@ -167,6 +167,12 @@ def test_status_lists_every_probe_started(observed: ObservedRun) -> None:
         assert reporting["bpf_runs"] > 0 and reporting["bpf_run_ns"] > 0, probe  # the kernel's side of the cost
 
 
+def test_the_probes_tracepoints_are_gated(observed: ObservedRun) -> None:
+    """Their perf events, which nobody reads, are skipped (collectors/gate.py) while probes run."""
+    gate = observed.status["gate"]
+    assert gate == {"gated": ["sock:inet_sock_set_state", "tcp:tcp_probe", "tcp:tcp_retransmit_skb"], "errors": {}}
+
+
 def test_the_state_change_probes_share_one_bpftrace(observed: ObservedRun) -> None:
     """One BPF program per transition, whichever of them are on; its CPU is reported once."""
     probes = observed.status["probes"]
