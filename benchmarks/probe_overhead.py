@@ -66,7 +66,7 @@ def block(sessions: list[NodeSession], scenario: Scenario, entry: Entry, probes:
     of quiet: the figures are the probes' steady-state cost."""
     if probes:
         rtt = (args.rtt_interval_ms, args.rtt_max_per_s)
-        answers = parallel(lambda s: s.start_probes(args.probes, rtt), sessions)
+        answers = parallel(lambda s: s.start_probes(args.probes, rtt, args.bpf_stats), sessions)
         broken = {n: a if isinstance(a, Exception) else a["error"] for n, a in answers.items()
                   if isinstance(a, Exception) or a["error"]}
         if broken:
@@ -114,6 +114,8 @@ def main() -> None:
     parser.add_argument("--rtt-max-per-s", type=int, default=Scenario.model_fields["rtt_max_per_s"].default,
                         help="the rtt probe's lines per second per node (default: the scenarios' default)")
     parser.add_argument("--probes", type=lambda v: v.split(","), default=list(PROBES), help="comma-separated subset (default: all)")
+    parser.add_argument("--bpf-stats", action="store_true",
+                        help="also measure the kernel's time in the probes' BPF programs (its clock reads cost CPU too)")
     args = parser.parse_args()
     try:  # bad arguments, lab.yaml or lab state: one line naming what and how to fix it
         scenario = validate(Scenario, {"name": "overhead", "workload": args.workload, "tasks": {"count": args.tasks},
@@ -156,7 +158,8 @@ def report(blocks: list[Block], args: argparse.Namespace) -> None:
                     ((max(pair, key=lambda b: b.probes), min(pair, key=lambda b: b.probes))
                      for pair in zip(blocks[::2], blocks[1::2])))
     print(f"\n{args.workload}, {args.pairs} off/on pairs of {args.tasks} tasks, {args.concurrency} in flight, probes {','.join(args.probes)}, "
-          f"rtt window {args.rtt_interval_ms} ms per socket, at most {args.rtt_max_per_s} lines/s")
+          f"rtt window {args.rtt_interval_ms} ms per socket, at most {args.rtt_max_per_s} lines/s, "
+          f"BPF statistics {'on' if args.bpf_stats else 'off'}")
     print(f"{'probes':<8}{'tasks/s':>10}{'p99 ms':>10}{'host CPU ms/task':>18}{'switches/task':>15}")
     print(f"{'off':<8}{off_tput:>10.1f}{off_p99 * 1e3:>10.1f}{off_cpu * 1e3:>18.3f}{off_switches:>15.1f}")
     print(f"{'on':<8}{on_tput:>10.1f}{on_p99 * 1e3:>10.1f}{on_cpu * 1e3:>18.3f}{on_switches:>15.1f}")
@@ -168,7 +171,7 @@ def report(blocks: list[Block], args: argparse.Namespace) -> None:
                           ("the probes' BPF programs in the kernel", None if None in in_bpf else sum(in_bpf)),  # type: ignore[arg-type]
                           ("runners and probes stopping (decoding included), after the timed window",
                            sum(b.stopping_s for b in blocks))):
-        print(f"{what}: not reported by every node (no BPF probe, or a kernel without BPF statistics)" if seconds is None else
+        print(f"{what}: not measured (--bpf-stats) or not reported by every node" if seconds is None else
               f"{what}: {seconds / tasks_on * 1e3:.3f} ms CPU per task ({seconds / tasks_on / off_cpu:.1%} of a task's host CPU with probes off)")
     spread = f", mean {statistics.mean(ratios):.3f} ± {1.96 * statistics.stdev(ratios) / len(ratios) ** 0.5:.3f} (95 %)" \
         if len(ratios) > 1 else ""

@@ -338,6 +338,7 @@ class BpftraceChild(Child):
         log_path: Path,
         status_file: StatusFile,
         raw_path: Path,
+        bpf_stats: bool = False,
     ) -> None:
         env = dict(os.environ, BPFTRACE_MAP_KEYS_MAX=str(MAP_KEYS_MAX))
         super().__init__([r.status for r in records], argv, log_path, status_file, env)
@@ -345,12 +346,13 @@ class BpftraceChild(Child):
         for r in records:
             r.log_line = self.log_line
         self.raw_path = raw_path
+        self.bpf_stats = bpf_stats  # the kernel counts BPF run time: report this process's
         self.raw = raw_path.open("ab", buffering=0)  # each chunk reaches the file as read
         self.printed_at_end: dict[str, list[str]] = {}  # map key -> tuples, see programs.py
         self._entry_marks = {probe: (f"@{probe}0[".encode(), f"@{probe}1[".encode()) for probe in self.records}
 
     def request_stop(self) -> None:
-        if self.running and self._proc is not None and (spent := bpfstats.program_time(self._proc.pid)):
+        if self.bpf_stats and self.running and self._proc is not None and (spent := bpfstats.program_time(self._proc.pid)):
             with self.status_file.lock:
                 self.status.bpf_run_ns, self.status.bpf_runs = spent.run_ns, spent.runs
         super().request_stop()

@@ -50,6 +50,7 @@ class RunConfig:
     interfaces: tuple[str, ...]
     rtt_interval_ms: int
     rtt_max_per_s: int
+    bpf_stats: bool = False  # the kernel's time in the probes' BPF programs (collectors/bpfstats.py)
 
 
 def prepare_out_dir(out: Path) -> None:
@@ -131,6 +132,7 @@ class Runner:
             self.config.out / "logs" / f"{name}.log",
             self.status_file,
             self.config.out / f"{name}.bpftrace",
+            self._stats_fd is not None,
         )
 
     def _bpftrace_children(self, probes: list[str]) -> list[Child]:
@@ -211,7 +213,7 @@ class Runner:
             self.stop()
 
     def _start(self) -> None:
-        self._stats_fd = bpfstats.enable()
+        self._stats_fd = bpfstats.enable() if self.config.bpf_stats else None
         self.build()
         self._gate = close_tracepoints(sorted(self._tracepoints))
         with self.status_file.lock:

@@ -195,7 +195,8 @@ class Experiment:
         self.reporter.phase(f"starting probes on {len(self.sessions)} nodes: {', '.join(self.scenario.probes)}")
         self.probes_started = True
         rtt = (self.scenario.rtt_interval_ms, self.scenario.rtt_max_per_s)
-        started = self._each("probes did not start", lambda s: s.start_probes(self.scenario.probes, rtt))
+        started = self._each("probes did not start",
+                             lambda s: s.start_probes(self.scenario.probes, rtt, self.scenario.bpf_stats))
         for node, answer in started.items():
             self.offsets[node] = answer["offsets"]
             self._record_probes(node, answer["status"])

@@ -194,7 +194,7 @@ def _pid(out: Path) -> int | None:
 
 
 def start(run_dir: str, node: str, address: str, run_id: str, probes: list[str], collectors: str, telemetry: str,
-          rtt: tuple[int, int]) -> dict:
+          rtt: tuple[int, int], bpf_stats: bool = False) -> dict:
     """Note where each service's telemetry file ends, start the runner detached, wait until it runs.
 
     The capture covers the lab interface and loopback: a node's services that call each other
@@ -206,7 +206,7 @@ def start(run_dir: str, node: str, address: str, run_id: str, probes: list[str],
         runner = subprocess.Popen(
             [collectors, "run", "--node", node, "--run-id", run_id, "--out", str(out), "--probes", ",".join(probes),
              "--iface", lab_interface(address), "--iface", "lo",
-             "--rtt-interval-ms", str(rtt[0]), "--rtt-max-per-s", str(rtt[1])],
+             "--rtt-interval-ms", str(rtt[0]), "--rtt-max-per-s", str(rtt[1]), *(["--bpf-stats"] if bpf_stats else [])],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
         )
     deadline = time.monotonic() + START_TIMEOUT_S

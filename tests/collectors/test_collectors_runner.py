@@ -105,7 +105,7 @@ def other_namespace_traffic(netns: Namespaces) -> None:
 def observed(
     netns: Namespaces, start_runner: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> ObservedRun:
-    runner = start_runner(tmp_path_factory.mktemp("observed") / "out")
+    runner = start_runner(tmp_path_factory.mktemp("observed") / "out", "--bpf-stats")
     runner.wait_running()
     start = time.time_ns()
     server = netns.serve(netns.b, netns.b_addr, 5001, len(CLIENT_SIZES))
@@ -325,3 +325,4 @@ def test_killed_probe_is_reported_and_runner_survives(start_runner: Any, tmp_pat
     assert final["state"] == "stopped"
     assert final["probes"]["retrans"]["state"] == "exited"
     assert final["probes"]["state"]["state"] == "stopped"
+    assert final["probes"]["state"]["bpf_runs"] is None  # not measured without --bpf-stats
