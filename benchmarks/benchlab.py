@@ -58,6 +58,7 @@ class HostCpu:
     modes: dict[str, float]
     processes: dict[int, tuple[str, float]]
     switches: int
+    faults: dict[str, int]  # page faults, minor and major (/proc/vmstat): memory pressure shows here
 
     @classmethod
     def now(cls) -> HostCpu:
@@ -65,13 +66,14 @@ class HostCpu:
         ticks = os.sysconf("SC_CLK_TCK")
         modes = dict(zip(MODES, (int(v) / ticks for v in lines[0].split()[1:9])))
         switches = next(int(line.split()[1]) for line in lines if line.startswith("ctxt "))
-        return cls(modes, _process_cpu_s(), switches)
+        vmstat = dict(line.split() for line in Path("/proc/vmstat").read_text().splitlines())
+        return cls(modes, _process_cpu_s(), switches, {k: int(vmstat[k]) for k in ("pgfault", "pgmajfault")})
 
     def __sub__(self, earlier: HostCpu) -> HostCpu:
         processes = {pid: (name, seconds - earlier.processes.get(pid, (name, 0.0))[1])
                      for pid, (name, seconds) in self.processes.items()}
         return HostCpu({m: v - earlier.modes[m] for m, v in self.modes.items()}, processes,
-                       self.switches - earlier.switches)
+                       self.switches - earlier.switches, {k: v - earlier.faults[k] for k, v in self.faults.items()})
 
     @property
     def busy_s(self) -> float:

@@ -196,6 +196,10 @@ def where_it_went(blocks: list[Block], shown: int = 10) -> None:
                                                     per_task([b for b in blocks if b.probes]))
     print("host CPU per task, on - off, by mode: " + ", ".join(
         f"{m} {(on_modes[m] - off_modes[m]) * 1e6:+.0f} µs" for m in BUSY_MODES))
+    for kind in ("pgfault", "pgmajfault"):
+        off_faults, on_faults = (sum(b.host.faults[kind] for b in chosen) / sum(len(b.latencies_s) for b in chosen)
+                                 for chosen in ([b for b in blocks if not b.probes], [b for b in blocks if b.probes]))
+        print(f"  {kind} per task: off {off_faults:.2f}, on {on_faults:.2f}")
     changed = sorted(set(on_names) | set(off_names), key=lambda n: -abs(on_names[n] - off_names[n]))[:shown]
     print("  by process: " + ", ".join(f"{n} {(on_names[n] - off_names[n]) * 1e6:+.0f} µs" for n in changed))
 
