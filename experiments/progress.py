@@ -59,7 +59,7 @@ class Reporter:
             self._progress.update(self._bar, records=text)  # type: ignore[arg-type]
 
     def summary(self, manifest: Manifest, run_dir: Path) -> None:
-        table = Table("node", "clock offset (start)", "probes stopped", "records", "probe CPU (running + BPF)", "files",
+        table = Table("node", "clock offset (start)", "probes stopped", "records", "probe CPU while running", "files",
                       title=f"run {manifest.run_id}")
         for node, probes in manifest.probes.items():
             offset = manifest.clock_offsets.get(node, {}).get("start")
@@ -68,7 +68,8 @@ class Reporter:
             records = sum(p["records"] for p in probes.values())
             files = sum(1 for f in manifest.files if f.startswith(f"nodes/{node}/"))
             cpu = manifest.probe_cpu_s.get(node, {})
-            spent = "-" if cpu.get("running") is None else f"{cpu['running'] + (cpu.get('bpf') or 0):.2f} s"
+            bpf = "" if cpu.get("bpf") is None else f" + {cpu['bpf']:.2f} s BPF"
+            spent = "-" if cpu.get("running") is None else f"{cpu['running']:.2f} s{bpf}"
             table.add_row(node, clock, f"{stopped}/{len(probes)}", str(records), spent, str(files))
         self.console.print(table)
         tasks = manifest.tasks
