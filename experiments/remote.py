@@ -17,7 +17,7 @@ from invoke.exceptions import CommandTimedOut
 
 from experiments import clock, node_script, services
 from lab.errors import LabError
-from lab.ssh import connection
+from lab.ssh import SSH_ERRORS, connection
 from vms.base import Node
 
 SCRIPT = Path(node_script.__file__).read_text()
@@ -43,7 +43,7 @@ class NodeSession:
         command = f"sudo -n /usr/bin/python3 -c {shlex.quote(SCRIPT)} {name} {shlex.quote(json.dumps(args))}"
         try:
             result = self.conn.run(command, hide=True, warn=True, timeout=timeout, in_stream=False)
-        except (TimeoutError, OSError, paramiko.SSHException, EOFError) as exc:
+        except SSH_ERRORS as exc:
             raise NodeError(f"{name}: no answer over SSH ({type(exc).__name__}: {exc})") from None
         except CommandTimedOut:
             raise NodeError(f"{name}: no answer within {timeout:.0f} s") from None
@@ -68,7 +68,7 @@ class NodeSession:
     def clock(self) -> clock.ClockOffset:
         try:
             return clock.measure(self.conn.transport)
-        except (TimeoutError, OSError, paramiko.SSHException, ValueError, RuntimeError) as exc:
+        except (*SSH_ERRORS, ValueError, RuntimeError) as exc:
             raise NodeError(f"clock offset: {type(exc).__name__}: {exc}") from None
 
     def pull(self, files: dict[str, dict], target: Path) -> list[str]:
@@ -85,7 +85,7 @@ class NodeSession:
                         break
                 else:
                     bad.append(relpath)
-        except (TimeoutError, OSError, paramiko.SSHException, EOFError) as exc:
+        except SSH_ERRORS as exc:
             raise NodeError(f"pull: {type(exc).__name__}: {exc}") from None
         return bad
 
@@ -100,7 +100,7 @@ def open_session(node: Node, known_hosts: Path, run_id: str) -> NodeSession:
         conn.open()
     except paramiko.BadHostKeyException:
         raise LabError(f"{node.name} ({node.address}) offered a host key that is not the pinned one in {known_hosts}; run `lab teardown` and `lab up`") from None
-    except (TimeoutError, OSError, paramiko.SSHException) as exc:
+    except SSH_ERRORS as exc:
         raise LabError(f"{node.name} ({node.address}) is not reachable over SSH ({type(exc).__name__}: {exc}); check `lab status`") from None
     return NodeSession(node, conn, run_id)
 

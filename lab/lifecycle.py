@@ -58,7 +58,7 @@ def _services(current: LabState, name: str) -> str:
     """The node's lab services and whether each is active, in one SSH round trip."""
     try:
         code, out, _ = ssh.run(current.node(name), "systemctl list-units 'lab-*' --all --no-legend --plain", timeout=15)
-    except Exception as exc:  # a node that does not answer is a status, not a failure of `lab status`
+    except ssh.SSH_ERRORS as exc:  # a node that does not answer is a status, not a failure of `lab status`
         return f"ssh: {type(exc).__name__}"
     if code != 0:
         return "ssh ok; systemctl failed"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import socket
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +15,10 @@ from lab.errors import LabError
 from vms.base import Node
 
 BOOT_FINISHED = "/var/lib/cloud/instance/boot-finished"
+
+# What a failed SSH exchange raises. paramiko raises a bare EOFError when the server closes the
+# connection mid-handshake (an sshd restarting while a VM boots); click would take that for Ctrl-D.
+SSH_ERRORS = (OSError, paramiko.SSHException, EOFError)
 
 
 def client(node: Node, timeout: float = 10.0) -> paramiko.SSHClient:
@@ -85,7 +88,7 @@ def wait_ready(node: Node, timeout: float, still_booting=lambda: None) -> float:
             last_error = err.strip() or f"exit {code}"
         except paramiko.BadHostKeyException as exc:
             raise LabError(f"{node.name} ({node.address}) offered a host key that is not the pinned one ({exc}); run `lab teardown` and `lab up`") from None
-        except (OSError, socket.timeout, paramiko.SSHException) as exc:
+        except SSH_ERRORS as exc:
             last_error = str(exc) or type(exc).__name__
         still_booting()
         time.sleep(0.5)
