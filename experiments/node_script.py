@@ -144,13 +144,13 @@ def _status(out: Path) -> dict | None:
 
 
 def _alive(pid: int | None) -> bool:
+    """Running and not a zombie. The runner is init's child once started, so it can be reaped at any moment."""
     if not pid:
         return False
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
         return False
-    stat = Path(f"/proc/{pid}/stat").read_text()
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -207,3 +208,14 @@ def test_tasks_ask_about_the_deployed_database_whatever_their_seed():
     tasks = [p.task for p in plan(scenario(tasks={"count": 30, "seed": 9}))[0]]
     assert all(t.order_id in shipped for t in tasks if t.kind == "shipment_eta")
     assert tasks[0].task_id == "s9-t0000"
+
+
+def test_a_runner_is_alive_only_while_it_runs():
+    child = subprocess.Popen(["sleep", "30"])
+    assert node_script._alive(child.pid)
+    child.kill()
+    os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)  # exited, not yet reaped: a zombie
+    assert not node_script._alive(child.pid)
+    child.wait()  # reaped: /proc/<pid> is gone, as when init reaps a runner between two looks
+    assert not node_script._alive(child.pid)
+    assert not node_script._alive(None)
