@@ -32,6 +32,7 @@ def hang_up_after_banner(server: socket.socket, stop: threading.Event) -> None:
 def test_a_hang_up_during_the_handshake_is_retried_then_reported(tmp_path):
     require_root("binding port 22 on a loopback address", [])
     server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the last run's closed connections linger in TIME_WAIT
     try:
         server.bind((ADDRESS, 22))
     except OSError as exc:
