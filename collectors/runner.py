@@ -32,7 +32,9 @@ SNAPLEN = 96
 # tcpdump's libpcap buffer timeout: the longest a captured packet waits in the kernel's ring.
 PCAP_BUFFER_TIMEOUT_S = 1.0
 STATUS_INTERVAL_S = 0.5
-ATTACH_TIMEOUT_S = 60.0
+# bpftrace compiles each program before attaching: ~1 s of CPU natively, tens of seconds on an
+# emulated (TCG) guest whose vCPU other probes share; past this the run goes on without the late ones.
+ATTACH_TIMEOUT_S = 300.0
 STOP_TIMEOUT_S = 10.0
 
 

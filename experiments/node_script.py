@@ -20,7 +20,7 @@ import urllib.request
 from pathlib import Path
 
 FINAL_STATES = ("running", "stopped", "failed")
-START_TIMEOUT_S = 90.0
+START_TIMEOUT_S = 330.0  # the runner's own attach timeout (collectors.runner.ATTACH_TIMEOUT_S) and then some
 STOP_TIMEOUT_S = 30.0
 UNSHAPED = "10gbit"
 

@@ -100,7 +100,8 @@ out=$(mktemp -d)/run
 python3 /tmp/collectors.pyz run --node agent-a --run-id vm --out "$out" --probes rtt >/dev/null 2>&1 &
 runner=$!
 running() { python3 -c "import json,sys; sys.exit(json.load(open('$out/status.json'))['state'] != 'running')" 2>/dev/null; }
-for _ in $(seq 300); do running && break; sleep 1; done
+for _ in $(seq 330); do running && break; sleep 1; done
+running || { echo "the runner is not running after 330 s: $(cat "$out/status.json")" >&2; exit 1; }
 python3 -m http.server 8099 --bind 127.0.0.1 >/dev/null 2>&1 &
 server=$!
 sleep 1
@@ -130,7 +131,7 @@ def test_rtt_probe_comes_from_a_kprobe_on_the_guest_kernel(lab, tmp_path):
     assert code == 0, err
     status, records = out.split("RECORDS\n")
     rtt = json.loads(status)["probes"]["rtt"]
-    assert rtt["started"] and rtt["state"] == "stopped" and rtt["lost_events"] == 0, rtt
+    assert rtt["started"] and rtt["state"] == "stopped" and rtt["lost_events"] == 0, status
     windows = [json.loads(line) for line in records.splitlines()]
     assert len(windows) == rtt["records"] >= 10  # at least the client's window of each request
     assert all(8099 in (w["sport"], w["dport"]) and w["srtt_min_us"] <= w["srtt_us"] <= w["srtt_max_us"] for w in windows)
