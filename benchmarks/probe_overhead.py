@@ -14,6 +14,7 @@ import statistics
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import get_args
@@ -101,6 +102,22 @@ def p99(values: list[float]) -> float:
     return statistics.quantiles(values, n=100)[98]
 
 
+def cpu_per_task(b: Block) -> float:
+    return b.host.busy_s / len(b.latencies_s)
+
+
+def pair_ratios(blocks: list[Block], measure: Callable[[Block], float]) -> list[float]:
+    """`measure` of the on block over the off block, for each pair (sorted)."""
+    pairs = [sorted(pair, key=lambda b: b.probes) for pair in zip(blocks[::2], blocks[1::2])]
+    return sorted(measure(on) / measure(off) for off, on in pairs)
+
+
+def spread(ratios: list[float]) -> str:
+    interval = f", mean {statistics.mean(ratios):.3f} ± {1.96 * statistics.stdev(ratios) / len(ratios) ** 0.5:.3f} (95 %)" \
+        if len(ratios) > 1 else ""
+    return f"median {statistics.median(ratios):.3f}, range {ratios[0]:.3f}-{ratios[-1]:.3f}{interval}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=Path("lab.yaml"))
@@ -129,7 +146,10 @@ def main() -> None:
         raise SystemExit(f"error: {exc}") from None
     try:
         entry = services.entry(controller.preflight(sessions, lab, scenario))
-        drive(scenario, entry, seed=99, count=min(args.tasks, 20))  # warm-up, not counted
+        # One block's worth of tasks first, not counted: a first block ran ~20 % slower (caches,
+        # connection set-up in the services) and, always "off", made the probes look cheaper.
+        seconds, results = drive(scenario, entry, seed=99)
+        print(f"warm-up: {len(results) / seconds:7.1f} tasks/s (not counted)", flush=True)
         order = [probes for pair in range(args.pairs) for probes in ((False, True) if pair % 2 == 0 else (True, False))]
         blocks = []
         for index, probes in enumerate(order):
@@ -137,7 +157,8 @@ def main() -> None:
             blocks.append(block(block_sessions, scenario, entry, probes, args, index))
             b = blocks[-1]
             print(f"block {index}: probes {'on ' if probes else 'off'} {len(b.latencies_s) / b.seconds:7.1f} tasks/s  "
-                  f"p99 {p99(b.latencies_s) * 1e3:6.1f} ms  failed {b.failed}", flush=True)
+                  f"p99 {p99(b.latencies_s) * 1e3:6.1f} ms  CPU {cpu_per_task(b) * 1e3:6.2f} ms/task  "
+                  f"steal {b.host.steal_s / b.seconds:4.0%}  failed {b.failed}", flush=True)
     finally:
         for session in sessions:
             session.close()
@@ -147,23 +168,22 @@ def main() -> None:
 def report(blocks: list[Block], args: argparse.Namespace) -> None:
     """Pooled figures for off and on, and the spread of the on/off throughput ratio over the pairs
     (each pair ran back to back, so the machine's drift hits both alike)."""
-    def figures(chosen: list[Block]) -> tuple[float, float, float, float]:
+    def figures(chosen: list[Block]) -> tuple[float, float, float, float, float]:
         latencies = [x for b in chosen for x in b.latencies_s]
-        return (len(latencies) / sum(b.seconds for b in chosen), p99(latencies),
-                sum(b.host.busy_s for b in chosen) / len(latencies), sum(b.host.switches for b in chosen) / len(latencies))
+        seconds = sum(b.seconds for b in chosen)
+        return (len(latencies) / seconds, p99(latencies), sum(b.host.busy_s for b in chosen) / len(latencies),
+                sum(b.host.switches for b in chosen) / len(latencies), sum(b.host.steal_s for b in chosen) / seconds)
 
-    (off_tput, off_p99, off_cpu, off_switches), (on_tput, on_p99, on_cpu, on_switches) = (
+    (off_tput, off_p99, off_cpu, off_switches, off_steal), (on_tput, on_p99, on_cpu, on_switches, on_steal) = (
         figures([b for b in blocks if not b.probes]), figures([b for b in blocks if b.probes]))
-    ratios = sorted(figures([on])[0] / figures([off])[0] for on, off in
-                    ((max(pair, key=lambda b: b.probes), min(pair, key=lambda b: b.probes))
-                     for pair in zip(blocks[::2], blocks[1::2])))
     print(f"\n{args.workload}, {args.pairs} off/on pairs of {args.tasks} tasks, {args.concurrency} in flight, probes {','.join(args.probes)}, "
           f"rtt window {args.rtt_interval_ms} ms per socket, at most {args.rtt_max_per_s} lines/s, "
           f"BPF statistics {'on' if args.bpf_stats else 'off'}")
-    print(f"{'probes':<8}{'tasks/s':>10}{'p99 ms':>10}{'host CPU ms/task':>18}{'switches/task':>15}")
-    print(f"{'off':<8}{off_tput:>10.1f}{off_p99 * 1e3:>10.1f}{off_cpu * 1e3:>18.3f}{off_switches:>15.1f}")
-    print(f"{'on':<8}{on_tput:>10.1f}{on_p99 * 1e3:>10.1f}{on_cpu * 1e3:>18.3f}{on_switches:>15.1f}")
-    print(f"host CPU per task on/off {on_cpu / off_cpu:.3f}")
+    print(f"{'probes':<8}{'tasks/s':>10}{'p99 ms':>10}{'host CPU ms/task':>18}{'switches/task':>15}{'steal':>8}")
+    for name, tput, tail, cpu, switches, steal in (("off", off_tput, off_p99, off_cpu, off_switches, off_steal),
+                                                   ("on", on_tput, on_p99, on_cpu, on_switches, on_steal)):
+        print(f"{name:<8}{tput:>10.1f}{tail * 1e3:>10.1f}{cpu * 1e3:>18.3f}{switches:>15.1f}{steal:>8.1%}")
+    print(f"host CPU per task on/off {on_cpu / off_cpu:.3f} (steal excluded); per pair: {spread(pair_ratios(blocks, cpu_per_task))}")
     where_it_went(blocks)
     tasks_on = sum(len(b.latencies_s) for b in blocks if b.probes)
     in_bpf = [b.bpf_s for b in blocks]
@@ -173,9 +193,7 @@ def report(blocks: list[Block], args: argparse.Namespace) -> None:
                            sum(b.stopping_s for b in blocks))):
         print(f"{what}: not measured (--bpf-stats) or not reported by every node" if seconds is None else
               f"{what}: {seconds / tasks_on * 1e3:.3f} ms CPU per task ({seconds / tasks_on / off_cpu:.1%} of a task's host CPU with probes off)")
-    spread = f", mean {statistics.mean(ratios):.3f} ± {1.96 * statistics.stdev(ratios) / len(ratios) ** 0.5:.3f} (95 %)" \
-        if len(ratios) > 1 else ""
-    print(f"throughput on/off per pair: median {statistics.median(ratios):.3f}, range {ratios[0]:.3f}-{ratios[-1]:.3f}{spread}")
+    print(f"throughput on/off per pair: {spread(pair_ratios(blocks, lambda b: len(b.latencies_s) / b.seconds))}")
     print(f"throughput on/off {on_tput / off_tput:.3f} (aim >= 0.97); p99 on/off {on_p99 / off_p99:.3f} (aim <= 1.03)")
 
 
