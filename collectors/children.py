@@ -32,7 +32,8 @@ READ_INTERVAL_S = 0.05  # a reader wakes at most this often; lines wait in the p
 PIPE_BYTES = 1 << 20  # the pipe's size: 20 MB/s of lines at that interval before bpftrace waits
 READ_BYTES = 1 << 16  # per read: below malloc's mmap threshold, so no mmap and page faults per read
 # Entries per bpftrace map (each map is allocated whole: ~50 MB of kernel memory per node):
-# a buffer map holds the events of one flush interval (programs.FLUSH_MS), 160 k events/s;
+# a buffer map holds the events between two flushes (programs.FLUSH_AT, checked every
+# programs.FLUSH_TICK_MS: a burst of 12 k events in one tick, 120 k events/s, still fits);
 # the lifetime, connect and RTT maps one entry per open socket.
 MAP_KEYS_MAX = 16384
 DECODE_STATUS_LINES = 50_000  # status.json is rewritten this often while decoding

@@ -12,9 +12,11 @@ Conventions shared by every program (the runner relies on them):
   for every printf (a perf buffer with wakeup_events = 1), which costs ~10 µs in the
   traced TCP path and a context switch per event. An event of probe P is a tuple stored in
   one of P's two buffer maps, ``@P0[cpu, seq]`` or ``@P1[cpu, seq]``, where ``seq`` counts
-  P's events on that CPU (``@P_emitted[cpu]``). Every FLUSH_MS, if anything was stored, the
-  program switches buffers (``@flip``) and prints and clears the ones it filled, between
-  two ``F`` lines; END prints every buffer the same way, then each ``@P_emitted``. The
+  P's events on that CPU (``@P_emitted[cpu]``); ``@pending`` counts the events stored since
+  the last flush. Every FLUSH_TICK_MS the program looks: once FLUSH_AT events are pending or
+  FLUSH_EVERY_MS passed since the last flush with any pending, it switches buffers
+  (``@flip``) and prints and clears the ones it filled, between two ``F`` lines (a flush
+  costs bpftrace a walk of every buffer map and a wake-up, whatever it holds); END prints every buffer the same way, then each ``@P_emitted``. The
   runner drops an entry whose key the previous batch held: bpftrace discards pending output
   when it is stopped, so a batch can be printed while its clear() is lost, and END prints it
   again. ``@P_emitted`` minus what arrived is what was lost (a full buffer map);
@@ -33,7 +35,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-FLUSH_MS = 100
+FLUSH_TICK_MS = 100
+FLUSH_EVERY_MS = 1000
+FLUSH_AT = 4096  # a quarter of a buffer map (children.MAP_KEYS_MAX): a burst still fits the next tick
 
 # The namespace test, applied to a `struct sock *`.
 _NETNS = "((struct sock *){sk})->__sk_common.skc_net.net->ns.inum == $1"
@@ -58,7 +62,7 @@ def _emit(probe: str, fields: str) -> str:
     $s_{probe} = @{probe}_emitted[cpu] + 1;
     @{probe}_emitted[cpu] = $s_{probe};
     if (@flip == 0) {{ @{probe}0[cpu, $s_{probe}] = $e_{probe}; }} else {{ @{probe}1[cpu, $s_{probe}] = $e_{probe}; }}
-    @pending = 1;"""
+    @pending = @pending + 1;"""
 
 
 def _print_and_clear(probes: Sequence[str], buffer: int) -> str:
@@ -66,12 +70,15 @@ def _print_and_clear(probes: Sequence[str], buffer: int) -> str:
 
 
 def _flush(probes: Sequence[str]) -> str:
-    return f"""interval:ms:{FLUSH_MS} /@pending/ {{
-  @pending = 0;
-  printf("F\\n");
-  if (@flip == 0) {{ @flip = 1; {_print_and_clear(probes, 0)} }}
-  else {{ @flip = 0; {_print_and_clear(probes, 1)} }}
-  printf("F\\n");
+    return f"""interval:ms:{FLUSH_TICK_MS} /@pending/ {{
+  if (@pending >= {FLUSH_AT} || nsecs - @flushed >= {FLUSH_EVERY_MS * 1_000_000}) {{
+    @pending = 0;
+    @flushed = nsecs;
+    printf("F\\n");
+    if (@flip == 0) {{ @flip = 1; {_print_and_clear(probes, 0)} }}
+    else {{ @flip = 0; {_print_and_clear(probes, 1)} }}
+    printf("F\\n");
+  }}
 }}
 """
 
@@ -83,7 +90,7 @@ def _end(probes: Sequence[str], extra: str) -> str:
     cleared = " ".join(f"clear(@{p}0); clear(@{p}1); clear(@{p}_emitted);" for p in probes)
     return f"""END {{
   printf("F\\n"); {last} printf("F\\n"); {counts}
-  {cleared} clear(@flip); clear(@pending);{extra}
+  {cleared} clear(@flip); clear(@pending); clear(@flushed);{extra}
 }}
 """
 
@@ -91,7 +98,7 @@ def _end(probes: Sequence[str], extra: str) -> str:
 # bpftrace 0.17 notices SIGINT/SIGTERM only when the signal interrupts its epoll_wait() or
 # when it next handles an async event: a signal that lands while it is busy printing would
 # leave an idle bpftrace running until killed, without its END output. An empty printf every
-# second is such an event (bpftrace wakes every 100 ms anyway; nothing reaches stdout).
+# second is such an event (nothing reaches stdout).
 _HEARTBEAT = 'interval:s:1 { printf(""); }\n'
 
 
