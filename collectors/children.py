@@ -43,10 +43,14 @@ TCPDUMP_DROPPED = re.compile(r"(\d+) packets? dropped by kernel")
 _ENCODE = json.JSONEncoder(separators=(",", ":")).encode  # one encoder for every record
 
 
+# Resolved here, not in the child: a dlopen() between fork and exec can deadlock on a lock
+# another of the runner's threads held at the fork.
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl
+
+
 def _die_with_parent() -> None:
     """Runs in the child before exec: SIGKILL it if the runner dies without stopping it."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    _PRCTL(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def process_cpu_s(pid: int) -> float | None:

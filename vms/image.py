@@ -161,7 +161,7 @@ def build(image: Image, log=print) -> tuple[NodeImage, bool]:
         tail = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
         shutil.rmtree(work / "rootfs", ignore_errors=True)
         raise LabError(f"image build failed: {tail}; full log in {work / 'build.log'}")
-    kernel, initrd = _boot_files(work / "rootfs")
+    _boot_files(work / "rootfs")  # a rootfs without a kernel is never cached
     meta = {"hash": digest, "recipe": spec, "built_at": time.time(), "build_seconds": round(time.monotonic() - started, 1)}
     (work / "image.json").write_text(json.dumps(meta, indent=2))
     final = images / digest

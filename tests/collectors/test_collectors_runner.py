@@ -326,3 +326,25 @@ def test_killed_probe_is_reported_and_runner_survives(start_runner: Any, tmp_pat
     assert final["probes"]["retrans"]["state"] == "exited"
     assert final["probes"]["state"]["state"] == "stopped"
     assert final["probes"]["state"]["bpf_runs"] is None  # not measured without --bpf-stats
+
+
+def alive(pid: int) -> bool:
+    """A process that exists and is not a zombie awaiting its reaper."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_probes_die_with_a_killed_runner(start_runner: Any, tmp_path: Path) -> None:
+    """A runner killed outright (OOM killer, kill -9) leaves no bpftrace or tcpdump behind."""
+    runner = start_runner(tmp_path / "out", "--probes", "state,retrans,pcap", "--iface", "lab0")
+    probes = runner.wait_running()["probes"]
+    pids = {name: probe["pid"] for name, probe in probes.items()}
+    assert all(pids.values()) and all(alive(pid) for pid in pids.values()), pids
+    runner.proc.send_signal(signal.SIGKILL)
+    runner.proc.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(alive(pid) for pid in pids.values()):
+        time.sleep(0.1)
+    assert not [name for name, pid in pids.items() if alive(pid)]
