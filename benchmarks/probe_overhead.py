@@ -108,16 +108,19 @@ def cpu_per_task(b: Block) -> float:
     return b.host.busy_s / len(b.latencies_s)
 
 
+def pairs(blocks: list[Block]) -> list[tuple[Block, Block]]:
+    """The blocks as run, two by two: (off, on) of each pair."""
+    return [(off, on) if on.probes else (on, off) for off, on in zip(blocks[::2], blocks[1::2])]
+
+
 def pair_ratios(blocks: list[Block], measure: Callable[[Block], float]) -> list[float]:
     """`measure` of the on block over the off block, for each pair (sorted)."""
-    pairs = [sorted(pair, key=lambda b: b.probes) for pair in zip(blocks[::2], blocks[1::2])]
-    return sorted(measure(on) / measure(off) for off, on in pairs)
+    return sorted(measure(on) / measure(off) for off, on in pairs(blocks))
 
 
 def quiet_pairs(blocks: list[Block]) -> list[Block]:
     """The pairs in which the hypervisor took at most QUIET_STEAL of either block's time."""
-    pairs = zip(blocks[::2], blocks[1::2])
-    return [b for pair in pairs if all(b.host.steal_s <= QUIET_STEAL * b.seconds for b in pair) for b in pair]
+    return [b for pair in pairs(blocks) if all(b.host.steal_s <= QUIET_STEAL * b.seconds for b in pair) for b in pair]
 
 
 def throughput(b: Block) -> float:
@@ -172,8 +175,8 @@ def main() -> None:
             block_sessions = [replace(s, run_id=f"{run_id}-{index}") for s in sessions]
             blocks.append(block(block_sessions, scenario, entry, probes, args, index))
             b = blocks[-1]
-            print(f"block {index}: probes {'on ' if probes else 'off'} {len(b.latencies_s) / b.seconds:7.1f} tasks/s  "
-                  f"p99 {p99(b.latencies_s) * 1e3:6.1f} ms  CPU {cpu_per_task(b) * 1e3:6.2f} ms/task  "
+            print(f"block {index}: probes {'on ' if probes else 'off'} {throughput(b):7.1f} tasks/s  "
+                  f"p99 {block_p99(b) * 1e3:6.1f} ms  CPU {cpu_per_task(b) * 1e3:6.2f} ms/task  "
                   f"steal {b.host.steal_s / b.seconds:4.0%}  failed {b.failed}", flush=True)
     finally:
         for session in sessions:

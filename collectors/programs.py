@@ -16,10 +16,11 @@ Conventions shared by every program (the runner relies on them):
   the last flush. Every FLUSH_TICK_MS the program looks: once FLUSH_AT events are pending or
   FLUSH_EVERY_MS passed since the last flush with any pending, it switches buffers
   (``@flip``) and prints and clears the ones it filled, between two ``F`` lines (a flush
-  costs bpftrace a walk of every buffer map and a wake-up, whatever it holds); END prints every buffer the same way, then each ``@P_emitted``. The
-  runner drops an entry whose key the previous batch held: bpftrace discards pending output
-  when it is stopped, so a batch can be printed while its clear() is lost, and END prints it
-  again. ``@P_emitted`` minus what arrived is what was lost (a full buffer map);
+  costs bpftrace a walk of every buffer map and a wake-up, whatever it holds); END prints
+  every buffer the same way, then each ``@P_emitted``. The runner drops an entry whose key
+  the previous batch held: bpftrace discards pending output when it is stopped, so a batch
+  can be printed while its clear() is lost, and END prints it again. ``@P_emitted`` minus
+  what arrived is what was lost (a full buffer map);
 - a tuple holds the event's CLOCK_MONOTONIC ns first, then its integers, then its
   addresses (ntop), then at most one string, last (a comm may hold ", "): integers first
   keep bpftrace's tuple layout free of padding;

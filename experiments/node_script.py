@@ -143,7 +143,7 @@ def _status(out: Path) -> dict | None:
         return None
 
 
-def _alive(pid: int | None) -> bool:
+def alive(pid: int | None) -> bool:
     """Running and not a zombie. The runner is init's child once started, so it can be reaped at any moment."""
     if not pid:
         return False
@@ -156,7 +156,7 @@ def _alive(pid: int | None) -> bool:
 
 def _is_runner(pid: int | None) -> bool:
     try:
-        return _alive(pid) and "--run-id" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+        return alive(pid) and "--run-id" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
     except OSError:
         return False
 
@@ -166,7 +166,7 @@ def _stop_runner(pid: int, out: Path) -> str:
     SIGKILL once status.json has not changed for STOP_TIMEOUT_S (decoding rewrites it as it goes)."""
     os.kill(pid, signal.SIGTERM)
     updated, deadline = None, 0.0
-    while _alive(pid):
+    while alive(pid):
         now = (_status(out) or {}).get("updated_at_ns")
         if now != updated:
             updated, deadline = now, time.monotonic() + STOP_TIMEOUT_S
@@ -235,7 +235,7 @@ def _tail(path: Path) -> str:
 
 def status(run_dir: str) -> dict:
     out = Path(run_dir) / "probes"
-    return {"status": _status(out), "alive": _alive(_pid(out))}
+    return {"status": _status(out), "alive": alive(_pid(out))}
 
 
 def stop(run_dir: str, telemetry: str, offsets: dict[str, int]) -> dict:
@@ -243,7 +243,7 @@ def stop(run_dir: str, telemetry: str, offsets: dict[str, int]) -> dict:
     root = Path(run_dir)
     out = root / "probes"
     pid = _pid(out)
-    outcome = _stop_runner(pid, out) if pid is not None and _alive(pid) else "not running"
+    outcome = _stop_runner(pid, out) if pid is not None and alive(pid) else "not running"
     copied = copy_telemetry(Path(telemetry), root / "telemetry", offsets)
     _run(["chmod", "-R", "a+rX", str(root)])
     return {"runner": outcome, "status": _status(out), "telemetry": copied, "files": checksums(root)}

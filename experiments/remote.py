@@ -57,7 +57,7 @@ class NodeSession:
 
     def start_probes(self, probes: list[str], rtt: tuple[int, int], bpf_stats: bool = False) -> dict:
         """Start this node's probe runner on the lab interface and loopback; wait until it runs."""
-        return self.step("start", timeout=360, run_dir=self.run_dir, node=self.node.name, address=self.node.address,
+        return self.step("start", timeout=node_script.START_TIMEOUT_S + 30, run_dir=self.run_dir, node=self.node.name, address=self.node.address,
                          run_id=self.run_id, probes=probes, collectors=services.COLLECTORS,
                          telemetry=services.TELEMETRY_DIR, rtt=rtt, bpf_stats=bpf_stats)
 

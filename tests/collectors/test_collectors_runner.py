@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from experiments.node_script import alive
+
 # Fixtures `netns` and `start_runner` come from conftest.py (a Namespaces, a RunnerProcess
 # factory); they are typed Any here because test modules cannot import from a conftest.
 Namespaces = Any
@@ -326,14 +328,6 @@ def test_killed_probe_is_reported_and_runner_survives(start_runner: Any, tmp_pat
     assert final["probes"]["retrans"]["state"] == "exited"
     assert final["probes"]["state"]["state"] == "stopped"
     assert final["probes"]["state"]["bpf_runs"] is None  # not measured without --bpf-stats
-
-
-def alive(pid: int) -> bool:
-    """A process that exists and is not a zombie awaiting its reaper."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def test_probes_die_with_a_killed_runner(start_runner: Any, tmp_path: Path) -> None:

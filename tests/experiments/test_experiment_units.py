@@ -212,10 +212,10 @@ def test_tasks_ask_about_the_deployed_database_whatever_their_seed():
 
 def test_a_runner_is_alive_only_while_it_runs():
     child = subprocess.Popen(["sleep", "30"])
-    assert node_script._alive(child.pid)
+    assert node_script.alive(child.pid)
     child.kill()
     os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)  # exited, not yet reaped: a zombie
-    assert not node_script._alive(child.pid)
+    assert not node_script.alive(child.pid)
     child.wait()  # reaped: /proc/<pid> is gone, as when init reaps a runner between two looks
-    assert not node_script._alive(child.pid)
-    assert not node_script._alive(None)
+    assert not node_script.alive(child.pid)
+    assert not node_script.alive(None)
