@@ -153,6 +153,10 @@ def main() -> None:
     parser.add_argument("--bpf-stats", action="store_true",
                         help="also measure the kernel's time in the probes' BPF programs (its clock reads cost CPU too)")
     args = parser.parse_args()
+    if args.pairs < 1:
+        parser.error(f"--pairs {args.pairs}: give at least 1 (one off block and one on block)")
+    if args.settle < 0:
+        parser.error(f"--settle {args.settle}: seconds of quiet cannot be negative; give 0 or more")
     try:  # bad arguments, lab.yaml or lab state: one line naming what and how to fix it
         scenario = validate(Scenario, {"name": "overhead", "workload": args.workload, "tasks": {"count": args.tasks},
                                        "load": {"concurrency": args.concurrency}, "task_timeout_s": 300,
