@@ -1,14 +1,17 @@
 """JSONL into Arrow tables with the C++ reader (multi-threaded, no Python per record).
 
 Schemas are explicit so a column that is null in the first block (e.g. `error`) does not
-change type later. A truncated last line is dropped; a broken line in the middle falls back
-to a line-by-line parse that skips what cannot be read. Both are reported.
+change type later. A truncated last line is dropped; a broken line, or a value the schema
+cannot hold (an integer past 64 bits, a string where a number belongs), makes the file fall
+back to a line-by-line parse that keeps every record, turns each such value into null and
+lists it by field. All of it is reported, never raised.
 """
 
 from __future__ import annotations
 
 import io
 import json
+from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
@@ -16,8 +19,10 @@ import pyarrow.json as pj
 
 from analysis.rundir import RunDir
 
+# `invalid`: what the probe runner could not write as a value (collectors.children.Records.record)
 _TUPLE = [("ts_ns", pa.int64()), ("node", pa.string()), ("run_id", pa.string()), ("probe", pa.string()),
-          ("saddr", pa.string()), ("sport", pa.int32()), ("daddr", pa.string()), ("dport", pa.int32())]
+          ("saddr", pa.string()), ("sport", pa.int32()), ("daddr", pa.string()), ("dport", pa.int32()),
+          ("invalid", pa.string())]
 
 PROBE_SCHEMAS: dict[str, pa.Schema] = {
     "lifetime": pa.schema(_TUPLE + [("pid", pa.int64()), ("comm", pa.string()), ("tx_bytes", pa.int64()),
@@ -67,21 +72,43 @@ def read_jsonl(path: Path, schema: pa.Schema, run: RunDir) -> pa.Table:
 
 
 def _read_lenient(path: Path, data: bytes, schema: pa.Schema, run: RunDir) -> pa.Table:
-    """The slow path, only for a damaged file: keep every line that parses as a JSON object of the schema."""
-    rows, bad = [], 0
+    """The slow path, only for a damaged file: every line that parses as a JSON object, each value
+    the schema cannot hold made null and counted per field."""
+    rows, bad, nulled = [], 0, Counter[str]()
     for line in data.splitlines():
         try:
             record = json.loads(line)
-            if isinstance(record, dict):
-                rows.append({name: record.get(name) for name in schema.names})
-                continue
         except ValueError:
-            pass
-        bad += int(bool(line.strip()))
-    try:
-        table = pa.Table.from_pylist(rows, schema=schema)
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        run.note(run.rel(path), f"unreadable records ({exc}); file skipped")
-        return schema.empty_table()
-    run.note(run.rel(path), f"{bad} unreadable line(s) skipped, {len(rows)} kept")
-    return table
+            record = None
+        if not isinstance(record, dict):
+            bad += int(bool(line.strip()))
+            continue
+        row = {}
+        for item in schema:
+            value = record.get(item.name)
+            row[item.name] = value if value is None or _fits(value, item.type) else None
+            nulled[item.name] += int(value is not None and row[item.name] is None)
+        rows.append(row)
+    if bad:
+        run.note(run.rel(path), f"{bad} unreadable line(s) skipped, {len(rows)} kept")
+    for name, count in sorted(nulled.items()):
+        if count:
+            run.note(run.rel(path), f"{name}: {count} value(s) out of range or of the wrong type, read as null")
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+_INT_RANGES = {pa.int32(): 1 << 31, pa.int64(): 1 << 63}
+
+
+def _fits(value: object, kind: pa.DataType) -> bool:
+    """Whether a JSON value can stand in a column of this type as it is."""
+    if kind in _INT_RANGES:
+        limit = _INT_RANGES[kind]
+        return isinstance(value, int) and not isinstance(value, bool) and -limit <= value < limit
+    if kind == pa.string():
+        return isinstance(value, str)
+    if kind == pa.bool_():
+        return isinstance(value, bool)
+    if pa.types.is_list(kind):
+        return isinstance(value, list) and all(item is None or _fits(item, kind.value_type) for item in value)
+    raise TypeError(f"no JSON check for column type {kind}")

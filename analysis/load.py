@@ -83,6 +83,9 @@ def _probe(run: RunDir, node: str, probe: str, status: dict) -> pd.DataFrame:
     if state.get("state") in ("failed", "exited"):
         run.note(run.rel(path), f"probe {state['state']} on {node}: {state.get('attach_error') or state.get('error')}")
     frame = read_jsonl(path, PROBE_SCHEMAS[probe], run).to_pandas()
+    if (invalid := frame["invalid"].dropna()).size:
+        run.note(run.rel(path), f"{invalid.size} record(s) with a value the probe could not read, kept as null "
+                                f"(first: {invalid.iloc[0]})")
     frame["node"] = node
     _to_controller_clock(run, node, frame, TIME_COLUMNS.get(probe, ("ts_ns",)))
     return frame

@@ -168,7 +168,7 @@ def main() -> None:
     except LabError as exc:
         raise SystemExit(f"error: {exc}") from None
     try:
-        entry = services.entry(controller.preflight(sessions, lab, scenario))
+        entry = services.entry(controller.preflight(sessions, lab, scenario), scenario.workload)
         # One block's worth of tasks first, not counted: a first block ran ~20 % slower (caches,
         # connection set-up in the services) and, always "off", made the probes look cheaper.
         seconds, results = drive(scenario, entry, seed=99)

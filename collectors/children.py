@@ -259,6 +259,11 @@ class Child:
         self.status_file.touch()
 
 
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+"""A record's integers are signed 64-bit (what JSON readers and the analysis' tables hold): a
+value outside is a u64 that wrapped, written as null with the reason in the record's `invalid`."""
+
+
 class Records:
     """One probe's records from a bpftrace process: it parses the probe's entries, writes each
     batch in time order and counts what arrived."""
@@ -311,9 +316,16 @@ class Records:
             "daddr": event.daddr,
             "dport": event.dport,
         }
+        invalid = []
         for name, value in event.fields.items():
+            if isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
+                invalid.append(f"{name}={value} is out of range (a kernel counter that went below zero)")
+                value = None
             is_mono = name in event.mono_fields and isinstance(value, int)
             record[name] = self.tags.clock.to_wall(value) if is_mono else value  # type: ignore[arg-type]
+        if invalid:
+            record["invalid"] = "; ".join(invalid)
+            self.status.invalid_values += 1
         assert self.out is not None
         self.out.write(_ENCODE(record) + "\n")
         self.status.records += 1

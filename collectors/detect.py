@@ -47,6 +47,8 @@ class Detection:
     tools: dict[str, str | None]
     bpftrace_version: str | None
     interfaces: list[str] = field(default_factory=list)
+    # where struct sock keeps its flags word (sock_flags_member), None when BTF shows neither place
+    sock_flags: str | None = None
 
     def has_tracepoint_field(self, tracepoint: str, name: str) -> bool:
         return name in self.tracepoints.get(tracepoint, [])
@@ -125,6 +127,21 @@ def bpftrace_version(path: str | None) -> str | None:
     return result.stdout.strip().removeprefix("bpftrace ") or None
 
 
+SOCK_FLAGS_PLACES = ("sk_flags", "__sk_common.skc_flags")
+
+
+def sock_flags_member(bpftrace: str | None) -> str | None:
+    """The path of sk_flags inside struct sock on this kernel: a member of its own in Debian's
+    6.1, `__sk_common.skc_flags` in 6.18. The one that a dry run (no attach, ~0.3 s) compiles."""
+    if bpftrace is None:
+        return None
+    for place in SOCK_FLAGS_PLACES:
+        program = f"tracepoint:sock:inet_sock_set_state {{ $f = ((struct sock *)args->skaddr)->{place}; }}"
+        if subprocess.run([bpftrace, "-d", "-e", program], capture_output=True).returncode == 0:
+            return place
+    return None
+
+
 def non_loopback_interfaces() -> list[str]:
     try:
         names = sorted(os.listdir(SYS_CLASS_NET))
@@ -153,6 +170,7 @@ def detect() -> Detection:
         tools=tools,
         bpftrace_version=bpftrace_version(tools["bpftrace"]),
         interfaces=non_loopback_interfaces(),
+        sock_flags=sock_flags_member(tools["bpftrace"]),
     )
 
 

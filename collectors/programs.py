@@ -46,8 +46,8 @@ _NETNS = "((struct sock *){sk})->__sk_common.skc_net.net->ns.inum == $1"
 READY = 'BEGIN { printf("READY %llu\\n", nsecs); }\n'
 
 # TCP states (include/net/tcp_states.h).
-ESTABLISHED, SYN_SENT, SYN_RECV, FIN_WAIT1, FIN_WAIT2 = 1, 2, 3, 4, 5
-CLOSE, CLOSE_WAIT, LAST_ACK, CLOSING = 7, 8, 9, 11
+ESTABLISHED, SYN_SENT, SYN_RECV, FIN_WAIT1 = 1, 2, 3, 4
+CLOSE, LAST_ACK = 7, 9
 
 _SET_STATE = (
     "tracepoint:sock:inet_sock_set_state\n"
@@ -110,13 +110,20 @@ def _batched(probes: Sequence[str], blocks: str, extra_end: str = "") -> str:
 # Connection lifetime and bytes, modelled on libbpf-tools tcplife but filtered by netns and
 # with payload-exact byte counts:
 #   tx_bytes = bytes_sent - bytes_retrans (payload sent, each byte once; SYN/FIN carry none)
-#   rx_bytes = bytes_received minus the FIN's sequence number when this socket (not its
-#              time-wait successor) processed the peer's FIN: ESTABLISHED->CLOSE_WAIT,
-#              FIN_WAIT1->CLOSING, or FIN_WAIT2->CLOSE without first being handed to a
-#              time-wait socket (FIN_WAIT2->FIN_WAIT2).
+#   rx_bytes = bytes_received minus the FIN's sequence number when this socket processed the
+#              peer's FIN. tcp_fin() marks exactly that socket SOCK_DONE, after its rcv_nxt (and
+#              so bytes_received) moved past the FIN; a FIN that a time-wait successor took is
+#              counted by neither. (The flag replaced a guess from state transitions that held
+#              on 6.18 but not on Debian's 6.1, where a FIN_WAIT2 socket handed to time wait
+#              shows no FIN_WAIT2 -> FIN_WAIT2 step: its rx_bytes came out one short, or 2^64 - 1.)
 # Event: (ns, birth_ns, sport, dport, tx_bytes, rx_bytes, pid, saddr, daddr, comm)
-_LIFETIME = (
-    f"""
+SOCK_DONE = 1  # enum sock_flags (include/net/sock.h): a bit of sk_flags
+
+
+def _lifetime(sock_flags: str) -> tuple[str, str]:
+    """`sock_flags`: where struct sock keeps sk_flags on this kernel (detect.sock_flags_member)."""
+    return (
+        f"""
   if (args->newstate >= {ESTABLISHED} && args->newstate <= {SYN_RECV} && @birth[$k] == 0) {{
     @birth[$k] = nsecs;
   }}
@@ -125,26 +132,19 @@ _LIFETIME = (
     @pid[$k] = pid;
     @comm[$k] = comm;
   }}
-  if (args->newstate == {CLOSE_WAIT} || args->newstate == {CLOSING}) {{
-    @fin[$k] = 1;
-  }}
-  if (args->oldstate == {FIN_WAIT2} && args->newstate == {FIN_WAIT2}) {{
-    @tw[$k] = 1;
-  }}
-  if (args->oldstate == {FIN_WAIT2} && args->newstate == {CLOSE} && @tw[$k] == 0) {{
-    @fin[$k] = 1;
-  }}
   if (args->newstate == {CLOSE}) {{
     if (@birth[$k] != 0) {{
       $tp = (struct tcp_sock *)args->skaddr;
+      $fin = (((struct sock *)args->skaddr)->{sock_flags} >> {SOCK_DONE}) & 1;
       {_emit("lifetime", f"nsecs, @birth[$k], {_PORTS}, $tp->bytes_sent - $tp->bytes_retrans, "
-             f"$tp->bytes_received - (uint64)@fin[$k], (uint64)@pid[$k], {_ADDRESSES}, @comm[$k]")}
+             f"$tp->bytes_received - $fin, (uint64)@pid[$k], {_ADDRESSES}, @comm[$k]")}
     }}
-    delete(@birth[$k]); delete(@pid[$k]); delete(@comm[$k]); delete(@fin[$k]); delete(@tw[$k]);
+    delete(@birth[$k]); delete(@pid[$k]); delete(@comm[$k]);
   }}
 """,
-    " clear(@birth); clear(@pid); clear(@comm); clear(@fin); clear(@tw);",
-)
+        " clear(@birth); clear(@pid); clear(@comm);",
+    )
+
 
 # Every TCP state transition of this namespace's sockets.
 # Event: (ns, sport, dport, oldstate, newstate, saddr, daddr)
@@ -176,13 +176,14 @@ _CONNECT = (
     " clear(@connect_pid); clear(@connect_comm);",
 )
 
-SET_STATE_PROBES = {"lifetime": _LIFETIME, "state": _STATE, "connect": _CONNECT}
+SET_STATE_PROBES = ("lifetime", "state", "connect")
 
 
-def set_state(probes: Sequence[str]) -> str:
+def set_state(probes: Sequence[str], sock_flags: str) -> str:
     """One program for any of SET_STATE_PROBES: a single block on inet_sock_set_state does
     the work of each, so a transition runs one BPF program, however many of them are on."""
-    parts = [SET_STATE_PROBES[p] for p in probes]
+    blocks = {"lifetime": _lifetime(sock_flags), "state": _STATE, "connect": _CONNECT}
+    parts = [blocks[p] for p in probes]
     block = _SET_STATE + "{\n  $k = (uint64)args->skaddr;" + "".join(body for body, _ in parts) + "}\n"
     return _batched(probes, block, "".join(end for _, end in parts))
 

@@ -112,7 +112,7 @@ class Runner:
         source = chosen[0][1]
         name = "-".join(probes)
         program_path = self.config.out / "programs" / f"{name}.bt"
-        program_path.write_text(source.program_for(probes))
+        program_path.write_text(source.program_for(probes, self.detection))
         argv = [
             str(self.detection.tools["bpftrace"]),
             "-B",

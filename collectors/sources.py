@@ -71,13 +71,13 @@ class Source:
     name: str
     tool: str
     requires: tuple[Requirement, ...]
-    program: str | Callable[[Sequence[str]], str] | None = None
+    program: str | Callable[[Sequence[str], Detection], str] | None = None
     parse: Parser | None = None
     tracepoints: tuple[str, ...] = ()  # those its program attaches to (see collectors/gate.py)
 
-    def program_for(self, probes: Sequence[str]) -> str:
+    def program_for(self, probes: Sequence[str], detection: Detection) -> str:
         assert self.program is not None
-        return self.program(probes) if callable(self.program) else self.program
+        return self.program(probes, detection) if callable(self.program) else self.program
 
     def missing(self, detection: Detection) -> list[str]:
         return [reason for check in self.requires if (reason := check(detection)) is not None]
@@ -202,15 +202,23 @@ _BPFTRACE = (needs_tool("bpftrace"), needs_btf)
 _SET_STATE = "sock:inet_sock_set_state"
 
 
-def _on_set_state(parse: Parser) -> Source:
+def needs_sock_flags(d: Detection) -> str | None:
+    return None if d.sock_flags else "the kernel's BTF shows no sk_flags in struct sock (it tells whether a socket took the peer's FIN)"
+
+
+def _set_state_program(probes: Sequence[str], detection: Detection) -> str:
+    return programs.set_state(probes, detection.sock_flags or "")
+
+
+def _on_set_state(parse: Parser, *requires: Requirement) -> Source:
     """lifetime, state and connect: one bpftrace serves whichever of them are on."""
-    return Source(f"bpftrace tracepoint:{_SET_STATE}", "bpftrace", (*_BPFTRACE, needs_tracepoint(_SET_STATE)),
-                  programs.set_state, parse, (_SET_STATE,))
+    return Source(f"bpftrace tracepoint:{_SET_STATE}", "bpftrace", (*_BPFTRACE, needs_tracepoint(_SET_STATE), *requires),
+                  _set_state_program, parse, (_SET_STATE,))
 
 
 # Probe name -> candidate sources, best first. "pcap" is handled by the runner per interface.
 PROBES: dict[str, tuple[Source, ...]] = {
-    "lifetime": (_on_set_state(parse_lifetime),),
+    "lifetime": (_on_set_state(parse_lifetime, needs_sock_flags),),
     "state": (_on_set_state(parse_state),),
     "connect": (_on_set_state(parse_connect),),
     "rtt": (

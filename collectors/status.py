@@ -58,6 +58,7 @@ class ProbeStatus:
     stopped_at_ns: int | None = None
     records: int = 0  # written; while a bpftrace probe runs, the entries it printed so far
     parse_errors: int = 0
+    invalid_values: int = 0  # records written with a value nulled (children.INT64_MIN/MAX)
     lost_events: int = 0
     cpu_s: CpuSpent | None = None  # the probe process's CPU, known once it exited
     # The kernel's time in the probe's BPF programs and their runs, read when the stop began

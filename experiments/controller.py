@@ -36,6 +36,8 @@ from lab import inventory, state
 from lab.config import LabConfig
 from lab.errors import LabError
 from lab.state import LabState
+from workload.config import AGENT_B_LLM_CALLS, LLM_CALLS_PER_TASK, LLM_MAX_TOKENS
+from workload.llm.speed import SpeedError, measure
 
 MONITOR_INTERVAL_S = 5.0
 REPO = Path(__file__).resolve().parents[1]
@@ -57,8 +59,11 @@ def run(lab: LabConfig, scenario: Scenario, scenario_file: Path, reporter: Repor
     try:
         reporter.phase("preflight: services, probes, versions")
         checks = preflight(sessions, lab, scenario)
+        if scenario.workload in LLM_CALLS_PER_TASK:
+            reporter.phase("preflight: the LLM's speed against the scenario's timeouts")
+        llm_speed = check_llm_speed(checks, scenario, scenario_file)
         run_dir.mkdir(parents=True)
-        Experiment(lab, current, scenario, scenario_file, run_dir, sessions, reporter, checks).execute()
+        Experiment(lab, current, scenario, scenario_file, run_dir, sessions, reporter, checks, llm_speed).execute()
     finally:
         for session in sessions:
             session.close()
@@ -94,8 +99,8 @@ def preflight(sessions: list[NodeSession], lab: LabConfig, scenario: Scenario) -
     checks: dict[str, dict] = {n: a for n, a in answers.items() if not isinstance(a, Exception)}
     for node, answer in checks.items():
         problems += _preflight_problems(node, answer, scenario)
-    if not problems and (absent := services.missing(checks)):
-        problems.append(f"no node runs {', '.join(absent)}; run `lab deploy`")
+    if not problems and (absent := services.missing(checks, scenario.workload)):
+        problems.append(f"no node runs {', '.join(absent)}, which {scenario.workload} needs; run `lab deploy`")
     if problems:
         raise LabError("preflight failed: " + "; ".join(problems))
     return checks
@@ -111,15 +116,59 @@ def _preflight_problems(node: str, answer: dict, scenario: Scenario) -> list[str
     return problems
 
 
+SPEED_MARGIN = 1.25
+"""How much slower than measured an LLM call may turn out under load before a timeout cuts it."""
+SLOW_LLM_ADVICE = ("use KVM (accelerator: kvm, on a host with vmx/svm), the nspawn provider, a smaller llm.cpu_model "
+                   "in lab.yaml, or the longer timeouts named above")
+
+
+def check_llm_speed(checks: dict[str, dict], scenario: Scenario, scenario_file: Path) -> dict[str, Any] | None:
+    """For an agentic workload: one cold streamed completion of an agent-sized prompt from here to
+    the LLM, and a refusal, before any probe starts, when calls at that speed cannot finish within
+    the scenario's timeouts. Returns the measurement for the manifest."""
+    if scenario.workload not in LLM_CALLS_PER_TASK:
+        return None
+    node, _ = services.placement(checks)["llm"]
+    t = scenario.timeouts
+    try:
+        speed = measure(services.url(checks, "llm"), served_model(checks).get("id", ""), LLM_MAX_TOKENS, t.llm_s)
+    except SpeedError as exc:
+        raise LabError(f"preflight: the LLM on {node} did not answer an agent-sized prompt in time: {exc}; "
+                       f"timeouts.llm_s in {scenario_file} is {t.llm_s:g} s; {SLOW_LLM_ADVICE}") from exc
+    call = speed.call_s(LLM_MAX_TOKENS) * SPEED_MARGIN
+    calls = LLM_CALLS_PER_TASK[scenario.workload]
+    limits = [("timeouts.llm_s", t.llm_s, call, "one call"),
+              ("task_timeout_s", scenario.task_timeout_s, calls * call, f"a task's {calls} calls")]
+    if scenario.workload == "multihop":
+        limits.append(("timeouts.agent_s", t.agent_s, AGENT_B_LLM_CALLS * call, f"Agent B's {AGENT_B_LLM_CALLS} calls"))
+    short = [f"{what} need ~{need:.0f} s, more than {key} ({limit:g} s; set it to at least {need:.0f})"
+             for key, limit, need, what in limits if need > limit]
+    measured = {"node": node, "ttft_s": round(speed.ttft_s, 3), "tokens_per_s": round(speed.tokens_per_s, 2),
+                "prompt_chars": speed.prompt_chars, "max_tokens": LLM_MAX_TOKENS, "call_s_with_margin": round(call, 2)}
+    if short:
+        raise LabError(f"preflight: the LLM on {node} takes {speed.ttft_s:.1f} s to the first token of an agent-sized "
+                       f"prompt ({speed.prompt_chars} characters) and decodes {speed.tokens_per_s:.1f} tokens/s, so a call of "
+                       f"up to {LLM_MAX_TOKENS} tokens takes ~{call:.0f} s with a {SPEED_MARGIN:g}x margin: "
+                       + "; ".join(short) + f" in {scenario_file}; or {SLOW_LLM_ADVICE}")
+    return measured
+
+
+def served_model(checks: dict[str, dict]) -> dict[str, Any]:
+    """What the LLM server says it serves (its /v1/models entry), or {} when it did not say."""
+    models = services.placement(checks)["llm"][1]["models"]
+    return (models["body"].get("data") or [{}])[0] if models["ok"] and isinstance(models["body"], dict) else {}
+
+
 def _said(health: dict) -> str:
     return f"HTTP {health['status']}: {health['body']}" if health["status"] else str(health["body"])
 
 
 class Experiment:
     def __init__(self, lab: LabConfig, current: LabState, scenario: Scenario, scenario_file: Path, run_dir: Path,
-                 sessions: list[NodeSession], reporter: Reporter, checks: dict[str, dict]) -> None:
+                 sessions: list[NodeSession], reporter: Reporter, checks: dict[str, dict],
+                 llm_speed: dict[str, Any] | None = None) -> None:
         self.lab, self.scenario, self.run_dir, self.sessions, self.reporter = lab, scenario, run_dir, sessions, reporter
-        self.entry = services.entry(checks)
+        self.entry = services.entry(checks, scenario.workload)
         self.faults = Faults()
         self.offsets: dict[str, dict[str, int]] = {}
         self.impaired: list[NodeSession] = []
@@ -130,7 +179,7 @@ class Experiment:
             scenario={"name": scenario.name, "file": str(scenario_file), "config": scenario.model_dump(mode="json")},
             lab=lab.model_dump(mode="json"), provider=current.provider, accelerator=current.accelerator,
             image=current.image, started_at_ns=time.time_ns(), git=git_info(REPO),
-            versions=_versions(checks),
+            versions=_versions(checks), llm_speed=llm_speed,
         )
         for node, answer in checks.items():
             for stale in answer["stale_runners"]:
@@ -301,14 +350,12 @@ class Experiment:
 
 def _versions(checks: dict[str, dict]) -> dict[str, Any]:
     keys = ("kernel", "python", "bpftrace", "tcpdump", "workload")
-    llm_node, llm = services.placement(checks)["llm"]
-    models = llm["models"]
-    served = (models["body"].get("data") or [{}])[0] if models["ok"] and isinstance(models["body"], dict) else {}
-    return {
-        "controller": controller_versions(),
-        "nodes": {node: {k: answer[k] for k in keys} for node, answer in checks.items()},
-        "llm": {"node": llm_node, "backend": served.get("owned_by"), "model": served.get("id"), "served": served},
-    }
+    versions = {"controller": controller_versions(), "nodes": {node: {k: answer[k] for k in keys} for node, answer in checks.items()}}
+    if "llm" not in services.placement(checks):
+        return versions  # a baseline run on a lab without the LLM deployed
+    served = served_model(checks)
+    return {**versions, "llm": {"node": services.placement(checks)["llm"][0], "backend": served.get("owned_by"),
+                                "model": served.get("id"), "served": served}}
 
 
 def _applied(node: str, link: dict, answer: dict) -> dict[str, Any]:

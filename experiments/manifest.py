@@ -62,6 +62,7 @@ class Manifest:
     probes: dict[str, dict[str, Any]] = field(default_factory=dict)
     probe_cpu_s: dict[str, dict[str, float | None]] = field(default_factory=dict)  # node -> probe_cpu()
     impairments_applied: list[dict[str, Any]] = field(default_factory=list)
+    llm_speed: dict[str, Any] | None = None  # controller.check_llm_speed, agentic runs only
     tasks: dict[str, int] = field(default_factory=dict)
     faults: list[Fault] = field(default_factory=list)
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -94,6 +95,7 @@ def _probe(probe: dict) -> dict[str, Any]:
         "started": probe.get("started", False),
         "records": probe["packets"] if capture else probe.get("records", 0),
         "lost": (probe.get("packets_dropped") if capture else probe.get("lost_events")) or 0,
+        "invalid_values": probe.get("invalid_values", 0),
         "error": probe.get("attach_error") or probe.get("error") or probe.get("unavailable_reason"),
     }
 
@@ -116,9 +118,15 @@ def probe_cpu(status: dict | None) -> dict[str, float | None]:
 
 
 def probe_faults(summary: dict[str, dict[str, Any]]) -> list[str]:
-    """One line per probe that did not run to the end."""
-    return [f"probe {name} {p['state']}: {p['error'] or 'no reason given'}" for name, p in summary.items()
-            if p["state"] not in ("running", "stopped", "starting")]
+    """One line per probe that did not run to the end or wrote values it could not read."""
+    lines = []
+    for name, p in summary.items():
+        if p.get("invalid_values"):
+            lines.append(f"probe {name} wrote {p['invalid_values']} record(s) with a value it could not read "
+                         "(null there, the reason in the record's `invalid`)")
+        if p["state"] not in ("running", "stopped", "starting"):
+            lines.append(f"probe {name} {p['state']}: {p['error'] or 'no reason given'}")
+    return lines
 
 
 def checksums(run_dir: Path) -> dict[str, dict[str, Any]]:

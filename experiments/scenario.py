@@ -68,6 +68,23 @@ class Impairment(Model):
         return self
 
 
+class Timeouts(Model):
+    """How long each hop of an agentic task may take, sent with every task (workload.telemetry.H_TIMEOUTS):
+    the CPU LLM in a TCG VM needs far more than one on a GPU. Preflight measures the LLM and refuses
+    a run whose LLM calls cannot finish within `llm_s`."""
+
+    llm_s: float = Field(default=60, gt=0, le=86_400)
+    """One LLM request, and the longest silence while it streams."""
+    tool_s: float = Field(default=20, gt=0, le=86_400)
+    """One MCP tool call."""
+    agent_s: float = Field(default=120, gt=0, le=86_400)
+    """Agent B's whole subtask, as Agent A waits for it."""
+
+    def by_hop(self) -> dict[str, float]:
+        """{llm, tool, agent: seconds}, as the workload reads them (workload.telemetry.timeout_for)."""
+        return {name.removesuffix("_s"): seconds for name, seconds in self.model_dump().items()}
+
+
 class Scenario(Model):
     name: str
     workload: Literal["baseline", "simple", "multihop"]
@@ -78,6 +95,8 @@ class Scenario(Model):
     """Tasks run before the measured ones (their own ids, `warmup-...`), marked warmup in the results."""
     repetitions: int = Field(default=1, ge=1, le=1000)
     task_timeout_s: float = Field(default=300, gt=0)
+    """How long the driver waits for a task, and the task's deadline at the agent."""
+    timeouts: Timeouts = Timeouts()
     probes: list[Literal["lifetime", "state", "connect", "rtt", "retrans", "pcap"]] = Field(default=list(PROBES), min_length=1)
     """The probes to run on every node (default: all)."""
     rtt_interval_ms: int = Field(default=100, ge=1, le=60_000)

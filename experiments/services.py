@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from lab.config import LabConfig
-from workload.config import DEFAULT_PORTS, SERVICES
+from workload.config import DEFAULT_PORTS, NEEDS_LLM, REQUIRED_PEERS, SERVICES
 from workload.driver import Entry
+
+ENTRY = {"baseline": "baseline-gateway", "simple": "agent-a", "multihop": "agent-a"}
+"""The service each workload's tasks enter at."""
 
 CONFIG_DIR = "/etc/lab"
 """The roles write each service's config here as <service>.yaml (roles/lab_service)."""
@@ -30,17 +33,29 @@ def placement(checks: dict[str, dict]) -> dict[str, tuple[str, dict]]:
     return {name: (node, service) for node, answer in checks.items() for name, service in answer["services"].items()}
 
 
-def missing(checks: dict[str, dict]) -> list[str]:
+def needed(workload: str) -> list[str]:
+    """The services a workload's tasks reach: its entry and every peer it calls, and the LLM
+    where an agent is among them (so a baseline run needs no LLM deployed)."""
+    reached, todo = [], [ENTRY[workload]]
+    while todo:
+        service = todo.pop(0)
+        if service not in reached:
+            reached.append(service)
+            todo += REQUIRED_PEERS.get(service, ())
+    return reached + (["llm"] if any(s in NEEDS_LLM for s in reached) else [])
+
+
+def missing(checks: dict[str, dict], workload: str) -> list[str]:
     placed = placement(checks)
-    return [s for s in (*SERVICES, "llm") if s not in placed]
+    return [s for s in needed(workload) if s not in placed]
 
 
-def entry(checks: dict[str, dict]) -> Entry:
-    """Where the driver submits tasks: the baseline gateway and Agent A, as deployed."""
-    placed = placement(checks)
+def url(checks: dict[str, dict], service: str) -> str:
+    where = placement(checks)[service][1]
+    return f"http://{where['host']}:{where['port']}"
 
-    def url(service: str) -> str:
-        where = placed[service][1]
-        return f"http://{where['host']}:{where['port']}"
 
-    return Entry(baseline=url("baseline-gateway"), agent_a=url("agent-a"))
+def entry(checks: dict[str, dict], workload: str) -> Entry:
+    """Where the driver submits this workload's tasks, as deployed (the other entry keeps its default)."""
+    service = ENTRY[workload]
+    return Entry(**{"baseline" if service == "baseline-gateway" else "agent_a": url(checks, service)})

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any, Literal, TypedDict
 
 import httpx
@@ -28,9 +30,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from workload.config import ServiceConfig
+from workload.config import LLM_MAX_TOKENS, ServiceConfig
 from workload.telemetry import (Kind, LabTransport, Telemetry, TraceContext, current_context, describe_error,
-                                new_trace_id, set_context)
+                                new_trace_id, set_context, timeout_for)
 from workload.tools import adopt_caller_context, new_mcp
 from workload.web import error_response, health_endpoint, read_model
 
@@ -48,13 +50,19 @@ def _mcp_http_client(headers: dict[str, str] | None = None, timeout: httpx.Timeo
     return httpx.AsyncClient(transport=LabTransport(), headers=headers, timeout=timeout, auth=auth)
 
 
+# The libraries' own timeouts are set out of the way (langchain-openai's 120 s between streamed
+# chunks, the MCP client's read timeouts): each hop's timeout is the lab's, from the caller's
+# H_TIMEOUTS or the service config, applied around the call.
+LIBRARY_TIMEOUT_S = 86_400.0
+
+
 class ToolBox:
     """The tools of one MCP server, as LangChain tools; every call is a logged hop."""
 
     def __init__(self, peer: str, url: str, telemetry: Telemetry, timeout_s: float, kind: Kind = "tool") -> None:
-        self.peer, self.kind, self.telemetry = peer, kind, telemetry
-        self.connection: dict[str, Any] = {"transport": "streamable_http", "url": url, "timeout": timeout_s,
-                                           "sse_read_timeout": timeout_s, "httpx_client_factory": _mcp_http_client}
+        self.peer, self.kind, self.telemetry, self.timeout_s = peer, kind, telemetry, timeout_s
+        self.connection: dict[str, Any] = {"transport": "streamable_http", "url": url, "timeout": LIBRARY_TIMEOUT_S,
+                                           "sse_read_timeout": LIBRARY_TIMEOUT_S, "httpx_client_factory": _mcp_http_client}
         self.tools: dict[str, BaseTool] = {}
         self._lock = asyncio.Lock()
 
@@ -63,7 +71,7 @@ class ToolBox:
             if self.tools:
                 return
             try:
-                async with self.telemetry.call(self.kind, self.peer, "tools/list"):
+                async with self.telemetry.call(self.kind, self.peer, "tools/list"), asyncio.timeout(self.timeout_s):
                     tools = await load_mcp_tools(None, connection=self.connection,  # type: ignore[arg-type]
                                                  server_name=self.peer, handle_tool_errors=False)
             except Exception as exc:
@@ -86,9 +94,13 @@ class ToolBox:
         await self.ensure_loaded()
         if name not in self.tools:
             raise HopError(self.peer, LookupError(f"unknown tool {name!r}"))
+        seconds = timeout_for(self.kind, self.timeout_s)
         try:
             async with self.telemetry.call(self.kind, self.peer, name):
-                result = await self.tools[name].ainvoke(arguments)
+                async with asyncio.timeout(seconds):
+                    result = await self.tools[name].ainvoke(arguments)
+        except TimeoutError as exc:
+            raise HopError(self.peer, TimeoutError(f"no answer within {seconds:g} s ({self.kind} timeout)")) from exc
         except Exception as exc:
             raise HopError(self.peer, exc) from exc
         return _text(result)
@@ -108,34 +120,43 @@ def _text(result: Any) -> str:
 class LLM:
     """The LLM server behind ChatOpenAI; every request is a logged `llm` hop."""
 
-    def __init__(self, config: ServiceConfig, telemetry: Telemetry, max_tokens: int = 96) -> None:
+    def __init__(self, config: ServiceConfig, telemetry: Telemetry, max_tokens: int = LLM_MAX_TOKENS) -> None:
         self.telemetry = telemetry
         self.model = config.llm_model
-        timeout = config.timeouts.llm_s
+        self.timeout_s = config.timeouts.llm_s
         self.chat = ChatOpenAI(base_url=config.llm_url, api_key="not-needed", model=config.llm_model,  # type: ignore[arg-type]
-                               temperature=0, max_tokens=max_tokens, max_retries=0, timeout=timeout, streaming=True,
-                               http_async_client=httpx.AsyncClient(transport=LabTransport(), timeout=timeout))
+                               temperature=0, max_tokens=max_tokens, max_retries=0, timeout=LIBRARY_TIMEOUT_S,
+                               stream_chunk_timeout=LIBRARY_TIMEOUT_S, streaming=True,
+                               http_async_client=httpx.AsyncClient(transport=LabTransport(), timeout=LIBRARY_TIMEOUT_S))
+
+    @asynccontextmanager
+    async def _call(self) -> AsyncIterator[None]:
+        """One logged LLM request within the caller's LLM timeout."""
+        seconds = timeout_for("llm", self.timeout_s)
+        try:
+            async with self.telemetry.call("llm", "llm", self.model), asyncio.timeout(seconds):
+                yield
+        except TimeoutError as exc:
+            raise HopError("llm", TimeoutError(f"no answer within {seconds:g} s (llm timeout)")) from exc
+        except Exception as exc:
+            raise HopError("llm", exc) from exc
 
     async def choose(self, system: str, user: str, schema: dict[str, Any]) -> dict[str, Any]:
         """The model's tool choice, constrained to `schema`."""
         response_format = {"type": "json_schema", "json_schema": {"name": "tool_call", "schema": schema}}
-        messages = [SystemMessage(system), HumanMessage(user)]
+        async with self._call():
+            message = await self.chat.bind(response_format=response_format).ainvoke([SystemMessage(system), HumanMessage(user)])
         try:
-            async with self.telemetry.call("llm", "llm", self.model):
-                message = await self.chat.bind(response_format=response_format).ainvoke(messages)
             return json.loads(_text(message.content))
-        except Exception as exc:
+        except ValueError as exc:
             raise HopError("llm", exc) from exc
 
     async def write(self, system: str, user: str) -> str:
         """Free text from the model, streamed."""
         parts: list[str] = []
-        try:
-            async with self.telemetry.call("llm", "llm", self.model):
-                async for chunk in self.chat.astream([SystemMessage(system), HumanMessage(user)]):
-                    parts.append(_text(chunk.content))
-        except Exception as exc:
-            raise HopError("llm", exc) from exc
+        async with self._call():
+            async for chunk in self.chat.astream([SystemMessage(system), HumanMessage(user)]):
+                parts.append(_text(chunk.content))
         return "".join(parts).strip()
 
 
@@ -243,11 +264,12 @@ def build_agent_a(config: ServiceConfig, telemetry: Telemetry) -> Starlette:
         ctx = current_context()
         if ctx is None or ctx.task_id is None:  # a caller without lab headers
             set_context(TraceContext(body.task_id, ctx.trace_id if ctx else new_trace_id(), ctx.call_id if ctx else None))
+        seconds = timeout_for("task", t.task_s)
         try:
-            async with asyncio.timeout(t.task_s):
+            async with asyncio.timeout(seconds):
                 state = await graph.ainvoke({"question": body.text, "scenario": body.scenario})
         except TimeoutError:
-            return error_response(504, f"task timed out after {t.task_s:g} s", task_id=body.task_id)
+            return error_response(504, f"task timed out after {seconds:g} s (task timeout)", task_id=body.task_id)
         except HopError as exc:
             return error_response(502, str(exc), task_id=body.task_id)
         return JSONResponse({"ok": True, "task_id": body.task_id, "answer": state["answer"], "error": None,
@@ -271,7 +293,7 @@ def build_agent_b(config: ServiceConfig, telemetry: Telemetry) -> Any:
         """Check the parcel or carrier behind a customer question, given the order facts; returns a short report."""
         adopt_caller_context(ctx)
         try:
-            async with asyncio.timeout(config.timeouts.agent_s):
+            async with asyncio.timeout(timeout_for("agent", config.timeouts.agent_s)):
                 state = await graph.ainvoke({"question": question, "facts": facts})
         except (HopError, TimeoutError) as exc:
             raise ToolError(f"agent-b: {describe_error(exc)}") from exc

@@ -10,18 +10,15 @@ LLM backend: time to first token and decode tokens/s of streamed completions.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
 from workload import driver
 from workload.db import seed_database
-from workload.llm import DEFAULT_MODEL
+from workload.llm import DEFAULT_MODEL, speed
 from workload.local import LocalPostgres, LocalStack, read_events
 from workload.tasks import Task, answer_is_correct, make_tasks
 
@@ -60,29 +57,9 @@ def scenario_figures(scenario: str, tasks: list[Task], results: list[driver.Task
 
 def llm_figures(base_url: str, runs: int = 3, max_tokens: int = 128) -> tuple[float, float]:
     """(mean time to first token in s, mean decode tokens/s) of streamed chat completions."""
-    ttfts, rates = [], []
-    for i in range(runs):
-        body = {"model": "lab-model", "stream": True, "max_tokens": max_tokens, "temperature": 0,
-                "stream_options": {"include_usage": True},
-                "messages": [{"role": "user", "content": f"{LLM_PROMPT} (variant {i})"}]}
-        start = time.perf_counter()
-        first = last = None
-        tokens = 0
-        with httpx.stream("POST", f"{base_url}/v1/chat/completions", json=body, timeout=120) as response:
-            response.raise_for_status()
-            for line in response.iter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
-                    continue
-                chunk = json.loads(line[6:])
-                if chunk.get("choices") and chunk["choices"][0]["delta"].get("content"):
-                    first = first or time.perf_counter()
-                    last = time.perf_counter()
-                tokens = (chunk.get("usage") or {}).get("completion_tokens", tokens)
-        if first is None or last is None or tokens < 2:
-            raise RuntimeError("the LLM streamed no tokens")
-        ttfts.append(first - start)
-        rates.append((tokens - 1) / (last - first))
-    return sum(ttfts) / runs, sum(rates) / runs
+    speeds = [speed.measure(base_url, "lab-model", max_tokens, 120, "You are a helpful assistant.",
+                            f"{LLM_PROMPT} (variant {i})") for i in range(runs)]
+    return sum(s.ttft_s for s in speeds) / runs, sum(s.tokens_per_s for s in speeds) / runs
 
 
 def main(argv: list[str] | None = None) -> int:

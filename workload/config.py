@@ -22,6 +22,12 @@ REQUIRED_PEERS: dict[str, tuple[str, ...]] = {
     "baseline-gateway": ("baseline-order",),
     "baseline-order": ("baseline-shipping",),
 }
+LLM_MAX_TOKENS = 96
+"""The most tokens an agent asks the LLM for in one call (workload/agents.py)."""
+AGENT_B_LLM_CALLS = 2
+"""Agent B's LLM calls per subtask (decide, report), as its graph in workload/agents.py makes them."""
+LLM_CALLS_PER_TASK = {"simple": 2, "multihop": 2 + AGENT_B_LLM_CALLS}
+"""LLM calls per task of each agentic workload: Agent A's decide and answer, and Agent B's (multihop)."""
 NEEDS_DB = ("tool-db", "baseline-order", "baseline-shipping")
 NEEDS_LLM = ("agent-a", "agent-b")
 

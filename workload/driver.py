@@ -12,7 +12,7 @@ from typing import Literal
 import httpx
 
 from workload.tasks import Task
-from workload.telemetry import Telemetry, describe_error, lab_http_client
+from workload.telemetry import Telemetry, describe_error, lab_http_client, set_timeouts
 
 Scenario = Literal["baseline", "simple", "multihop"]
 SCENARIOS: tuple[str, ...] = ("baseline", "simple", "multihop")
@@ -68,8 +68,10 @@ async def _submit(client: httpx.AsyncClient, telemetry: Telemetry, scenario: str
 
 async def run_tasks(scenario: Scenario, tasks: list[Task], entry: Entry, concurrency: int = 1,
                     telemetry_dir: Path = Path("telemetry"), node: str = "controller",
-                    timeout_s: float = 300.0) -> list[TaskResult]:
-    """Submit every task (at most `concurrency` at once); results in task order.
+                    timeout_s: float = 300.0, hop_timeouts: dict[str, float] | None = None) -> list[TaskResult]:
+    """Submit every task (at most `concurrency` at once); results in task order. `timeout_s` is
+    how long the driver waits for a task, and the task's own deadline at the agent; `hop_timeouts`
+    (llm, tool, agent: seconds) travel with it to every hop (telemetry.H_TIMEOUTS).
 
     Writes the driver's own events to `<telemetry_dir>/driver.jsonl`."""
     if scenario not in SCENARIOS:
@@ -78,6 +80,7 @@ async def run_tasks(scenario: Scenario, tasks: list[Task], entry: Entry, concurr
         raise ValueError("concurrency must be at least 1")
     telemetry = Telemetry(node, "driver", None, telemetry_dir)
     slots = asyncio.Semaphore(concurrency)
+    set_timeouts({**(hop_timeouts or {}), "task": timeout_s})
 
     async def one(client: httpx.AsyncClient, task: Task) -> TaskResult:
         async with slots:

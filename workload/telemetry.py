@@ -34,6 +34,9 @@ H_PARENT = "x-lab-parent-id"
 H_AGENT = "x-lab-agent-id"
 H_KIND = "x-lab-kind"
 H_FROM = "x-lab-from"
+H_TIMEOUTS = "x-lab-timeouts"
+"""The run's timeouts, e.g. `llm=60,tool=20,agent=120,task=300` (seconds): set by the driver from the
+scenario and passed on by every hop, like a gRPC deadline, so a scenario sets them without a redeploy."""
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
 
 
@@ -94,6 +97,34 @@ class TraceContext:
 
 _context: contextvars.ContextVar[TraceContext | None] = contextvars.ContextVar("lab_trace", default=None)
 _active: contextvars.ContextVar[CallEvent | None] = contextvars.ContextVar("lab_call", default=None)
+_timeouts: contextvars.ContextVar[str | None] = contextvars.ContextVar("lab_timeouts", default=None)
+
+
+def format_timeouts(timeouts: dict[str, float]) -> str:
+    return ",".join(f"{name}={seconds:g}" for name, seconds in timeouts.items())
+
+
+def set_timeouts(timeouts: dict[str, float] | None) -> contextvars.Token:
+    """The timeouts in force for what this context calls next (and passes on in H_TIMEOUTS)."""
+    return _timeouts.set(format_timeouts(timeouts) if timeouts else None)
+
+
+def adopt_timeouts(headers: Any) -> contextvars.Token:
+    """The caller's H_TIMEOUTS (request headers with lower-case keys) for this context."""
+    return _timeouts.set(headers.get(H_TIMEOUTS) or None)
+
+
+def timeout_for(name: str, default: float) -> float:
+    """The caller's timeout `name` (llm, tool, agent, task) for this request, else `default`."""
+    for item in (_timeouts.get() or "").split(","):
+        key, _, value = item.partition("=")
+        if key.strip() == name:
+            try:
+                seconds = float(value)
+            except ValueError:
+                break
+            return seconds if 0 < seconds < float("inf") else default
+    return default
 
 
 def new_call_id() -> str:
@@ -254,6 +285,8 @@ class LabTransport(httpx.AsyncBaseTransport):
         if event is None:
             return await self._inner.handle_async_request(request)
         request.headers.update(outgoing_headers(event))
+        if timeouts := _timeouts.get():
+            request.headers[H_TIMEOUTS] = timeouts
         event.req_bytes += len(request.content) if _has_content(request) else 0
         response = await self._inner.handle_async_request(request)
         stream = response.extensions.get("network_stream")
@@ -322,12 +355,14 @@ class TelemetryMiddleware:
             await send(message)
 
         token = set_context(TraceContext(event.task_id, event.trace_id, event.call_id))
+        timeouts_token = adopt_timeouts(headers)
         try:
             await self.app(scope, counting_receive, counting_send)
         except BaseException as exc:
             event.fail(exc)
             raise
         finally:
+            _timeouts.reset(timeouts_token)
             _context.reset(token)
             event.op = _mcp_op(bytes(body_head)) or event.op
             if event.error is None and (reason := _jsonrpc_error(bytes(resp_head))):

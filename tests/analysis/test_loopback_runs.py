@@ -108,3 +108,27 @@ def test_a_damaged_run_is_analysed_as_far_as_the_data_allows(loop_runs: dict[str
     assert "unreadable" in problems["nodes/agent-b/telemetry/tool-db.jsonl"]
     page = (run / "report.html").read_text()
     assert "analysed as far as the data allows" in page and "pcap-lo.pcap" in page
+
+
+def test_probe_values_out_of_range_or_of_the_wrong_type_are_listed_and_the_rest_analysed(
+        loop_runs: dict[str, Path], tmp_path: Path) -> None:
+    """What a Debian 6.1 guest's lifetime probe wrote before the FIN flag came from the socket
+    (rx_bytes 2^64 - 1, which ended the analysis in OverflowError), beside a string where a
+    number belongs and a record missing its port: each becomes null, listed by field."""
+    run = tmp_path / "odd-values"
+    shutil.copytree(loop_runs["baseline"], run)
+    path = run / "nodes" / "agent-b" / "probes" / "lifetime.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    records[0]["rx_bytes"] = 18446744073709551615
+    records[1]["tx_bytes"] = "12"
+    del records[2]["sport"]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    result = subprocess.run([sys.executable, "-m", "lab", "analyze", str(run)], capture_output=True, text=True, check=False,
+                            env={**os.environ, "COLUMNS": "200"}, timeout=300)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    problems = [p["what"] for p in json.loads((run / "analysis.json").read_text())["problems"]
+                if p["where"] == "nodes/agent-b/probes/lifetime.jsonl"]
+    assert sorted(problems) == ["rx_bytes: 1 value(s) out of range or of the wrong type, read as null",
+                                "tx_bytes: 1 value(s) out of range or of the wrong type, read as null"]
+    assert len(pd.read_parquet(run / "tables" / "flows.parquet")) > 0
+    assert "rx_bytes: 1 value(s)" in (run / "report.html").read_text()

@@ -20,6 +20,7 @@ from collectors.detect import Detection, Kprobes, Tracefs
 from collectors.runner import RunConfig, Runner, RunnerError, prepare_out_dir
 from collectors.sources import choose
 from collectors.status import ProbeStatus, RunStatus, StatusFile
+from tests.conftest import require_root
 
 NODE_PYTHON = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
 SET_STATE_FIELDS = ["skaddr", "oldstate", "newstate", "sport", "dport", "saddr_v6", "daddr_v6"]
@@ -31,6 +32,7 @@ def detection(
     kprobes: bool = False,
     bpftrace: bool = True,
     interfaces: tuple[str, ...] = ("eth0",),
+    sock_flags: str | None = "sk_flags",
 ) -> Detection:
     return Detection(
         kernel="6.1.0-test",
@@ -49,6 +51,7 @@ def detection(
         },
         bpftrace_version="v0.17.0",
         interfaces=list(interfaces),
+        sock_flags=sock_flags,
     )
 
 
@@ -111,6 +114,21 @@ def test_parse_retrans() -> None:
 def test_malformed_tuples_are_parse_errors(text: str) -> None:
     with pytest.raises(ValueError):
         sources.parse_state(text)
+
+
+def test_a_wrapped_counter_is_written_as_null_with_its_reason(tmp_path: Path) -> None:
+    """rx_bytes of 2^64 - 1 (what Debian 6.1's guests wrote before the FIN flag came from the
+    socket) is no byte count: the record keeps null there, says why, and the status counts it."""
+    status = ProbeStatus(probe="lifetime", metric="connection lifetime and bytes")
+    records = Records(status, sources.parse_lifetime,
+                      RecordTags("n", "r", "lifetime", clock.ClockOffset(1000, 0, 0)), tmp_path / "lifetime.jsonl")
+    with open(tmp_path / "lifetime.jsonl", "w") as records.out:
+        records.record(sources.parse_lifetime(
+            f"200, 100, 41000, 8301, 120, {2**64 - 1}, 7, ::ffff:10.0.0.1, ::ffff:10.0.0.2, curl"))
+    [record] = [json.loads(line) for line in (tmp_path / "lifetime.jsonl").read_text().splitlines()]
+    assert record["rx_bytes"] is None and record["tx_bytes"] == 120
+    assert record["invalid"] == f"rx_bytes={2**64 - 1} is out of range (a kernel counter that went below zero)"
+    assert status.invalid_values == 1 and status.records == 1
 
 
 def state_entry(buffer: int, cpu: int, seq: int, ns: int) -> str:
@@ -200,6 +218,14 @@ def test_runner_reports_unavailable_probes_in_status(tmp_path: Path) -> None:
     runner.status_file.write()
     written = json.loads((tmp_path / "status.json").read_text())
     assert written["probes"]["lifetime"]["state"] == "unavailable"
+
+
+def test_lifetime_needs_the_kernels_sock_flags_and_says_so() -> None:
+    """Without sk_flags in BTF the FIN cannot be told apart: lifetime is unavailable, the other
+    set_state probes still run."""
+    unknown = detection(sock_flags=None)
+    assert "no sk_flags in struct sock" in str(choose("lifetime", unknown).unavailable)
+    assert choose("state", unknown).source is not None
 
 
 def test_a_probe_that_cannot_start_fails_alone(tmp_path: Path) -> None:
@@ -293,14 +319,18 @@ def test_detect_prints_json_with_a_choice_per_probe() -> None:
 
 @pytest.mark.parametrize(
     "program",
-    [programs.set_state(("lifetime", "state", "connect")), programs.set_state(("connect",)),
-     programs.set_state(("state", "lifetime")), programs.RTT_TRACEPOINT, programs.RTT_KPROBE, programs.RETRANS],
+    [("lifetime", "state", "connect"), ("connect",), ("state", "lifetime"), programs.RTT_TRACEPOINT,
+     programs.RTT_KPROBE, programs.RETRANS],
     ids=["set_state", "connect", "state-lifetime", "rtt_tracepoint", "rtt_kprobe", "retrans"],
 )
-def test_every_program_compiles(program: str, tmp_path: Path) -> None:
-    """Dry run (no attach), so the kprobe variant is checked even where kprobes are missing."""
-    if os.geteuid() != 0 or shutil.which("bpftrace") is None:
-        pytest.skip("needs root and bpftrace")
+def test_every_program_compiles(program: str | tuple[str, ...], tmp_path: Path) -> None:
+    """Dry run (no attach), so the kprobe variant is checked even where kprobes are missing; the
+    set_state programs with this kernel's place of sk_flags, as the runner builds them."""
+    require_root("bpftrace programs", ["bpftrace"])
+    if isinstance(program, tuple):
+        flags = detect.sock_flags_member(shutil.which("bpftrace"))
+        assert flags is not None, "bpftrace -lv finds no sk_flags in this kernel's struct sock"
+        program = programs.set_state(program, flags)
     path = tmp_path / "p.bt"
     path.write_text(program)
     result = subprocess.run(

@@ -92,7 +92,8 @@ def test_open_loop_arrivals_are_seeded_poisson():
 
 
 STATUS = {"probes": {
-    "rtt": {"state": "stopped", "source": "bpftrace tracepoint:tcp:tcp_probe", "started": True, "records": 12, "lost_events": 1},
+    "rtt": {"state": "stopped", "source": "bpftrace tracepoint:tcp:tcp_probe", "started": True, "records": 12, "lost_events": 1,
+            "invalid_values": 2},
     "lifetime": {"state": "exited", "source": "bpftrace x", "started": True, "records": 3, "error": "killed by SIGKILL", "exit_code": -9},
     "retrans": {"state": "unavailable", "source": None, "started": False, "records": 0, "unavailable_reason": "no tracepoint"},
     "pcap:host0": {"state": "stopped", "source": "tcpdump -s 96", "started": True, "records": 0, "packets": 817, "packets_dropped": 2},
@@ -102,9 +103,11 @@ STATUS = {"probes": {
 def test_probe_summary_and_faults():
     summary = probe_summary(STATUS)
     assert summary["rtt"] == {"state": "stopped", "source": "bpftrace tracepoint:tcp:tcp_probe", "started": True,
-                              "records": 12, "lost": 1, "error": None}
+                              "records": 12, "lost": 1, "invalid_values": 2, "error": None}
     assert summary["pcap:host0"]["records"] == 817 and summary["pcap:host0"]["lost"] == 2
-    assert probe_faults(summary) == ["probe lifetime exited: killed by SIGKILL", "probe retrans unavailable: no tracepoint"]
+    assert probe_faults(summary) == ["probe rtt wrote 2 record(s) with a value it could not read (null there, the reason in "
+                                     "the record's `invalid`)",
+                                     "probe lifetime exited: killed by SIGKILL", "probe retrans unavailable: no tracepoint"]
     assert probe_summary(None) == {}
 
 
@@ -171,10 +174,10 @@ def test_entry_and_missing_services_follow_the_preflight_answers():
         "n1": {"services": {"agent-a": {"host": "10.0.0.11", "port": 8101, "health": healthy}}},
         "n2": {"services": {"baseline-gateway": {"host": "10.0.0.12", "port": 8301, "health": healthy}}},
     }
-    entry = services.entry(checks)
-    assert entry.agent_a == "http://10.0.0.11:8101" and entry.baseline == "http://10.0.0.12:8301"
-    assert "tool-db" in services.missing(checks) and "llm" in services.missing(checks)
-    assert "agent-a" not in services.missing(checks)
+    assert services.entry(checks, "simple").agent_a == "http://10.0.0.11:8101"
+    assert services.entry(checks, "baseline").baseline == "http://10.0.0.12:8301"
+    assert services.missing(checks, "multihop") == ["tool-db", "agent-b", "tool-synth", "llm"]
+    assert services.missing(checks, "baseline") == ["baseline-order", "baseline-shipping"]
 
 
 def test_node_script_runs_standalone_and_reports_errors_as_json(tmp_path):

@@ -153,3 +153,17 @@ def test_dead_peer_fails_the_task_fast_with_an_error_event(stack: LocalStack, ta
         ("driver", "client", "task"), ("agent-a", "server", "task"),
         ("agent-a", "client", "llm" if dead == "llm" else "tool")}
     assert all(e["error"] for e in failed)
+
+
+@pytest.mark.parametrize(("hop", "scenario", "where"), [("llm", "simple", "llm"), ("agent", "multihop", "agent-b")])
+def test_the_callers_timeouts_reach_every_hop(stack: LocalStack, tasks: list[Task], hop: str, scenario: str,
+                                              where: str) -> None:
+    """A scenario's timeouts travel with the task (x-lab-timeouts) through Agent A and over MCP to
+    Agent B: a tiny one fails that hop with the timeout named, though the services were started
+    with their own (60 s and 120 s)."""
+    entry = driver.Entry(agent_a=stack.url("agent-a"))
+    hop_timeouts = {"llm": 120.0, "tool": 60.0, "agent": 300.0, hop: 0.01}
+    [result] = asyncio.run(driver.run_tasks(scenario, tasks[:1], entry, telemetry_dir=stack.telemetry_dir,
+                                            hop_timeouts=hop_timeouts))
+    assert not result.ok and f"within 0.01 s ({hop} timeout)" in result.error, result.error
+    assert result.error.startswith(f"{where}: ") or f"{where}: " in result.error, result.error

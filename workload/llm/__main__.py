@@ -20,10 +20,16 @@ def has_gpu() -> bool:
     return Path("/dev/nvidia0").exists() or shutil.which("nvidia-smi") is not None
 
 
-def vllm_argv(model: str, host: str, port: int, served_name: str) -> list[str]:
+def vllm_argv(model: str, host: str, port: int, served_name: str, max_model_len: int | None = None,
+              gpu_memory_utilization: float | None = None, extra: list[str] | None = None) -> list[str]:
     """vLLM's OpenAI-compatible server with tool calling enabled."""
-    return ["vllm", "serve", model, "--host", host, "--port", str(port), "--served-model-name", served_name,
+    argv = ["vllm", "serve", model, "--host", host, "--port", str(port), "--served-model-name", served_name,
             "--enable-auto-tool-choice", "--tool-call-parser", "llama3_json"]
+    if max_model_len is not None:
+        argv += ["--max-model-len", str(max_model_len)]
+    if gpu_memory_utilization is not None:
+        argv += ["--gpu-memory-utilization", str(gpu_memory_utilization)]
+    return argv + list(extra or [])
 
 
 def serve_cpu(model_path: Path, host: str, port: int, threads: int, ctx: int, parallel: int, served_name: str) -> None:
@@ -59,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--ctx", type=int, default=4096, help="context tokens per parallel slot")
     serve.add_argument("--parallel", type=int, default=2)
     serve.add_argument("--served-name", default=SERVED_NAME)
+    serve.add_argument("--max-model-len", type=int, help="vLLM: context length (default: the model's own)")
+    serve.add_argument("--gpu-memory-utilization", type=float, help="vLLM: share of GPU memory to take")
+    serve.add_argument("--vllm-arg", action="append", default=[], help="vLLM: one more argument (--vllm-arg=--x=y)")
     mat = sub.add_parser("materialise", help="join a shipped model into the cache; print path and sha256")
     mat.add_argument("--model", default=DEFAULT_MODEL)
     mat.add_argument("--cache-dir", type=Path)
@@ -68,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
             path = materialise(args.model, args.cache_dir)
             print(f"{path} sha256={sha256_of(path)}")
         elif args.backend == "vllm" or (args.backend == "auto" and has_gpu()):
-            argv_ = vllm_argv(args.model, args.host, args.port, args.served_name)
+            argv_ = vllm_argv(args.model, args.host, args.port, args.served_name, args.max_model_len,
+                              args.gpu_memory_utilization, args.vllm_arg)
             os.execvp(argv_[0], argv_)
         else:
             serve_cpu(materialise(args.model), args.host, args.port, args.threads, args.ctx, args.parallel,
