@@ -148,10 +148,15 @@ def test_dead_peer_fails_the_task_fast_with_an_error_event(stack: LocalStack, ta
     [result] = driver.run("simple", tasks[:1], entry, telemetry_dir=stack.telemetry_dir)
     assert time.monotonic() - start < 30
     assert not result.ok and result.error.startswith(f"{dead}: "), result.error
-    failed = [e for e in _task_events(read_events(stack.telemetry_dir), result) if e["status"] == "error"]
-    assert {(e["service"], e["side"], e["kind"]) for e in failed} >= {
-        ("driver", "client", "task"), ("agent-a", "server", "task"),
-        ("agent-a", "client", "llm" if dead == "llm" else "tool")}
+    wanted = {("driver", "client", "task"), ("agent-a", "server", "task"),
+              ("agent-a", "client", "llm" if dead == "llm" else "tool")}
+    deadline = time.monotonic() + 10  # a server logs its side once the response has gone out
+    while True:
+        failed = [e for e in _task_events(read_events(stack.telemetry_dir), result) if e["status"] == "error"]
+        if {(e["service"], e["side"], e["kind"]) for e in failed} >= wanted or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert {(e["service"], e["side"], e["kind"]) for e in failed} >= wanted
     assert all(e["error"] for e in failed)
 
 
