@@ -17,6 +17,8 @@ APT_PACKAGES=(
   libvirt-dev pkg-config gcc libxml2-utils genisoimage dosfstools mtools
   # probes and captures on the host (tests run the collectors here too)
   bpftrace libbpf-tools bpfcc-tools python3-bpfcc tcpdump nftables
+  # NTP for the lab network (vms/timeserver.py)
+  chrony
   # the workload's database, for tests on loopback
   postgresql
   python3-venv python3-dev

@@ -35,7 +35,7 @@ from lab import ssh
 from lab.config import LabConfig, NodeSpec
 from lab.errors import LabError
 from lab.keys import KeyPair
-from vms import image, vfio
+from vms import image, timeserver, vfio
 from vms.accel import kvm_usable
 from vms.base import (
     Node,
@@ -475,6 +475,9 @@ class LibvirtProvider:
         try:
             for host in hosts.values():
                 host.prepare(media, undo, progress)
+            if any(is_local(spec.libvirt_uri) for spec in lab.nodes) and timeserver.start(lab):
+                undo.push(lambda: timeserver.stop(lab))
+                progress(f"NTP for the lab network: chronyd on {lab.network.host_address} serves this host's clock")
             booting = [self._node(lab, spec, hosts[spec.libvirt_uri], media, login, hostdevs.get(spec.name, ()), undo, progress) for spec in lab.nodes]
             domains = {node.name: dom for node, dom in booting}
             ssh.wait_all_ready([node for node, _ in booting], lab.boot_timeout_s, lambda n: domains[n.name].isActive(),
@@ -567,6 +570,8 @@ class LibvirtProvider:
 
     def down(self, lab: LabConfig, progress: Progress) -> Removed:
         removed = Removed()
+        if timeserver.stop(lab):
+            removed.add(f"chronyd serving NTP on {lab.network.host_address}")
         for uri in dict.fromkeys(spec.libvirt_uri for spec in lab.nodes):
             self._down_host(lab, connect(uri, progress), removed, progress)
         for spec in lab.nodes:

@@ -189,6 +189,25 @@ def test_probe_flows_agree_with_handshakes_in_every_nodes_capture(baseline, mult
     assert_flows_agree_with_handshakes(analysis.analyze_run(run), captures(run))
 
 
+def test_the_llm_is_timed_and_a_run_it_cannot_serve_in_time_stops_before_the_probes(deployed_lab, multihop, tmp_path):
+    """Preflight times the LLM (an agent-sized prompt) against the scenario's timeouts: the run
+    that fits records the speed; one whose LLM calls cannot finish stops with the numbers and
+    what to change, before any probe starts and without a run directory."""
+    _, run, _, _ = multihop
+    speed = manifest(run)["llm_speed"]
+    assert speed["node"] == "llm" and speed["ttft_s"] > 0 and speed["tokens_per_s"] > 0 and speed["max_tokens"] == 96
+    config = deployed_lab.config
+    path = scenario(tmp_path, "simple-hurried", workload="simple", tasks={"count": 1, "seed": 1},
+                    timeouts={"llm_s": 0.2, "tool_s": 20, "agent_s": 120})
+    before = set((config.parent / "runs").iterdir())
+    result = lab_cli(config, "experiment", str(path), check=False, timeout=300)
+    out = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode == 1 and "Traceback" not in out, out
+    assert "preflight: the LLM on llm" in out and "timeouts.llm_s" in out and "nspawn provider" in out, out
+    assert set((config.parent / "runs").iterdir()) == before
+    assert not remote_status(config, "agent-b")["run_id"].endswith("-simple-hurried")  # no runner started for it
+
+
 def test_a_probe_killed_mid_run_is_recorded_and_the_rest_is_kept(deployed_lab, tmp_path):
     config = deployed_lab.config
     path = scenario(tmp_path, "baseline-kill", workload="baseline", tasks={"count": 60, "seed": 2},

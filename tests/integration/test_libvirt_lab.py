@@ -13,12 +13,16 @@ import zipapp
 from pathlib import Path
 
 import libvirt
+import pandas as pd
 import pytest
 import yaml
 
+import analysis
 from lab import ssh, state
 from lab.config import load_config
+from tests.analysis.checks import assert_baseline_matches_the_call_graph, assert_flows_agree_with_handshakes
 from tests.conftest import lab_cli, write_lab
+from tests.integration.conftest import playbook
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -26,7 +30,7 @@ REPO = Path(__file__).resolve().parents[2]
 NAME = "tv"
 PREFIX = "10.78.0"
 NODES = ("agent-a", "agent-b", "llm")
-MEMORY = {"agent-a": 640, "agent-b": 640, "llm": 768}
+MEMORY = {"agent-a": 640, "agent-b": 1024, "llm": 768}  # agent-b: PostgreSQL and the baseline chain
 
 
 def write_vm_lab(directory: Path, name: str, prefix: str, **overrides: object) -> Path:
@@ -137,6 +141,67 @@ def test_rtt_probe_comes_from_a_kprobe_on_the_guest_kernel(lab, tmp_path):
     assert all(8099 in (w["sport"], w["dport"]) and w["srtt_min_us"] <= w["srtt_us"] <= w["srtt_max_us"] for w in windows)
 
 
+# What a baseline run needs on every node (deploy.yml's tags): no LLM, no agents, so CI deploys in
+# minutes on TCG what the whole lab takes a quarter of an hour for.
+BASELINE_TAGS = "common,collectors,ebpf_tools,baseline"
+
+
+@pytest.fixture(scope="module")
+def baseline_run(lab, tmp_path_factory):
+    """The baseline deployed on the three TCG VMs and run with every probe, then analysed."""
+    config, _ = lab
+    started = time.monotonic()
+    deploy = playbook(config, "--tags", BASELINE_TAGS)
+    assert deploy.returncode == 0, f"deploy.yml exited {deploy.returncode}:\n{deploy.stdout[-6000:]}\n{deploy.stderr[-3000:]}"
+    print(f"deploy ({BASELINE_TAGS}) on TCG VMs: {time.monotonic() - started:.0f} s")
+    path = tmp_path_factory.mktemp("scenarios") / "vm-baseline.yaml"
+    path.write_text(yaml.safe_dump({"workload": "baseline", "tasks": {"count": 20, "seed": 1}, "load": {"concurrency": 2},
+                                    "warmup": 2, "task_timeout_s": 60}))
+    started = time.monotonic()
+    result = lab_cli(config, "experiment", str(path), timeout=1800)
+    print(f"baseline experiment, 20 tasks on TCG VMs: {time.monotonic() - started:.0f} s")
+    run = max((config.parent / "runs").glob("*-vm-baseline"))
+    return run, json.loads((run / "manifest.json").read_text()), result
+
+
+@pytest.mark.timeout(3000)
+def test_a_baseline_experiment_runs_on_the_vms(baseline_run):
+    run, manifest, result = baseline_run
+    assert manifest["provider"] == "libvirt" and manifest["accelerator"] == "tcg"
+    assert manifest["tasks"]["total"] == manifest["tasks"]["ok"] == 20, manifest["tasks"]
+    assert manifest["faults"] == [], manifest["faults"]
+    assert "llm" not in manifest["versions"] and manifest["llm_speed"] is None  # no LLM is deployed or needed
+    for node in NODES:
+        for name, probe in manifest["probes"][node].items():
+            assert probe["started"] and probe["state"] == "stopped" and probe["invalid_values"] == 0, (node, name, probe)
+    # the guest kernel (Debian's 6.1) has no socket in tcp_probe: RTT windows come from the kprobe
+    rtt = manifest["probes"]["agent-b"]["rtt"]
+    assert rtt["source"] == "bpftrace kprobe:tcp_rcv_established" and rtt["records"] > 0, rtt
+
+
+def test_the_vm_clocks_follow_the_controller(baseline_run):
+    """The controller serves NTP on the lab network (vms/timeserver.py): the guests' offsets are
+    milliseconds, not the -776 ms a TCG guest kept from its boot without it."""
+    _, manifest, _ = baseline_run
+    for node in NODES:
+        start = manifest["clock_offsets"][node]["start"]
+        print(f"clock {node} at run start: {start['offset_ns'] / 1e6:.2f} ± {start['uncertainty_ns'] / 1e6:.2f} ms")
+        assert abs(start["offset_ns"]) < 20_000_000, start
+
+
+def test_the_vm_run_is_analysed_without_problems(baseline_run):
+    run, _, _ = baseline_run
+    summary = json.loads((run / "analysis.json").read_text())
+    assert summary["problems"] == [], summary["problems"]
+    lifetimes = [json.loads(line) for line in (run / "nodes" / "agent-b" / "probes" / "lifetime.jsonl").read_text().splitlines()]
+    assert lifetimes and all(isinstance(r["rx_bytes"], int) and "invalid" not in r for r in lifetimes)
+    rtt = pd.read_parquet(run / "tables" / "rtt.parquet")
+    assert (rtt["node"] == "agent-b").any() and rtt["srtt_us"].gt(0).all()
+    result = analysis.analyze_run(run)
+    assert_baseline_matches_the_call_graph(result)
+    assert_flows_agree_with_handshakes(result, sorted((run / "nodes").glob("*/probes/pcap-*.pcap")))
+
+
 def test_up_again_leaves_running_vms_alone_starts_stopped_ones_and_reports_changes(lab):
     config, _ = lab
     conn = libvirt.open("qemu:///system")
@@ -161,7 +226,8 @@ def test_teardown_removes_everything_with_the_lab_prefix(lab):
     config, _ = lab
     result = lab_cli(config, "teardown")
     out = " ".join(result.stdout.split())
-    for item in ("domain tv-agent-a", "domain tv-llm", "volume tv-llm.qcow2", "volume tv-llm-seed.iso", "storage pool tv-pool", "network tv-net"):
+    for item in ("domain tv-agent-a", "domain tv-llm", "volume tv-llm.qcow2", "volume tv-llm-seed.iso", "storage pool tv-pool",
+                 "network tv-net", "chronyd serving NTP on 10.78.0.1"):
         assert item in out
     assert leftovers(NAME) == []
     assert "nothing to remove" in lab_cli(config, "teardown").stdout
