@@ -23,6 +23,9 @@ skipped there (random weights give whitespace until max_tokens).
 vLLM takes a Hugging Face directory, not a GGUF: `--convert-gguf FILE --model DIR` writes
 the shipped GGUF as bf16 safetensors and exits; it needs transformers 4.x (5.x keeps GGUF
 weights packed and refuses to save them), the `gguf` package and torch on the CPU.
+
+Where vLLM runs without its optional `flashinfer` package, set VLLM_USE_FLASHINFER_SAMPLER=0
+(vLLM 0.25 otherwise imports flashinfer for its sampler and the engine fails to start).
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import httpx  # noqa: E402
+import httpx
 
 SERVED_NAME = "lab-model"
 PROMPT = ("Write a detailed, friendly explanation for a customer of how parcel tracking works, from the moment an "
@@ -110,6 +113,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--port", type=positive_int, default=8011)
     p.add_argument("--max-model-len", type=positive_int, default=8192)
     p.add_argument("--gpu-memory-utilization", type=fraction, default=0.9)
+    p.add_argument("--tool-call-parser", default="hermes",
+                   help="vLLM tool parser for the model (hermes: Qwen2.5; workload.llm's default llama3_json fails "
+                        "every chat request on a tokenizer without <|python_tag|>)")
     p.add_argument("--tokens", type=positive_int, default=128, help="tokens out per streamed request")
     p.add_argument("--requests", type=positive_int, default=16, help="streamed requests per concurrency level")
     p.add_argument("--concurrency", type=positive_int, nargs="+", default=[1, 8])
@@ -180,7 +186,8 @@ def server_argv(args: argparse.Namespace, model: Path, dummy: bool) -> list[str]
             "--host", "127.0.0.1", "--port", str(args.port), "--served-name", SERVED_NAME]
     if args.backend == "vllm":
         argv += ["--max-model-len", str(args.max_model_len),
-                 "--gpu-memory-utilization", str(args.gpu_memory_utilization)]
+                 "--gpu-memory-utilization", str(args.gpu_memory_utilization),
+                 f"--vllm-arg=--tool-call-parser={args.tool_call_parser}"]
         if dummy:
             argv += ["--vllm-arg=--load-format=dummy"]
     else:
@@ -189,9 +196,9 @@ def server_argv(args: argparse.Namespace, model: Path, dummy: bool) -> list[str]
 
 
 def start_server(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
-    log = open(log_path, "wb")
     print(f"server: {' '.join(argv)}\nserver log: {log_path}", flush=True)
-    return subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    with open(log_path, "wb") as log:  # the server keeps its own copy of the descriptor
+        return subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def log_tail(log_path: Path, lines: int = 15) -> str:
@@ -464,7 +471,7 @@ def environment() -> dict[str, Any]:
             info[name] = None
     try:
         gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=30).stdout.strip()
+                             check=False, capture_output=True, text=True, timeout=30).stdout.strip()
         info["gpu"] = gpu or None
     except (OSError, subprocess.SubprocessError):
         info["gpu"] = None
