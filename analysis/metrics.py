@@ -128,13 +128,15 @@ def task_metrics(tasks: pd.DataFrame, calls: pd.DataFrame, used: pd.DataFrame, p
 
 def hop_metrics(packets: pd.DataFrame, conns: pd.DataFrame, rtt: pd.DataFrame, tasks: pd.DataFrame) -> pd.DataFrame:
     """Per hop kind: connections, packets and bytes per task, RTT p50/p99 over the rtt probe's windows and
-    the highest smoothed RTT any segment saw (µs), median connection lifetime."""
+    the highest smoothed RTT any segment saw (µs), median connection lifetime, and connection reuse:
+    the mean number of calls (LLM requests, tool calls, service requests) each connection carried."""
     counted = tasks.loc[~tasks["warmup"], "trace_id"]
     n = max(len(counted), 1)
     inside = packets[packets["trace_id"].isin(counted)]
     out = traffic(inside, ["hop"]) / n
     out.columns = [f"{c}_per_task" for c in out.columns]
     out["connections"] = conns.groupby("hop").size()
+    out["calls_per_conn"] = conns[conns["calls"] > 0].groupby("hop")["calls"].mean()
     out["lifetime_ms_p50"] = conns.groupby("hop")["lifetime_ns"].median() / 1e6
     rtt_by = rtt.groupby("hop")["srtt_us"]
     out["rtt_us_p50"], out["rtt_us_p99"] = rtt_by.median(), rtt_by.quantile(0.99)

@@ -40,6 +40,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILES = ("services", "llm-cpu", "vllm")
+CPU_FRONT = ("httpx", "starlette", "uvicorn")
 CPU_SERVER = "xllamacpp"
 VLLM = "vllm"
 # The packages that run on the nodes (collectors/ travels as its own zip, see collectors_zip).
@@ -79,8 +80,8 @@ def profile_requirements(pyproject: dict[str, Any], profile: str) -> list[str]:
     workload = pyproject["project"]["optional-dependencies"]["workload"]
     if profile == "vllm":
         return [VLLM]
-    if profile == "llm-cpu":
-        return [r for r in workload if dist_name(r) == CPU_SERVER]
+    if profile == "llm-cpu":  # llama.cpp's server and its keep-alive front (workload/llm/front.py)
+        return [r for r in workload if dist_name(r) in (CPU_SERVER, *CPU_FRONT)]
     base = [r for r in pyproject["project"]["dependencies"] if dist_name(r) in NODE_BASE_DEPENDENCIES]
     skip = weights_packages() | {CPU_SERVER}
     return base + [r for r in workload if dist_name(r) not in skip]

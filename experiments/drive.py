@@ -75,7 +75,8 @@ async def _phase(phase: list[Planned], scenario: Scenario, entry: Entry, telemet
             await asyncio.sleep(max(0.0, started + planned.at_s - time.monotonic()))
         async with slots:
             [result] = await run_tasks(scenario.workload, [planned.task], entry, 1, telemetry_dir,
-                                       timeout_s=scenario.task_timeout_s, hop_timeouts=scenario.timeouts.by_hop())
+                                       timeout_s=scenario.task_timeout_s, hop_timeouts=scenario.timeouts.by_hop(),
+                                       knobs=scenario.knobs)
         done(Outcome(planned, result))
 
     await asyncio.gather(*(one(p) for p in phase))

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from lab.config import LabConfig
 from lab.errors import ConfigError
 from lab.validation import FieldError, read_yaml, validate
+from workload.knobs import Knobs
 
 SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
 ALL = ("baseline", "simple", "multihop")
@@ -97,6 +98,8 @@ class Scenario(Model):
     task_timeout_s: float = Field(default=300, gt=0)
     """How long the driver waits for a task, and the task's deadline at the agent."""
     timeouts: Timeouts = Timeouts()
+    knobs: Knobs = Knobs()
+    """The protocol choices that shape the traffic (workload/knobs.py says what each default follows)."""
     probes: list[Literal["lifetime", "state", "connect", "rtt", "retrans", "pcap"]] = Field(default=list(PROBES), min_length=1)
     """The probes to run on every node (default: all)."""
     rtt_interval_ms: int = Field(default=100, ge=1, le=60_000)

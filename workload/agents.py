@@ -18,8 +18,6 @@ from typing import Any, Literal, TypedDict
 
 import httpx
 from langchain_core.messages import HumanMessage, SystemMessage
-from langchain_core.tools import BaseTool
-from langchain_mcp_adapters.tools import load_mcp_tools
 from langchain_openai import ChatOpenAI
 from langgraph.graph import END, START, StateGraph
 from mcp.server.fastmcp import Context
@@ -31,79 +29,11 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from workload.config import LLM_MAX_TOKENS, ServiceConfig
-from workload.telemetry import (Kind, LabTransport, Telemetry, TraceContext, current_context, describe_error,
-                                new_trace_id, set_context, timeout_for)
+from workload.mcp_client import LIBRARY_TIMEOUT_S, HopError, ToolBox, task_sessions
+from workload.telemetry import (LabTransport, Telemetry, TraceContext, current_context, describe_error,
+                                current_knobs, new_trace_id, set_context, timeout_for)
 from workload.tools import adopt_caller_context, new_mcp
 from workload.web import error_response, health_endpoint, read_model
-
-
-class HopError(RuntimeError):
-    """A failed call to a peer; the message names the peer."""
-
-    def __init__(self, peer: str, exc: BaseException) -> None:
-        super().__init__(f"{peer}: {describe_error(exc)}")
-
-
-def _mcp_http_client(headers: dict[str, str] | None = None, timeout: httpx.Timeout | None = None,
-                     auth: httpx.Auth | None = None) -> httpx.AsyncClient:
-    """httpx client factory for langchain-mcp-adapters: tags and measures each request."""
-    return httpx.AsyncClient(transport=LabTransport(), headers=headers, timeout=timeout, auth=auth)
-
-
-# The libraries' own timeouts are set out of the way (langchain-openai's 120 s between streamed
-# chunks, the MCP client's read timeouts): each hop's timeout is the lab's, from the caller's
-# H_TIMEOUTS or the service config, applied around the call.
-LIBRARY_TIMEOUT_S = 86_400.0
-
-
-class ToolBox:
-    """The tools of one MCP server, as LangChain tools; every call is a logged hop."""
-
-    def __init__(self, peer: str, url: str, telemetry: Telemetry, timeout_s: float, kind: Kind = "tool") -> None:
-        self.peer, self.kind, self.telemetry, self.timeout_s = peer, kind, telemetry, timeout_s
-        self.connection: dict[str, Any] = {"transport": "streamable_http", "url": url, "timeout": LIBRARY_TIMEOUT_S,
-                                           "sse_read_timeout": LIBRARY_TIMEOUT_S, "httpx_client_factory": _mcp_http_client}
-        self.tools: dict[str, BaseTool] = {}
-        self._lock = asyncio.Lock()
-
-    async def ensure_loaded(self) -> None:
-        async with self._lock:
-            if self.tools:
-                return
-            try:
-                async with self.telemetry.call(self.kind, self.peer, "tools/list"), asyncio.timeout(self.timeout_s):
-                    tools = await load_mcp_tools(None, connection=self.connection,  # type: ignore[arg-type]
-                                                 server_name=self.peer, handle_tool_errors=False)
-            except Exception as exc:
-                raise HopError(self.peer, exc) from exc
-            self.tools = {t.name: t for t in tools}
-
-    def describe(self) -> str:
-        return "\n".join(f"- {name}: {tool.description}" for name, tool in self.tools.items())
-
-    def choice_schema(self) -> dict[str, Any]:
-        """JSON schema of one call of one of these tools, with that tool's own arguments."""
-        options = []
-        for name, tool in self.tools.items():
-            args = {k: v for k, v in dict(tool.args_schema).items() if k in ("type", "properties", "required")}  # type: ignore[arg-type]
-            options.append({"type": "object", "additionalProperties": False, "required": ["tool", "arguments"],
-                            "properties": {"tool": {"const": name}, "arguments": {**args, "additionalProperties": False}}})
-        return {"anyOf": options}
-
-    async def call(self, name: str, arguments: dict[str, Any]) -> str:
-        await self.ensure_loaded()
-        if name not in self.tools:
-            raise HopError(self.peer, LookupError(f"unknown tool {name!r}"))
-        seconds = timeout_for(self.kind, self.timeout_s)
-        try:
-            async with self.telemetry.call(self.kind, self.peer, name):
-                async with asyncio.timeout(seconds):
-                    result = await self.tools[name].ainvoke(arguments)
-        except TimeoutError as exc:
-            raise HopError(self.peer, TimeoutError(f"no answer within {seconds:g} s ({self.kind} timeout)")) from exc
-        except Exception as exc:
-            raise HopError(self.peer, exc) from exc
-        return _text(result)
 
 
 def _text(result: Any) -> str:
@@ -124,10 +54,13 @@ class LLM:
         self.telemetry = telemetry
         self.model = config.llm_model
         self.timeout_s = config.timeouts.llm_s
-        self.chat = ChatOpenAI(base_url=config.llm_url, api_key="not-needed", model=config.llm_model,  # type: ignore[arg-type]
-                               temperature=0, max_tokens=max_tokens, max_retries=0, timeout=LIBRARY_TIMEOUT_S,
-                               stream_chunk_timeout=LIBRARY_TIMEOUT_S, streaming=True,
-                               http_async_client=httpx.AsyncClient(transport=LabTransport(), timeout=LIBRARY_TIMEOUT_S))
+        client = httpx.AsyncClient(transport=LabTransport(), timeout=LIBRARY_TIMEOUT_S)
+        # one per value of the llm_stream knob, over one connection pool
+        self.chats = {streaming: ChatOpenAI(base_url=config.llm_url, api_key="not-needed",  # type: ignore[arg-type]
+                                            model=config.llm_model, temperature=0, max_tokens=max_tokens,
+                                            max_retries=0, timeout=LIBRARY_TIMEOUT_S, stream_chunk_timeout=LIBRARY_TIMEOUT_S,
+                                            streaming=streaming, http_async_client=client)
+                      for streaming in (True, False)}
 
     @asynccontextmanager
     async def _call(self) -> AsyncIterator[None]:
@@ -144,19 +77,24 @@ class LLM:
     async def choose(self, system: str, user: str, schema: dict[str, Any]) -> dict[str, Any]:
         """The model's tool choice, constrained to `schema`."""
         response_format = {"type": "json_schema", "json_schema": {"name": "tool_call", "schema": schema}}
+        chat = self.chats[current_knobs().llm_stream]
         async with self._call():
-            message = await self.chat.bind(response_format=response_format).ainvoke([SystemMessage(system), HumanMessage(user)])
+            message = await chat.bind(response_format=response_format).ainvoke([SystemMessage(system), HumanMessage(user)])
         try:
             return json.loads(_text(message.content))
         except ValueError as exc:
             raise HopError("llm", exc) from exc
 
     async def write(self, system: str, user: str) -> str:
-        """Free text from the model, streamed."""
+        """Free text from the model, streamed unless the llm_stream knob is off."""
+        messages = [SystemMessage(system), HumanMessage(user)]
         parts: list[str] = []
         async with self._call():
-            async for chunk in self.chat.astream([SystemMessage(system), HumanMessage(user)]):
-                parts.append(_text(chunk.content))
+            if current_knobs().llm_stream:
+                async for chunk in self.chats[True].astream(messages):
+                    parts.append(_text(chunk.content))
+            else:
+                parts.append(_text((await self.chats[False].ainvoke(messages)).content))
         return "".join(parts).strip()
 
 
@@ -266,7 +204,7 @@ def build_agent_a(config: ServiceConfig, telemetry: Telemetry) -> Starlette:
             set_context(TraceContext(body.task_id, ctx.trace_id if ctx else new_trace_id(), ctx.call_id if ctx else None))
         seconds = timeout_for("task", t.task_s)
         try:
-            async with asyncio.timeout(seconds):
+            async with asyncio.timeout(seconds), task_sessions():
                 state = await graph.ainvoke({"question": body.text, "scenario": body.scenario})
         except TimeoutError:
             return error_response(504, f"task timed out after {seconds:g} s (task timeout)", task_id=body.task_id)
@@ -293,7 +231,7 @@ def build_agent_b(config: ServiceConfig, telemetry: Telemetry) -> Any:
         """Check the parcel or carrier behind a customer question, given the order facts; returns a short report."""
         adopt_caller_context(ctx)
         try:
-            async with asyncio.timeout(timeout_for("agent", config.timeouts.agent_s)):
+            async with asyncio.timeout(timeout_for("agent", config.timeouts.agent_s)), task_sessions():
                 state = await graph.ainvoke({"question": question, "facts": facts})
         except (HopError, TimeoutError) as exc:
             raise ToolError(f"agent-b: {describe_error(exc)}") from exc

@@ -12,7 +12,8 @@ from typing import Literal
 import httpx
 
 from workload.tasks import Task
-from workload.telemetry import Telemetry, describe_error, lab_http_client, set_timeouts
+from workload.knobs import Knobs
+from workload.telemetry import Telemetry, describe_error, lab_http_client, set_run
 
 Scenario = Literal["baseline", "simple", "multihop"]
 SCENARIOS: tuple[str, ...] = ("baseline", "simple", "multihop")
@@ -68,10 +69,11 @@ async def _submit(client: httpx.AsyncClient, telemetry: Telemetry, scenario: str
 
 async def run_tasks(scenario: Scenario, tasks: list[Task], entry: Entry, concurrency: int = 1,
                     telemetry_dir: Path = Path("telemetry"), node: str = "controller",
-                    timeout_s: float = 300.0, hop_timeouts: dict[str, float] | None = None) -> list[TaskResult]:
+                    timeout_s: float = 300.0, hop_timeouts: dict[str, float] | None = None,
+                    knobs: Knobs | None = None) -> list[TaskResult]:
     """Submit every task (at most `concurrency` at once); results in task order. `timeout_s` is
     how long the driver waits for a task, and the task's own deadline at the agent; `hop_timeouts`
-    (llm, tool, agent: seconds) travel with it to every hop (telemetry.H_TIMEOUTS).
+    (llm, tool, agent: seconds) and `knobs` travel with it to every hop (telemetry.PROPAGATED).
 
     Writes the driver's own events to `<telemetry_dir>/driver.jsonl`."""
     if scenario not in SCENARIOS:
@@ -80,7 +82,7 @@ async def run_tasks(scenario: Scenario, tasks: list[Task], entry: Entry, concurr
         raise ValueError("concurrency must be at least 1")
     telemetry = Telemetry(node, "driver", None, telemetry_dir)
     slots = asyncio.Semaphore(concurrency)
-    set_timeouts({**(hop_timeouts or {}), "task": timeout_s})
+    set_run({**(hop_timeouts or {}), "task": timeout_s}, knobs)
 
     async def one(client: httpx.AsyncClient, task: Task) -> TaskResult:
         async with slots:

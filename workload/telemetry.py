@@ -25,6 +25,9 @@ from typing import Any, AsyncIterator, Literal
 
 import httpx
 
+from workload.knobs import Knobs
+from workload.knobs import from_header as knobs_from_header
+
 Kind = Literal["task", "agent", "llm", "tool", "service", "db"]
 KINDS: tuple[str, ...] = ("task", "agent", "llm", "tool", "service", "db")
 
@@ -37,6 +40,9 @@ H_FROM = "x-lab-from"
 H_TIMEOUTS = "x-lab-timeouts"
 """The run's timeouts, e.g. `llm=60,tool=20,agent=120,task=300` (seconds): set by the driver from the
 scenario and passed on by every hop, like a gRPC deadline, so a scenario sets them without a redeploy."""
+H_KNOBS = "x-lab-knobs"
+"""The run's protocol knobs (workload.knobs.Knobs as JSON), passed on the same way."""
+PROPAGATED = (H_TIMEOUTS, H_KNOBS)
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
 
 
@@ -97,26 +103,32 @@ class TraceContext:
 
 _context: contextvars.ContextVar[TraceContext | None] = contextvars.ContextVar("lab_trace", default=None)
 _active: contextvars.ContextVar[CallEvent | None] = contextvars.ContextVar("lab_call", default=None)
-_timeouts: contextvars.ContextVar[str | None] = contextvars.ContextVar("lab_timeouts", default=None)
+_run: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar("lab_run", default={})
+"""The run's settings in force (PROPAGATED headers): what this context calls next carries them on."""
+
+
+def set_run(timeouts: dict[str, float] | None = None, knobs: Knobs | None = None) -> contextvars.Token:
+    """The run's timeouts and knobs for what this context calls next (the driver sets them)."""
+    settings = {H_TIMEOUTS: format_timeouts(timeouts) if timeouts else None, H_KNOBS: knobs.header() if knobs else None}
+    return _run.set({k: v for k, v in settings.items() if v})
+
+
+def adopt_run(headers: Any) -> contextvars.Token:
+    """The caller's run settings (request headers with lower-case keys) for this context."""
+    return _run.set({h: headers[h] for h in PROPAGATED if headers.get(h)})
 
 
 def format_timeouts(timeouts: dict[str, float]) -> str:
     return ",".join(f"{name}={seconds:g}" for name, seconds in timeouts.items())
 
 
-def set_timeouts(timeouts: dict[str, float] | None) -> contextvars.Token:
-    """The timeouts in force for what this context calls next (and passes on in H_TIMEOUTS)."""
-    return _timeouts.set(format_timeouts(timeouts) if timeouts else None)
-
-
-def adopt_timeouts(headers: Any) -> contextvars.Token:
-    """The caller's H_TIMEOUTS (request headers with lower-case keys) for this context."""
-    return _timeouts.set(headers.get(H_TIMEOUTS) or None)
+def current_knobs() -> Knobs:
+    return knobs_from_header(_run.get().get(H_KNOBS))
 
 
 def timeout_for(name: str, default: float) -> float:
     """The caller's timeout `name` (llm, tool, agent, task) for this request, else `default`."""
-    for item in (_timeouts.get() or "").split(","):
+    for item in _run.get().get(H_TIMEOUTS, "").split(","):
         key, _, value = item.partition("=")
         if key.strip() == name:
             try:
@@ -229,6 +241,7 @@ class Telemetry:
                             kind=kind, side="client", peer=peer, op=op)
         call_token = _active.set(event)
         ctx_token = set_context(TraceContext(event.task_id, event.trace_id, event.call_id))
+        _open_calls[event.call_id] = (event, _run.get())
         try:
             yield event
         except BaseException as exc:
@@ -236,6 +249,7 @@ class Telemetry:
                 event.fail(exc)
             raise
         finally:
+            del _open_calls[event.call_id]
             _context.reset(ctx_token)
             _active.reset(call_token)
             event.end_ns = time.time_ns()
@@ -259,6 +273,24 @@ def active_call() -> CallEvent | None:
     return _active.get()
 
 
+META_CALL_ID = "lab/call_id"
+"""Where a JSON-RPC request made outside its call's context (an MCP session kept open by a task of
+its own) names the call in its `params._meta`, so LabTransport still tags and measures it."""
+_open_calls: dict[str, tuple[CallEvent, dict[str, str]]] = {}
+"""Every client call in progress in this process, by call id, with the run settings it started under."""
+
+
+def _request_call(request: httpx.Request) -> tuple[CallEvent | None, dict[str, str]]:
+    """The call a request belongs to: the one its JSON-RPC `_meta` names, else the active call of
+    this context while it lasts (a session task keeps the context of the call that opened it)."""
+    if _has_content(request) and b'"_meta"' in request.content and isinstance(message := _json(request.content), dict):
+        meta = (message.get("params") or {}).get("_meta") if isinstance(message.get("params"), dict) else None
+        if isinstance(meta, dict) and (found := _open_calls.get(str(meta.get(META_CALL_ID)))):
+            return found
+    event = active_call()
+    return (event, _run.get()) if event is not None and not event.end_ns else (None, _run.get())
+
+
 class _CountingStream(httpx.AsyncByteStream):
     def __init__(self, inner: httpx.AsyncByteStream, event: CallEvent) -> None:
         self._inner = inner
@@ -274,21 +306,32 @@ class _CountingStream(httpx.AsyncByteStream):
 
 
 class LabTransport(httpx.AsyncBaseTransport):
-    """httpx transport that tags requests with the active call's ids and records
-    request/response body bytes and the TCP socket of each request into that call."""
+    """httpx transport that tags requests with the active call's ids and the run's settings,
+    records request/response body bytes and the TCP socket of each request into that call, and
+    reuses connections as the run's knobs say (http_reuse, http_keepalive_s)."""
 
     def __init__(self, **transport_kwargs: Any) -> None:
-        self._inner = httpx.AsyncHTTPTransport(**transport_kwargs)
+        self._kwargs = transport_kwargs
+        self._pools: dict[float, httpx.AsyncHTTPTransport] = {}
+
+    def _pool(self, knobs: Knobs) -> httpx.AsyncHTTPTransport:
+        """The connection pool whose idle connections expire after the run's keep-alive knob."""
+        if knobs.http_keepalive_s not in self._pools:
+            limits = httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=knobs.http_keepalive_s)
+            self._pools[knobs.http_keepalive_s] = httpx.AsyncHTTPTransport(limits=limits, **self._kwargs)
+        return self._pools[knobs.http_keepalive_s]
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        event = active_call()
+        event, run = _request_call(request)
+        knobs = knobs_from_header(run.get(H_KNOBS))
+        if knobs.http_reuse == "per_call":
+            request.headers["connection"] = "close"
         if event is None:
-            return await self._inner.handle_async_request(request)
+            return await self._pool(knobs).handle_async_request(request)
         request.headers.update(outgoing_headers(event))
-        if timeouts := _timeouts.get():
-            request.headers[H_TIMEOUTS] = timeouts
+        request.headers.update(run)
         event.req_bytes += len(request.content) if _has_content(request) else 0
-        response = await self._inner.handle_async_request(request)
+        response = await self._pool(knobs).handle_async_request(request)
         stream = response.extensions.get("network_stream")
         if stream is not None:
             local, remote = stream.get_extra_info("client_addr"), stream.get_extra_info("server_addr")
@@ -297,7 +340,8 @@ class LabTransport(httpx.AsyncBaseTransport):
         return response
 
     async def aclose(self) -> None:
-        await self._inner.aclose()
+        for pool in self._pools.values():
+            await pool.aclose()
 
 
 def _has_content(request: httpx.Request) -> bool:
@@ -355,14 +399,14 @@ class TelemetryMiddleware:
             await send(message)
 
         token = set_context(TraceContext(event.task_id, event.trace_id, event.call_id))
-        timeouts_token = adopt_timeouts(headers)
+        run_token = adopt_run(headers)
         try:
             await self.app(scope, counting_receive, counting_send)
         except BaseException as exc:
             event.fail(exc)
             raise
         finally:
-            _timeouts.reset(timeouts_token)
+            _run.reset(run_token)
             _context.reset(token)
             event.op = _mcp_op(bytes(body_head)) or event.op
             if event.error is None and (reason := _jsonrpc_error(bytes(resp_head))):

@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse
 from workload.config import ServiceConfig
 from workload.db import Database
 from workload.tasks import CUSTOMER_ID_PATTERN, ORDER_ID_PATTERN
-from workload.telemetry import Telemetry, adopt_timeouts, context_from_headers, lab_http_client, set_context
+from workload.telemetry import Telemetry, adopt_run, context_from_headers, lab_http_client, set_context
 from workload.web import health_endpoint
 
 OrderId = Annotated[str, Field(pattern=ORDER_ID_PATTERN, description="order id such as ORD-00042")]
@@ -38,12 +38,12 @@ def new_mcp(name: str, instructions: str) -> FastMCP:
 
 
 def adopt_caller_context(ctx: Context) -> None:
-    """Make the ids and timeouts of the HTTP request that carried this MCP call the current context
+    """Make the ids and run settings of the HTTP request that carried this MCP call the current context
     (the MCP server runs tools in its session's task, not the request's)."""
     request = ctx.request_context.request
     if request is not None:
         set_context(context_from_headers(request.headers))
-        adopt_timeouts(request.headers)
+        adopt_run(request.headers)
 
 
 def build_tool_db(config: ServiceConfig, telemetry: Telemetry) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 from collections import defaultdict
 
@@ -13,6 +14,7 @@ from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
 from workload import driver
+from workload.knobs import Knobs
 from workload.local import LocalPostgres, LocalStack, free_port, read_events, wait_http
 from workload.tasks import Task, answer_is_correct, make_dataset
 
@@ -172,3 +174,82 @@ def test_the_callers_timeouts_reach_every_hop(stack: LocalStack, tasks: list[Tas
                                             hop_timeouts=hop_timeouts))
     assert not result.ok and f"within 0.01 s ({hop} timeout)" in result.error, result.error
     assert result.error.startswith(f"{where}: ") or f"{where}: " in result.error, result.error
+
+
+def _run_with(stack: LocalStack, scenario: str, tasks: list[Task], knobs: Knobs) -> list[list[dict]]:
+    """Run the tasks one after the other with these knobs; each task's events (its servers' own
+    events included, once they are written)."""
+    entry = driver.Entry(agent_a=stack.url("agent-a"))
+    results = asyncio.run(driver.run_tasks(scenario, tasks, entry, telemetry_dir=stack.telemetry_dir, knobs=knobs))
+    assert all(r.ok for r in results), [r.error for r in results]
+    time.sleep(0.5)  # servers log their side after the response went out
+    events = read_events(stack.telemetry_dir)
+    return [_task_events(events, result) for result in results]
+
+
+def _connections(events: list[dict], service: str, kind: str) -> set[tuple[str, str]]:
+    return {tuple(c) for e in events if e["side"] == "client" and e["service"] == service and e["kind"] == kind
+            for c in e["conns"]}
+
+
+def test_a_persistent_mcp_session_is_initialised_once_and_keeps_its_connection(stack: LocalStack, tasks: list[Task]) -> None:
+    """mcp_session per_call (langchain-mcp-adapters' default) initialises a session for every tool
+    call; persistent once for the agent's life, and its tool calls share a pooled connection.
+    Every call is still tagged and measured (its JSON-RPC _meta names it)."""
+    per_call = _run_with(stack, "simple", tasks[:3], Knobs(mcp_session="per_call"))
+    persistent = _run_with(stack, "simple", tasks[:3], Knobs(mcp_session="persistent"))
+
+    def initializes(task: list[dict]) -> int:
+        return sum(e["side"] == "server" and e["service"] == "tool-db" and e["op"] == "initialize" for e in task)
+
+    assert [initializes(t) for t in per_call] == [1, 1, 1]
+    assert sum(initializes(t) for t in persistent) <= 1  # at most the first task opens it
+    tool_calls = [e for t in persistent for e in t if e["side"] == "client" and e["kind"] == "tool" and e["op"] != "initialize"]
+    assert len(tool_calls) == 3 and all(e["conns"] and e["req_bytes"] > 0 and e["resp_bytes"] > 0 for e in tool_calls)
+    assert len(set().union(*(_connections(t, "agent-a", "tool") for t in persistent))) < \
+        len(set().union(*(_connections(t, "agent-a", "tool") for t in per_call)))
+
+
+def test_per_task_sessions_close_with_their_task(stack: LocalStack, tasks: list[Task]) -> None:
+    for task in _run_with(stack, "multihop", tasks[:2], Knobs(mcp_session="per_task")):
+        inits = [e for e in task if e["side"] == "server" and e["op"] == "initialize"]
+        assert sorted(e["service"] for e in inits) == ["agent-b", "tool-db", "tool-synth"]
+
+
+def test_the_llm_hop_keeps_its_connection_as_vllms_does(stack: LocalStack, tasks: list[Task]) -> None:
+    """Behind its keep-alive front the CPU LLM keeps a connection after streamed answers too, so
+    Agent A's two LLM calls of a task share one pooled connection; with http_reuse per_call
+    each has its own."""
+    pooled = _run_with(stack, "simple", tasks[:2], Knobs())
+    assert all(len(_connections(t, "agent-a", "llm")) == 1 for t in pooled), [_connections(t, "agent-a", "llm") for t in pooled]
+    fresh = _run_with(stack, "simple", tasks[:2], Knobs(http_reuse="per_call"))
+    assert all(len(_connections(t, "agent-a", "llm")) == 2 for t in fresh)
+
+
+def _ports_of_streamed_requests(base_url: str, count: int) -> list[int]:
+    """The client port of each of `count` streamed completions sent in a row through one pooled client."""
+    ports = []
+    with httpx.Client(timeout=120) as client:
+        for _ in range(count):
+            body = {"model": "lab-model", "max_tokens": 4, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+            with client.stream("POST", f"{base_url}/v1/chat/completions", json=body) as response:
+                ports.append(response.extensions["network_stream"].get_extra_info("client_addr")[1])
+                response.read()
+                assert response.status_code == 200
+            time.sleep(0.2)  # let a closing server's FIN arrive, so the pool never reuses a dead connection
+    return ports
+
+
+def test_llama_cpp_closes_after_a_streamed_answer_and_the_front_does_not(stack: LocalStack) -> None:
+    """What the front is for, measured on the real servers: three streamed answers in a row take
+    three connections from llama.cpp's own server and one through the front."""
+    port = free_port()
+    proc = stack.spawn("llm-no-front", [sys.executable, "-m", "workload.llm", "serve", "--no-front",
+                                        "--host", "127.0.0.1", "--port", str(port)])
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", 300, proc)
+        assert len(set(_ports_of_streamed_requests(f"http://127.0.0.1:{port}", 3))) == 3
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert len(set(_ports_of_streamed_requests(stack.url("llm"), 3))) == 1

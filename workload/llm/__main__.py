@@ -7,6 +7,7 @@ import argparse
 import os
 import shutil
 import signal
+import socket
 import sys
 import threading
 from pathlib import Path
@@ -32,14 +33,16 @@ def vllm_argv(model: str, host: str, port: int, served_name: str, max_model_len:
     return argv + list(extra or [])
 
 
-def serve_cpu(model_path: Path, host: str, port: int, threads: int, ctx: int, parallel: int, served_name: str) -> None:
-    """Run llama.cpp's OpenAI-compatible server (xllamacpp) until SIGTERM/SIGINT."""
+def serve_cpu(model_path: Path, host: str, port: int, threads: int, ctx: int, parallel: int, served_name: str,
+              front: bool = True) -> None:
+    """Run llama.cpp's OpenAI-compatible server (xllamacpp) until SIGTERM/SIGINT: behind the
+    keep-alive front on host:port (workload/llm/front.py), or itself on host:port (`front=False`)."""
     import xllamacpp
 
     params = xllamacpp.CommonParams()
     params.model.path = str(model_path)
-    params.hostnames = [host]
-    params.port = port
+    params.hostnames = ["127.0.0.1" if front else host]
+    params.port = _free_loopback_port() if front else port
     params.cpuparams.n_threads = threads
     params.cpuparams_batch.n_threads = threads
     params.n_ctx = ctx * parallel
@@ -47,10 +50,25 @@ def serve_cpu(model_path: Path, host: str, port: int, threads: int, ctx: int, pa
     params.model_alias = {served_name}
     server = xllamacpp.Server(params)
     print(f"llm: serving {model_path} as {served_name!r} at {server.listening_address}", flush=True)
+    if front:
+        import uvicorn
+
+        from workload.llm.front import KEEP_ALIVE_S, app
+
+        print(f"llm: keep-alive front ({KEEP_ALIVE_S} s, as vLLM's) on {host}:{port}", flush=True)
+        uvicorn.run(app(f"http://127.0.0.1:{params.port}"), host=host, port=port, log_level="warning",
+                    timeout_keep_alive=KEEP_ALIVE_S)
+        return
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
+
+
+def _free_loopback_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--ctx", type=int, default=4096, help="context tokens per parallel slot")
     serve.add_argument("--parallel", type=int, default=2)
     serve.add_argument("--served-name", default=SERVED_NAME)
+    serve.add_argument("--no-front", dest="front", action="store_false",
+                       help="CPU: llama.cpp's own HTTP server on --port, without the keep-alive front "
+                            "(it closes a connection after each streamed answer)")
     serve.add_argument("--max-model-len", type=int, help="vLLM: context length (default: the model's own)")
     serve.add_argument("--gpu-memory-utilization", type=float, help="vLLM: share of GPU memory to take")
     serve.add_argument("--vllm-arg", action="append", default=[], help="vLLM: one more argument (--vllm-arg=--x=y)")
@@ -82,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             os.execvp(argv_[0], argv_)
         else:
             serve_cpu(materialise(args.model), args.host, args.port, args.threads, args.ctx, args.parallel,
-                      args.served_name)
+                      args.served_name, args.front)
     except (ModelError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

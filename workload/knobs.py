@@ -1,0 +1,56 @@
+"""The protocol choices that shape the lab's traffic, chosen per run (a scenario's `knobs`), sent
+with every task and passed on by every hop (workload.telemetry.H_KNOBS), so a run can flip one
+without a redeploy and the manifest and report say which were in force.
+
+The defaults are what the widely used clients do:
+- `mcp_session: per_call`: langchain-mcp-adapters (`MultiServerMCPClient.get_tools()`,
+  `load_mcp_tools(None, connection=...)`) opens a new MCP session (initialize, then the call) for
+  every tool call; the MCP Python SDK's `ClientSession` used directly keeps one session for as
+  long as the caller holds it (`per_task`, or `persistent` for the agent process's life).
+- `http_reuse: pooled`, `http_keepalive_s: 5`: httpx's connection pool and its 5 s keep-alive
+  expiry, which OpenAI's Python client (and so langchain-openai) and the MCP client use as they
+  come; `per_call` sends `Connection: close` so each request has a connection of its own.
+- `llm_stream: true`: agents stream the LLM's answers (langchain-openai with `streaming=True`),
+  as chat front ends do.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class Knobs(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mcp_session: Literal["per_call", "per_task", "persistent"] = "per_call"
+    """How long an agent keeps an MCP session to a server: one per tool call, one per task, or one
+    for as long as the agent runs."""
+    http_reuse: Literal["pooled", "per_call"] = "pooled"
+    """HTTP connections of agents, tool servers and the baseline: pooled keep-alive, or a new one per request."""
+    http_keepalive_s: float = Field(default=5.0, gt=0, le=3600)
+    """How long a pooled connection may stay idle before the client drops it."""
+    llm_stream: bool = True
+    """Whether agents ask the LLM for streamed (SSE) answers."""
+
+    def header(self) -> str:
+        return json.dumps(self.model_dump(), separators=(",", ":"))
+
+
+DEFAULT = Knobs()
+
+
+@functools.lru_cache(maxsize=64)
+def from_header(text: str | None) -> Knobs:
+    """The knobs a caller sent; the defaults where it sent none. A header that does not parse is
+    ignored the same way (a service must not fail a task over it; the caller's manifest says what
+    it sent)."""
+    if not text:
+        return DEFAULT
+    try:
+        return Knobs.model_validate_json(text)
+    except ValidationError:
+        return DEFAULT

@@ -1,0 +1,201 @@
+"""The agents' MCP client: the tools of one MCP server, and the sessions their calls travel in,
+kept as the run's `mcp_session` knob says (workload/knobs.py):
+
+- per_call: a new session for every call (initialize, then tools/call), as langchain-mcp-adapters
+  does by default; each call may open a new TCP connection too;
+- per_task: one session per task and server, opened at the task's first call, closed at its end
+  (`task_sessions`);
+- persistent: one session per server for as long as the agent runs.
+
+A kept session lives in a task of its own (the MCP SDK's anyio scopes must close in the task that
+opened them), so its requests leave from that task's context: each tools/call names its call in
+`params._meta` (telemetry.META_CALL_ID) for LabTransport to tag and measure it all the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+from langchain_core.tools import BaseTool
+from langchain_mcp_adapters.sessions import create_session
+from langchain_mcp_adapters.tools import load_mcp_tools
+from mcp import ClientSession
+from mcp.types import CallToolResult
+
+from workload.telemetry import META_CALL_ID, Kind, LabTransport, Telemetry, current_knobs, describe_error, timeout_for
+
+# The libraries' own timeouts are set out of the way (langchain-openai's 120 s between streamed
+# chunks, the MCP client's read timeouts): each hop's timeout is the lab's, from the caller's
+# H_TIMEOUTS or the service config, applied around the call.
+LIBRARY_TIMEOUT_S = 86_400.0
+
+
+class HopError(RuntimeError):
+    """A failed call to a peer; the message names the peer."""
+
+    def __init__(self, peer: str, exc: BaseException) -> None:
+        super().__init__(f"{peer}: {describe_error(exc)}")
+
+
+class ToolCallError(RuntimeError):
+    """The server ran the tool and it failed (a CallToolResult with isError)."""
+
+
+def _mcp_http_client(headers: dict[str, str] | None = None, timeout: httpx.Timeout | None = None,
+                     auth: httpx.Auth | None = None) -> httpx.AsyncClient:
+    """httpx client factory for the MCP transport: tags and measures each request."""
+    return httpx.AsyncClient(transport=LabTransport(), headers=headers, timeout=timeout, auth=auth)
+
+
+class KeptSession:
+    """One MCP session held open by a task of its own until `close`."""
+
+    def __init__(self, connection: dict[str, Any]) -> None:
+        self.connection = connection
+        self.session: ClientSession | None = None
+        self._closing = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def open(self) -> ClientSession:
+        ready: asyncio.Future[ClientSession] = asyncio.get_running_loop().create_future()
+        self._task = asyncio.create_task(self._hold(ready), context=contextvars.copy_context())
+        self.session = await ready
+        return self.session
+
+    async def _hold(self, ready: asyncio.Future[ClientSession]) -> None:
+        try:
+            async with create_session(self.connection) as session:  # type: ignore[arg-type]
+                await session.initialize()
+                ready.set_result(session)
+                await self._closing.wait()
+        except BaseException as exc:
+            if not ready.done():
+                ready.set_exception(exc)
+        finally:
+            self.session = None
+
+    @property
+    def alive(self) -> bool:
+        return self.session is not None and self._task is not None and not self._task.done()
+
+    async def close(self) -> None:
+        self._closing.set()
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+
+
+class TaskSessions:
+    """The sessions of one task (mcp_session per_task), by server, closed together at its end."""
+
+    def __init__(self) -> None:
+        self.kept: dict[str, KeptSession] = {}
+        self.lock = asyncio.Lock()
+
+
+_task_sessions: contextvars.ContextVar[TaskSessions | None] = contextvars.ContextVar("lab_mcp_sessions", default=None)
+
+
+@asynccontextmanager
+async def task_sessions() -> AsyncIterator[None]:
+    """The scope of one task's MCP sessions: what the task opens under per_task closes here."""
+    scope = TaskSessions()
+    token = _task_sessions.set(scope)
+    try:
+        yield
+    finally:
+        _task_sessions.reset(token)
+        await asyncio.gather(*(kept.close() for kept in scope.kept.values()))
+
+
+class ToolBox:
+    """The tools of one MCP server, as LangChain tools (their descriptions and argument schemas
+    for the model); every call is a logged hop in the session the mcp_session knob asks for."""
+
+    def __init__(self, peer: str, url: str, telemetry: Telemetry, timeout_s: float, kind: Kind = "tool") -> None:
+        self.peer, self.kind, self.telemetry, self.timeout_s = peer, kind, telemetry, timeout_s
+        self.connection: dict[str, Any] = {"transport": "streamable_http", "url": url, "timeout": LIBRARY_TIMEOUT_S,
+                                           "sse_read_timeout": LIBRARY_TIMEOUT_S, "httpx_client_factory": _mcp_http_client}
+        self.tools: dict[str, BaseTool] = {}
+        self._lock = asyncio.Lock()
+        self._persistent: KeptSession | None = None
+
+    async def ensure_loaded(self) -> None:
+        async with self._lock:
+            if self.tools:
+                return
+            try:
+                async with self.telemetry.call(self.kind, self.peer, "tools/list"), asyncio.timeout(self.timeout_s):
+                    tools = await load_mcp_tools(None, connection=self.connection,  # type: ignore[arg-type]
+                                                 server_name=self.peer, handle_tool_errors=False)
+            except Exception as exc:
+                raise HopError(self.peer, exc) from exc
+            self.tools = {t.name: t for t in tools}
+
+    def describe(self) -> str:
+        return "\n".join(f"- {name}: {tool.description}" for name, tool in self.tools.items())
+
+    def choice_schema(self) -> dict[str, Any]:
+        """JSON schema of one call of one of these tools, with that tool's own arguments."""
+        options = []
+        for name, tool in self.tools.items():
+            args = {k: v for k, v in dict(tool.args_schema).items() if k in ("type", "properties", "required")}  # type: ignore[arg-type]
+            options.append({"type": "object", "additionalProperties": False, "required": ["tool", "arguments"],
+                            "properties": {"tool": {"const": name}, "arguments": {**args, "additionalProperties": False}}})
+        return {"anyOf": options}
+
+    async def call(self, name: str, arguments: dict[str, Any]) -> str:
+        await self.ensure_loaded()
+        if name not in self.tools:
+            raise HopError(self.peer, LookupError(f"unknown tool {name!r}"))
+        seconds = timeout_for(self.kind, self.timeout_s)
+        try:
+            async with asyncio.timeout(seconds):
+                result = await self._call(name, arguments)
+        except TimeoutError as exc:
+            raise HopError(self.peer, TimeoutError(f"no answer within {seconds:g} s ({self.kind} timeout)")) from exc
+        except Exception as exc:
+            raise HopError(self.peer, exc) from exc
+        if result.isError:
+            raise HopError(self.peer, ToolCallError(_result_text(result) or "the tool failed without saying why"))
+        return _result_text(result)
+
+    async def _call(self, name: str, arguments: dict[str, Any]) -> CallToolResult:
+        policy = current_knobs().mcp_session
+        if policy == "per_call":
+            async with self.telemetry.call(self.kind, self.peer, name) as event:
+                async with create_session(self.connection) as session:  # type: ignore[arg-type]
+                    await session.initialize()
+                    return await session.call_tool(name, arguments, meta={META_CALL_ID: event.call_id})
+        session = await self._kept(policy)
+        async with self.telemetry.call(self.kind, self.peer, name) as event:
+            return await session.call_tool(name, arguments, meta={META_CALL_ID: event.call_id})
+
+    async def _kept(self, policy: str) -> ClientSession:
+        """The task's session (per_task) or the agent's (persistent) to this server, opened on first use
+        as a logged call of its own (`initialize`)."""
+        scope = _task_sessions.get() if policy == "per_task" else None
+        if policy == "per_task" and scope is None:
+            raise RuntimeError("mcp_session per_task outside a task's task_sessions() scope")
+        lock = scope.lock if scope is not None else self._lock
+        async with lock:
+            kept = scope.kept.get(self.peer) if scope is not None else self._persistent
+            if kept is not None and kept.alive and kept.session is not None:
+                return kept.session
+            kept = KeptSession(self.connection)
+            async with self.telemetry.call(self.kind, self.peer, "initialize"):
+                session = await kept.open()
+            if scope is not None:
+                scope.kept[self.peer] = kept
+            else:
+                self._persistent = kept
+            return session
+
+
+def _result_text(result: CallToolResult) -> str:
+    """The text of a tool result (its text content blocks)."""
+    return "\n".join(block.text for block in result.content if getattr(block, "type", None) == "text")
