@@ -109,7 +109,9 @@ def preflight(sessions: list[NodeSession], lab: LabConfig, scenario: Scenario) -
 def _preflight_problems(node: str, answer: dict, scenario: Scenario) -> list[str]:
     if answer["detect_error"]:
         return [f"{node}: the probe runner {services.COLLECTORS} does not run ({answer['detect_error']}); run `lab deploy`"]
-    unhealthy = [f"{name} ({_said(s['health'])})" for name, s in answer["services"].items() if not s["health"]["ok"]]
+    needed = services.needed(scenario.workload)
+    unhealthy = [f"{name} ({_said(s['health'])})" for name, s in answer["services"].items()
+                 if name in needed and not s["health"]["ok"]]
     problems = [f"{node}: not healthy: {', '.join(unhealthy)}; see `journalctl -u lab-SERVICE` there or run `lab deploy`"] if unhealthy else []
     problems += [f"{node}: probe {probe} cannot attach ({answer['probes'][probe].get('unavailable')}); remove it from the scenario's probes"
                  for probe in scenario.probes if answer["probes"].get(probe, {}).get("source") is None]
@@ -179,7 +181,7 @@ class Experiment:
             scenario={"name": scenario.name, "file": str(scenario_file), "config": scenario.model_dump(mode="json")},
             lab=lab.model_dump(mode="json"), provider=current.provider, accelerator=current.accelerator,
             image=current.image, started_at_ns=time.time_ns(), git=git_info(REPO),
-            versions=_versions(checks), llm_speed=llm_speed,
+            versions=_versions(checks, scenario.workload), llm_speed=llm_speed,
         )
         for node, answer in checks.items():
             for stale in answer["stale_runners"]:
@@ -348,11 +350,11 @@ class Experiment:
             self.fault(node, f"{exc}; what was not pulled stays on the node in {session.run_dir}")
 
 
-def _versions(checks: dict[str, dict]) -> dict[str, Any]:
+def _versions(checks: dict[str, dict], workload: str) -> dict[str, Any]:
     keys = ("kernel", "python", "bpftrace", "tcpdump", "workload")
     versions = {"controller": controller_versions(), "nodes": {node: {k: answer[k] for k in keys} for node, answer in checks.items()}}
-    if "llm" not in services.placement(checks):
-        return versions  # a baseline run on a lab without the LLM deployed
+    if "llm" not in services.needed(workload):
+        return versions  # the baseline calls no LLM: whatever serves one (or not) is not part of its run
     served = served_model(checks)
     return {**versions, "llm": {"node": services.placement(checks)["llm"][0], "backend": served.get("owned_by"),
                                 "model": served.get("id"), "served": served}}

@@ -171,11 +171,15 @@ class ToolBox:
                 async with create_session(self.connection) as session:  # type: ignore[arg-type]
                     await session.initialize()
                     return await session.call_tool(name, arguments, meta={META_CALL_ID: event.call_id})
-        session = await self._kept(policy)
-        async with self.telemetry.call(self.kind, self.peer, name) as event:
-            return await session.call_tool(name, arguments, meta={META_CALL_ID: event.call_id})
+        kept = await self._kept(policy)
+        try:
+            async with self.telemetry.call(self.kind, self.peer, name) as event:
+                return await kept.session.call_tool(name, arguments, meta={META_CALL_ID: event.call_id})  # type: ignore[union-attr]
+        except Exception:
+            await kept.close()  # a session that failed a call is not reused: the next call opens a new one
+            raise
 
-    async def _kept(self, policy: str) -> ClientSession:
+    async def _kept(self, policy: str) -> KeptSession:
         """The task's session (per_task) or the agent's (persistent) to this server, opened on first use
         as a logged call of its own (`initialize`)."""
         scope = _task_sessions.get() if policy == "per_task" else None
@@ -184,16 +188,16 @@ class ToolBox:
         lock = scope.lock if scope is not None else self._lock
         async with lock:
             kept = scope.kept.get(self.peer) if scope is not None else self._persistent
-            if kept is not None and kept.alive and kept.session is not None:
-                return kept.session
+            if kept is not None and kept.alive:
+                return kept
             kept = KeptSession(self.connection)
             async with self.telemetry.call(self.kind, self.peer, "initialize"):
-                session = await kept.open()
+                await kept.open()
             if scope is not None:
                 scope.kept[self.peer] = kept
             else:
                 self._persistent = kept
-            return session
+            return kept
 
 
 def _result_text(result: CallToolResult) -> str:
