@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,15 @@ def _public_part(private: Path) -> str:
 
 def _ssh_keygen(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["ssh-keygen", *args], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+
+
+def write_private(path: Path, text: str) -> None:
+    """`text` in a file only its owner (the user the lab runs as: root for containers) may read,
+    from the moment it exists; a file already there is truncated and gets the same mode."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        os.fchmod(fd, 0o600)
+        handle.write(text)
 
 
 def write_known_hosts(path: Path, entries: list[tuple[list[str], str]]) -> None:
