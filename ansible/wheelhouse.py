@@ -173,27 +173,35 @@ def pinned(wheel: Path) -> str:
 
 
 def profile_archive(profile: str, requirements: list[str], out: Path) -> Built:
-    """A tar of the profile's wheels (dependencies resolved) and requirements.txt pinning them."""
+    """A tar of the profile's wheels (dependencies resolved) and requirements.txt pinning them, built
+    once per set of requirements and named `<profile>-<key of the requirements>-<hash of the tar>`:
+    nodes key their unpacked copy and their venv on that name, so a tar rebuilt with other wheels
+    (a newer release resolved) is never taken for one they have."""
     key = digest([("profile", profile.encode()), ("python", sys.version.split()[0].encode()),
                   *((r, b"") for r in requirements)])[:12]
-    archive = out / f"{profile}-{key}.tar"
-    if archive.is_file():
-        return Built(archive, False)
-    with tempfile.TemporaryDirectory(prefix=f"lab-{profile}-") as tmp:
-        wheels = Path(tmp)
+    cached = sorted(out.glob(f"{profile}-{key}-*.tar"))
+    if cached:
+        return Built(cached[0], False)
+    # built beside its final place, so that one rename publishes it whole; nothing shared with a
+    # build running at the same time
+    with tempfile.TemporaryDirectory(dir=out, prefix=f".{profile}-{key}-") as tmp:
+        wheels = Path(tmp) / "wheels"
         pip("wheel", "--quiet", "-w", str(wheels), *requirements)
         found = sorted(wheels.glob("*.whl"))
         pins = "".join(f"{pinned(w)}\n" for w in found)
-        partial = archive.with_suffix(".partial")
         members = [("requirements.txt", pins.encode()), *((w.name, w.read_bytes()) for w in found)]
+        partial = Path(tmp) / "bundle.tar"
         with tarfile.open(partial, "w") as tar:
             for name, data in members:
                 info = tarfile.TarInfo(name)
                 info.size, info.mode, info.mtime = len(data), 0o644, 0
                 tar.addfile(info, io.BytesIO(data))
+        with partial.open("rb") as handle:
+            archive = out / f"{profile}-{key}-{hashlib.file_digest(handle, 'sha256').hexdigest()[:12]}.tar"
+        partial.replace(archive)
     for old in out.glob(f"{profile}-*.tar"):
-        old.unlink()
-    partial.rename(archive)
+        if not old.name.startswith(f"{profile}-{key}-"):
+            old.unlink()
     return Built(archive, True)
 
 
