@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import socket
 import threading
 
@@ -11,10 +10,9 @@ import pytest
 
 from lab.errors import LabError
 from lab.ssh import wait_ready
-from tests.conftest import require_root
 from vms.base import Node
 
-ADDRESS = "127.0.0.57"  # a loopback address of its own, so the fake server can take port 22
+ADDRESS = "127.0.0.1"
 
 
 def hang_up_after_banner(server: socket.socket, stop: threading.Event) -> None:
@@ -30,17 +28,8 @@ def hang_up_after_banner(server: socket.socket, stop: threading.Event) -> None:
 
 
 def test_a_hang_up_during_the_handshake_is_retried_then_reported(tmp_path):
-    require_root("binding port 22 on a loopback address", [])
-    server = socket.socket()
-    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the last run's closed connections linger in TIME_WAIT
-    try:
-        server.bind((ADDRESS, 22))
-    except OSError as exc:
-        server.close()
-        if exc.errno != errno.EADDRINUSE:
-            raise
-        pytest.skip("an sshd listens on every address's port 22")
-    server.listen()
+    server = socket.create_server((ADDRESS, 0))  # a free port: nothing here depends on who holds port 22
+    port = server.getsockname()[1]
     server.settimeout(0.2)
     stop = threading.Event()
     thread = threading.Thread(target=hang_up_after_banner, args=(server, stop), daemon=True)
@@ -50,8 +39,8 @@ def test_a_hang_up_during_the_handshake_is_retried_then_reported(tmp_path):
     node = Node("fake", ("agents",), ADDRESS, "admin", tmp_path / "id_rsa", f"ssh-rsa {key.get_base64()}", "nspawn", "container")
     attempts = []
     try:
-        with pytest.raises(LabError, match=r"fake \(127\.0\.0\.57\) did not answer SSH within 3 s \(last: EOFError\)"):
-            wait_ready(node, timeout=3, still_booting=lambda: attempts.append(1))
+        with pytest.raises(LabError, match=r"fake \(127\.0\.0\.1\) did not answer SSH within 3 s \(last: EOFError\)"):
+            wait_ready(node, timeout=3, still_booting=lambda: attempts.append(1), port=port)
     finally:
         stop.set()
         thread.join()
