@@ -75,7 +75,8 @@ class Network(Model):
     def _no_name(cls, data: Any) -> Any:
         """network.name was accepted once and never used: say so rather than 'unknown key'."""
         if isinstance(data, dict) and "name" in data:
-            raise FieldError(("network", "name"), "not used: the lab's bridge and libvirt network are named after the lab's `name` (<name>-br, <name>-net); remove network.name")
+            raise FieldError(("network", "name"), "not used: the lab's bridge and libvirt network are named after "
+                                                  "the lab's `name` (<name>-br, <name>-net); remove network.name")
         return data
 
     @property

@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--model", default=DEFAULT_MODEL)
-    parser.add_argument("--backend", choices=BACKENDS, default="auto", help="auto: vLLM with a GPU, llama.cpp otherwise")
+    parser.add_argument("--backend", choices=BACKENDS, default="auto",
+                        help="auto: vLLM with a GPU, llama.cpp otherwise")
     parser.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="llama.cpp's threads")
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="workload-bench-"))

@@ -149,7 +149,8 @@ class LocalStack:
         path.write_text(json.dumps(self.config(service, **overrides)))
         return self.spawn(name, [sys.executable, "-m", "workload", "serve", service, "--config", str(path)])
 
-    def start_llm(self, model: str, backend: str = "auto", threads: int = DEFAULT_THREADS, timeout_s: float = 300) -> None:
+    def start_llm(self, model: str, backend: str = "auto", threads: int = DEFAULT_THREADS,
+                  timeout_s: float = 300) -> None:
         """The LLM server (`python -m workload.llm serve`): `backend` auto, cpu or vllm; `threads` for llama.cpp."""
         proc = self.spawn("llm", [sys.executable, "-m", "workload.llm", "serve", "--model", model,
                                   "--host", "127.0.0.1", "--port", str(self.ports["llm"]),

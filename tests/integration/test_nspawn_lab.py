@@ -87,11 +87,13 @@ def test_host_private_keys_are_root_only_on_the_host_and_in_the_nodes(lab):
         seed = base / "upper" / SEED_DIR
         for path in (base / "ssh_host_ed25519_key", seed, *seed.iterdir()):
             info = path.stat()
-            assert (stat.S_IMODE(info.st_mode) & 0o077, info.st_uid) == (0, 0), f"{path}: {stat.filemode(info.st_mode)}, uid {info.st_uid}"
+            said = f"{path}: {stat.filemode(info.st_mode)}, uid {info.st_uid}"
+            assert (stat.S_IMODE(info.st_mode) & 0o077, info.st_uid) == (0, 0), said
         modes = lab_cli(config, "ssh", node, "--", "sudo", "stat", "-c", "'%a %U %n'", f"/{SEED_DIR}/user-data",
                         "/etc/ssh/ssh_host_ed25519_key").stdout.splitlines()
         assert [line.split()[:2] for line in modes] == [["600", "root"]] * 2, modes
-        readable = "sudo find /etc /var /run /home /tmp -type f -perm -o=r -exec grep -l 'PRIVATE KEY-----' {} + 2>/dev/null; true"
+        readable = ("sudo find /etc /var /run /home /tmp -type f -perm -o=r -exec grep -l 'PRIVATE KEY-----' {} +"
+                    " 2>/dev/null; true")
         assert lab_cli(config, "ssh", node, "--", readable).stdout.split() == [], f"{node}: world-readable private keys"
 
 

@@ -32,7 +32,8 @@ def test_an_unreadable_private_key_is_an_error_and_is_left_alone(tmp_path):
     private = tmp_path / "id_ed25519"
     private.write_text("not a key\n")
     private.chmod(0o600)
-    with pytest.raises(LabError, match=rf"{re.escape(str(private))} is not a private key ssh-keygen can read .*; restore it"):
+    expected = rf"{re.escape(str(private))} is not a private key ssh-keygen can read .*; restore it"
+    with pytest.raises(LabError, match=expected):
         ensure_keypair(private, "t-login")
     assert private.read_text() == "not a key\n"
     assert not private.with_suffix(".pub").exists()

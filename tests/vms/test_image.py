@@ -26,7 +26,8 @@ time.sleep(float(os.environ["FAKE_MMDEBSTRAP_SECONDS"]))
 for name in ("vmlinuz-6.1.0-test", "initrd.img-6.1.0-test"):
     open(f"{target}/boot/{name}", "w").close()
 """
-BUILD = "from lab.config import Image; from vms import image; built, new = image.build(Image(), log=lambda _: None); print(built.root, new)"
+BUILD = ("from lab.config import Image; from vms import image; "
+         "built, new = image.build(Image(), log=lambda _: None); print(built.root, new)")
 
 
 @pytest.fixture
@@ -70,7 +71,8 @@ def test_a_killed_builds_work_is_removed_and_a_running_ones_kept(cache: Path, pi
     live, gone = pids
     images = cache / "images"
     digest = image.recipe_hash(image.Image())
-    running, killed, old = images / f"{digest}.{live}.abc123.partial", images / f"{digest}.{gone}.def456.partial", images / f"{digest}.partial"
+    running = images / f"{digest}.{live}.abc123.partial"
+    killed, old = images / f"{digest}.{gone}.def456.partial", images / f"{digest}.partial"
     for work in (running, killed, old):
         (work / "rootfs").mkdir(parents=True)
     image.build(image.Image(), log=lambda _: None)
