@@ -50,3 +50,17 @@ def test_a_bundle_is_named_after_its_contents_built_once_and_replaces_older_ones
 
     again = wheelhouse.profile_archive("services", requirements, out)
     assert (again.path, again.built) == (built.path, False)
+
+
+def test_a_bundle_named_before_names_held_its_hash_is_renamed_not_rebuilt(tmp_path):
+    """A wheelhouse built by an older version stays usable offline: nothing is fetched for it."""
+    out = tmp_path / "wheelhouse"
+    out.mkdir()
+    requirements = [str(tmp_path / "absent-1.0-py3-none-any.whl")]  # pip would fail on it
+    bundle = out / f"services-{wheelhouse.profile_key('services', requirements)}.tar"
+    with tarfile.open(bundle, "w") as tar:
+        tar.addfile(tarfile.TarInfo("requirements.txt"))
+    content_hash = hashlib.sha256(bundle.read_bytes()).hexdigest()[:12]
+    adopted = wheelhouse.profile_archive("services", requirements, out)
+    assert (adopted.path.name, adopted.built) == (f"{bundle.stem}-{content_hash}.tar", False)
+    assert sorted(out.iterdir()) == [adopted.path]
