@@ -172,29 +172,51 @@ def pinned(wheel: Path) -> str:
     return f"{dist_name(name)}=={version}"
 
 
+def profile_key(profile: str, requirements: list[str]) -> str:
+    """The key of a profile's bundle: a hash of what it is built from (the profile, this Python, the requirements)."""
+    return digest([("profile", profile.encode()), ("python", sys.version.split()[0].encode()),
+                   *((r, b"") for r in requirements)])[:12]
+
+
 def profile_archive(profile: str, requirements: list[str], out: Path) -> Built:
-    """A tar of the profile's wheels (dependencies resolved) and requirements.txt pinning them."""
-    key = digest([("profile", profile.encode()), ("python", sys.version.split()[0].encode()),
-                  *((r, b"") for r in requirements)])[:12]
-    archive = out / f"{profile}-{key}.tar"
-    if archive.is_file():
-        return Built(archive, False)
-    with tempfile.TemporaryDirectory(prefix=f"lab-{profile}-") as tmp:
-        wheels = Path(tmp)
+    """A tar of the profile's wheels (dependencies resolved) and requirements.txt pinning them, built
+    once per set of requirements and named `<profile>-<key of the requirements>-<hash of the tar>`:
+    nodes key their unpacked copy and their venv on that name, so a tar rebuilt with other wheels
+    (a newer release resolved) is never taken for one they have."""
+    stem = out / f"{profile}-{profile_key(profile, requirements)}"
+    cached = sorted(out.glob(f"{stem.name}-*.tar"))
+    if cached:
+        return Built(cached[0], False)
+    unhashed = out / f"{stem.name}.tar"  # a bundle from before they were named after their contents
+    if unhashed.is_file():
+        return Built(named_by_contents(unhashed, stem), False)
+    # built beside its final place, so that one rename publishes it whole; nothing shared with a
+    # build running at the same time
+    with tempfile.TemporaryDirectory(dir=out, prefix=f".{stem.name}-") as tmp:
+        wheels = Path(tmp) / "wheels"
         pip("wheel", "--quiet", "-w", str(wheels), *requirements)
         found = sorted(wheels.glob("*.whl"))
         pins = "".join(f"{pinned(w)}\n" for w in found)
-        partial = archive.with_suffix(".partial")
         members = [("requirements.txt", pins.encode()), *((w.name, w.read_bytes()) for w in found)]
+        partial = Path(tmp) / "bundle.tar"
         with tarfile.open(partial, "w") as tar:
             for name, data in members:
                 info = tarfile.TarInfo(name)
                 info.size, info.mode, info.mtime = len(data), 0o644, 0
                 tar.addfile(info, io.BytesIO(data))
+        archive = named_by_contents(partial, stem)
     for old in out.glob(f"{profile}-*.tar"):
-        old.unlink()
-    partial.rename(archive)
+        if not old.name.startswith(f"{stem.name}-"):
+            old.unlink()
     return Built(archive, True)
+
+
+def named_by_contents(tar: Path, stem: Path) -> Path:
+    """`tar` moved (one rename) to `<stem>-<hash of its contents>.tar`."""
+    with tar.open("rb") as handle:
+        named = stem.with_name(f"{stem.name}-{hashlib.file_digest(handle, 'sha256').hexdigest()[:12]}.tar")
+    tar.replace(named)
+    return named
 
 
 def cpu_model(spec: str, lab_dir: Path) -> dict[str, Any]:

@@ -66,10 +66,18 @@ class NodeSpec(Model):
 
 
 class Network(Model):
-    name: str = "labnet"
     subnet: IPv4Network = IPv4Network("10.77.0.0/24")
     gateway: IPv4Address | None = None
     """The host's address on the lab network; defaults to the subnet's first address."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_name(cls, data: Any) -> Any:
+        """network.name was accepted once and never used: say so rather than 'unknown key'."""
+        if isinstance(data, dict) and "name" in data:
+            raise FieldError(("network", "name"), "not used: the lab's bridge and libvirt network are named after "
+                                                  "the lab's `name` (<name>-br, <name>-net); remove network.name")
+        return data
 
     @property
     def host_address(self) -> IPv4Address:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,21 +25,41 @@ class KeyPair:
 
 
 def ensure_keypair(private: Path, comment: str) -> KeyPair:
-    """An ed25519 key at `private` (and `private`.pub), generated once and kept."""
+    """An ed25519 key at `private` (and `private`.pub), generated once and kept. An existing
+    private key is never replaced (running nodes trust it); a missing .pub is rebuilt from it."""
     public = private.with_suffix(".pub")
-    if private.is_file() and public.is_file():
+    if private.is_file():
+        if not public.is_file():
+            public.write_text(_public_part(private))
         return KeyPair(private)
     private.parent.mkdir(parents=True, exist_ok=True)
-    private.unlink(missing_ok=True)
     public.unlink(missing_ok=True)
-    result = subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(private)],
-        capture_output=True, text=True,
-    )
+    result = _ssh_keygen("-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(private))
     if result.returncode != 0:
         raise LabError(f"ssh-keygen failed for {private}: {result.stderr.strip()}; install openssh-client")
     private.chmod(0o600)
     return KeyPair(private)
+
+
+def _public_part(private: Path) -> str:
+    result = _ssh_keygen("-y", "-f", str(private))
+    if result.returncode != 0:
+        raise LabError(f"{private} is not a private key ssh-keygen can read ({result.stderr.strip()}); restore it, "
+                       "or run `lab teardown` (it removes the lab's keys) and `lab up` for new nodes with new keys")
+    return result.stdout
+
+
+def _ssh_keygen(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ssh-keygen", *args], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+
+
+def write_private(path: Path, text: str) -> None:
+    """`text` in a file only its owner (the user the lab runs as: root for containers) may read,
+    from the moment it exists; a file already there is truncated and gets the same mode."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        os.fchmod(fd, 0o600)
+        handle.write(text)
 
 
 def write_known_hosts(path: Path, entries: list[tuple[list[str], str]]) -> None:

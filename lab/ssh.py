@@ -15,20 +15,22 @@ from lab.errors import LabError
 from vms.base import Node
 
 BOOT_FINISHED = "/var/lib/cloud/instance/boot-finished"
+SSH_PORT = 22
 
 # What a failed SSH exchange raises. paramiko raises a bare EOFError when the server closes the
 # connection mid-handshake (an sshd restarting while a VM boots); click would take that for Ctrl-D.
 SSH_ERRORS = (OSError, paramiko.SSHException, EOFError)
 
 
-def client(node: Node, timeout: float = 10.0) -> paramiko.SSHClient:
+def client(node: Node, timeout: float = 10.0, port: int = SSH_PORT) -> paramiko.SSHClient:
     """A connected paramiko client that accepts only the node's pinned host key."""
     ssh = paramiko.SSHClient()
     key_type, blob = node.host_key.split()[:2]
-    ssh.get_host_keys().add(node.address, key_type, paramiko.PKey.from_type_string(key_type, base64.b64decode(blob)))
+    known_as = node.address if port == SSH_PORT else f"[{node.address}]:{port}"
+    ssh.get_host_keys().add(known_as, key_type, paramiko.PKey.from_type_string(key_type, base64.b64decode(blob)))
     ssh.set_missing_host_key_policy(paramiko.RejectPolicy())
     ssh.connect(
-        node.address, username=node.ssh_user, key_filename=str(node.key_path),
+        node.address, port, username=node.ssh_user, key_filename=str(node.key_path),
         timeout=timeout, banner_timeout=timeout, auth_timeout=timeout,
         look_for_keys=False, allow_agent=False,
     )
@@ -59,8 +61,9 @@ def ssh_argv(node: Node, known_hosts: Path, command: list[str] | None = None) ->
     return argv
 
 
-def run(node: Node, command: str, timeout: float = 60.0, connect_timeout: float = 10.0) -> tuple[int, str, str]:
-    with client(node, connect_timeout) as ssh:
+def run(node: Node, command: str, timeout: float = 60.0, connect_timeout: float = 10.0,
+        port: int = SSH_PORT) -> tuple[int, str, str]:
+    with client(node, connect_timeout, port) as ssh:
         _, stdout, stderr = ssh.exec_command(command, timeout=timeout)
         code = stdout.channel.recv_exit_status()
         return code, stdout.read().decode(), stderr.read().decode()
@@ -72,9 +75,9 @@ def run(node: Node, command: str, timeout: float = 60.0, connect_timeout: float 
 READY_COMMAND = f"test -f {BOOT_FINISHED} || {{ echo 'first boot (cloud-init) still running' >&2; exit 1; }}; sync"
 
 
-def wait_ready(node: Node, timeout: float, still_booting=lambda: None) -> float:
-    """Block until the node answers SSH with its pinned key and its first boot finished; returns
-    seconds waited.
+def wait_ready(node: Node, timeout: float, still_booting=lambda: None, port: int = SSH_PORT) -> float:
+    """Block until the node answers SSH (on `port`) with its pinned key and its first boot
+    finished; returns seconds waited.
 
     `still_booting` is called between attempts and may raise to give up early (e.g. the VM died).
     """
@@ -82,7 +85,7 @@ def wait_ready(node: Node, timeout: float, still_booting=lambda: None) -> float:
     last_error = "no answer"
     while (left := timeout - (time.monotonic() - started)) > 0:
         try:
-            code, _, err = run(node, READY_COMMAND, timeout=30, connect_timeout=min(10.0, max(left, 0.1)))
+            code, _, err = run(node, READY_COMMAND, timeout=30, connect_timeout=min(10.0, max(left, 0.1)), port=port)
             if code == 0:
                 return time.monotonic() - started
             last_error = err.strip() or f"exit {code}"

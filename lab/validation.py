@@ -29,11 +29,21 @@ def read_yaml(path: Path, hint: str) -> Any:
     if not path.is_file():
         raise ConfigError(f"{path}: no such file; {hint}")
     try:
-        return yaml.safe_load(path.read_text())
+        return yaml.safe_load(_utf8_text(path))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}:{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+
+
+def _utf8_text(path: Path) -> str:
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        byte = data[exc.start]
+        raise ConfigError(f"{path}: line {line}: not UTF-8 text (byte 0x{byte:02x}); save the file as UTF-8") from None
 
 
 def validate(model: type[M], data: Any, path: Path) -> M:

@@ -99,13 +99,16 @@ def pool_xml(name: str, path: str) -> str:
 
 
 def volume_xml(name: str, capacity: int, fmt: Literal["raw", "qcow2"], backing: tuple[str, str] | None = None) -> str:
-    """A volume of `capacity` bytes; `backing` (path, format) makes it a copy-on-write overlay."""
+    """A volume of `capacity` bytes; `backing` (path, format) makes it a copy-on-write overlay.
+    Mode 0600: a node's seed and its disk hold its SSH host private key (libvirt hands each to
+    the QEMU process that uses it)."""
     root = ET.Element("volume")
     _sub(root, "name", name)
     _sub(root, "capacity", str(capacity), unit="bytes")
     _sub(root, "allocation", "0", unit="bytes")
     target = _sub(root, "target")
     _sub(target, "format", type=fmt)
+    _sub(_sub(target, "permissions"), "mode", "0600")
     if backing is not None:
         store = _sub(root, "backingStore")
         _sub(store, "path", backing[0])

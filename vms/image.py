@@ -7,17 +7,22 @@ roles install later is already in the image, so nodes never need a package mirro
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from lab.config import Image
 from lab.errors import LabError
+
+SCRATCH = ".partial"
+"""The suffix of a build's work paths (see `_scratch_prefix`)."""
 
 RECIPE_VERSION = 3
 """Bump when the build steps below change in a way the recipe fields do not show."""
@@ -134,9 +139,11 @@ def build(image: Image, log=print) -> tuple[NodeImage, bool]:
     spec = recipe(image)
     digest = recipe_hash(image)
     images = cache_dir() / "images"
-    work = images / f"{digest}.partial"
-    shutil.rmtree(work, ignore_errors=True)
-    (work / "rootfs").mkdir(parents=True)
+    images.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned(images)
+    work = Path(tempfile.mkdtemp(dir=images, prefix=_scratch_prefix(images / digest), suffix=SCRATCH))
+    work.chmod(0o755)  # it becomes the image directory
+    (work / "rootfs").mkdir()
     sources = work / "debian.sources"
     sources.write_text(str(spec["sources"]))
     if not str(spec["sources"]).lstrip().startswith("Types:"):
@@ -164,12 +171,58 @@ def build(image: Image, log=print) -> tuple[NodeImage, bool]:
     _boot_files(work / "rootfs")  # a rootfs without a kernel is never cached
     meta = {"hash": digest, "recipe": spec, "built_at": time.time(), "build_seconds": round(time.monotonic() - started, 1)}
     (work / "image.json").write_text(json.dumps(meta, indent=2))
-    final = images / digest
-    shutil.rmtree(final, ignore_errors=True)
-    work.rename(final)
+    _publish(work, images / digest)
     built = load(image)
     assert built is not None
     return built, True
+
+
+def _scratch_prefix(final: Path) -> str:
+    """Work paths of one build of `final`: beside it (one rename publishes it), unique (builds
+    running at once never share one) and named after the building process, so that the work of a
+    build that was killed can be told from one still running (`_remove_abandoned`)."""
+    return f"{final.name}.{os.getpid()}."
+
+
+def _remove_abandoned(directory: Path) -> None:
+    """Work paths in `directory` whose building process is gone (or that predate `_scratch_prefix`)."""
+    for scratch in directory.glob(f"*{SCRATCH}"):
+        builder = _builder(scratch)
+        if builder is not None and _alive(builder):
+            continue
+        if scratch.is_dir():
+            shutil.rmtree(scratch, ignore_errors=True)
+        else:
+            scratch.unlink(missing_ok=True)
+
+
+def _builder(scratch: Path) -> int | None:
+    """The process id in a work path's name, "<final>.<pid>.<random>.partial"."""
+    parts = scratch.name.split(".")
+    return int(parts[-3]) if len(parts) >= 4 and parts[-3].isdigit() else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's process
+    return True
+
+
+def _publish(work: Path, final: Path) -> None:
+    """Put a finished build in place with one rename. A build of the same recipe that got there
+    first wins and this one is dropped; a directory there without image.json is no image and goes."""
+    if final.is_dir() and not (final / "image.json").is_file():
+        shutil.rmtree(final)
+    try:
+        work.rename(final)
+    except OSError as exc:
+        if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+            raise
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _quote(script: str) -> str:
@@ -182,9 +235,10 @@ def disk_image(node_image: NodeImage, size_gb: int = 8) -> Path:
     if disk.is_file():
         return disk
     _require("mkfs.ext4", "e2fsprogs")
-    partial = disk.with_suffix(".partial")
-    partial.unlink(missing_ok=True)
-    with partial.open("wb") as handle:
+    _remove_abandoned(node_image.directory)
+    fd, name = tempfile.mkstemp(dir=node_image.directory, prefix=_scratch_prefix(disk), suffix=SCRATCH)
+    partial = Path(name)
+    with os.fdopen(fd, "wb") as handle:
         handle.truncate(size_gb * 1024**3)
     result = subprocess.run(
         ["mkfs.ext4", "-q", "-L", "labroot", "-d", str(node_image.root), str(partial)],
@@ -193,5 +247,5 @@ def disk_image(node_image: NodeImage, size_gb: int = 8) -> Path:
     if result.returncode != 0:
         partial.unlink(missing_ok=True)
         raise LabError(f"mkfs.ext4 could not make the VM disk from {node_image.root}: {result.stderr.strip()}")
-    partial.rename(disk)
+    os.replace(partial, disk)  # one made at the same time from the same image is the same disk
     return disk

@@ -281,8 +281,7 @@ def seed_iso(seed: Seed, directory: Path) -> Path:
     """The NoCloud `cidata` ISO (genisoimage: the one tool cloud-init's docs name for it)."""
     if shutil.which("genisoimage") is None:
         raise LabError("`genisoimage` is not installed; run `apt-get install genisoimage`")
-    for filename, text in seed.files().items():
-        (directory / filename).write_text(text)
+    seed.write(directory)
     iso = directory / "seed.iso"
     result = subprocess.run(
         ["genisoimage", "-quiet", "-output", str(iso), "-volid", "cidata", "-joliet", "-rock", *seed.files()],

@@ -32,6 +32,8 @@ from vms.seed import make_seed
 # Probes need bpf() and perf_event_open() and to read kernel memory; nspawn drops these by default.
 CAPABILITIES = "CAP_SYS_ADMIN,CAP_BPF,CAP_PERFMON,CAP_NET_ADMIN,CAP_SYS_RESOURCE,CAP_SYS_PTRACE,CAP_IPC_LOCK"
 SYSCALLS = "bpf perf_event_open"
+SEED_DIR = "var/lib/cloud/seed/nocloud"
+"""Where cloud-init finds a NoCloud seed in a node's root (the overlay copies it to the node's upper layer)."""
 
 
 def bridge_name(lab: LabConfig) -> str:
@@ -86,10 +88,7 @@ class NspawnProvider:
         if self._pids(lab, spec):
             return node, False
         root = self._mount_root(lab, spec, node_image)
-        seed_dir = root / "var/lib/cloud/seed/nocloud"
-        seed_dir.mkdir(parents=True, exist_ok=True)
-        for filename, text in make_seed(lab, spec, login, host_key, {"id": "host0"}).files().items():
-            (seed_dir / filename).write_text(text)
+        make_seed(lab, spec, login, host_key, {"id": "host0"}).write(root / SEED_DIR)
         console = console_log(lab, spec)
         argv = [
             "systemd-nspawn", "--boot", "--register=no", "--keep-unit", "--console=read-only",

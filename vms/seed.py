@@ -1,17 +1,19 @@
 """cloud-init NoCloud seeds: hostname, login user and key, pinned host key, static address.
 
 Both providers use the same seed: nspawn drops it into /var/lib/cloud/seed/nocloud of the
-node's root, libvirt attaches it as a `cidata` disk.
+node's root, libvirt attaches it as a `cidata` disk. A seed holds the node's SSH host private
+key, so its files are written for their owner's eyes only (0600, root as the providers run).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import yaml
 
 from lab.config import LabConfig, NodeSpec
-from lab.keys import KeyPair
+from lab.keys import KeyPair, write_private
 
 
 @dataclass(frozen=True)
@@ -22,6 +24,13 @@ class Seed:
 
     def files(self) -> dict[str, str]:
         return {"meta-data": self.meta_data, "user-data": self.user_data, "network-config": self.network_config}
+
+    def write(self, directory: Path) -> None:
+        """The seed's files in `directory` (made 0700), each 0600."""
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        directory.chmod(0o700)
+        for filename, text in self.files().items():
+            write_private(directory / filename, text)
 
 
 def make_seed(lab: LabConfig, node: NodeSpec, login: KeyPair, host_key: KeyPair, interface: dict[str, object]) -> Seed:

@@ -1,10 +1,12 @@
 """Figures of the workload on this machine, all on loopback:
 
     python -m workload.bench [--tasks 6] [--concurrency 1] [--model NAME_OR_GGUF]
+                             [--backend auto|cpu|vllm] [--threads 2]
 
 Per scenario: tasks/min, answer accuracy, mean LLM calls, tool calls (MCP and
-agent-to-agent) and TCP flows per task, from the telemetry the hops wrote. For the CPU
-LLM backend: time to first token and decode tokens/s of streamed completions.
+agent-to-agent) and TCP flows per task, from the telemetry the hops wrote. For the LLM
+server, named as it names itself (llama.cpp with the threads it was given, or vLLM): time
+to first token and decode tokens/s of streamed completions.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
+
 from workload import driver
 from workload.db import seed_database
-from workload.llm import DEFAULT_MODEL, speed
+from workload.llm import BACKENDS, DEFAULT_MODEL, DEFAULT_THREADS, speed
 from workload.local import LocalPostgres, LocalStack, read_events
 from workload.tasks import Task, answer_is_correct, make_tasks
 
@@ -62,12 +66,26 @@ def llm_figures(base_url: str, runs: int = 3, max_tokens: int = 128) -> tuple[fl
     return sum(s.ttft_s for s in speeds) / runs, sum(s.tokens_per_s for s in speeds) / runs
 
 
+def llm_label(base_url: str, threads: int) -> str:
+    """The backend of the LLM server at `base_url` as the server itself names it (the owner of its
+    model in /v1/models), with the threads it was started with where they apply (llama.cpp)."""
+    response = httpx.get(f"{base_url}/v1/models", timeout=30)
+    response.raise_for_status()
+    owner = response.json()["data"][0]["owned_by"]
+    if owner == "llamacpp":
+        return f"llama.cpp on the CPU, {threads} thread{'' if threads == 1 else 's'}"
+    return owner
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m workload.bench")
     parser.add_argument("--tasks", type=int, default=6)
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--backend", choices=BACKENDS, default="auto",
+                        help="auto: vLLM with a GPU, llama.cpp otherwise")
+    parser.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="llama.cpp's threads")
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="workload-bench-"))
     workdir.chmod(0o755)
@@ -76,8 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     stack = LocalStack(workdir / "stack", pg.dsn)
     stack.directory.mkdir()
     try:
-        stack.start_llm(args.model)
+        stack.start_llm(args.model, args.backend, args.threads)
         stack.start()
+        label = llm_label(stack.url("llm"), args.threads)
         ttft, rate = llm_figures(stack.url("llm"))
         tasks = make_tasks(args.seed, args.tasks)
         figures = []
@@ -89,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         stack.stop()
         pg.stop()
-    print(f"LLM ({args.model}, CPU, 2 threads): time to first token {ttft * 1000:.0f} ms, decode {rate:.1f} tokens/s")
+    print(f"LLM ({args.model}, {label}): time to first token {ttft * 1000:.0f} ms, decode {rate:.1f} tokens/s")
     print(f"{'scenario':10} {'tasks':>5} {'ok':>3} {'correct':>7} {'tasks/min':>9} {'LLM calls':>9} "
           f"{'tool calls':>10} {'flows':>6}   (means per task; concurrency {args.concurrency})")
     for f in figures:

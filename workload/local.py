@@ -20,6 +20,7 @@ import httpx
 
 from workload.config import SERVICES
 from workload.driver import Entry
+from workload.llm import DEFAULT_THREADS
 
 PG_BIN = Path(os.environ.get("LAB_PG_BIN", "/usr/lib/postgresql/15/bin"))
 START_ORDER = ("tool-db", "tool-synth", "baseline-shipping", "baseline-order", "baseline-gateway", "agent-b", "agent-a")
@@ -148,9 +149,12 @@ class LocalStack:
         path.write_text(json.dumps(self.config(service, **overrides)))
         return self.spawn(name, [sys.executable, "-m", "workload", "serve", service, "--config", str(path)])
 
-    def start_llm(self, model: str, timeout_s: float = 300) -> None:
+    def start_llm(self, model: str, backend: str = "auto", threads: int = DEFAULT_THREADS,
+                  timeout_s: float = 300) -> None:
+        """The LLM server (`python -m workload.llm serve`): `backend` auto, cpu or vllm; `threads` for llama.cpp."""
         proc = self.spawn("llm", [sys.executable, "-m", "workload.llm", "serve", "--model", model,
-                                  "--host", "127.0.0.1", "--port", str(self.ports["llm"])])
+                                  "--host", "127.0.0.1", "--port", str(self.ports["llm"]),
+                                  "--backend", backend, "--threads", str(threads)])
         wait_http(f"{self.url('llm')}/health", timeout_s, proc)
 
     def start(self, timeout_s: float = 120) -> None:

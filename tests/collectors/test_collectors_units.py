@@ -302,8 +302,7 @@ def test_unknown_probe_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> N
 
 
 def test_detect_prints_json_with_a_choice_per_probe() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("detection mounts tracefs and test-attaches a kprobe: needs root")
+    require_root("detection (it mounts tracefs and test-attaches a kprobe)", [])
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
     out = subprocess.run(
         [NODE_PYTHON, "-m", "collectors", "detect"],

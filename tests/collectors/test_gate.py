@@ -17,7 +17,7 @@ import pytest
 
 from collectors import gate
 from collectors.gate import GateError, close_tracepoints
-from tests.conftest import require_root
+from tests.conftest import cannot_run, require_root
 
 TRACEPOINT = "sock:inet_sock_set_state"
 CONNECTIONS = 20
@@ -43,7 +43,7 @@ def tracefs() -> Path:
         path = gate.find_tracefs()
         gate.tracepoint_id(path, TRACEPOINT)
     except GateError as exc:
-        pytest.skip(str(exc))
+        cannot_run("gate tests", str(exc))
     return path
 
 
@@ -175,7 +175,8 @@ def test_gate_stops_perf_events_on_every_cpu(tracepoint_counter: int) -> None:
         for cpu in sorted(allowed):
             os.sched_setaffinity(0, {cpu})
             if events_during_connections(tracepoint_counter) == 0:
-                pytest.skip(f"{TRACEPOINT} reaches no perf event here: already gated by another")
+                cannot_run("the gate's every-CPU test",
+                           f"{TRACEPOINT} reaches no perf event here: already gated by another")
             with close_tracepoints([TRACEPOINT]) as result:
                 assert result.gated == [TRACEPOINT], result.errors
                 assert events_during_connections(tracepoint_counter) == 0, f"on CPU {cpu}"

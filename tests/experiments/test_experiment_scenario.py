@@ -53,6 +53,14 @@ def test_missing_file(tmp_path):
         load_scenario(str(tmp_path / "absent.yaml"), LAB)
 
 
+def test_a_file_that_is_not_utf8(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(yaml.safe_dump(VALID).encode() + "# d\u00e9bit\n".encode("latin-1"))
+    with pytest.raises(ConfigError) as info:
+        load_scenario(str(path), LAB)
+    assert str(info.value) == f"{path}: line 5: not UTF-8 text (byte 0xe9); save the file as UTF-8"
+
+
 def test_unknown_key_lists_the_allowed_ones(tmp_path):
     message = problem(tmp_path, concurency=2)
     assert "unknown key 'concurency'" in message and "allowed: name, workload, tasks, load" in message

@@ -4,12 +4,14 @@ traffic across the lab bridge, idempotency, teardown leaving nothing, a failed u
 from __future__ import annotations
 
 import json
+import stat
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import lab_cli, write_lab
 from vms import host
+from vms.nspawn import SEED_DIR
 
 pytestmark = pytest.mark.integration
 
@@ -75,6 +77,24 @@ def test_host_keys_are_the_ones_the_lab_generated(lab):
     scan = subprocess.run(["ssh-keyscan", "-t", "ed25519", f"{PREFIX}.12"], capture_output=True, text=True, timeout=30)
     served = scan.stdout.split()[2]
     assert served == pinned
+
+
+def test_host_private_keys_are_root_only_on_the_host_and_in_the_nodes(lab):
+    """A node's seed holds its SSH host private key: whoever reads it can impersonate the node."""
+    config, _ = lab
+    for node in NODES:
+        base = config.parent / ".lab" / "nodes" / node
+        seed = base / "upper" / SEED_DIR
+        for path in (base / "ssh_host_ed25519_key", seed, *seed.iterdir()):
+            info = path.stat()
+            said = f"{path}: {stat.filemode(info.st_mode)}, uid {info.st_uid}"
+            assert (stat.S_IMODE(info.st_mode) & 0o077, info.st_uid) == (0, 0), said
+        modes = lab_cli(config, "ssh", node, "--", "sudo", "stat", "-c", "'%a %U %n'", f"/{SEED_DIR}/user-data",
+                        "/etc/ssh/ssh_host_ed25519_key").stdout.splitlines()
+        assert [line.split()[:2] for line in modes] == [["600", "root"]] * 2, modes
+        readable = ("sudo find /etc /var /run /home /tmp -type f -perm -o=r -exec grep -l 'PRIVATE KEY-----' {} +"
+                    " 2>/dev/null; true")
+        assert lab_cli(config, "ssh", node, "--", readable).stdout.split() == [], f"{node}: world-readable private keys"
 
 
 def test_node_to_node_traffic_crosses_the_lab_bridge(lab):

@@ -15,6 +15,14 @@ def test_bad_config_is_one_line_without_traceback(tmp_path):
     assert "nodes[1].address" in lines[0]
 
 
+def test_config_that_is_not_utf8_is_one_line_naming_the_file(tmp_path):
+    config = write_lab(tmp_path, "cli", "10.90.0")
+    config.write_bytes(b"# caf\xe9 (Latin-1)\n" + config.read_bytes())
+    result = lab_cli(config, "status", check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == f"error: {config}: line 1: not UTF-8 text (byte 0xe9); save the file as UTF-8"
+
+
 def test_missing_config_names_the_file(tmp_path):
     result = lab_cli(tmp_path / "absent.yaml", "up", check=False)
     assert result.returncode == 1

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import BaseModel
 
-from lab.config import load_config, parse_config
+from lab.config import LabConfig, load_config, parse_config
 from lab.errors import ConfigError
 from tests.conftest import REPO
 
@@ -111,3 +113,36 @@ def test_not_yaml_and_not_a_mapping(tmp_path):
         load_config(broken)
     with pytest.raises(ConfigError, match="no such file"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_network_name_of_older_files_is_refused_with_what_to_do():
+    message = problem(lambda d: d["network"].update(name="labnet"))
+    assert message == ("lab.yaml: network.name: not used: the lab's bridge and libvirt network are named after "
+                       "the lab's `name` (<name>-br, <name>-net); remove network.name")
+
+
+def readme_table_rows() -> list[str]:
+    """The rows of the README's lab.yaml table."""
+    section = (REPO / "README.md").read_text().split("\n## lab.yaml\n", 1)[1].split("\n## ", 1)[0]
+    return [line for line in section.splitlines() if line.startswith("| `")]
+
+
+def test_the_readme_table_names_every_lab_yaml_key_and_no_other():
+    rows = readme_table_rows()
+    documented = {key for row in rows for key in re.findall(r"`([^`]+)`", row.split("|")[1])}
+    expected, in_rows = set(), {}
+    for name, field in LabConfig.model_fields.items():
+        annotation = field.annotation
+        if field.exclude:
+            continue
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            expected |= {f"{name}.{sub}" for sub in annotation.model_fields}
+        elif getattr(annotation, "__origin__", None) is list:
+            expected.add(f"{name}[]")
+            in_rows[f"{name}[]"] = list(annotation.__args__[0].model_fields)
+        else:
+            expected.add(name)
+    assert documented == expected
+    for key, fields in in_rows.items():
+        row = next(r for r in rows if r.startswith(f"| `{key}`"))
+        assert [f for f in fields if f"`{f}" not in row] == [], f"{key} row"

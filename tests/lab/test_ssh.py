@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import errno
 import socket
+import subprocess
 import threading
+from pathlib import Path
 
 import paramiko
 import pytest
 
 from lab.errors import LabError
 from lab.ssh import wait_ready
-from tests.conftest import require_root
 from vms.base import Node
 
-ADDRESS = "127.0.0.57"  # a loopback address of its own, so the fake server can take port 22
+ADDRESS = "127.0.0.1"
 
 
 def hang_up_after_banner(server: socket.socket, stop: threading.Event) -> None:
@@ -25,22 +25,18 @@ def hang_up_after_banner(server: socket.socket, stop: threading.Event) -> None:
         except TimeoutError:
             continue
         with conn:
+            conn.settimeout(5)
             conn.sendall(b"SSH-2.0-OpenSSH_9.2p1\r\n")
-            conn.recv(4096)
+            conn.shutdown(socket.SHUT_WR)
+            # read what the client sent until it closes too: closing with unread data would send a
+            # reset, which the client reports as one instead of the hang-up
+            while conn.recv(4096):
+                pass
 
 
 def test_a_hang_up_during_the_handshake_is_retried_then_reported(tmp_path):
-    require_root("binding port 22 on a loopback address", [])
-    server = socket.socket()
-    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the last run's closed connections linger in TIME_WAIT
-    try:
-        server.bind((ADDRESS, 22))
-    except OSError as exc:
-        server.close()
-        if exc.errno != errno.EADDRINUSE:
-            raise
-        pytest.skip("an sshd listens on every address's port 22")
-    server.listen()
+    server = socket.create_server((ADDRESS, 0))  # a free port: nothing here depends on who holds port 22
+    port = server.getsockname()[1]
     server.settimeout(0.2)
     stop = threading.Event()
     thread = threading.Thread(target=hang_up_after_banner, args=(server, stop), daemon=True)
@@ -50,10 +46,80 @@ def test_a_hang_up_during_the_handshake_is_retried_then_reported(tmp_path):
     node = Node("fake", ("agents",), ADDRESS, "admin", tmp_path / "id_rsa", f"ssh-rsa {key.get_base64()}", "nspawn", "container")
     attempts = []
     try:
-        with pytest.raises(LabError, match=r"fake \(127\.0\.0\.57\) did not answer SSH within 3 s \(last: EOFError\)"):
-            wait_ready(node, timeout=3, still_booting=lambda: attempts.append(1))
+        expected = r"fake \(127\.0\.0\.1\) did not answer SSH within 3 s \(last: EOFError\)"
+        with pytest.raises(LabError, match=expected):
+            wait_ready(node, timeout=3, still_booting=lambda: attempts.append(1), port=port)
     finally:
         stop.set()
         thread.join()
         server.close()
     assert len(attempts) >= 2  # it kept trying after the first hang-up
+
+
+class ReadyNode(paramiko.ServerInterface):
+    """An sshd whose node finished its first boot: the lab's login key gets in, every command exits 0."""
+
+    def __init__(self, login: paramiko.PKey):
+        self.login = login
+
+    def get_allowed_auths(self, username: str) -> str:
+        return "publickey"
+
+    def check_auth_publickey(self, username: str, key: paramiko.PKey) -> int:
+        ok = username == "admin" and key.get_base64() == self.login.get_base64()
+        return paramiko.AUTH_SUCCESSFUL if ok else paramiko.AUTH_FAILED
+
+    def check_channel_request(self, kind: str, chanid: int) -> int:
+        refused = paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
+        return paramiko.OPEN_SUCCEEDED if kind == "session" else refused
+
+    def check_channel_exec_request(self, channel: paramiko.Channel, command: bytes) -> bool:
+        threading.Timer(0.05, lambda: (channel.send_exit_status(0), channel.close())).start()
+        return True
+
+
+def serve_ssh(server: socket.socket, host_key: paramiko.PKey, login: paramiko.PKey, stop: threading.Event) -> None:
+    transports = []
+    while not stop.is_set():
+        try:
+            conn, _ = server.accept()
+        except TimeoutError:
+            continue
+        transport = paramiko.Transport(conn)
+        transport.add_server_key(host_key)
+        transport.start_server(server=ReadyNode(login))
+        transports.append(transport)
+    for transport in transports:
+        transport.close()
+
+
+def keys(directory, count: int) -> list[Path]:
+    """`count` ed25519 private key files made by ssh-keygen: key0, key1, ..."""
+    paths = [directory / f"key{i}" for i in range(count)]
+    for path in paths:
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
+    return paths
+
+
+@pytest.mark.parametrize("pinned", ["served", "other"])
+def test_a_node_on_any_port_is_ready_with_its_pinned_host_key_only(tmp_path, pinned):
+    files = keys(tmp_path, 3)
+    host_key, other, login = (paramiko.Ed25519Key.from_private_key_file(str(p)) for p in files)
+    server = socket.create_server((ADDRESS, 0))
+    server.settimeout(0.2)
+    stop = threading.Event()
+    thread = threading.Thread(target=serve_ssh, args=(server, host_key, login, stop), daemon=True)
+    thread.start()
+    key = host_key if pinned == "served" else other
+    node = Node("fake", ("agents",), ADDRESS, "admin", files[2], f"ssh-ed25519 {key.get_base64()}", "nspawn",
+                "container")
+    try:
+        if pinned == "served":
+            assert wait_ready(node, timeout=10, port=server.getsockname()[1]) < 10
+        else:
+            with pytest.raises(LabError, match=r"fake \(127\.0\.0\.1\) offered a host key that is not the pinned one"):
+                wait_ready(node, timeout=10, port=server.getsockname()[1])
+    finally:
+        stop.set()
+        thread.join()
+        server.close()

@@ -85,6 +85,7 @@ def test_network_pool_and_volumes_validate(tmp_path):
     overlay = volume_xml("tv-llm.qcow2", 8 * GiB, "qcow2", ("/var/lib/libvirt/images/tv/tv-base-0123.raw", "raw"))
     validate(tmp_path, "storagevol", overlay)
     assert ET.fromstring(overlay).findtext("backingStore/path") == "/var/lib/libvirt/images/tv/tv-base-0123.raw"
+    assert ET.fromstring(overlay).findtext("target/permissions/mode") == "0600"  # a node's disk holds its host key
 
 
 @pytest.mark.parametrize("case", ["no-gpu", "gpu", "gpu-and-audio"])

@@ -44,6 +44,10 @@ QWEN_05B = ShippedModel(
 )
 SHIPPED: dict[str, ShippedModel] = {QWEN_05B.name: QWEN_05B, "qwen2.5-coder-0.5b": QWEN_05B}
 DEFAULT_MODEL = QWEN_05B.name
+BACKENDS = ("auto", "cpu", "vllm")
+"""The server's --backend: auto is vLLM where there is a GPU, llama.cpp on the CPU otherwise."""
+DEFAULT_THREADS = 2
+"""llama.cpp's threads unless --threads says otherwise."""
 
 
 def default_cache_dir() -> Path:

@@ -12,7 +12,14 @@ import sys
 import threading
 from pathlib import Path
 
-from workload.llm import DEFAULT_MODEL, ModelError, materialise, sha256_of
+from workload.llm import (
+    BACKENDS,
+    DEFAULT_MODEL,
+    DEFAULT_THREADS,
+    ModelError,
+    materialise,
+    sha256_of,
+)
 
 SERVED_NAME = "lab-model"
 
@@ -78,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--model", default=DEFAULT_MODEL, help="GGUF path, shipped model name, or (vLLM) model dir/id")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--backend", choices=["auto", "cpu", "vllm"], default="auto")
-    serve.add_argument("--threads", type=int, default=2)
+    serve.add_argument("--backend", choices=BACKENDS, default="auto")
+    serve.add_argument("--threads", type=int, default=DEFAULT_THREADS)
     serve.add_argument("--ctx", type=int, default=4096, help="context tokens per parallel slot")
     serve.add_argument("--parallel", type=int, default=2)
     serve.add_argument("--served-name", default=SERVED_NAME)
