@@ -187,7 +187,7 @@ def server_argv(args: argparse.Namespace, model: Path, dummy: bool) -> list[str]
     if args.backend == "vllm":
         argv += ["--max-model-len", str(args.max_model_len),
                  "--gpu-memory-utilization", str(args.gpu_memory_utilization),
-                 f"--vllm-arg=--tool-call-parser={args.tool_call_parser}"]
+                 f"--tool-call-parser={args.tool_call_parser}"]
         if dummy:
             argv += ["--vllm-arg=--load-format=dummy"]
     else:

@@ -80,4 +80,7 @@ def test_shipped_model_is_joined_and_a_wrong_checksum_refused(tmp_path: Path, mo
 def test_gpu_backend_is_vllm_with_tool_calling() -> None:
     argv = vllm_argv("meta-llama/Llama-3.1-8B-Instruct", "0.0.0.0", 8000, "lab-model")
     assert argv[:3] == ["vllm", "serve", "meta-llama/Llama-3.1-8B-Instruct"]
-    assert "--enable-auto-tool-choice" in argv and "--tool-call-parser" in argv
+    assert "--enable-auto-tool-choice" in argv and argv[argv.index("--tool-call-parser") + 1] == "llama3_json"
+    qwen = vllm_argv("/models/qwen", "0.0.0.0", 8000, "lab-model", 8192, 0.9, [], "hermes")
+    assert qwen[qwen.index("--tool-call-parser") + 1] == "hermes"
+    assert qwen[qwen.index("--max-model-len") + 1] == "8192" and qwen[qwen.index("--gpu-memory-utilization") + 1] == "0.9"

@@ -29,10 +29,13 @@ def has_gpu() -> bool:
 
 
 def vllm_argv(model: str, host: str, port: int, served_name: str, max_model_len: int | None = None,
-              gpu_memory_utilization: float | None = None, extra: list[str] | None = None) -> list[str]:
-    """vLLM's OpenAI-compatible server with tool calling enabled."""
+              gpu_memory_utilization: float | None = None, extra: list[str] | None = None,
+              tool_call_parser: str = "llama3_json") -> list[str]:
+    """vLLM's OpenAI-compatible server with tool calling enabled. The tool parser must match the
+    model's chat template: `llama3_json` for Llama 3.x, `hermes` for Qwen2.5 (with llama3_json
+    every Qwen chat request failed on an H200: "could not locate the bot token")."""
     argv = ["vllm", "serve", model, "--host", host, "--port", str(port), "--served-model-name", served_name,
-            "--enable-auto-tool-choice", "--tool-call-parser", "llama3_json"]
+            "--enable-auto-tool-choice", "--tool-call-parser", tool_call_parser]
     if max_model_len is not None:
         argv += ["--max-model-len", str(max_model_len)]
     if gpu_memory_utilization is not None:
@@ -95,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
                             "(it closes a connection after each streamed answer)")
     serve.add_argument("--max-model-len", type=int, help="vLLM: context length (default: the model's own)")
     serve.add_argument("--gpu-memory-utilization", type=float, help="vLLM: share of GPU memory to take")
+    serve.add_argument("--tool-call-parser", default="llama3_json", help="vLLM: the tool parser of the model's family")
     serve.add_argument("--vllm-arg", action="append", default=[], help="vLLM: one more argument (--vllm-arg=--x=y)")
     mat = sub.add_parser("materialise", help="join a shipped model into the cache; print path and sha256")
     mat.add_argument("--model", default=DEFAULT_MODEL)
@@ -106,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{path} sha256={sha256_of(path)}")
         elif args.backend == "vllm" or (args.backend == "auto" and has_gpu()):
             argv_ = vllm_argv(args.model, args.host, args.port, args.served_name, args.max_model_len,
-                              args.gpu_memory_utilization, args.vllm_arg)
+                              args.gpu_memory_utilization, args.vllm_arg, args.tool_call_parser)
             os.execvp(argv_[0], argv_)
         else:
             serve_cpu(materialise(args.model), args.host, args.port, args.threads, args.ctx, args.parallel,
