@@ -131,8 +131,9 @@ SOCK_FLAGS_PLACES = ("sk_flags", "__sk_common.skc_flags")
 
 
 def sock_flags_member(bpftrace: str | None) -> str | None:
-    """The path of sk_flags inside struct sock on this kernel: a member of its own in Debian's
-    6.1, `__sk_common.skc_flags` in 6.18. The one that a dry run (no attach, ~0.3 s) compiles."""
+    """The path of sk_flags inside struct sock on this kernel, the one of SOCK_FLAGS_PLACES that a
+    dry run (no attach, ~0.3 s) compiles: `__sk_common.skc_flags` on Debian's 6.1 and on 6.18 (seen),
+    `sk_flags` where a kernel keeps it in struct sock itself."""
     if bpftrace is None:
         return None
     for place in SOCK_FLAGS_PLACES:
