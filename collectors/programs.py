@@ -113,9 +113,11 @@ def _batched(probes: Sequence[str], blocks: str, extra_end: str = "") -> str:
 #   rx_bytes = bytes_received minus the FIN's sequence number when this socket processed the
 #              peer's FIN. tcp_fin() marks exactly that socket SOCK_DONE, after its rcv_nxt (and
 #              so bytes_received) moved past the FIN; a FIN that a time-wait successor took is
-#              counted by neither. (The flag replaced a guess from state transitions that held
-#              on 6.18 but not on Debian's 6.1, where a FIN_WAIT2 socket handed to time wait
-#              shows no FIN_WAIT2 -> FIN_WAIT2 step: its rx_bytes came out one short, or 2^64 - 1.)
+#              counted by neither. (The flag replaced a guess from state transitions, which took
+#              FIN_WAIT2 -> CLOSE for "processed the FIN" unless a FIN_WAIT2 -> FIN_WAIT2 step came
+#              first; a socket orphaned in FIN_WAIT2 and handed to time wait before the peer's FIN
+#              closes that way without one, on Debian's 6.1 and on 6.18 alike: its rx_bytes came
+#              out one short, or 2^64 - 1 when it had received nothing.)
 # Event: (ns, birth_ns, sport, dport, tx_bytes, rx_bytes, pid, saddr, daddr, comm)
 SOCK_DONE = 1  # enum sock_flags (include/net/sock.h): a bit of sk_flags
 

@@ -65,9 +65,16 @@ class Namespaces:
         assert server.stdout is not None and server.stdout.readline().strip() == "listening"
         return server
 
-    def send(self, ns: str, address: str, port: int, nbytes: int) -> dict[str, object]:
-        out = self.exec(ns, NODE_PYTHON, str(TRAFFIC), "send", address, str(port), str(nbytes))
+    def send(self, ns: str, address: str, port: int, nbytes: int, command: str = "send") -> dict[str, object]:
+        out = self.exec(ns, NODE_PYTHON, str(TRAFFIC), command, address, str(port), str(nbytes))
         return json.loads(out)
+
+    def serve_close_first(self, ns: str, address: str, port: int, nbytes: int) -> subprocess.Popen[str]:
+        """One connection: NBYTES sent and closed at once, nothing read (traffic.py serve-close-first)."""
+        server = self.popen(ns, [NODE_PYTHON, str(TRAFFIC), "serve-close-first", address, str(port), str(nbytes)],
+                            stdout=subprocess.PIPE)
+        assert server.stdout is not None and server.stdout.readline().strip() == "listening"
+        return server
 
 
 def _link(ns1: str, addr1: str, ns2: str, addr2: str, name1: str, name2: str) -> None:

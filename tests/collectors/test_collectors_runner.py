@@ -27,6 +27,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 NETWORK_PROBES = ("lifetime", "state", "connect", "rtt", "retrans")
 CLIENT_SIZES = (1000, 65536, 300_000)  # A -> B:5001
 PASSIVE_SIZE = 20_000  # B -> A:5002
+CLOSED_FIRST_SIZE = 3000  # A:5007 -> B, A closing first
 RETRANS_SIZE = 200_000  # A -> B:5005 while B drops it for a while
 OTHER_PORTS = (5003, 5004)  # C's loopback flow, C -> B
 HELD_SIZE = 50_000  # A -> B:5006, open until after the runner stopped
@@ -43,6 +44,7 @@ class ObservedRun:
     passive: dict  # type: ignore[type-arg]  # B's client flow into A
     retrans_flow: dict  # type: ignore[type-arg]
     held_flow: dict  # type: ignore[type-arg]  # still open when the runner stopped
+    closed_first: dict  # type: ignore[type-arg]  # B reads late from A, whose server closed first
     window: tuple[int, int]  # wall-clock ns around the traffic
     a_addr: str
     b_addr: str
@@ -117,6 +119,9 @@ def observed(
     passive = netns.send(netns.b, netns.a_addr, 5002, PASSIVE_SIZE)
     a_server.wait(timeout=30)
     other_namespace_traffic(netns)
+    closing = netns.serve_close_first(netns.a, netns.a_addr, 5007, CLOSED_FIRST_SIZE)
+    closed_first = netns.send(netns.b, netns.a_addr, 5007, 0, command="recv-late")
+    closing.wait(timeout=30)
     retrans_flow = drop_while_sending(netns)
     held = paused_sender(netns, "send-and-hold", 5006, HELD_SIZE, "sent")  # B's ACKs reached A; still open
     time.sleep(0.5)  # let the last events reach the runner
@@ -133,6 +138,7 @@ def observed(
         passive,
         retrans_flow,
         held_flow,
+        closed_first,
         (start - SLACK_NS, end + SLACK_NS),
         netns.a_addr,
         netns.b_addr,
@@ -191,6 +197,18 @@ def test_bpftrace_output_is_decoded_at_the_stop(observed: ObservedRun) -> None:
         assert not (observed.runner.out / f"{name}.bpftrace").exists()  # decoded, then removed
     counted = observed.before_stop["probes"]["state"]["records"]
     assert 0 < counted <= len(observed.runner.records("state"))
+
+
+def test_a_socket_handed_to_time_wait_before_the_peers_fin_counts_no_fin(observed: ObservedRun) -> None:
+    """A's server sends and closes having read nothing; its socket goes FIN_WAIT2 -> CLOSE into time
+    wait before B's FIN, which the time-wait socket takes. rx_bytes is 0, not 2^64 - 1: the FIN is
+    subtracted only from a socket the kernel marked SOCK_DONE (the old guess from state
+    transitions subtracted it here, on Debian's 6.1 guests and on this host's kernel alike)."""
+    lifetimes = {four_tuple(r): r for r in observed.runner.records("lifetime")}
+    flow = observed.closed_first
+    server_side = lifetimes[(observed.a_addr, flow["dport"], flow["saddr"], flow["sport"])]
+    assert (server_side["tx_bytes"], server_side["rx_bytes"]) == (CLOSED_FIRST_SIZE, 0), server_side
+    assert "invalid" not in server_side and flow["received"] == CLOSED_FIRST_SIZE
 
 
 def test_lifetime_has_every_connection_with_exact_bytes(observed: ObservedRun) -> None:
