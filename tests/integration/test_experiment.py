@@ -284,3 +284,36 @@ def test_an_impairment_is_applied_recorded_and_removed(deployed_lab, tmp_path):
     assert applied["not_applied"] == ([] if netem else ["delay_ms"])
     qdisc = lab_cli(config, "ssh", "agent-b", "--", "sudo", "tc", "qdisc", "show", "dev", "host0").stdout
     assert "htb" not in qdisc and "netem" not in qdisc
+
+
+@pytest.fixture(scope="module")
+def by_session_policy(deployed_lab, tmp_path_factory):
+    """The same simple run with mcp_session per_call and persistent, analysed."""
+    config = deployed_lab.config
+    results = {}
+    for policy in ("per_call", "persistent"):
+        name = f"simple-{policy.replace('_', '-')}"
+        path = scenario(tmp_path_factory.mktemp("scenarios"), name, workload="simple", tasks={"count": 3, "seed": 1},
+                        warmup=1, knobs={"mcp_session": policy})
+        lab_cli(config, "experiment", str(path), timeout=900)
+        results[policy] = analysis.analyze_run(run_dir(config, name))
+    return results
+
+
+def test_a_persistent_mcp_session_opens_fewer_connections_per_task(by_session_policy):
+    """The knob is in the manifest and the report, and the analysis shows what it changes: per
+    call (langchain-mcp-adapters' default) opens a session, and a connection, for every tool call."""
+    per_call, persistent = by_session_policy["per_call"], by_session_policy["persistent"]
+    for policy, result in by_session_policy.items():
+        assert result.run.manifest["scenario"]["config"]["knobs"]["mcp_session"] == policy
+        assert f"mcp_session={policy}" in (result.run.path / "report.html").read_text()
+        assert result.per_task.loc[~result.per_task["warmup"], "ok"].all()
+    assert persistent.summary["new_flows_per_task"] < per_call.summary["new_flows_per_task"], (
+        persistent.summary["new_flows_per_task"], per_call.summary["new_flows_per_task"])
+
+
+def test_pooled_llm_connections_carry_several_calls(by_session_policy):
+    """With pooling (the default) and the CPU LLM's keep-alive front, an agent's LLM connection
+    carries more than one call, as it would against vLLM."""
+    hops = by_session_policy["per_call"].hops.set_index("hop")
+    assert hops.loc["agent→llm", "calls_per_conn"] > 1, hops
