@@ -27,6 +27,9 @@ from tests.conftest import lab_cli
 pytestmark = pytest.mark.integration
 
 NODES = ("agent-a", "agent-b", "llm")
+# The CPU LLM on a two-core runner busy with other work can be several times slower than on a quiet
+# one: room enough that the preflight's speed check refuses none of these runs (it has its own test).
+ROOMY = {"llm_s": 300, "tool_s": 60, "agent_s": 600}
 COUNTED = ("lifetime", "state", "connect", "rtt", "pcap:host0")  # retransmissions need loss: started, maybe 0 records
 
 
@@ -83,7 +86,7 @@ def wait_running(config: Path, node: str, timeout_s: float = 120) -> dict:
 def multihop(deployed_lab, tmp_path_factory):
     config = deployed_lab.config
     path = scenario(tmp_path_factory.mktemp("scenarios"), "multihop-small", workload="multihop",
-                    tasks={"count": 3, "seed": 1}, load={"concurrency": 1}, task_timeout_s=300)
+                    tasks={"count": 3, "seed": 1}, load={"concurrency": 1}, task_timeout_s=900, timeouts=ROOMY)
     started = time.monotonic()
     result = lab_cli(config, "experiment", str(path), timeout=900)
     return config, run_dir(config, "multihop-small"), result, time.monotonic() - started
@@ -294,7 +297,7 @@ def by_session_policy(deployed_lab, tmp_path_factory):
     for policy in ("per_call", "persistent"):
         name = f"simple-{policy.replace('_', '-')}"
         path = scenario(tmp_path_factory.mktemp("scenarios"), name, workload="simple", tasks={"count": 3, "seed": 1},
-                        warmup=1, knobs={"mcp_session": policy})
+                        warmup=1, knobs={"mcp_session": policy}, timeouts=ROOMY)
         lab_cli(config, "experiment", str(path), timeout=900)
         results[policy] = analysis.analyze_run(run_dir(config, name))
     return results
