@@ -119,7 +119,10 @@ def task_metrics(tasks: pd.DataFrame, calls: pd.DataFrame, used: pd.DataFrame, p
              interarrival_cv(task_packets, "trace_id").rename("iat_cv"), window_counts(task_packets, "trace_id"),
              bursts(task_packets, "trace_id").groupby("trace_id")["size"].agg(bursts="size", burst_mean="mean"),
              breakdown]
-    out = tasks.set_index("trace_id").join(parts, how="left")
+    out = tasks.set_index("trace_id")
+    # Traces that are not tasks (a session opened before the first task) are dropped from each part
+    # first: joined as they are, they would turn the task columns (warmup) into objects.
+    out = out.join([part.reindex(out.index) for part in parts])
     counts = [c for c in out if c.endswith("_calls")] + ["flows", "new_flows", "peers", "packets", "bytes",
                                                          "payload_bytes", "retransmits", "bursts"]
     out[counts] = out[counts].fillna(0).astype(np.int64)

@@ -167,14 +167,21 @@ def fix_kvm_device() -> bool:
 
 def connect(uri: str, progress: Progress) -> libvirt.virConnect:
     """A connection to `uri`; on a local host without systemd, first do what systemd and udev would."""
+    started: list[str] = []
     if is_local(uri):
         if not SYSTEMD.is_dir() and fix_kvm_device():
             progress("gave /dev/kvm group kvm, mode 0660 (no udev here), so libvirt keeps its QEMU probe")
-        for daemon in ensure_daemons():
+        started = ensure_daemons()
+        for daemon in started:
             progress(f"started {daemon} (no systemd on this host)")
     try:
         return libvirt.open(uri)
     except libvirt.libvirtError as exc:
+        if "libvirtd" in started and not _listening(dict(DAEMONS)["libvirtd"]):
+            # seen here: libvirt 9.0 segfaults on the status file of a network that was active when the host stopped
+            raise LabError(f"libvirtd, started just now, exited ({exc.get_error_message()}); run `libvirtd -v` to see why. "
+                           "If it dies while loading networks, /run/libvirt/network/*.xml is status left from before a "
+                           "restart: move it aside and run again") from None
         raise LabError(f"cannot connect to libvirt at {uri} ({exc.get_error_message()}); check libvirt_uri in lab.yaml and that libvirtd runs there") from None
 
 

@@ -112,6 +112,21 @@ def test_retrans_rate_is_retransmits_over_data_segments() -> None:
     assert out.loc["z", "retransmits"] == 1 and math.isnan(out.loc["z", "retrans_rate"])
 
 
+def test_task_metrics_keep_one_row_per_task_when_other_traces_used_connections() -> None:
+    # a persistent MCP session opened under its own trace "S" before the tasks: its connection and
+    # packets must not add rows, nor turn the task columns (warmup) into objects
+    tasks = pd.DataFrame({"trace_id": ["A", "B"], "warmup": [True, False], "ok": True, "duration_ns": [5, 6]})
+    calls = pd.DataFrame({"call_id": ["a", "b", "s"], "parent_id": None, "trace_id": ["A", "B", "S"],
+                          "kind": "tool", "duration_ns": 1, "server_busy_ns": np.nan, "client_service": "x"})
+    used = pd.DataFrame({"call_id": ["s", "a", "b"], "conn_id": [1, 1, 1], "trace_id": ["S", "A", "B"],
+                         "start_ns": [0, 1, 2], "server_ep": 9})
+    packets = pd.DataFrame({"trace_id": ["S", "A", "B"], "ts_ns": [0, 1, 2], "wire_len": 60, "payload": 0})
+    out = metrics.task_metrics(tasks, calls, used, packets, pd.DataFrame({"trace_id": pd.Series([], dtype=object)}))
+    assert out["trace_id"].tolist() == ["A", "B"] and out["warmup"].dtype == bool
+    assert out["new_flows"].tolist() == [0, 0] and out["flows"].tolist() == [1, 1]
+    assert out.loc[~out["warmup"], "trace_id"].tolist() == ["B"]
+
+
 # --- joins ------------------------------------------------------------------------------------
 
 
