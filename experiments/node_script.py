@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 import signal
@@ -22,6 +23,7 @@ from pathlib import Path
 FINAL_STATES = ("running", "stopped", "failed")
 START_TIMEOUT_S = 330.0  # the runner's own attach timeout (collectors.runner.ATTACH_TIMEOUT_S) and then some
 STOP_TIMEOUT_S = 30.0
+STOP_STEP_S = 60.0  # one stop step waits this long at most; the controller asks again while the runner decodes
 UNSHAPED = "10gbit"
 
 
@@ -161,18 +163,24 @@ def _is_runner(pid: int | None) -> bool:
         return False
 
 
-def _stop_runner(pid: int, out: Path) -> str:
+def _stop_runner(pid: int, out: Path, within_s: float = math.inf) -> str:
     """SIGTERM the runner (it stops its probes so they flush, then decodes their output) and wait;
-    SIGKILL once status.json has not changed for STOP_TIMEOUT_S (decoding rewrites it as it goes)."""
-    os.kill(pid, signal.SIGTERM)
-    updated, deadline = None, 0.0
+    SIGKILL once it has made no progress (status.json unchanged; decoding rewrites it as it goes)
+    for STOP_TIMEOUT_S since the stop was first asked. "stopping" when it still makes progress
+    after `within_s`: the caller asks again, so no single SSH call waits on a long decode."""
+    asked = out / "stop_requested_ns"
+    if not asked.exists():
+        asked.write_text(str(time.time_ns()))
+    first = int(asked.read_text())
+    os.kill(pid, signal.SIGTERM)  # the runner only sets its stop flag: asking again is harmless
+    until = time.monotonic() + within_s
     while alive(pid):
-        now = (_status(out) or {}).get("updated_at_ns")
-        if now != updated:
-            updated, deadline = now, time.monotonic() + STOP_TIMEOUT_S
-        elif time.monotonic() > deadline:
+        progress = max(first, (_status(out) or {}).get("updated_at_ns") or 0)
+        if time.time_ns() - progress > STOP_TIMEOUT_S * 1e9:
             os.kill(pid, signal.SIGKILL)
             return f"killed (made no progress stopping for {STOP_TIMEOUT_S:.0f} s)"
+        if time.monotonic() > until:
+            return "stopping"
         time.sleep(0.2)
     return "stopped"
 
@@ -238,12 +246,15 @@ def status(run_dir: str) -> dict:
     return {"status": _status(out), "alive": alive(_pid(out))}
 
 
-def stop(run_dir: str, telemetry: str, offsets: dict[str, int]) -> dict:
-    """SIGTERM the runner and wait until it stopped; copy this run's telemetry; list every file with its sha256."""
+def stop(run_dir: str, telemetry: str, offsets: dict[str, int], wait_s: float = STOP_STEP_S) -> dict:
+    """SIGTERM the runner and wait up to `wait_s` for it to stop (runner "stopping": ask again);
+    once it stopped, copy this run's telemetry and list every file with its sha256."""
     root = Path(run_dir)
     out = root / "probes"
     pid = _pid(out)
-    outcome = _stop_runner(pid, out) if pid is not None and alive(pid) else "not running"
+    outcome = _stop_runner(pid, out, wait_s) if pid is not None and alive(pid) else "not running"
+    if outcome == "stopping":
+        return {"runner": outcome, "status": _status(out)}
     copied = copy_telemetry(Path(telemetry), root / "telemetry", offsets)
     _run(["chmod", "-R", "a+rX", str(root)])
     return {"runner": outcome, "status": _status(out), "telemetry": copied, "files": checksums(root)}

@@ -62,8 +62,13 @@ class NodeSession:
                          telemetry=services.TELEMETRY_DIR, rtt=rtt, bpf_stats=bpf_stats)
 
     def stop_probes(self, offsets: dict[str, int]) -> dict:
-        """Stop the runner so its probes flush; copy the services' telemetry from `offsets` on."""
-        return self.step("stop", run_dir=self.run_dir, telemetry=services.TELEMETRY_DIR, offsets=offsets)
+        """Stop the runner so its probes flush; copy the services' telemetry from `offsets` on. A runner
+        still decoding (long runs on slow nodes) is asked again until it stopped or the node killed it."""
+        while True:
+            answer = self.step("stop", timeout=node_script.STOP_STEP_S + 60, run_dir=self.run_dir,
+                               telemetry=services.TELEMETRY_DIR, offsets=offsets, wait_s=node_script.STOP_STEP_S)
+            if answer["runner"] != "stopping":
+                return answer
 
     def clock(self) -> clock.ClockOffset:
         try:

@@ -63,10 +63,13 @@ def ssh_argv(node: Node, known_hosts: Path, command: list[str] | None = None) ->
 
 def run(node: Node, command: str, timeout: float = 60.0, connect_timeout: float = 10.0,
         port: int = SSH_PORT) -> tuple[int, str, str]:
+    """Exit status, stdout and stderr of `command` on the node; TimeoutError when it gives no exit
+    status within `timeout` seconds (a hung command must not hang `lab status` or `up`)."""
     with client(node, connect_timeout, port) as ssh:
         _, stdout, stderr = ssh.exec_command(command, timeout=timeout)
-        code = stdout.channel.recv_exit_status()
-        return code, stdout.read().decode(), stderr.read().decode()
+        if not stdout.channel.status_event.wait(timeout):
+            raise TimeoutError(f"{node.name}: `{command}` gave no exit status within {timeout:.0f} s")
+        return stdout.channel.recv_exit_status(), stdout.read().decode(), stderr.read().decode()
 
 
 # Ready = cloud-init's first boot finished, not merely sshd up: its config stage still changes

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from lab.errors import LabError
 
+KILL_WAIT_S = 10.0
+
 
 def run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(list(argv), capture_output=True, text=True)
@@ -77,11 +79,13 @@ def alive(pid: int) -> bool:
         done, _ = os.waitpid(pid, os.WNOHANG)
         return done == 0
     except ChildProcessError:
-        return Path(f"/proc/{pid}").exists()
+        # another's zombie is dead too, whether or not its parent (or a PID 1 that reaps nothing) ever reaps it
+        return _state(pid) not in ("Z", "X", "gone")
 
 
-def stop_process(pid: int, grace: float) -> bool:
-    """SIGTERM, wait up to `grace` seconds, then SIGKILL. True when it had to be killed."""
+def stop_process(pid: int, grace: float, reap_s: float = KILL_WAIT_S) -> bool:
+    """SIGTERM, wait up to `grace` seconds, then SIGKILL. True when it had to be killed; LabError
+    when it outlives SIGKILL by `reap_s` (stuck in the kernel, e.g. on I/O), rather than waiting forever."""
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
@@ -95,6 +99,17 @@ def stop_process(pid: int, grace: float) -> bool:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         return False
+    deadline = time.monotonic() + reap_s
     while alive(pid):
+        if time.monotonic() > deadline:
+            raise LabError(f"process {pid} still exists {reap_s:.0f} s after SIGKILL (state: {_state(pid)}); "
+                           f"it is stuck in the kernel: look at `cat /proc/{pid}/stack`, then run the command again")
         time.sleep(0.1)
     return True
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "gone"

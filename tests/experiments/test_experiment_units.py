@@ -222,3 +222,51 @@ def test_a_runner_is_alive_only_while_it_runs():
     child.wait()  # reaped: /proc/<pid> is gone, as when init reaps a runner between two looks
     assert not node_script.alive(child.pid)
     assert not node_script.alive(None)
+
+
+DECODING_RUNNER = """
+import json, signal, sys, time
+out, decode_s = sys.argv[1], float(sys.argv[2])
+stop = []
+signal.signal(signal.SIGTERM, lambda *_: stop.append(time.monotonic()))
+def status(state):
+    with open(out + "/status.json.tmp", "w") as f:
+        json.dump({"state": state, "updated_at_ns": time.time_ns()}, f)
+    import os; os.replace(out + "/status.json.tmp", out + "/status.json")
+status("running")
+while not stop:
+    time.sleep(0.05)
+while time.monotonic() - stop[0] < decode_s:
+    status("decoding")
+    time.sleep(0.2)
+"""
+
+
+def _runner(tmp_path: Path, decode_s: float) -> subprocess.Popen:
+    out = tmp_path / "run" / "probes"
+    out.mkdir(parents=True)
+    child = subprocess.Popen([sys.executable, "-c", DECODING_RUNNER, str(out), str(decode_s), "--run-id", "r"])
+    (out / "runner.pid").write_text(str(child.pid))
+    while not (out / "status.json").exists():
+        pass
+    return child
+
+
+def test_a_stop_step_returns_while_the_runner_still_decodes_and_a_later_one_sees_it_stopped(tmp_path):
+    child = _runner(tmp_path, decode_s=3)
+    run_dir, telemetry = str(tmp_path / "run"), str(tmp_path / "telemetry")
+    first = node_script.stop(run_dir, telemetry, {}, wait_s=1)
+    assert first["runner"] == "stopping" and first["status"]["state"] == "decoding" and "files" not in first
+    while (answer := node_script.stop(run_dir, telemetry, {}, wait_s=1))["runner"] == "stopping":
+        pass
+    assert answer["runner"] == "stopped" and "probes/status.json" in answer["files"]
+    child.wait(timeout=5)
+
+
+def test_a_runner_that_makes_no_progress_stopping_is_killed(tmp_path, monkeypatch):
+    monkeypatch.setattr(node_script, "STOP_TIMEOUT_S", 1.0)
+    child = _runner(tmp_path, decode_s=0)
+    os.kill(child.pid, 19)  # SIGSTOP: it neither stops nor writes its status any more
+    answer = node_script.stop(str(tmp_path / "run"), str(tmp_path / "telemetry"), {}, wait_s=10)
+    assert answer["runner"].startswith("killed (made no progress")
+    assert child.wait(timeout=5) == -9

@@ -5,12 +5,14 @@ from __future__ import annotations
 import socket
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import paramiko
 import pytest
 
 from lab.errors import LabError
+from lab.ssh import run as ssh_run
 from lab.ssh import wait_ready
 from vms.base import Node
 
@@ -59,8 +61,9 @@ def test_a_hang_up_during_the_handshake_is_retried_then_reported(tmp_path):
 class ReadyNode(paramiko.ServerInterface):
     """An sshd whose node finished its first boot: the lab's login key gets in, every command exits 0."""
 
-    def __init__(self, login: paramiko.PKey):
+    def __init__(self, login: paramiko.PKey, answers: bool = True):
         self.login = login
+        self.answers = answers
 
     def get_allowed_auths(self, username: str) -> str:
         return "publickey"
@@ -74,11 +77,13 @@ class ReadyNode(paramiko.ServerInterface):
         return paramiko.OPEN_SUCCEEDED if kind == "session" else refused
 
     def check_channel_exec_request(self, channel: paramiko.Channel, command: bytes) -> bool:
-        threading.Timer(0.05, lambda: (channel.send_exit_status(0), channel.close())).start()
+        if self.answers:  # else a command that hangs: no exit status ever comes
+            threading.Timer(0.05, lambda: (channel.send_exit_status(0), channel.close())).start()
         return True
 
 
-def serve_ssh(server: socket.socket, host_key: paramiko.PKey, login: paramiko.PKey, stop: threading.Event) -> None:
+def serve_ssh(server: socket.socket, host_key: paramiko.PKey, login: paramiko.PKey, stop: threading.Event,
+              answers: bool = True) -> None:
     transports = []
     while not stop.is_set():
         try:
@@ -87,7 +92,7 @@ def serve_ssh(server: socket.socket, host_key: paramiko.PKey, login: paramiko.PK
             continue
         transport = paramiko.Transport(conn)
         transport.add_server_key(host_key)
-        transport.start_server(server=ReadyNode(login))
+        transport.start_server(server=ReadyNode(login, answers))
         transports.append(transport)
     for transport in transports:
         transport.close()
@@ -119,6 +124,27 @@ def test_a_node_on_any_port_is_ready_with_its_pinned_host_key_only(tmp_path, pin
         else:
             with pytest.raises(LabError, match=r"fake \(127\.0\.0\.1\) offered a host key that is not the pinned one"):
                 wait_ready(node, timeout=10, port=server.getsockname()[1])
+    finally:
+        stop.set()
+        thread.join()
+        server.close()
+
+
+def test_a_command_that_hangs_times_out_instead_of_hanging_the_caller(tmp_path):
+    files = keys(tmp_path, 2)
+    host_key, login = (paramiko.Ed25519Key.from_private_key_file(str(p)) for p in files)
+    server = socket.create_server((ADDRESS, 0))
+    server.settimeout(0.2)
+    stop = threading.Event()
+    thread = threading.Thread(target=serve_ssh, args=(server, host_key, login, stop, False), daemon=True)
+    thread.start()
+    node = Node("fake", ("agents",), ADDRESS, "admin", files[1], f"ssh-ed25519 {host_key.get_base64()}", "nspawn",
+                "container")
+    started = time.monotonic()
+    try:
+        with pytest.raises(TimeoutError, match="gave no exit status within 1 s"):
+            ssh_run(node, "systemctl list-units", timeout=1, port=server.getsockname()[1])
+        assert time.monotonic() - started < 10
     finally:
         stop.set()
         thread.join()
