@@ -77,9 +77,16 @@ def teardown(lab: LabConfig, progress: Progress) -> Removed:
         names = [lab.provider]
     else:
         names = ["nspawn"] + (["libvirt"] if vms.LIBVIRT_SOCKET.exists() else [])
-    removed = Removed()
+    removed, failed = Removed(), []
     for name in names:
-        removed.items += vms.get(name).down(lab, progress).items
+        try:
+            removed.items += vms.get(name).down(lab, progress).items
+        except Exception as exc:  # noqa: BLE001 - said below with what was removed; the state stays for a retry
+            failed.append(f"{name}: {exc if isinstance(exc, LabError) else f'{type(exc).__name__}: {exc}'}")
+    if failed:
+        done = f"; removed before that: {', '.join(removed.items)}" if removed.items else ""
+        raise LabError(f"teardown incomplete ({'; '.join(failed)}){done}. The state files stay, so "
+                       f"`lab teardown` can try again once that is fixed")
     for path in (inventory.inventory_file(lab), inventory.known_hosts_file(lab), state.state_file(lab)):
         if path.exists():
             path.unlink()

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 from lab.config import LabConfig, NodeSpec
+from lab.errors import LabError
 from lab.keys import KeyPair, ensure_keypair
 
 Progress = Callable[[str], None]
@@ -45,6 +46,41 @@ class Removed:
 
     def add(self, what: str) -> None:
         self.items.append(what)
+
+
+class Undo:
+    """What an `up` created, removed in reverse order when it fails, so nothing is half-made.
+
+    A step that fails does not stop the others, and is said, never swallowed: the error that made
+    `up` fail stays the one raised, naming what undo could not remove."""
+
+    def __init__(self, gone: Callable[[Exception], bool] = lambda _exc: False) -> None:
+        self._steps: list[tuple[str, Callable[[], object]]] = []
+        self._gone = gone  # an error that only says the thing is gone already
+
+    def push(self, what: str, step: Callable[[], object]) -> None:
+        self._steps.append((what, step))
+
+    def run(self, progress: Progress) -> list[str]:
+        """Every step, the last first; what could not be removed, each with why."""
+        left = []
+        for what, step in reversed(self._steps):
+            try:
+                step()
+            except Exception as exc:  # noqa: BLE001 - one step's failure must not keep the others from running
+                if not self._gone(exc):
+                    left.append(f"{what} ({type(exc).__name__}: {exc})")
+                    progress(f"could not remove {left[-1]}")
+        self._steps.clear()
+        return left
+
+    def failed(self, exc: BaseException, progress: Progress) -> BaseException:
+        """Undo after `exc` made `up` fail; what to raise: `exc`, or a LabError that also names what is left."""
+        progress("up failed; removing what this run created")
+        left = self.run(progress)
+        if left and isinstance(exc, LabError):
+            return LabError(f"{exc}; undo could not remove {'; '.join(left)}: run `lab teardown`")
+        return exc
 
 
 class Provider(Protocol):

@@ -42,6 +42,7 @@ from vms.base import (
     NodeStatus,
     Progress,
     Removed,
+    Undo,
     login_key,
     make_node,
 )
@@ -67,6 +68,7 @@ VLLM_MIN_MEMORY_MB = 16384
 KVM_DEVICE = Path("/dev/kvm")
 SYSTEMD = Path("/run/systemd/system")
 DAEMONS = (("virtlogd", Path("/run/libvirt/virtlogd-sock")), ("libvirtd", Path("/run/libvirt/libvirt-sock")))
+GONE = (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_NO_NETWORK, libvirt.VIR_ERR_NO_STORAGE_POOL, libvirt.VIR_ERR_NO_STORAGE_VOL)
 UNDEFINE_FLAGS = libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
 
 # libvirt prints every error to stderr by default; ours are raised as exceptions and reported once.
@@ -299,21 +301,8 @@ def seed_iso(seed: Seed, directory: Path) -> Path:
     return iso
 
 
-class Undo:
-    """What this `up` created, removed in reverse order when it fails, so nothing is half-made."""
-
-    def __init__(self) -> None:
-        self._steps: list[Callable[[], None]] = []
-
-    def push(self, step: Callable[[], None]) -> None:
-        self._steps.append(step)
-
-    def run(self) -> None:
-        for step in reversed(self._steps):
-            try:
-                step()
-            except libvirt.libvirtError:
-                pass  # already gone, or its host went away: nothing more undo can do about it
+def _already_gone(exc: Exception) -> bool:
+    return isinstance(exc, libvirt.libvirtError) and exc.get_error_code() in GONE
 
 
 def _lookup(lookup: Callable[[str], Any], name: str) -> Any:
@@ -321,7 +310,7 @@ def _lookup(lookup: Callable[[str], Any], name: str) -> Any:
     try:
         return lookup(name)
     except libvirt.libvirtError as exc:
-        if exc.get_error_code() in (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_NO_NETWORK, libvirt.VIR_ERR_NO_STORAGE_POOL, libvirt.VIR_ERR_NO_STORAGE_VOL):
+        if exc.get_error_code() in GONE:
             return None
         raise
 
@@ -387,7 +376,7 @@ class LabHost:
             DNSMASQ_STATE.mkdir(parents=True, exist_ok=True)
         if network is None:
             network = self.conn.networkDefineXML(network_xml(network_name(lab), bridge_name(lab), gateway))
-            undo.push(lambda: remove_network(network))
+            undo.push(f"network {network_name(lab)}", lambda: remove_network(network))
         else:
             ip = ET.fromstring(network.XMLDesc(0)).find("ip")
             found = f"{ip.get('address')}/{ip.get('prefix')}" if ip is not None else "no address"
@@ -400,7 +389,7 @@ class LabHost:
         pool = _lookup(self.conn.storagePoolLookupByName, pool_name(self.lab))
         if pool is None:
             pool = self.conn.storagePoolDefineXML(pool_xml(pool_name(self.lab), pool_path(self.lab)))
-            undo.push(lambda: remove_pool(pool))
+            undo.push(f"storage pool {pool_name(self.lab)}", lambda: remove_pool(pool))
             pool.build(0)
         if not pool.isActive():
             pool.create()
@@ -417,7 +406,7 @@ class LabHost:
         if stale is not None:
             stale.delete(0)
         vol = self.pool.createXML(xml, 0)
-        undo.push(lambda: vol.delete(0))
+        undo.push(f"volume {name}", lambda: vol.delete(0))
 
 
 def remove_domain(dom: libvirt.virDomain) -> None:
@@ -477,12 +466,12 @@ class LibvirtProvider:
                 progress(f"warning: VMs on {host.uri} are emulated with TCG, several times slower than KVM, because {host.why}; runs record accelerator=tcg")
         media = boot_media(lab, progress)
         login = login_key(lab)
-        undo = Undo()
+        undo = Undo(gone=_already_gone)
         try:
             for host in hosts.values():
                 host.prepare(media, undo, progress)
             if any(is_local(spec.libvirt_uri) for spec in lab.nodes) and timeserver.start(lab):
-                undo.push(lambda: timeserver.stop(lab))
+                undo.push("the lab's chronyd", lambda: timeserver.stop(lab))
                 progress(f"NTP for the lab network: chronyd on {lab.network.host_address} serves this host's clock")
             booting = [self._node(lab, spec, hosts[spec.libvirt_uri], media, login, hostdevs.get(spec.name, ()), undo, progress) for spec in lab.nodes]
             domains = {node.name: dom for node, dom in booting}
@@ -490,11 +479,9 @@ class LibvirtProvider:
                                lambda n: Path(console_log(lab, lab.node(n.name))), "the VM stopped", progress)
             return [node for node, _ in booting]
         except BaseException as exc:
-            progress("up failed; removing what this run created")
-            undo.run()
             if isinstance(exc, libvirt.libvirtError):
-                raise LabError(f"libvirt refused: {exc.get_error_message()} (console logs: {lab.state_dir / 'logs'})") from None
-            raise
+                exc = LabError(f"libvirt refused: {exc.get_error_message()} (console logs: {lab.state_dir / 'logs'})")
+            raise undo.failed(exc, progress) from None
 
     def _node(self, lab: LabConfig, spec: NodeSpec, host: LabHost, media: BootMedia, login: KeyPair,
               hostdevs: tuple[str, ...], undo: Undo, progress: Progress) -> tuple[Node, libvirt.virDomain]:
@@ -550,7 +537,7 @@ class LibvirtProvider:
             iso = seed_iso(seed, Path(work))
             host.upload(Upload(Path(wanted.seed).name, iso, "raw", iso.stat().st_size), undo)
         dom = host.conn.defineXML(domain_xml(wanted))
-        undo.push(lambda: remove_domain(dom))
+        undo.push(f"domain {wanted.name}", lambda: remove_domain(dom))
         dom.create()
         return dom
 

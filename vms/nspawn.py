@@ -23,6 +23,7 @@ from vms.base import (
     NodeStatus,
     Progress,
     Removed,
+    Undo,
     login_key,
     make_node,
     state_path,
@@ -41,7 +42,7 @@ def bridge_name(lab: LabConfig) -> str:
 
 
 def machine_name(lab: LabConfig, node: NodeSpec) -> str:
-    return f"{lab.name}-{node.name}"
+    return f"{lab.name}-{node.name}"  # _remove_node spells it from the name alone
 
 
 def console_log(lab: LabConfig, spec: NodeSpec) -> Path:
@@ -62,31 +63,28 @@ class NspawnProvider:
         if built:
             progress(f"node image {node_image.hash} built")
         login = login_key(lab)
-        created: list[str] = []
+        undo = Undo()
         try:
             if host.ensure_bridge(bridge_name(lab), f"{lab.network.host_address}/{lab.network.subnet.prefixlen}"):
-                created.append("bridge")
+                undo.push(f"bridge {bridge_name(lab)}", lambda: host.delete_link(bridge_name(lab)))
             nodes = []
             for spec in lab.nodes:
-                node, started = self._start(lab, spec, node_image, login)
-                nodes.append(node)
-                if started:
-                    created.append(spec.name)
-                    progress(f"{spec.name}: container started")
-                else:
-                    progress(f"{spec.name}: already running")
+                running = bool(self._pids(lab, spec))
+                if not running:  # pushed before its overlay is mounted: a failure halfway is undone too
+                    undo.push(f"container {machine_name(lab, spec)}",
+                              lambda name=spec.name: self._remove_node(lab, name, Removed(), lambda _msg: None))
+                nodes.append(self._start(lab, spec, node_image, login, running))
+                progress(f"{spec.name}: {'already running' if running else 'container started'}")
             ssh.wait_all_ready(nodes, lab.boot_timeout_s, lambda n: bool(self._pids(lab, lab.node(n.name))),
                                lambda n: console_log(lab, lab.node(n.name)), "the container exited", progress)
             return nodes
-        except BaseException:
-            progress("up failed; removing what this run created")
-            self._undo(lab, created)
-            raise
+        except BaseException as exc:
+            raise undo.failed(exc, progress) from None
 
-    def _start(self, lab: LabConfig, spec: NodeSpec, node_image: image.NodeImage, login: KeyPair) -> tuple[Node, bool]:
+    def _start(self, lab: LabConfig, spec: NodeSpec, node_image: image.NodeImage, login: KeyPair, running: bool) -> Node:
         node, host_key = make_node(lab, spec, login, self.name, "container")
-        if self._pids(lab, spec):
-            return node, False
+        if running:
+            return node
         root = self._mount_root(lab, spec, node_image)
         make_seed(lab, spec, login, host_key, {"id": "host0"}).write(root / SEED_DIR)
         console = console_log(lab, spec)
@@ -99,7 +97,7 @@ class NspawnProvider:
         ]
         with console.open("ab") as log:
             subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        return node, True
+        return node
 
     def _mount_root(self, lab: LabConfig, spec: NodeSpec, node_image: image.NodeImage) -> Path:
         base = state_path(lab, "nodes", spec.name, "root").parent
@@ -114,6 +112,13 @@ class NspawnProvider:
     def _pids(self, lab: LabConfig, spec: NodeSpec) -> list[int]:
         return host.processes_with(f"--machine={machine_name(lab, spec)}")
 
+    @staticmethod
+    def _known(lab: LabConfig) -> list[str]:
+        """The nodes in lab.yaml, and those that have a node directory but left lab.yaml while up."""
+        nodes = lab.state_dir / "nodes"
+        listed = [spec.name for spec in lab.nodes]
+        return listed + (sorted(p.name for p in nodes.iterdir() if p.is_dir() and p.name not in listed) if nodes.is_dir() else [])
+
     def status(self, lab: LabConfig) -> list[NodeStatus]:
         return [
             NodeStatus(spec.name, self.name, "container", str(spec.address),
@@ -124,16 +129,16 @@ class NspawnProvider:
 
     def down(self, lab: LabConfig, progress: Progress) -> Removed:
         removed = Removed()
-        for spec in lab.nodes:
-            self._remove_node(lab, spec, removed, progress)
+        for name in self._known(lab):
+            self._remove_node(lab, name, removed, progress)
         if host.delete_link(bridge_name(lab)):
             removed.add(f"bridge {bridge_name(lab)}")
             progress(f"removed bridge {bridge_name(lab)}")
         return removed
 
-    def _remove_node(self, lab: LabConfig, spec: NodeSpec, removed: Removed, progress: Progress) -> None:
-        machine = machine_name(lab, spec)
-        for pid in self._pids(lab, spec):
+    def _remove_node(self, lab: LabConfig, name: str, removed: Removed, progress: Progress) -> None:
+        machine = f"{lab.name}-{name}"
+        for pid in host.processes_with(f"--machine={machine}"):
             killed = host.stop_process(pid, grace=15.0)
             removed.add(f"container {machine} (pid {pid}{', killed' if killed else ''})")
             progress(f"stopped container {machine}")
@@ -141,7 +146,7 @@ class NspawnProvider:
         veth = f"vb-{machine}"
         if host.delete_link(veth):
             removed.add(f"veth {veth}")
-        base = lab.state_dir / "nodes" / spec.name
+        base = lab.state_dir / "nodes" / name
         root = base / "root"
         if host.is_mounted(root):
             self._unmount(root)
@@ -157,10 +162,3 @@ class NspawnProvider:
                 return
             time.sleep(0.1)  # the container's last processes may still hold the mount for a moment
         host.run("umount", "--lazy", str(root))
-
-    def _undo(self, lab: LabConfig, created: list[str]) -> None:
-        for spec in lab.nodes:
-            if spec.name in created:
-                self._remove_node(lab, spec, Removed(), lambda _msg: None)
-        if "bridge" in created:
-            host.delete_link(bridge_name(lab))

@@ -8,6 +8,7 @@ import stat
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import lab_cli, write_lab
 from vms import host
@@ -135,8 +136,13 @@ def test_second_up_is_idempotent(lab):
 
 def test_teardown_leaves_nothing_and_twice_is_a_no_op(lab):
     config, _ = lab
+    # llm leaves lab.yaml while it runs: teardown still stops it and unmounts its overlay first
+    edited = yaml.safe_load(config.read_text())
+    edited["nodes"] = [n for n in edited["nodes"] if n["name"] != "llm"]
+    config.write_text(yaml.safe_dump(edited, sort_keys=False))
     result = lab_cli(config, "teardown")
     assert "container tn-agent-a" in result.stdout and "bridge tn-br" in result.stdout
+    assert "container tn-llm" in result.stdout and "overlay mount" in result.stdout
     assert leftovers(config, NAME) == []
     assert "nothing to remove" in lab_cli(config, "teardown").stdout
 
@@ -150,3 +156,16 @@ def test_a_failed_up_cleans_up_what_it_created(tmp_path, node_image):
     assert (config.parent / ".lab" / "logs").is_dir()  # console logs stay to show why
     lab_cli(config, "teardown")
     assert leftovers(config, "tf") == []
+
+
+def test_a_node_that_fails_after_its_overlay_is_mounted_is_unmounted(tmp_path, node_image):
+    config = write_lab(tmp_path, "tg", "10.81.0", provider="nspawn")
+    # a file where the seed's directory goes: agent-a fails once its overlay is mounted, before it starts
+    blocker = config.parent / ".lab" / "nodes" / "agent-a" / "upper" / Path(SEED_DIR).parent
+    blocker.parent.mkdir(parents=True)
+    blocker.write_text("not a directory")
+    result = lab_cli(config, "up", check=False)
+    assert result.returncode == 1 and "up failed; removing what this run created" in result.stdout
+    assert [item for item in leftovers(config, "tg") if not item.startswith("state dir")] == []
+    lab_cli(config, "teardown")
+    assert leftovers(config, "tg") == []

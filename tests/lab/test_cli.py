@@ -62,3 +62,18 @@ def test_python_dash_m_and_console_script_are_one_program():
     script = Path(sys.executable).parent / "lab"
     via_script = subprocess.run([str(script), "--help"], capture_output=True, text=True, cwd=REPO, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"}).stdout
     assert "teardown" in via_module and via_module == via_script
+
+
+def test_a_teardown_that_cannot_reach_the_hypervisor_says_so_and_keeps_the_state(tmp_path):
+    # nothing listens on port 1 of loopback: libvirt refuses at once
+    config = write_lab(tmp_path, "tq", "10.82.0", provider="libvirt")
+    text = config.read_text().replace("address: 10.82.0.11", "address: 10.82.0.11\n  libvirt_uri: qemu+tcp://127.0.0.1:1/system")
+    config.write_text(text)
+    known = tmp_path / ".lab" / "known_hosts"
+    known.parent.mkdir()
+    known.write_text("10.82.0.11 ssh-ed25519 AAAA\n")
+    result = lab_cli(config, "teardown", check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "teardown incomplete (libvirt: cannot connect to libvirt at qemu+tcp://127.0.0.1:1/system" in result.stderr
+    assert "`lab teardown` can try again" in result.stderr
+    assert known.read_text() == "10.82.0.11 ssh-ed25519 AAAA\n"
