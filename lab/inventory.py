@@ -21,7 +21,11 @@ def known_hosts_file(lab: LabConfig) -> Path:
     return lab.state_dir / "known_hosts"
 
 
-def write(lab: LabConfig, state: LabState) -> None:
+def db_password_file(lab: LabConfig) -> Path:
+    return lab.state_dir / "secrets" / "db_password"
+
+
+def write(lab: LabConfig, state: LabState, db_password: Path) -> None:
     hosts = {
         node.name: {"ansible_host": node.address, "lab_groups": list(node.groups)}
         for node in state.nodes
@@ -44,6 +48,8 @@ def write(lab: LabConfig, state: LabState) -> None:
                 "lab_llm_cpu_model": lab.llm.cpu_model,
                 # a GPU reaches the LLM node only as a passed-through PCI device of a VM
                 "lab_llm_gpu": lab.llm_node.gpu is not None and state.provider == "libvirt",
+                # the database password stays in its 0600 file; roles read it there
+                "lab_db_password_file": str(db_password),
                 # pinned host keys wherever ansible-playbook runs from (ansible.cfg names none)
                 "ansible_ssh_common_args": f"-o UserKnownHostsFile={known_hosts_file(lab)}",
             },

@@ -1,8 +1,11 @@
-"""SSH keys the lab owns: one login key per lab and one host key per node, made before boot."""
+"""Keys and secrets the lab owns: one login key per lab and one host key per node, made before boot,
+and the lab's service secrets (the database password)."""
 
 from __future__ import annotations
 
 import os
+import secrets
+import string
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,3 +70,13 @@ def write_known_hosts(path: Path, entries: list[tuple[list[str], str]]) -> None:
     lines = [f"{','.join(names)} {key}" for names, key in entries]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
+
+
+def ensure_secret(path: Path, length: int = 32) -> Path:
+    """A random secret of letters and digits in `path`, made once and kept, readable by its owner only."""
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.chmod(0o700)
+        alphabet = string.ascii_letters + string.digits
+        write_private(path, "".join(secrets.choice(alphabet) for _ in range(length)))
+    return path

@@ -9,6 +9,7 @@ import vms
 from lab import inventory, ssh, state
 from lab.config import LabConfig
 from lab.errors import LabError
+from lab.keys import ensure_secret
 from lab.state import LabState
 from vms import image
 from vms.base import Progress, Removed
@@ -27,7 +28,7 @@ def up(lab: LabConfig, provider_override: str | None, progress: Progress) -> Lab
         image=node_image.hash if node_image else str(lab.image.file), nodes=nodes,
     )
     state.save(lab, current)
-    inventory.write(lab, current)
+    inventory.write(lab, current, db_password=ensure_secret(inventory.db_password_file(lab)))
     return current
 
 
@@ -91,7 +92,7 @@ def teardown(lab: LabConfig, progress: Progress) -> Removed:
         if path.exists():
             path.unlink()
             removed.add(f"file {path}")
-    for directory in ("ssh", "logs", "nodes", "cp"):
+    for directory in ("ssh", "secrets", "logs", "nodes", "cp"):
         path = lab.state_dir / directory
         if path.exists():
             shutil.rmtree(path)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import subprocess
 from pathlib import Path
 
@@ -96,6 +97,20 @@ def test_second_deploy_and_check_mode_change_nothing(lab):
     check = playbook(config, "--check", "--diff")
     assert check.returncode == 0, explain(check)
     assert {host: counts["changed"] for host, counts in recap(check).items()} == dict.fromkeys(NODES, 0), explain(check)
+
+
+@pytest.mark.integration
+def test_the_database_wants_the_labs_password_which_only_root_reads(lab):
+    config, _ = lab
+    secret = config.parent / ".lab" / "secrets" / "db_password"
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600 and len(secret.read_text()) == 32
+    query = f"psql --no-psqlrc -tA -c 'select 1' postgresql://lab@{address('agent-b')}:5432/lab"
+    without = lab_cli(config, "ssh", "agent-a", "--", f"PGPASSWORD=wrong {query}", check=False)
+    assert without.returncode != 0 and "password authentication failed" in without.stderr + without.stdout
+    right = lab_cli(config, "ssh", "agent-a", "--", f"PGPASSWORD={secret.read_text()} {query}")
+    assert right.stdout.strip() == "1"
+    configs = lab_cli(config, "ssh", "agent-b", "--", "sudo stat -c '%a %U %G' /etc/lab/tool-db.yaml").stdout.split()
+    assert configs == ["640", "root", "lab"]  # the services' DSN holds the password
 
 
 @pytest.mark.integration

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
+import stat
 
 import pytest
 
 from lab.errors import LabError
-from lab.keys import ensure_keypair
+from lab.keys import ensure_keypair, ensure_secret
 
 
 def test_a_key_is_made_once_with_a_private_part_only_its_owner_reads(tmp_path):
@@ -44,3 +45,11 @@ def test_a_pub_without_its_private_key_is_replaced_by_a_new_pair(tmp_path):
     stale.write_text("ssh-ed25519 AAAAstale old\n")
     key = ensure_keypair(tmp_path / "id_ed25519", "t-login")
     assert key.private.is_file() and "AAAAstale" not in key.public_line
+
+
+def test_a_secret_is_made_once_for_its_owner_only(tmp_path):
+    path = ensure_secret(tmp_path / "secrets" / "db_password")
+    first = path.read_text()
+    assert len(first) == 32 and first.isalnum()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert ensure_secret(path).read_text() == first
