@@ -136,9 +136,10 @@ def test_second_up_is_idempotent(lab):
 
 def test_teardown_leaves_nothing_and_twice_is_a_no_op(lab):
     config, _ = lab
-    # llm leaves lab.yaml while it runs: teardown still stops it and unmounts its overlay first
+    # llm leaves lab.yaml while it runs (renamed; a lab needs an llm node): teardown still stops
+    # it and unmounts its overlay first
     edited = yaml.safe_load(config.read_text())
-    edited["nodes"] = [n for n in edited["nodes"] if n["name"] != "llm"]
+    edited["nodes"][2]["name"] = "llm-next"
     config.write_text(yaml.safe_dump(edited, sort_keys=False))
     result = lab_cli(config, "teardown")
     assert "container tn-agent-a" in result.stdout and "bridge tn-br" in result.stdout
