@@ -351,7 +351,7 @@ class Experiment:
 
 
 def _versions(checks: dict[str, dict], workload: str) -> dict[str, Any]:
-    keys = ("kernel", "python", "bpftrace", "tcpdump", "workload")
+    keys = ("kernel", "python", "bpftrace", "tcpdump", "workload", "libraries")
     versions = {"controller": controller_versions(), "nodes": {node: {k: answer[k] for k in keys} for node, answer in checks.items()}}
     if "llm" not in services.needed(workload):
         return versions  # the baseline calls no LLM: whatever serves one (or not) is not part of its run

@@ -52,6 +52,26 @@ def _version(argv: list[str]) -> str:
     return _first_line(result.stdout or result.stderr) if result.returncode == 0 else f"unavailable ({_first_line(result.stderr)})"
 
 
+# The client and server libraries whose defaults shape the traffic (connection reuse, keep-alive,
+# MCP sessions): openai 2.54 under the agents made every streamed LLM answer cost a connection.
+LIBRARIES = ("agentic-lab", "openai", "httpx", "httpcore", "mcp", "langchain-openai", "langchain-mcp-adapters",
+             "langgraph", "uvicorn", "starlette")
+LIBRARY_VERSIONS = ("import importlib.metadata as m, json, sys\n"
+                    "def v(n):\n    try:\n        return m.version(n)\n    except m.PackageNotFoundError:\n        return None\n"
+                    "print(json.dumps({n: v(n) for n in sys.argv[1:]}))")
+
+
+def _libraries(python: str | None) -> dict[str, str | None]:
+    """The version of each of LIBRARIES in the services' venv (None: not installed)."""
+    if python is None:
+        return {}
+    try:
+        result = _run([python, "-c", LIBRARY_VERSIONS, *LIBRARIES])
+        return json.loads(result.stdout) if result.returncode == 0 else {}
+    except (OSError, subprocess.TimeoutExpired, ValueError):
+        return {}
+
+
 def _get(url: str) -> dict:
     try:
         with urllib.request.urlopen(url, timeout=10) as response:
@@ -125,6 +145,7 @@ def preflight(address: str, config_dir: str, known: dict[str, int], llm_port: in
         "bpftrace": _version(["bpftrace", "--version"]),
         "tcpdump": _version(["tcpdump", "--version"]),
         "workload": _version([python, "-c", "import importlib.metadata as m; print(m.version('agentic-lab'))"]) if python else "not installed",
+        "libraries": _libraries(python),
         "iface": lab_interface(address),
         "probes": detection["probes"] if detection else None,
         "detect_error": detect_error,

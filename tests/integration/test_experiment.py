@@ -101,6 +101,8 @@ def test_multihop_run_directory_describes_the_run(multihop):
     assert m["provider"] == "nspawn" and m["accelerator"] == "container" and m["image"]
     assert m["git"]["commit"] and set(m["versions"]["nodes"]) == set(NODES)
     assert m["versions"]["llm"]["model"] and m["versions"]["controller"]["packages"]["fabric"]
+    libraries = m["versions"]["nodes"]["agent-a"]["libraries"]  # the clients whose defaults shape connections
+    assert libraries["openai"] and libraries["httpx"] and libraries["mcp"] and libraries["langchain-mcp-adapters"]
     assert m["started_at_ns"] < m["ended_at_ns"]
     assert m["tasks"]["total"] == 3 and m["tasks"]["ok"] == 3 and m["tasks"]["failed"] == 0
     assert str(run) in result.stdout and "tasks" in result.stdout
