@@ -27,3 +27,29 @@ def test_a_test_that_cannot_run_is_skipped_here_and_fails_in_ci(tmp_path, ci, ou
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert outcome in result.stdout, result.stdout
     assert ("this test cannot run in CI: no such device here" in result.stdout) == (ci == "true")
+
+
+SLOW_FIXTURE = """import time
+
+import pytest
+
+
+@pytest.fixture
+def deployed():
+    time.sleep(3)  # a lab brought up and deployed: bounded by its own commands' timeouts
+
+
+@pytest.mark.timeout(2)
+def test_quick_once_deployed(deployed):
+    pass
+"""
+
+
+def test_the_per_test_timeout_leaves_the_slow_set_up_of_a_lab_out(tmp_path):
+    # run with this project's pytest settings (rootdir and pyproject.toml of the repository)
+    test = tmp_path / "test_slow_fixture.py"
+    test.write_text(SLOW_FIXTURE)
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(REPO),
+                             "-c", str(REPO / "pyproject.toml"), str(test)],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert "1 passed" in result.stdout, result.stdout
