@@ -62,7 +62,9 @@ def hop_kind(kind: pd.Series) -> pd.Series:
 def calls_table(events: pd.DataFrame) -> pd.DataFrame:
     """One row per call_id, both sides merged: the client's interval when it logged one."""
     client = events[events["side"] == "client"].drop_duplicates("call_id")
-    server = events[events["side"] == "server"].assign(busy_ns=lambda e: e["end_ns"] - e["start_ns"])
+    # a server's event stream (workload.telemetry.CallEvent.event) only waits for what it may send: no work
+    server = events[events["side"] == "server"].assign(
+        busy_ns=lambda e: (e["end_ns"] - e["start_ns"]).where(e["event"] != "stream", 0))
     served = server.groupby("call_id").agg(
         server_service=("service", "first"), server_node=("node_dir", "first"), server_start_ns=("start_ns", "min"),
         server_end_ns=("end_ns", "max"), server_busy_ns=("busy_ns", "sum"), server_kind=("kind", "first"),

@@ -32,7 +32,7 @@ from workload.config import LLM_MAX_TOKENS, ServiceConfig
 from workload.mcp_client import LIBRARY_TIMEOUT_S, HopError, ToolBox, task_sessions
 from workload.telemetry import (LabTransport, Telemetry, TraceContext, current_context, describe_error,
                                 current_knobs, new_trace_id, set_context, timeout_for)
-from workload.tools import adopt_caller_context, new_mcp
+from workload.tools import McpServer, adopt_caller_context
 from workload.web import error_response, health_endpoint, read_model
 
 
@@ -220,11 +220,11 @@ def build_agent_a(config: ServiceConfig, telemetry: Telemetry) -> Starlette:
                              Route("/healthz", health_endpoint("agent-a", config, ready))])
 
 
-def build_agent_b(config: ServiceConfig, telemetry: Telemetry) -> Any:
+def build_agent_b(config: ServiceConfig, telemetry: Telemetry) -> Starlette:
     llm = LLM(config, telemetry)
     tool_synth = ToolBox("tool-synth", config.peers["tool-synth"], telemetry, config.timeouts.tool_s)
     graph = build_agent_b_graph(llm, tool_synth)
-    mcp = new_mcp("agent-b", "Agent B: a logistics agent that checks parcels and carriers for Agent A.")
+    mcp = McpServer("agent-b", "Agent B: a logistics agent that checks parcels and carriers for Agent A.")
 
     @mcp.tool()
     async def handle_subtask(question: str, facts: str, ctx: Context) -> str:
@@ -240,8 +240,7 @@ def build_agent_b(config: ServiceConfig, telemetry: Telemetry) -> Any:
     async def ready() -> str | None:
         return await _tools_problem(tool_synth)
 
-    mcp.custom_route("/healthz", methods=["GET"])(health_endpoint("agent-b", config, ready))
-    return mcp.streamable_http_app()
+    return mcp.app(Route("/healthz", health_endpoint("agent-b", config, ready), methods=["GET"]))
 
 
 async def _tools_problem(*boxes: ToolBox) -> str | None:

@@ -2,7 +2,7 @@
 with every task and passed on by every hop (workload.telemetry.H_KNOBS), so a run can flip one
 without a redeploy and the manifest and report say which were in force.
 
-The defaults are what the widely used clients do:
+The defaults are what the widely used clients and servers do:
 - `mcp_session: per_call`: langchain-mcp-adapters (`MultiServerMCPClient.get_tools()`,
   `load_mcp_tools(None, connection=...)`) opens a new MCP session (initialize, then the call) for
   every tool call; the MCP Python SDK's `ClientSession` used directly keeps one session for as
@@ -12,6 +12,14 @@ The defaults are what the widely used clients do:
   come; `per_call` sends `Connection: close` so each request has a connection of its own.
 - `llm_stream: true`: agents stream the LLM's answers (langchain-openai with `streaming=True`),
   as chat front ends do.
+- `mcp_server: stateful_sse`: what the MCP Python SDK's FastMCP does unless its author opts out
+  (mcp 1.30.0, `mcp/server/fastmcp/server.py`: `stateless_http=False`, `json_response=False`): a
+  session per client (an `mcp-session-id` header from initialize on) and an SSE stream answering
+  each POST; its client (the SDK's `streamable_http_client`, under langchain-mcp-adapters) then
+  holds a GET stream open for what the server may send and ends the session with a DELETE.
+  `stateless_json` is both opt-outs (`stateless_http=True, json_response=True`): no session, one
+  JSON answer per POST. Every MCP server answers both at once (`MCP_PATH_SUFFIX`), so the knob
+  needs no redeploy.
 """
 
 from __future__ import annotations
@@ -21,6 +29,11 @@ import json
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+McpServerMode = Literal["stateless_json", "stateful_sse"]
+MCP_PATH_SUFFIX: dict[McpServerMode, str] = {"stateless_json": "", "stateful_sse": "-sse"}
+"""Where an MCP server answers each mode: stateless JSON at its endpoint (`/mcp`), stateful SSE at
+the same path with this suffix (`/mcp-sse`)."""
 
 
 class Knobs(BaseModel):
@@ -35,6 +48,9 @@ class Knobs(BaseModel):
     """How long a pooled connection may stay idle before the client drops it."""
     llm_stream: bool = True
     """Whether agents ask the LLM for streamed (SSE) answers."""
+    mcp_server: McpServerMode = "stateful_sse"
+    """How the MCP servers answer: stateful with SSE responses (FastMCP's default), or stateless
+    with one JSON answer per POST."""
 
     def header(self) -> str:
         return json.dumps(self.model_dump(), separators=(",", ":"))

@@ -7,6 +7,10 @@ kept as the run's `mcp_session` knob says (workload/knobs.py):
   (`task_sessions`);
 - persistent: one session per server for as long as the agent runs.
 
+Every connection goes to the endpoint of the run's `mcp_server` knob (workload.knobs.MCP_PATH_SUFFIX):
+each server answers stateless JSON and stateful SSE at once, and a kept session stays with the
+endpoint it was opened at.
+
 A kept session lives in a task of its own (the MCP SDK's anyio scopes must close in the task that
 opened them), so its requests leave from that task's context: each tools/call names its call in
 `params._meta` (telemetry.META_CALL_ID) for LabTransport to tag and measure it all the same.
@@ -27,6 +31,7 @@ from langchain_mcp_adapters.tools import load_mcp_tools
 from mcp import ClientSession
 from mcp.types import CallToolResult
 
+from workload.knobs import MCP_PATH_SUFFIX
 from workload.telemetry import META_CALL_ID, Kind, LabTransport, Telemetry, current_knobs, describe_error, timeout_for
 
 # The libraries' own timeouts are set out of the way (langchain-openai's 120 s between streamed
@@ -90,7 +95,7 @@ class KeptSession:
 
 
 class TaskSessions:
-    """The sessions of one task (mcp_session per_task), by server, closed together at its end."""
+    """The sessions of one task (mcp_session per_task), by endpoint, closed together at its end."""
 
     def __init__(self) -> None:
         self.kept: dict[str, KeptSession] = {}
@@ -117,12 +122,16 @@ class ToolBox:
     for the model); every call is a logged hop in the session the mcp_session knob asks for."""
 
     def __init__(self, peer: str, url: str, telemetry: Telemetry, timeout_s: float, kind: Kind = "tool") -> None:
-        self.peer, self.kind, self.telemetry, self.timeout_s = peer, kind, telemetry, timeout_s
-        self.connection: dict[str, Any] = {"transport": "streamable_http", "url": url, "timeout": LIBRARY_TIMEOUT_S,
-                                           "sse_read_timeout": LIBRARY_TIMEOUT_S, "httpx_client_factory": _mcp_http_client}
+        self.peer, self.url, self.kind, self.telemetry, self.timeout_s = peer, url, kind, telemetry, timeout_s
         self.tools: dict[str, BaseTool] = {}
         self._lock = asyncio.Lock()
-        self._persistent: KeptSession | None = None
+        self._persistent: dict[str, KeptSession] = {}
+
+    def connection(self) -> dict[str, Any]:
+        """The server's endpoint for the run's mcp_server knob, as langchain-mcp-adapters takes it."""
+        return {"transport": "streamable_http", "url": self.url + MCP_PATH_SUFFIX[current_knobs().mcp_server],
+                "timeout": LIBRARY_TIMEOUT_S, "sse_read_timeout": LIBRARY_TIMEOUT_S,
+                "httpx_client_factory": _mcp_http_client}
 
     async def ensure_loaded(self) -> None:
         async with self._lock:
@@ -130,7 +139,7 @@ class ToolBox:
                 return
             try:
                 async with self.telemetry.call(self.kind, self.peer, "tools/list"), asyncio.timeout(self.timeout_s):
-                    tools = await load_mcp_tools(None, connection=self.connection,  # type: ignore[arg-type]
+                    tools = await load_mcp_tools(None, connection=self.connection(),  # type: ignore[arg-type]
                                                  server_name=self.peer, handle_tool_errors=False)
             except Exception as exc:
                 raise HopError(self.peer, exc) from exc
@@ -168,7 +177,7 @@ class ToolBox:
         policy = current_knobs().mcp_session
         if policy == "per_call":
             async with self.telemetry.call(self.kind, self.peer, name) as event:
-                async with create_session(self.connection) as session:  # type: ignore[arg-type]
+                async with create_session(self.connection()) as session:  # type: ignore[arg-type]
                     await session.initialize()
                     return await session.call_tool(name, arguments, meta={META_CALL_ID: event.call_id})
         kept = await self._kept(policy)
@@ -180,23 +189,21 @@ class ToolBox:
             raise
 
     async def _kept(self, policy: str) -> KeptSession:
-        """The task's session (per_task) or the agent's (persistent) to this server, opened on first use
-        as a logged call of its own (`initialize`)."""
+        """The task's session (per_task) or the agent's (persistent) to this server's endpoint for the
+        run's knobs, opened on first use as a logged call of its own (`initialize`)."""
         scope = _task_sessions.get() if policy == "per_task" else None
         if policy == "per_task" and scope is None:
             raise RuntimeError("mcp_session per_task outside a task's task_sessions() scope")
-        lock = scope.lock if scope is not None else self._lock
+        sessions, lock = (scope.kept, scope.lock) if scope is not None else (self._persistent, self._lock)
+        connection = self.connection()
         async with lock:
-            kept = scope.kept.get(self.peer) if scope is not None else self._persistent
+            kept = sessions.get(connection["url"])
             if kept is not None and kept.alive:
                 return kept
-            kept = KeptSession(self.connection)
+            kept = KeptSession(connection)
             async with self.telemetry.call(self.kind, self.peer, "initialize"):
                 await kept.open()
-            if scope is not None:
-                scope.kept[self.peer] = kept
-            else:
-                self._persistent = kept
+            sessions[connection["url"]] = kept
             return kept
 
 

@@ -71,7 +71,9 @@ class CallEvent:
     remote: str | None = None
     # every (local, remote) TCP connection the call used, in order; normally one
     conns: list[list[str]] = field(default_factory=list)
-    event: str = "call"
+    event: Literal["call", "stream"] = "call"
+    """`stream`: the server side of a GET answered with an event stream that the client holds open
+    for whatever the server may send (a stateful MCP session's): the server waits on it, it does no work."""
 
     def use_socket(self, local: str, remote: str) -> None:
         if [local, remote] not in self.conns:
@@ -282,13 +284,15 @@ _open_calls: dict[str, tuple[CallEvent, dict[str, str]]] = {}
 
 def _request_call(request: httpx.Request) -> tuple[CallEvent | None, dict[str, str]]:
     """The call a request belongs to: the one its JSON-RPC `_meta` names, else the active call of
-    this context while it lasts (a session task keeps the context of the call that opened it)."""
+    this context. A kept MCP session's task keeps the context of the call that opened it, so what the
+    session sends on its own (its GET stream, the tools/list the SDK sends to check a tool's result,
+    its DELETE) goes out as part of that call even after it has ended: the server's side records it
+    then, though the client's record is already written."""
     if _has_content(request) and b'"_meta"' in request.content and isinstance(message := _json(request.content), dict):
         meta = (message.get("params") or {}).get("_meta") if isinstance(message.get("params"), dict) else None
         if isinstance(meta, dict) and (found := _open_calls.get(str(meta.get(META_CALL_ID)))):
             return found
-    event = active_call()
-    return (event, _run.get()) if event is not None and not event.end_ns else (None, _run.get())
+    return active_call(), _run.get()
 
 
 class _CountingStream(httpx.AsyncByteStream):
@@ -393,6 +397,8 @@ class TelemetryMiddleware:
         async def counting_send(message: dict) -> None:
             if message["type"] == "http.response.start" and message["status"] >= 400:
                 event.fail(f"HTTP {message['status']}")
+            elif message["type"] == "http.response.start" and scope["method"] == "GET" and _is_event_stream(message):
+                event.event = "stream"
             elif message["type"] == "http.response.body":
                 event.resp_bytes += len(message.get("body", b""))
                 _keep_head(resp_head, message.get("body", b""))
@@ -430,9 +436,19 @@ def _json(body: bytes) -> Any:
         return None
 
 
+def _is_event_stream(start: dict) -> bool:
+    return any(k.lower() == b"content-type" and v.startswith(b"text/event-stream") for k, v in start.get("headers", ()))
+
+
 def _jsonrpc_error(body: bytes) -> str | None:
-    """The error a JSON-RPC (MCP) response carries inside an HTTP 200, if any."""
-    message = _json(body)
+    """The error a JSON-RPC (MCP) response carries inside an HTTP 200, if any: the body is the
+    message, or (an MCP server answering with SSE) each event's `data:` line is one."""
+    whole = _json(body)
+    messages = [whole] if whole is not None else [_json(line[5:]) for line in body.splitlines() if line.startswith(b"data:")]
+    return next(filter(None, map(_message_error, messages)), None)
+
+
+def _message_error(message: Any) -> str | None:
     if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
         return None
     if isinstance(message.get("error"), dict):

@@ -9,17 +9,24 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from typing import Annotated, Any
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Annotated, Any, TypeVar
 
+import anyio
 from mcp.server.fastmcp import Context, FastMCP
 from mcp.server.fastmcp.exceptions import ToolError
 from mcp.server.transport_security import TransportSecuritySettings
 from pydantic import Field
+from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
+from starlette.routing import Route
 
 from workload.config import ServiceConfig
 from workload.db import Database
+from workload.knobs import MCP_PATH_SUFFIX
 from workload.tasks import CUSTOMER_ID_PATTERN, ORDER_ID_PATTERN
 from workload.telemetry import Telemetry, adopt_run, context_from_headers, lab_http_client, set_context
 from workload.web import health_endpoint
@@ -28,13 +35,54 @@ OrderId = Annotated[str, Field(pattern=ORDER_ID_PATTERN, description="order id s
 CustomerId = Annotated[str, Field(pattern=CUSTOMER_ID_PATTERN, description="customer id such as C-0007")]
 
 
-def new_mcp(name: str, instructions: str) -> FastMCP:
-    """A stateless FastMCP server answering plain JSON (one POST per JSON-RPC message).
+class _EndedSessionNoise(logging.Filter):
+    """mcp 1.30.0 logs a traceback ("Error in standalone SSE writer": ClosedResourceError) for every
+    stateful session a client ends with DELETE, which is how its own client ends every session."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.getMessage() == "Error in standalone SSE writer" and record.exc_info is not None
+                    and isinstance(record.exc_info[1], anyio.ClosedResourceError))
+
+
+logging.getLogger("mcp.server.streamable_http").addFilter(_EndedSessionNoise())
+MCP_PATH = "/mcp"
+"""Where every MCP server answers stateless JSON; stateful SSE is beside it (workload.knobs.MCP_PATH_SUFFIX)."""
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class McpServer:
+    """One MCP server answering in every mode of the `mcp_server` knob at once, each at its own path:
+    a FastMCP per mode with the same tool functions, in one app that runs every mode's session manager.
 
     Hosts are not restricted: nodes are reached by lab addresses, not localhost."""
-    return FastMCP(name, instructions=instructions, stateless_http=True, json_response=True,
-                   streamable_http_path="/mcp", log_level="WARNING",
-                   transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False))
+
+    def __init__(self, name: str, instructions: str) -> None:
+        security = TransportSecuritySettings(enable_dns_rebinding_protection=False)
+        self.modes = {mode: FastMCP(name, instructions=instructions, stateless_http=mode == "stateless_json",
+                                    json_response=mode == "stateless_json", streamable_http_path=MCP_PATH + suffix,
+                                    log_level="WARNING", transport_security=security)
+                      for mode, suffix in MCP_PATH_SUFFIX.items()}
+
+    def tool(self) -> Callable[[F], F]:
+        """Register a tool function in every mode (as `FastMCP.tool()` does in one)."""
+        def register(fn: F) -> F:
+            for server in self.modes.values():
+                server.tool()(fn)
+            return fn
+        return register
+
+    def app(self, *routes: Route) -> Starlette:
+        """The ASGI app: every mode's endpoint, then `routes`."""
+        endpoints = [route for server in self.modes.values() for route in server.streamable_http_app().routes]
+
+        @asynccontextmanager
+        async def lifespan(_: Starlette) -> AsyncIterator[None]:
+            async with AsyncExitStack() as stack:
+                for server in self.modes.values():
+                    await stack.enter_async_context(server.session_manager.run())
+                yield
+
+        return Starlette(routes=[*endpoints, *routes], lifespan=lifespan)
 
 
 def adopt_caller_context(ctx: Context) -> None:
@@ -46,10 +94,10 @@ def adopt_caller_context(ctx: Context) -> None:
         adopt_run(request.headers)
 
 
-def build_tool_db(config: ServiceConfig, telemetry: Telemetry) -> Any:
+def build_tool_db(config: ServiceConfig, telemetry: Telemetry) -> Starlette:
     assert config.db_dsn is not None
     db = Database(config.db_dsn, telemetry, config.timeouts.db_s)
-    mcp = new_mcp("tool-db", "Order, shipment and customer records from the shop database.")
+    mcp = McpServer("tool-db", "Order, shipment and customer records from the shop database.")
 
     async def lookup(ctx: Context, query: str, key: str) -> dict[str, Any]:
         adopt_caller_context(ctx)
@@ -73,8 +121,7 @@ def build_tool_db(config: ServiceConfig, telemetry: Telemetry) -> Any:
         """Look up a customer by customer id: name, email and city."""
         return await lookup(ctx, "get_customer", customer_id)
 
-    mcp.custom_route("/healthz", methods=["GET"])(health_endpoint("tool-db", config, db.problem))
-    return mcp.streamable_http_app()
+    return mcp.app(Route("/healthz", health_endpoint("tool-db", config, db.problem), methods=["GET"]))
 
 
 def _synthetic(seed: str, size: int, **extra: Any) -> dict[str, Any]:
@@ -87,13 +134,13 @@ def _synthetic(seed: str, size: int, **extra: Any) -> dict[str, Any]:
     return body
 
 
-def build_tool_synth(config: ServiceConfig, telemetry: Telemetry) -> Any:
+def build_tool_synth(config: ServiceConfig, telemetry: Telemetry) -> Starlette:
     synth = config.synth
     # by default the fan-out goes to this server's own /backend, at the address it listens on
     own = "127.0.0.1" if config.host in ("0.0.0.0", "") else config.host
     downstream = synth.downstream_url or f"http://{own}:{config.listen_port('tool-synth')}/backend"
     client = lab_http_client(config.timeouts.service_s)
-    mcp = new_mcp("tool-synth", "A synthetic carrier microservice with configurable size, latency and fan-out.")
+    mcp = McpServer("tool-synth", "A synthetic carrier microservice with configurable size, latency and fan-out.")
 
     async def fan_out(ref: str) -> list[dict[str, Any]]:
         async def one(i: int) -> dict[str, Any]:
@@ -122,6 +169,5 @@ def build_tool_synth(config: ServiceConfig, telemetry: Telemetry) -> Any:
     async def backend(request: Request) -> JSONResponse:
         return JSONResponse(_synthetic(request.query_params.get("ref", ""), 256))
 
-    mcp.custom_route("/backend", methods=["GET"])(backend)
-    mcp.custom_route("/healthz", methods=["GET"])(health_endpoint("tool-synth", config))
-    return mcp.streamable_http_app()
+    return mcp.app(Route("/backend", backend, methods=["GET"]),
+                   Route("/healthz", health_endpoint("tool-synth", config), methods=["GET"]))

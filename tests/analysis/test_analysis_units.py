@@ -190,6 +190,19 @@ def test_calls_join_to_connections_by_tuple_and_time_and_the_first_call_owns_it(
     assert merged.loc["c1", "server_busy_ns"] == 39 * MS and merged.loc["c1", "duration_ns"] == 50 * MS
 
 
+def test_an_event_stream_the_server_holds_open_counts_as_no_server_time() -> None:
+    """A stateful MCP session's GET stream outlasts the tool call it was opened in: the server's
+    time for that call is its POSTs' (the latency breakdown's network is the client's time beyond it)."""
+    events = _events([
+        _event("c1", "client", "a", 0, 100 * MS, "10.0.0.1:40000", "10.0.0.2:80", kind="tool"),
+        _event("c1", "server", "b", 5 * MS, 25 * MS, "10.0.0.2:80", "10.0.0.1:40000", kind="tool"),
+        _event("c1", "server", "b", 10 * MS, 120 * MS, "10.0.0.2:80", "10.0.0.1:40002", kind="tool", event="stream"),
+        _event("c1", "server", "b", 30 * MS, 90 * MS, "10.0.0.2:80", "10.0.0.1:40004", kind="tool"),
+    ])
+    [call] = calls_table(events).to_dict("records")
+    assert call["server_busy_ns"] == 80 * MS and call["duration_ns"] == 100 * MS
+
+
 def test_records_go_to_the_call_whose_interval_contains_them_else_to_the_owner() -> None:
     book = Codebook()
     _, conns = connections(_obs(book, [("a", "10.0.0.1", 40000, "10.0.0.2", 80, 0, 300 * MS)]))

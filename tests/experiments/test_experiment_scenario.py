@@ -138,3 +138,15 @@ def test_not_a_mapping(tmp_path):
     path.write_text("- workload\n")
     with pytest.raises(ConfigError, match="expected a mapping of keys"):
         load_scenario(str(path), LAB)
+
+
+def test_a_bad_knob_value_names_the_knob_and_its_values(tmp_path):
+    message = problem(tmp_path, knobs={"mcp_server": "stateful_json"})
+    assert "knobs.mcp_server: Input should be 'stateless_json' or 'stateful_sse' (got 'stateful_json')" in message
+
+
+def test_knobs_default_to_what_the_widely_used_client_and_server_do(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump({**VALID, "knobs": {"mcp_session": "per_task"}}))
+    scenario, _ = load_scenario(str(path), LAB)
+    assert scenario.knobs.mcp_session == "per_task" and scenario.knobs.mcp_server == "stateful_sse"

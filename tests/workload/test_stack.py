@@ -12,6 +12,7 @@ import httpx
 import pytest
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
+from mcp.types import LATEST_PROTOCOL_VERSION
 
 from workload import driver
 from workload.knobs import Knobs
@@ -20,6 +21,7 @@ from workload.tasks import Task, answer_is_correct, make_dataset
 
 pytestmark = pytest.mark.integration
 HTTP_KINDS = ("task", "agent", "tool", "service")
+MCP_SERVERS = ("tool-db", "tool-synth", "agent-b")
 
 
 async def _mcp(url: str, tool: str | None = None, arguments: dict | None = None) -> tuple[list[str], object]:
@@ -32,25 +34,71 @@ async def _mcp(url: str, tool: str | None = None, arguments: dict | None = None)
             return names, result
 
 
-def test_official_mcp_client_lists_and_calls_every_tool_server(stack: LocalStack, seed: int) -> None:
+@pytest.mark.parametrize("endpoint", ["/mcp", "/mcp-sse"])
+def test_official_mcp_client_lists_and_calls_every_tool_server(stack: LocalStack, seed: int, endpoint: str) -> None:
     order = make_dataset(seed).orders[4]
-    names, result = asyncio.run(_mcp(stack.url("tool-db") + "/mcp", "get_order", {"order_id": order.order_id}))
+    names, result = asyncio.run(_mcp(stack.url("tool-db") + endpoint, "get_order", {"order_id": order.order_id}))
     assert sorted(names) == ["get_customer", "get_order", "get_shipment"]
     assert not result.isError
     assert result.structuredContent["status"] == order.status and result.structuredContent["total"] == order.total
 
-    names, result = asyncio.run(_mcp(stack.url("tool-synth") + "/mcp", "track_parcel", {"tracking_no": "TRK1"}))
+    names, result = asyncio.run(_mcp(stack.url("tool-synth") + endpoint, "track_parcel", {"tracking_no": "TRK1"}))
     assert sorted(names) == ["carrier_status", "track_parcel"]
     assert len(result.structuredContent["backends"]) == stack.synth["fanout"]
     assert abs(len(json.dumps(result.structuredContent)) - stack.synth["response_bytes"]) < 200
 
-    names, _ = asyncio.run(_mcp(stack.url("agent-b") + "/mcp"))
+    names, _ = asyncio.run(_mcp(stack.url("agent-b") + endpoint))
     assert names == ["handle_subtask"]
 
-    _, result = asyncio.run(_mcp(stack.url("tool-db") + "/mcp", "drop_tables", {}))
+    _, result = asyncio.run(_mcp(stack.url("tool-db") + endpoint, "drop_tables", {}))
     assert result.isError and "drop_tables" in result.content[0].text
-    _, result = asyncio.run(_mcp(stack.url("tool-db") + "/mcp", "get_order", {"order_id": "1; DROP TABLE orders"}))
+    _, result = asyncio.run(_mcp(stack.url("tool-db") + endpoint, "get_order", {"order_id": "1; DROP TABLE orders"}))
     assert result.isError
+
+
+MCP_ACCEPT = {"accept": "application/json, text/event-stream"}
+
+
+def _initialize(http: httpx.Client, path: str) -> httpx.Response:
+    body = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": LATEST_PROTOCOL_VERSION, "capabilities": {}, "clientInfo": {"name": "test", "version": "1"}}}
+    return http.post(path, json=body, headers=MCP_ACCEPT)
+
+
+@pytest.mark.parametrize("service", MCP_SERVERS)
+def test_every_mcp_server_answers_stateless_json_and_stateful_sse_at_once(stack: LocalStack, service: str) -> None:
+    """On the wire: /mcp answers initialize with plain JSON and no session; /mcp-sse with an SSE
+    stream and a session id, which lives until the client's DELETE."""
+    with httpx.Client(base_url=stack.url(service), timeout=30) as http:
+        plain = _initialize(http, "/mcp")
+        assert plain.status_code == 200 and plain.headers["content-type"] == "application/json"
+        assert "mcp-session-id" not in plain.headers and plain.json()["result"]["serverInfo"]["name"] == service
+
+        stateful = _initialize(http, "/mcp-sse")
+        assert stateful.status_code == 200 and stateful.headers["content-type"].startswith("text/event-stream")
+        [data] = [line for line in stateful.text.splitlines() if line.startswith("data:")]
+        assert json.loads(data.removeprefix("data:"))["result"]["serverInfo"]["name"] == service
+        session = {"mcp-session-id": stateful.headers["mcp-session-id"]}
+        assert http.delete("/mcp-sse", headers=session).status_code == 200
+        ping = {"jsonrpc": "2.0", "id": 2, "method": "ping"}
+        assert http.post("/mcp-sse", json=ping, headers={**session, **MCP_ACCEPT}).status_code == 404
+
+
+def test_a_tool_error_inside_an_sse_answer_marks_the_servers_record(stack: LocalStack) -> None:
+    """A failed tool inside an HTTP 200 marks the server's record as failed, whether the answer was
+    JSON or an SSE stream."""
+    def failed() -> list[dict]:
+        return [e for e in read_events(stack.telemetry_dir)
+                if e["service"] == "tool-db" and e["op"] == "tools/call get_order" and e["status"] == "error"]
+
+    before = len(failed())
+    for endpoint in ("/mcp", "/mcp-sse"):
+        asyncio.run(_mcp(stack.url("tool-db") + endpoint, "get_order", {"order_id": "1; DROP TABLE orders"}))
+    deadline = time.monotonic() + 10  # a server logs its side once the response has gone out
+    while len(failed()) < before + 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    new = failed()[before:]
+    assert len(new) == 2 and all(e["error"].startswith("tool error: ") for e in new), new
 
 
 def test_baseline_answers_every_task_correctly(runs: dict, tasks: list[Task]) -> None:
@@ -194,10 +242,10 @@ def _connections(events: list[dict], service: str, kind: str) -> set[tuple[str, 
 
 def test_a_persistent_mcp_session_is_initialised_once_and_keeps_its_connection(stack: LocalStack, tasks: list[Task]) -> None:
     """mcp_session per_call (langchain-mcp-adapters' default) initialises a session for every tool
-    call; persistent once for the agent's life, and its tool calls share a pooled connection.
-    Every call is still tagged and measured (its JSON-RPC _meta names it)."""
-    per_call = _run_with(stack, "simple", tasks[:3], Knobs(mcp_session="per_call"))
-    persistent = _run_with(stack, "simple", tasks[:3], Knobs(mcp_session="persistent"))
+    call; persistent once for the agent's life, and against a stateless JSON server its tool calls
+    share a pooled connection. Every call is still tagged and measured (its JSON-RPC _meta names it)."""
+    per_call = _run_with(stack, "simple", tasks[:3], Knobs(mcp_session="per_call", mcp_server="stateless_json"))
+    persistent = _run_with(stack, "simple", tasks[:3], Knobs(mcp_session="persistent", mcp_server="stateless_json"))
 
     def initializes(task: list[dict]) -> int:
         return sum(e["side"] == "server" and e["service"] == "tool-db" and e["op"] == "initialize" for e in task)
@@ -214,6 +262,30 @@ def test_per_task_sessions_close_with_their_task(stack: LocalStack, tasks: list[
     for task in _run_with(stack, "multihop", tasks[:2], Knobs(mcp_session="per_task")):
         inits = [e for e in task if e["side"] == "server" and e["op"] == "initialize"]
         assert sorted(e["service"] for e in inits) == ["agent-b", "tool-db", "tool-synth"]
+
+
+@pytest.mark.parametrize("policy", ["per_call", "per_task", "persistent"])
+def test_a_task_runs_with_either_mcp_server_mode_and_its_calls_join(stack: LocalStack, tasks: list[Task], policy: str) -> None:
+    """The agents send to the endpoint of the run's mcp_server knob, over tool servers and Agent B
+    alike. stateful_sse sessions add their GET event stream and a DELETE (but a persistent one,
+    which may have been opened by an earlier task and is never closed); stateless_json ones have
+    neither. Every server-side MCP record joins a client call of the task, and a stateful session's
+    SSE answers, each closed by the client once the reply is in, cost it more connections."""
+    sockets = {}
+    for mode in ("stateless_json", "stateful_sse"):
+        [task] = _run_with(stack, "multihop", tasks[:1], Knobs(mcp_session=policy, mcp_server=mode))
+        served = [e for e in task if e["side"] == "server" and e["kind"] in ("tool", "agent")]  # not tool-synth's fan-out
+        assert {e["call_id"] for e in served} <= {e["call_id"] for e in task if e["side"] == "client"}
+        assert {e["service"] for e in served if e["op"].startswith("tools/call")} == set(MCP_SERVERS)
+        assert all(e["status"] == "ok" for e in served), [e for e in served if e["status"] != "ok"]
+        session_ops = {(e["event"], e["op"]) for e in served if e["op"].split()[0] in ("GET", "DELETE")}
+        if mode == "stateless_json":
+            assert session_ops == set()
+        elif policy != "persistent":
+            assert session_ops == {("stream", "GET /mcp-sse"), ("call", "DELETE /mcp-sse")}
+        sockets[mode] = {tuple(c) for e in served for c in e["conns"]}
+    if policy != "persistent":
+        assert len(sockets["stateful_sse"]) > len(sockets["stateless_json"]), sockets
 
 
 def test_the_llm_hop_keeps_its_connection_as_vllms_does(stack: LocalStack, tasks: list[Task]) -> None:
