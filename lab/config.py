@@ -111,13 +111,19 @@ class LLM(Model):
     port: int = Field(default=8000, ge=1, le=65535)
 
 
+# A TCG guest's first boot took 45-100 s on a quiet two-core host and past 180 s while tests ran beside it.
+BOOT_TIMEOUT_S = 180.0
+BOOT_TIMEOUT_TCG_S = 600.0
+
+
 class LabConfig(Model):
     name: str = "lab"
     provider: Literal["auto", "libvirt", "nspawn"] = "auto"
     accelerator: Literal["auto", "kvm", "tcg"] = "auto"
     ssh_user: str = "admin"
-    boot_timeout_s: float = Field(default=180.0, gt=0)
-    """How long `lab up` waits for each node to answer SSH before it gives up and cleans up."""
+    boot_timeout_s: float | None = Field(default=None, gt=0)
+    """How long `lab up` waits for each node to answer SSH before it gives up and cleans up;
+    unset: BOOT_TIMEOUT_S for containers and KVM, BOOT_TIMEOUT_TCG_S for emulated VMs."""
     network: Network = Network()
     image: Image = Image()
     llm: LLM = LLM()
@@ -183,6 +189,12 @@ class LabConfig(Model):
     @property
     def llm_node(self) -> NodeSpec:
         return next(n for n in self.nodes if "llm" in n.groups)
+
+    def boot_timeout(self, emulated: bool) -> float:
+        """`boot_timeout_s`, or the default for nodes that boot on an emulated CPU (TCG) or not."""
+        if self.boot_timeout_s is not None:
+            return self.boot_timeout_s
+        return BOOT_TIMEOUT_TCG_S if emulated else BOOT_TIMEOUT_S
 
 
 def parse_config(data: Any, path: Path) -> LabConfig:

@@ -475,7 +475,7 @@ class LibvirtProvider:
                 progress(f"NTP for the lab network: chronyd on {lab.network.host_address} serves this host's clock")
             booting = [self._node(lab, spec, hosts[spec.libvirt_uri], media, login, hostdevs.get(spec.name, ()), undo, progress) for spec in lab.nodes]
             domains = {node.name: dom for node, dom in booting}
-            ssh.wait_all_ready([node for node, _ in booting], lab.boot_timeout_s, lambda n: domains[n.name].isActive(),
+            ssh.wait_all_ready([node for node, _ in booting], lab.boot_timeout(any(h.accelerator == "tcg" for h in hosts.values())), lambda n: domains[n.name].isActive(),
                                lambda n: Path(console_log(lab, lab.node(n.name))), "the VM stopped", progress)
             return [node for node, _ in booting]
         except BaseException as exc:

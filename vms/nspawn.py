@@ -75,7 +75,7 @@ class NspawnProvider:
                               lambda name=spec.name: self._remove_node(lab, name, Removed(), lambda _msg: None))
                 nodes.append(self._start(lab, spec, node_image, login, running))
                 progress(f"{spec.name}: {'already running' if running else 'container started'}")
-            ssh.wait_all_ready(nodes, lab.boot_timeout_s, lambda n: bool(self._pids(lab, lab.node(n.name))),
+            ssh.wait_all_ready(nodes, lab.boot_timeout(emulated=False), lambda n: bool(self._pids(lab, lab.node(n.name))),
                                lambda n: console_log(lab, lab.node(n.name)), "the container exited", progress)
             return nodes
         except BaseException as exc:

@@ -160,7 +160,7 @@ def test_a_failed_up_cleans_up_what_it_created(tmp_path, node_image):
 
 
 def test_a_node_that_fails_after_its_overlay_is_mounted_is_unmounted(tmp_path, node_image):
-    config = write_lab(tmp_path, "tg", "10.81.0", provider="nspawn")
+    config = write_lab(tmp_path, "tg", "10.84.0", provider="nspawn")
     # a file where the seed's directory goes: agent-a fails once its overlay is mounted, before it starts
     blocker = config.parent / ".lab" / "nodes" / "agent-a" / "upper" / Path(SEED_DIR).parent
     blocker.parent.mkdir(parents=True)
