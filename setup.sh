@@ -2,7 +2,8 @@
 # One command for a fresh Debian/Ubuntu host (run as root):
 #   ./setup.sh        install what the lab needs, bring the lab up, deploy it, run every scenario
 #                     on a small task set and print the comparison report's path
-#   ./setup.sh test   install the same, then run the whole test suite (python -m pytest)
+#   ./setup.sh test   install the same, check formatting and lint (ruff), then run the whole test
+#                     suite (python -m pytest)
 set -euo pipefail
 cd "$(dirname "$0")"
 mode=${1:-main}
@@ -56,6 +57,12 @@ case "$mode" in
     .venv/bin/lab experiment all --tasks "${LAB_TASKS:-3}" --warmup 1
     ;;
   test)
+    # no caches: this runs as root and would leave root-owned cache directories in the checkout
+    echo "==> ruff: formatting and lint"
+    .venv/bin/ruff format --no-cache --check . ||
+      { echo "ruff: the files above are not formatted; run .venv/bin/ruff format ." >&2; exit 1; }
+    .venv/bin/ruff check --no-cache . ||
+      { echo "ruff: fix the findings above (.venv/bin/ruff check --fix . fixes those marked [*])" >&2; exit 1; }
     .venv/bin/python -m pytest -v -p no:cacheprovider
     ;;
 esac

@@ -22,7 +22,7 @@ def percentiles(values: pd.Series | np.ndarray) -> dict[str, float]:
     values = values[~np.isnan(values)]
     if len(values) == 0:
         return {name: float("nan") for name in QUANTILES}
-    return dict(zip(QUANTILES, np.quantile(values, list(QUANTILES.values())).tolist()))
+    return dict(zip(QUANTILES, np.quantile(values, list(QUANTILES.values())).tolist(), strict=True))
 
 
 # --- per task -------------------------------------------------------------------------------

@@ -100,7 +100,7 @@ def burst_timeline(result: RunAnalysis) -> Plot:
         slot = (mine["ts_ns"] - task["start_ns"]) // WINDOW_NS
         counts = pd.crosstab(slot, mine["hop"])  # only windows that saw packets: one bar each
         bottom = pd.Series(0, index=counts.index)
-        for hop, colour in zip(counts.columns, sns.color_palette(n_colors=len(counts.columns))):
+        for hop, colour in zip(counts.columns, sns.color_palette(n_colors=len(counts.columns)), strict=True):
             ax.bar(counts.index * WINDOW_NS / 1e6, counts[hop], bottom=bottom, width=WINDOW_NS / 1e6, align="edge",
                    color=colour, edgecolor=colour, linewidth=1.5, label=hop)
             bottom += counts[hop]
@@ -121,15 +121,15 @@ def call_sequence(result: RunAnalysis) -> Plot:
     if len(mine):
         row = mine["client_service"].fillna("?") + " → " + mine["peer"].fillna(mine["server_service"]).fillna("?")
         lanes = {lane: i for i, lane in enumerate(dict.fromkeys(row))}
-        palette = dict(zip(sorted(mine["kind"].unique()), sns.color_palette(n_colors=mine["kind"].nunique())))
+        palette = dict(zip(sorted(mine["kind"].unique()), sns.color_palette(n_colors=mine["kind"].nunique()), strict=True))
         start = (mine["start_ns"] - task["start_ns"]) / 1e6
         visible = task["duration_ns"] / 1e6 / 300  # the shortest calls still show as a sliver
-        for (lane, kind), left, width in zip(zip(row, mine["kind"]), start, mine["duration_ns"] / 1e6):
+        for (lane, kind), left, width in zip(zip(row, mine["kind"], strict=True), start, mine["duration_ns"] / 1e6, strict=True):
             ax.barh(lanes[lane], max(width, visible), left=left, color=palette[kind], label=kind)
         ax.set_yticks(list(lanes.values()), list(lanes))
         ax.invert_yaxis()
         handles, labels = ax.get_legend_handles_labels()
-        unique = dict(zip(labels, handles))
+        unique = dict(zip(labels, handles, strict=True))
         ax.legend(unique.values(), unique.keys(), title="kind", loc="upper left", bbox_to_anchor=(1.01, 1))
     else:
         _empty(ax, "calls for a task")

@@ -52,9 +52,10 @@ HEADLINE: dict[str, tuple[str, str]] = {
 }
 
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:1em 0;font-size:.9em}th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right}
-th:first-child,td:first-child{text-align:left}th{background:#f2f2f2}.warn{background:#fff3cd;border:1px solid #e0b000;
-padding:.6em 1em}.ok{color:#176c2c}figure{margin:1.5em 0}figcaption{font-size:.9em;color:#444;max-width:800px}
+table{border-collapse:collapse;margin:1em 0;font-size:.9em}
+th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right}th:first-child,td:first-child{text-align:left}
+th{background:#f2f2f2}.warn{background:#fff3cd;border:1px solid #e0b000;padding:.6em 1em}
+.ok{color:#176c2c}figure{margin:1.5em 0}figcaption{font-size:.9em;color:#444;max-width:800px}
 img{max-width:100%}"""
 
 
@@ -65,7 +66,7 @@ def _fmt(value: float, pattern: str) -> str:
 def _table(frame: pd.DataFrame) -> str:
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in [frame.index.name or "", *frame.columns])
     rows = "".join("<tr>" + f"<td>{html.escape(str(i))}</td>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row)
-                   + "</tr>" for i, row in zip(frame.index, frame.itertuples(index=False)))
+                   + "</tr>" for i, row in zip(frame.index, frame.itertuples(index=False), strict=True))
     return f"<table><tr>{head}</tr>{rows}</table>"
 
 
@@ -97,7 +98,8 @@ def problems(result: RunAnalysis) -> str:
         files = len(result.run.manifest.get("files") or {})
         return f'<p class="ok">Nothing missing: {files} file(s) listed in the manifest, all present and intact.</p>'
     items = "".join(f"<li><code>{html.escape(p.where)}</code>: {html.escape(p.what)}</li>" for p in result.run.problems)
-    return f'<div class="warn"><b>{html.escape(result.label)}: analysed as far as the data allows.</b><ul>{items}</ul></div>'
+    return (f'<div class="warn"><b>{html.escape(result.label)}: analysed as far as the data allows.</b>'
+            f'<ul>{items}</ul></div>')
 
 
 def join_quality(result: RunAnalysis) -> pd.DataFrame:

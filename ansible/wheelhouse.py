@@ -5,8 +5,9 @@
 
 Prints one JSON object, the manifest the roles read:
 
-- `project`: the project's own wheel with the node packages (workload/), versioned `<version>+src<hash of its sources>`, so a
-  node's pip sees a code change as a new version and the same code as nothing to do;
+- `project`: the project's own wheel with the node packages (workload/), versioned
+  `<version>+src<hash of its sources>`, so a node's pip sees a code change as a new version and
+  the same code as nothing to do;
 - `collectors`: the probe runner as one stdlib-only zip (`python3 collectors.pyz ...`);
 - `profiles`: per profile, a tar of wheels plus a pinned `requirements.txt`, rebuilt only when
   the profile's requirements (from pyproject.toml) change: `services` (what the workload
@@ -233,7 +234,8 @@ def cpu_model(spec: str, lab_dir: Path) -> dict[str, Any]:
         package = spec.removeprefix("package:").replace("-", "_")
         matches = [m for m in SHIPPED.values() if m.parts[0].startswith(f"{package}_part")]
         if not matches:
-            return {"error": f"llm.cpu_model {spec}: no shipped model comes in packages named {spec.removeprefix('package:')}-part*"}
+            return {"error": f"llm.cpu_model {spec}: no shipped model comes in packages named "
+                             f"{spec.removeprefix('package:')}-part*"}
         model = matches[0]
         cached = default_cache_dir() / model.filename
         existed = cached.is_file()

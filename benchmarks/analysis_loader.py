@@ -72,7 +72,7 @@ def make_run(root: Path, records: int) -> Path:
                            "kind": np.array(KINDS)[i % CALLS_PER_TASK], "side": "client", "peer": "p", "op": "op",
                            "start_ns": start + 10_000, "end_ns": end - 10_000, "req_bytes": 100, "resp_bytes": 1000,
                            "status": "ok", "error": None, "local": local, "remote": remote,
-                           "conns": [[[l, r]] for l, r in zip(local, remote)]})
+                           "conns": [[[here, there]] for here, there in zip(local, remote, strict=True)]})
     _write(run / "nodes" / "agent-a" / "telemetry" / "svc.jsonl", events)
     roots = events[i % CALLS_PER_TASK == 0]
     _write(run / "results.jsonl", pd.DataFrame({"task_id": roots["task_id"], "scenario": "bench", "ok": True,
@@ -127,7 +127,8 @@ def main() -> int:
         began = time.perf_counter()
         capture = read_pcap(pcap.read_bytes())
         took = time.perf_counter() - began
-        print(f"pcap reader: {len(capture.packets):,} packets in {took:.2f} s = {len(capture.packets) / took:,.0f} packets/s")
+        print(f"pcap reader: {len(capture.packets):,} packets in {took:.2f} s = "
+              f"{len(capture.packets) / took:,.0f} packets/s")
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return 0

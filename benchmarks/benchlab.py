@@ -66,7 +66,7 @@ class HostCpu:
     def now(cls) -> HostCpu:
         lines = Path("/proc/stat").read_text().splitlines()
         ticks = os.sysconf("SC_CLK_TCK")
-        modes = dict(zip(MODES, (int(v) / ticks for v in lines[0].split()[1:9])))
+        modes = dict(zip(MODES, (int(v) / ticks for v in lines[0].split()[1:9]), strict=True))
         switches = next(int(line.split()[1]) for line in lines if line.startswith("ctxt "))
         vmstat = dict(line.split() for line in Path("/proc/vmstat").read_text().splitlines())
         return cls(modes, _process_cpu_s(), switches, {k: int(vmstat[k]) for k in ("pgfault", "pgmajfault")})

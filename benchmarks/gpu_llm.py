@@ -44,14 +44,15 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
-
-import httpx
 
 SERVED_NAME = "lab-model"
 PROMPT = ("Write a detailed, friendly explanation for a customer of how parcel tracking works, from the moment an "
@@ -248,7 +249,7 @@ class Stream:
 
     @property
     def itl_s(self) -> list[float]:
-        return [b - a for a, b in zip(self.token_times, self.token_times[1:])]
+        return [b - a for a, b in pairwise(self.token_times)]
 
 
 @dataclass

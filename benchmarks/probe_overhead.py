@@ -110,7 +110,7 @@ def cpu_per_task(b: Block) -> float:
 
 def pairs(blocks: list[Block]) -> list[tuple[Block, Block]]:
     """The blocks as run, two by two: (off, on) of each pair."""
-    return [(off, on) if on.probes else (on, off) for off, on in zip(blocks[::2], blocks[1::2])]
+    return [(off, on) if on.probes else (on, off) for off, on in zip(blocks[::2], blocks[1::2], strict=True)]
 
 
 def pair_ratios(blocks: list[Block], measure: Callable[[Block], float]) -> list[float]:
@@ -199,14 +199,16 @@ def report(blocks: list[Block], args: argparse.Namespace) -> None:
 
     (off_tput, off_p99, off_cpu, off_switches, off_steal), (on_tput, on_p99, on_cpu, on_switches, on_steal) = (
         figures([b for b in blocks if not b.probes]), figures([b for b in blocks if b.probes]))
-    print(f"\n{args.workload}, {args.pairs} off/on pairs of {args.tasks} tasks, {args.concurrency} in flight, probes {','.join(args.probes)}, "
+    print(f"\n{args.workload}, {args.pairs} off/on pairs of {args.tasks} tasks, {args.concurrency} in flight, "
+          f"probes {','.join(args.probes)}, "
           f"rtt window {args.rtt_interval_ms} ms per socket, at most {args.rtt_max_per_s} lines/s, "
           f"BPF statistics {'on' if args.bpf_stats else 'off'}")
     print(f"{'probes':<8}{'tasks/s':>10}{'p99 ms':>10}{'host CPU ms/task':>18}{'switches/task':>15}{'steal':>8}")
     for name, tput, tail, cpu, switches, steal in (("off", off_tput, off_p99, off_cpu, off_switches, off_steal),
                                                    ("on", on_tput, on_p99, on_cpu, on_switches, on_steal)):
         print(f"{name:<8}{tput:>10.1f}{tail * 1e3:>10.1f}{cpu * 1e3:>18.3f}{switches:>15.1f}{steal:>8.1%}")
-    print(f"host CPU per task on/off {on_cpu / off_cpu:.3f} (steal excluded); per pair: {spread(pair_ratios(blocks, cpu_per_task))}")
+    print(f"host CPU per task on/off {on_cpu / off_cpu:.3f} (steal excluded); "
+          f"per pair: {spread(pair_ratios(blocks, cpu_per_task))}")
     where_it_went(blocks)
     tasks_on = sum(len(b.latencies_s) for b in blocks if b.probes)
     in_bpf = [b.bpf_s for b in blocks]
@@ -215,7 +217,8 @@ def report(blocks: list[Block], args: argparse.Namespace) -> None:
                           ("runners and probes stopping (decoding included), after the timed window",
                            sum(b.stopping_s for b in blocks))):
         print(f"{what}: not measured (--bpf-stats) or not reported by every node" if seconds is None else
-              f"{what}: {seconds / tasks_on * 1e3:.3f} ms CPU per task ({seconds / tasks_on / off_cpu:.1%} of a task's host CPU with probes off)")
+              f"{what}: {seconds / tasks_on * 1e3:.3f} ms CPU per task "
+              f"({seconds / tasks_on / off_cpu:.1%} of a task's host CPU with probes off)")
     print(f"throughput on/off per pair: {spread(pair_ratios(blocks, throughput))}")
     print(f"p99 on/off per pair: {spread(pair_ratios(blocks, block_p99))}")
     if quiet := quiet_pairs(blocks):  # a tail is where the hypervisor's pauses show first

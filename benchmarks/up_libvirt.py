@@ -75,7 +75,8 @@ def main() -> None:
             totals = [total for total, _ in runs]
             waits = ", ".join(f"{node} {seconds:.1f} s" for node, seconds in runs[-1][1].items())
             spread = f" (min {min(totals):.1f}, max {max(totals):.1f})" if len(totals) > 1 else ""
-            print(f"{provider:8} lab up -> 3 nodes SSH-ready: {statistics.median(totals):6.1f} s{spread}; SSH waits: {waits}")
+            print(f"{provider:8} lab up -> 3 nodes SSH-ready: {statistics.median(totals):6.1f} s{spread}; "
+                  f"SSH waits: {waits}")
 
 
 if __name__ == "__main__":

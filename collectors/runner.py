@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from collectors import bpfstats, clock
-from collectors.children import BpftraceChild, Child, RecordTags, Records, TcpdumpChild
+from collectors.children import BpftraceChild, Child, Records, RecordTags, TcpdumpChild
 from collectors.detect import Detection
 from collectors.gate import Gate, close_tracepoints
 from collectors.sources import PROBES, Choice, Source, choose

@@ -113,7 +113,8 @@ def _preflight_problems(node: str, answer: dict, scenario: Scenario) -> list[str
     unhealthy = [f"{name} ({_said(s['health'])})" for name, s in answer["services"].items()
                  if name in needed and not s["health"]["ok"]]
     problems = [f"{node}: not healthy: {', '.join(unhealthy)}; see `journalctl -u lab-SERVICE` there or run `lab deploy`"] if unhealthy else []
-    problems += [f"{node}: probe {probe} cannot attach ({answer['probes'][probe].get('unavailable')}); remove it from the scenario's probes"
+    problems += [f"{node}: probe {probe} cannot attach ({answer['probes'][probe].get('unavailable')}); "
+                 "remove it from the scenario's probes"
                  for probe in scenario.probes if answer["probes"].get(probe, {}).get("source") is None]
     return problems
 
@@ -301,7 +302,8 @@ class Experiment:
         self.reporter.task_done(outcome)
 
     def _monitor(self, stop: threading.Event) -> None:
-        """Every few seconds: each node's probe status (record counts, probes that died, nodes that stopped answering)."""
+        """Every few seconds: each node's probe status (record counts, probes that died, nodes that
+        stopped answering)."""
         while not stop.wait(MONITOR_INTERVAL_S):
             answers = self._each("not answering", lambda s: s.step("status", timeout=30, run_dir=s.run_dir))
             records = {}
@@ -343,7 +345,8 @@ class Experiment:
             self.manifest.clock_offsets.setdefault(node, {})["end"] = asdict(session.clock())
             bad = session.pull(stopped["files"], self.run_dir / "nodes" / node)
             if bad:
-                self.fault(node, f"{len(bad)} file(s) differ after two pulls ({', '.join(bad[:3])}); the originals stay in {session.run_dir}")
+                self.fault(node, f"{len(bad)} file(s) differ after two pulls ({', '.join(bad[:3])}); "
+                                 f"the originals stay in {session.run_dir}")
             else:
                 session.step("cleanup", run_dir=session.run_dir)
         except NodeError as exc:

@@ -56,7 +56,7 @@ def plan(scenario: Scenario) -> list[list[Planned]]:
               for t in make_tasks(scenario.tasks.seed, scenario.warmup, dataset)]
     phases = [(0, warmup)] if warmup else []
     phases += [(r, measured) for r in range(1, scenario.repetitions + 1)]
-    return [[Planned(task, repetition, at) for task, at in zip(tasks, _times(len(tasks), scenario, repetition))]
+    return [[Planned(task, repetition, at) for task, at in zip(tasks, _times(len(tasks), scenario, repetition), strict=True)]
             for repetition, tasks in phases]
 
 

@@ -104,7 +104,8 @@ def open_session(node: Node, known_hosts: Path, run_id: str) -> NodeSession:
     try:
         conn.open()
     except paramiko.BadHostKeyException:
-        raise LabError(f"{node.name} ({node.address}) offered a host key that is not the pinned one in {known_hosts}; run `lab teardown` and `lab up`") from None
+        raise LabError(f"{node.name} ({node.address}) offered a host key that is not the pinned one in {known_hosts}; "
+                       "run `lab teardown` and `lab up`") from None
     except SSH_ERRORS as exc:
         raise LabError(f"{node.name} ({node.address}) is not reachable over SSH ({type(exc).__name__}: {exc}); check `lab status`") from None
     return NodeSession(node, conn, run_id)
@@ -119,4 +120,4 @@ def parallel(fn: Callable[[NodeSession], T], sessions: list[NodeSession]) -> dic
             return exc
 
     with ThreadPoolExecutor(max_workers=max(1, len(sessions))) as pool:
-        return dict(zip((s.node.name for s in sessions), pool.map(guarded, sessions)))
+        return dict(zip((s.node.name for s in sessions), pool.map(guarded, sessions), strict=True))

@@ -118,7 +118,8 @@ class Scenario(Model):
         for index, item in enumerate(self.impairments):
             seen = targets.setdefault(item.node, [])
             if item.to in seen or None in seen or (item.to is None and seen):
-                raise FieldError(("impairments", index), f"link {item.node} -> {item.to or 'all'} overlaps an earlier entry; give each link once, either one entry without 'to' or one per peer")
+                raise FieldError(("impairments", index), f"link {item.node} -> {item.to or 'all'} overlaps an earlier entry; "
+                                                         "give each link once, either one entry without 'to' or one per peer")
             seen.append(item.to)
         return self
 
@@ -129,7 +130,8 @@ class Scenario(Model):
             for key in ("node", "to"):
                 value = getattr(item, key)
                 if value is not None and value not in names:
-                    raise ConfigError(f"{path}: impairments[{index}].{key}: no node '{value}' in {lab.path.name}; use one of {', '.join(names)}")
+                    raise ConfigError(f"{path}: impairments[{index}].{key}: no node '{value}' in {lab.path.name}; "
+                                      f"use one of {', '.join(names)}")
 
 
 def scenario_path(name_or_path: str) -> Path:

@@ -7,7 +7,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -47,12 +46,13 @@ def _progress(message: str) -> None:
 
 
 @app.command()
-def up(ctx: typer.Context, provider: Optional[str] = typer.Option(None, help="auto, libvirt or nspawn (overrides lab.yaml)")) -> None:
+def up(ctx: typer.Context, provider: str | None = typer.Option(None, help="auto, libvirt or nspawn (overrides lab.yaml)")) -> None:
     """Bring the lab up (idempotent): nodes booted, SSH-ready, inventory and known_hosts written."""
     lab = ctx.obj.lab
     started = time.monotonic()
     current = lifecycle.up(lab, provider, _progress)
-    console.print(f"lab [bold]{lab.name}[/bold] is up in {time.monotonic() - started:.1f} s with {current.provider} ({current.accelerator})")
+    console.print(f"lab [bold]{lab.name}[/bold] is up in {time.monotonic() - started:.1f} s "
+                  f"with {current.provider} ({current.accelerator})")
     _node_table(lifecycle.status(lab))
     console.print(f"inventory: {inventory.inventory_file(lab)}   next: [bold]ansible-playbook deploy.yml[/bold]")
 
@@ -103,8 +103,8 @@ def deploy(ctx: typer.Context) -> None:
 def experiment(
     ctx: typer.Context,
     scenario: str = typer.Argument(..., help="baseline, simple, multihop, all, or a scenario .yaml"),
-    tasks: Optional[int] = typer.Option(None, help="measured tasks per repetition (overrides the scenario file)"),
-    warmup: Optional[int] = typer.Option(None, help="warm-up tasks (overrides the scenario file)"),
+    tasks: int | None = typer.Option(None, help="measured tasks per repetition (overrides the scenario file)"),
+    warmup: int | None = typer.Option(None, help="warm-up tasks (overrides the scenario file)"),
 ) -> None:
     """Run a scenario end to end: probes on every node, the workload driven, logs pulled, analysis."""
     from experiments.controller import run_named

@@ -38,7 +38,8 @@ class GPU(Model):
     def _pci_format(cls, value: list[str]) -> list[str]:
         for address in value:
             if not PCI_ADDRESS.match(address.lower()):
-                raise ValueError(f"'{address}' is not a PCI address; write it as domain:bus:slot.function, e.g. 0000:41:00.0 (see lspci -D)")
+                raise ValueError(f"'{address}' is not a PCI address; "
+                                 "write it as domain:bus:slot.function, e.g. 0000:41:00.0 (see lspci -D)")
         return [a.lower() for a in value]
 
 
@@ -153,17 +154,20 @@ class LabConfig(Model):
         reserved = {net.subnet.network_address, net.subnet.broadcast_address, net.host_address}
         for index, node in enumerate(self.nodes):
             if node.name in seen_names:
-                raise FieldError(("nodes", index, "name"), f"duplicate node name '{node.name}' (also nodes[{seen_names[node.name]}]); give each node its own name")
+                raise FieldError(("nodes", index, "name"), f"duplicate node name '{node.name}' (also nodes[{seen_names[node.name]}]); "
+                                                           "give each node its own name")
             seen_names[node.name] = index
             machine = f"{self.name}-{node.name}"
             if len(machine) > MAX_MACHINE_NAME:
-                raise FieldError(("nodes", index, "name"), f"'{machine}' (lab name + node name) is longer than {MAX_MACHINE_NAME} characters, too long for interface names; shorten the lab name or the node name")
+                raise FieldError(("nodes", index, "name"), f"'{machine}' (lab name + node name) is longer than {MAX_MACHINE_NAME} characters, "
+                                                           "too long for interface names; shorten the lab name or the node name")
             if node.address not in net.subnet:
                 raise FieldError(("nodes", index, "address"), f"{node.address} is outside the lab subnet {net.subnet}; pick an address inside it")
             if node.address in reserved:
                 raise FieldError(("nodes", index, "address"), f"{node.address} is reserved (network, broadcast or the host's gateway address); pick another")
             if node.address in seen_addresses:
-                raise FieldError(("nodes", index, "address"), f"{node.address} is already used by node '{seen_addresses[node.address]}'; give each node its own address")
+                raise FieldError(("nodes", index, "address"), f"{node.address} is already used by node '{seen_addresses[node.address]}'; "
+                                                              "give each node its own address")
             seen_addresses[node.address] = node.name
             if node.gpu is not None and "llm" not in node.groups:
                 raise FieldError(("nodes", index, "gpu"), "only a node in the 'llm' group takes a GPU; move the gpu entry to the LLM node")
@@ -173,7 +177,8 @@ class LabConfig(Model):
         if self.image.file is not None:
             image = self.image.file if self.image.file.is_absolute() else self.path.parent / self.image.file
             if not image.is_file():
-                raise FieldError(("image", "file"), f"{image} does not exist; point image.file at a cloud image you have, or remove it to let the lab build one")
+                raise FieldError(("image", "file"), f"{image} does not exist; "
+                                                    "point image.file at a cloud image you have, or remove it to let the lab build one")
         return self
 
     def node(self, name: str) -> NodeSpec:

@@ -19,7 +19,8 @@ def up(lab: LabConfig, provider_override: str | None, progress: Progress) -> Lab
     name, reason = vms.choose(lab, provider_override)
     existing = state.load(lab)
     if existing is not None and existing.provider != name:
-        raise LabError(f"this lab is already up with the {existing.provider} provider; run `lab teardown` before switching to {name}")
+        raise LabError(f"this lab is already up with the {existing.provider} provider; "
+                       f"run `lab teardown` before switching to {name}")
     progress(f"provider: {name} ({reason})")
     nodes = vms.get(name).up(lab, progress)
     node_image = image.load(lab.image)

@@ -93,7 +93,8 @@ def wait_ready(node: Node, timeout: float, still_booting=lambda: None, port: int
                 return time.monotonic() - started
             last_error = err.strip() or f"exit {code}"
         except paramiko.BadHostKeyException as exc:
-            raise LabError(f"{node.name} ({node.address}) offered a host key that is not the pinned one ({exc}); run `lab teardown` and `lab up`") from None
+            raise LabError(f"{node.name} ({node.address}) offered a host key that is not the pinned one ({exc}); "
+                           "run `lab teardown` and `lab up`") from None
         except SSH_ERRORS as exc:
             last_error = str(exc) or type(exc).__name__
         still_booting()

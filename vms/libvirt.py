@@ -141,7 +141,8 @@ def ensure_daemons() -> list[str]:
         deadline = time.monotonic() + 15
         while not _listening(sock):
             if time.monotonic() > deadline:
-                raise LabError(f"`{daemon} -d` started but {sock} does not answer; see /var/log/libvirt/ and run `{daemon} -v` to see why")
+                raise LabError(f"`{daemon} -d` started but {sock} does not answer; "
+                               f"see /var/log/libvirt/ and run `{daemon} -v` to see why")
             time.sleep(0.1)
     return [daemon for daemon, _ in missing]
 
@@ -184,7 +185,8 @@ def connect(uri: str, progress: Progress) -> libvirt.virConnect:
             raise LabError(f"libvirtd, started just now, exited ({exc.get_error_message()}); run `libvirtd -v` to see why. "
                            "If it dies while loading networks, /run/libvirt/network/*.xml is status left from before a "
                            "restart: move it aside and run again") from None
-        raise LabError(f"cannot connect to libvirt at {uri} ({exc.get_error_message()}); check libvirt_uri in lab.yaml and that libvirtd runs there") from None
+        raise LabError(f"cannot connect to libvirt at {uri} ({exc.get_error_message()}); "
+                       "check libvirt_uri in lab.yaml and that libvirtd runs there") from None
 
 
 def choose_accelerator(lab: LabConfig, uri: str, conn: libvirt.virConnect) -> tuple[Accelerator, str]:
@@ -224,7 +226,8 @@ def gpu_preflight(lab: LabConfig, progress: Progress, sysfs: Path = Path("/sys")
         if spec.gpu is None:
             continue
         if not is_local(spec.libvirt_uri):
-            progress(f"{spec.name}: GPU preflight skipped on {spec.libvirt_uri} (sysfs is read locally); libvirt checks the device when the VM starts")
+            progress(f"{spec.name}: GPU preflight skipped on {spec.libvirt_uri} (sysfs is read locally); "
+                     "libvirt checks the device when the VM starts")
             hostdevs[spec.name] = tuple(spec.gpu.pci)
             continue
         try:
@@ -381,7 +384,8 @@ class LabHost:
             ip = ET.fromstring(network.XMLDesc(0)).find("ip")
             found = f"{ip.get('address')}/{ip.get('prefix')}" if ip is not None else "no address"
             if found != str(gateway):
-                raise LabError(f"network {network_name(lab)} exists with {found} but {lab.path.name} says {gateway}; run `lab teardown` first to change the subnet")
+                raise LabError(f"network {network_name(lab)} exists with {found} but {lab.path.name} says {gateway}; "
+                               "run `lab teardown` first to change the subnet")
         if not network.isActive():
             network.create()
 
@@ -459,11 +463,13 @@ class LibvirtProvider:
         progress(f"LLM backend: {backend} ({why})")
         llm = lab.llm_node
         if backend == "vllm" and llm.memory_mb < VLLM_MIN_MEMORY_MB:
-            progress(f"warning: nodes[{lab.nodes.index(llm)}].memory_mb is {llm.memory_mb}; vLLM needs at least {VLLM_MIN_MEMORY_MB} for a 7-8B model, raise it in {lab.path.name}")
+            progress(f"warning: nodes[{lab.nodes.index(llm)}].memory_mb is {llm.memory_mb}; "
+                     f"vLLM needs at least {VLLM_MIN_MEMORY_MB} for a 7-8B model, raise it in {lab.path.name}")
         hosts = {uri: LabHost(lab, uri, progress) for uri in dict.fromkeys(spec.libvirt_uri for spec in lab.nodes)}
         for host in hosts.values():
             if host.accelerator == "tcg":
-                progress(f"warning: VMs on {host.uri} are emulated with TCG, several times slower than KVM, because {host.why}; runs record accelerator=tcg")
+                progress(f"warning: VMs on {host.uri} are emulated with TCG, several times slower than KVM, "
+                         f"because {host.why}; runs record accelerator=tcg")
         media = boot_media(lab, progress)
         login = login_key(lab)
         undo = Undo(gone=_already_gone)
@@ -494,9 +500,11 @@ class LibvirtProvider:
             return node, dom
         defined = stored_spec(dom)
         if defined is None:
-            raise LabError(f"a libvirt domain named {wanted.name} exists on {host.uri} but this lab did not make it; rename the lab in {lab.path.name} or remove that domain")
+            raise LabError(f"a libvirt domain named {wanted.name} exists on {host.uri} but this lab did not make it; "
+                           f"rename the lab in {lab.path.name} or remove that domain")
         if changes := defined.changes(wanted):
-            progress(f"warning: {spec.name}: lab.yaml changed since the VM was defined ({'; '.join(changes)}); it keeps its old definition until `lab teardown` and `lab up`")
+            progress(f"warning: {spec.name}: lab.yaml changed since the VM was defined ({'; '.join(changes)}); "
+                     "it keeps its old definition until `lab teardown` and `lab up`")
         node = replace(node, accelerator=defined.accelerator)
         if dom.isActive():
             progress(f"{spec.name}: already running")

@@ -58,7 +58,8 @@ class NspawnProvider:
         if shutil.which("systemd-nspawn") is None:
             raise LabError("systemd-nspawn is not installed; run `apt-get install systemd-container`")
         if lab.image.file is not None:
-            raise LabError(f"{lab.path.name}: image.file ({lab.image.file}) is a VM disk, which containers cannot boot; remove it or use --provider libvirt")
+            raise LabError(f"{lab.path.name}: image.file ({lab.image.file}) is a VM disk, which containers cannot boot; "
+                           "remove it or use --provider libvirt")
         node_image, built = image.build(lab.image, log=progress)
         if built:
             progress(f"node image {node_image.hash} built")

@@ -54,7 +54,8 @@ def preflight(addresses: list[str], sysfs: Path = Path("/sys"), load_module: Loa
     if not (sysfs / "bus" / "pci" / "drivers" / "vfio-pci").is_dir():
         reason = load_module()
         if reason is not None:
-            raise VfioError(f"vfio-pci cannot be loaded ({reason}); install a kernel with VFIO (CONFIG_VFIO_PCI) and run `modprobe vfio-pci`")
+            raise VfioError(f"vfio-pci cannot be loaded ({reason}); "
+                            "install a kernel with VFIO (CONFIG_VFIO_PCI) and run `modprobe vfio-pci`")
     return sorted(passed)
 
 

@@ -165,7 +165,8 @@ def build_agent_b_graph(llm: LLM, tool_synth: ToolBox) -> Any:
 
     async def report(state: AgentState) -> AgentState:
         # the head of the result: its synthetic padding sizes the traffic, not the prompt
-        text = f"Request: {state['question']}\nTool {state['choice']['tool']} returned: {state['result'][:REPORT_INPUT_CHARS]}"
+        text = (f"Request: {state['question']}\n"
+                f"Tool {state['choice']['tool']} returned: {state['result'][:REPORT_INPUT_CHARS]}")
         return {"report": await llm.write(REPORT_PROMPT, text)}
 
     graph = StateGraph(AgentState)

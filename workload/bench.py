@@ -55,7 +55,7 @@ def scenario_figures(scenario: str, tasks: list[Task], results: list[driver.Task
         flows.append(len({tuple(c) for e in mine for c in e["conns"]}))
     n = len(results)
     return ScenarioFigures(scenario, n, sum(r.ok for r in results),
-                           sum(answer_is_correct(t, r.answer) for t, r in zip(tasks, results)),
+                           sum(answer_is_correct(t, r.answer) for t, r in zip(tasks, results, strict=True)),
                            60 * n / wall_s, sum(llm) / n, sum(tools) / n, sum(flows) / n)
 
 

@@ -18,7 +18,8 @@ SCHEMA = """
 DROP TABLE IF EXISTS shipments, orders, customers;
 CREATE TABLE customers (customer_id text PRIMARY KEY, name text NOT NULL, email text NOT NULL, city text NOT NULL);
 CREATE TABLE orders (order_id text PRIMARY KEY, customer_id text NOT NULL REFERENCES customers,
-  item text NOT NULL, quantity int NOT NULL, total numeric(10,2) NOT NULL, status text NOT NULL, ordered_on date NOT NULL);
+  item text NOT NULL, quantity int NOT NULL, total numeric(10,2) NOT NULL, status text NOT NULL,
+  ordered_on date NOT NULL);
 CREATE TABLE shipments (order_id text PRIMARY KEY REFERENCES orders, carrier text NOT NULL,
   tracking_no text NOT NULL UNIQUE, status text NOT NULL, eta date NOT NULL);
 """
@@ -26,7 +27,8 @@ CREATE TABLE shipments (order_id text PRIMARY KEY REFERENCES orders, carrier tex
 QUERIES: dict[str, str] = {
     "get_order": "SELECT order_id, customer_id, item, quantity, total::text AS total, status, "
                  "ordered_on::text AS ordered_on FROM orders WHERE order_id = %s",
-    "get_shipment": "SELECT order_id, carrier, tracking_no, status, eta::text AS eta FROM shipments WHERE order_id = %s",
+    "get_shipment": "SELECT order_id, carrier, tracking_no, status, eta::text AS eta "
+                    "FROM shipments WHERE order_id = %s",
     "get_customer": "SELECT customer_id, name, email, city FROM customers WHERE customer_id = %s",
 }
 

@@ -11,8 +11,8 @@ from typing import Literal
 
 import httpx
 
-from workload.tasks import Task
 from workload.knobs import Knobs
+from workload.tasks import Task
 from workload.telemetry import Telemetry, describe_error, lab_http_client, set_run
 
 Scenario = Literal["baseline", "simple", "multihop"]

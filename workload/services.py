@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from workload.agents import build_agent_a, build_agent_b
 from workload.baseline import build_gateway, build_order_service, build_shipping_service

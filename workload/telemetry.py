@@ -18,10 +18,11 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Literal
+from typing import Any, Literal
 
 import httpx
 
@@ -105,8 +106,9 @@ class TraceContext:
 
 _context: contextvars.ContextVar[TraceContext | None] = contextvars.ContextVar("lab_trace", default=None)
 _active: contextvars.ContextVar[CallEvent | None] = contextvars.ContextVar("lab_call", default=None)
-_run: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar("lab_run", default={})
-"""The run's settings in force (PROPAGATED headers): what this context calls next carries them on."""
+_run: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar("lab_run")
+"""The run's settings in force (PROPAGATED headers): what this context calls next carries them on
+(read with _run.get({}): none set, none carried)."""
 
 
 def set_run(timeouts: dict[str, float] | None = None, knobs: Knobs | None = None) -> contextvars.Token:
@@ -125,12 +127,12 @@ def format_timeouts(timeouts: dict[str, float]) -> str:
 
 
 def current_knobs() -> Knobs:
-    return knobs_from_header(_run.get().get(H_KNOBS))
+    return knobs_from_header(_run.get({}).get(H_KNOBS))
 
 
 def timeout_for(name: str, default: float) -> float:
     """The caller's timeout `name` (llm, tool, agent, task) for this request, else `default`."""
-    for item in _run.get().get(H_TIMEOUTS, "").split(","):
+    for item in _run.get({}).get(H_TIMEOUTS, "").split(","):
         key, _, value = item.partition("=")
         if key.strip() == name:
             try:
@@ -243,7 +245,7 @@ class Telemetry:
                             kind=kind, side="client", peer=peer, op=op)
         call_token = _active.set(event)
         ctx_token = set_context(TraceContext(event.task_id, event.trace_id, event.call_id))
-        _open_calls[event.call_id] = (event, _run.get())
+        _open_calls[event.call_id] = (event, _run.get({}))
         try:
             yield event
         except BaseException as exc:
@@ -350,7 +352,7 @@ class LabTransport(httpx.AsyncBaseTransport):
 
 def _has_content(request: httpx.Request) -> bool:
     try:
-        request.content
+        request.content  # noqa: B018 - the property raises for a streamed body not read yet
     except httpx.RequestNotRead:
         return False
     return True

@@ -108,12 +108,12 @@ def build_tool_db(config: ServiceConfig, telemetry: Telemetry) -> Starlette:
 
     @mcp.tool()
     async def get_order(order_id: OrderId, ctx: Context) -> dict[str, Any]:
-        """Look up an order: its status (pending, paid, shipped, delivered, cancelled), customer, item, quantity and total amount."""
+        """Look up an order: its status (pending, paid, shipped, delivered, cancelled), customer, item, quantity and total amount."""  # noqa: E501 - the tool's description, sent to the LLM as it is
         return await lookup(ctx, "get_order", order_id)
 
     @mcp.tool()
     async def get_shipment(order_id: OrderId, ctx: Context) -> dict[str, Any]:
-        """Look up the shipment of an order: carrier, tracking number, delivery status and estimated delivery date (eta)."""
+        """Look up the shipment of an order: carrier, tracking number, delivery status and estimated delivery date (eta)."""  # noqa: E501 - as above
         return await lookup(ctx, "get_shipment", order_id)
 
     @mcp.tool()

@@ -10,6 +10,7 @@ import struct
 import subprocess
 import time
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -266,7 +267,7 @@ def test_rtt_windows_do_not_overlap(observed: ObservedRun) -> None:
         by_flow.setdefault(four_tuple(record), []).append(record)
     for windows in by_flow.values():
         windows.sort(key=lambda r: r["first_ns"])
-        for earlier, later in zip(windows, windows[1:]):
+        for earlier, later in pairwise(windows):
             assert earlier["ts_ns"] < later["first_ns"], (earlier, later)
 
 

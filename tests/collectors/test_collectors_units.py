@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from collectors import clock, detect, programs, sources
-from collectors.children import BpftraceChild, RecordTags, Records
+from collectors.children import BpftraceChild, Records, RecordTags
 from collectors.cli import main
 from collectors.detect import Detection, Kprobes, Tracefs
 from collectors.runner import RunConfig, Runner, RunnerError, prepare_out_dir

@@ -38,7 +38,7 @@ def write_vm_lab(directory: Path, name: str, prefix: str, **overrides: object) -
     emulated VMs on two busy cores can take minutes, hence the long boot timeout."""
     nodes = [
         {"name": node, "groups": groups, "address": f"{prefix}.{11 + index}", "memory_mb": MEMORY[node]}
-        for index, (node, groups) in enumerate(zip(NODES, (["agents"], ["agents", "tools"], ["llm"])))
+        for index, (node, groups) in enumerate(zip(NODES, (["agents"], ["agents", "tools"], ["llm"]), strict=True))
     ]
     return write_lab(directory, name, prefix, **{"provider": "libvirt", "accelerator": "tcg", "nodes": nodes, "boot_timeout_s": 400, **overrides})
 
@@ -103,7 +103,9 @@ RTT_RUN = """set -e
 out=$(mktemp -d)/run
 python3 /tmp/collectors.pyz run --node agent-a --run-id vm --out "$out" --probes rtt >/dev/null 2>&1 &
 runner=$!
-running() { python3 -c "import json,sys; sys.exit(json.load(open('$out/status.json'))['state'] != 'running')" 2>/dev/null; }
+running() {
+  python3 -c "import json,sys; sys.exit(json.load(open('$out/status.json'))['state'] != 'running')" 2>/dev/null
+}
 for _ in $(seq 330); do running && break; sleep 1; done
 running || { echo "the runner is not running after 330 s: $(cat "$out/status.json")" >&2; exit 1; }
 python3 -m http.server 8099 --bind 127.0.0.1 >/dev/null 2>&1 &

@@ -104,8 +104,10 @@ def test_node_to_node_traffic_crosses_the_lab_bridge(lab):
     assert Path(f"/sys/class/net/vb-{NAME}-agent-a/master").resolve().name == f"{NAME}-br"
     before = int(veth.read_text())
     payload = 2_000_000
-    listener = f"python3 -c 'import socket;s=socket.create_server((\"{PREFIX}.12\",9099));c,_=s.accept();n=0\nwhile (b:=c.recv(65536)): n+=len(b)\nprint(n)'"
-    sender = f"sleep 1; python3 -c 'import socket;c=socket.create_connection((\"{PREFIX}.12\",9099));c.sendall(bytes({payload}));c.close()'"
+    listener = (f"python3 -c 'import socket;s=socket.create_server((\"{PREFIX}.12\",9099));c,_=s.accept();"
+                "n=0\nwhile (b:=c.recv(65536)): n+=len(b)\nprint(n)'")
+    sender = (f"sleep 1; python3 -c 'import socket;c=socket.create_connection((\"{PREFIX}.12\",9099));"
+              f"c.sendall(bytes({payload}));c.close()'")
     import subprocess
     import sys
 

@@ -102,7 +102,7 @@ def test_a_tool_error_inside_an_sse_answer_marks_the_servers_record(stack: Local
 
 
 def test_baseline_answers_every_task_correctly(runs: dict, tasks: list[Task]) -> None:
-    for result, task in zip(runs["baseline"], tasks):
+    for result, task in zip(runs["baseline"], tasks, strict=True):
         assert result.ok, result.error
         assert answer_is_correct(task, result.answer), (task.expected, result.answer)
 

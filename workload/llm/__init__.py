@@ -56,7 +56,7 @@ def default_cache_dir() -> Path:
 
 def _part_paths(model: ShippedModel) -> list[Path]:
     paths = []
-    for package, data_file in zip(model.parts, model.part_files):
+    for package, data_file in zip(model.parts, model.part_files, strict=True):
         spec = importlib.util.find_spec(package)
         if spec is None or spec.origin is None:
             dist = package.replace("_", "-")
