@@ -25,8 +25,14 @@ import pyarrow.compute as pc
 from analysis.load import RunData
 
 SLACK_NS = 10_000_000  # clock and probe-timing tolerance when matching intervals
-HOPS = {"llm": "agent→llm", "tool": "agent→tool", "agent": "agent→agent", "service": "service→service",
-        "db": "→db", "task": "client→entry"}
+HOPS = {
+    "llm": "agent→llm",
+    "tool": "agent→tool",
+    "agent": "agent→agent",
+    "service": "service→service",
+    "db": "→db",
+    "task": "client→entry",
+}
 UNMATCHED = "unmatched"
 SSH_PORT = 22
 
@@ -64,19 +70,48 @@ def calls_table(events: pd.DataFrame) -> pd.DataFrame:
     client = events[events["side"] == "client"].drop_duplicates("call_id")
     # a server's event stream (workload.telemetry.CallEvent.event) only waits for what it may send: no work
     server = events[events["side"] == "server"].assign(
-        busy_ns=lambda e: (e["end_ns"] - e["start_ns"]).where(e["event"] != "stream", 0))
+        busy_ns=lambda e: (e["end_ns"] - e["start_ns"]).where(e["event"] != "stream", 0)
+    )
     served = server.groupby("call_id").agg(
-        server_service=("service", "first"), server_node=("node_dir", "first"), server_start_ns=("start_ns", "min"),
-        server_end_ns=("end_ns", "max"), server_busy_ns=("busy_ns", "sum"), server_kind=("kind", "first"),
-        server_trace=("trace_id", "first"), server_task=("task_id", "first"), server_parent=("parent_id", "first"),
-        server_error=("error", "first"))
-    keep = ["call_id", "trace_id", "task_id", "parent_id", "kind", "peer", "op", "service", "node_dir", "start_ns",
-            "end_ns", "req_bytes", "resp_bytes", "status", "error"]
+        server_service=("service", "first"),
+        server_node=("node_dir", "first"),
+        server_start_ns=("start_ns", "min"),
+        server_end_ns=("end_ns", "max"),
+        server_busy_ns=("busy_ns", "sum"),
+        server_kind=("kind", "first"),
+        server_trace=("trace_id", "first"),
+        server_task=("task_id", "first"),
+        server_parent=("parent_id", "first"),
+        server_error=("error", "first"),
+    )
+    keep = [
+        "call_id",
+        "trace_id",
+        "task_id",
+        "parent_id",
+        "kind",
+        "peer",
+        "op",
+        "service",
+        "node_dir",
+        "start_ns",
+        "end_ns",
+        "req_bytes",
+        "resp_bytes",
+        "status",
+        "error",
+    ]
     calls = client[keep].rename(columns={"service": "client_service", "node_dir": "client_node"})
     calls = calls.merge(served, on="call_id", how="outer")
-    for mine, theirs in (("kind", "server_kind"), ("trace_id", "server_trace"), ("task_id", "server_task"),
-                         ("parent_id", "server_parent"), ("start_ns", "server_start_ns"), ("end_ns", "server_end_ns"),
-                         ("error", "server_error")):
+    for mine, theirs in (
+        ("kind", "server_kind"),
+        ("trace_id", "server_trace"),
+        ("task_id", "server_task"),
+        ("parent_id", "server_parent"),
+        ("start_ns", "server_start_ns"),
+        ("end_ns", "server_end_ns"),
+        ("error", "server_error"),
+    ):
         calls[mine] = calls[mine].fillna(calls[theirs])
     calls["status"] = np.where(calls["error"].notna(), "error", "ok")
     calls["duration_ns"] = calls["end_ns"] - calls["start_ns"]
@@ -92,8 +127,9 @@ def tasks_table(calls: pd.DataFrame, results: pd.DataFrame, scenario: str) -> pd
         extra = results.drop(columns=["task_id", "start_ns", "end_ns"], errors="ignore").drop_duplicates("call_id")
         tasks = roots.merge(extra, on="call_id", how="left")
     else:
-        tasks = roots.assign(scenario=None, ok=roots["status"] == "ok", repetition=0, warmup=False, answer=None,
-                             error=None)
+        tasks = roots.assign(
+            scenario=None, ok=roots["status"] == "ok", repetition=0, warmup=False, answer=None, error=None
+        )
     tasks["scenario"] = tasks["scenario"].fillna(tasks["op"]).fillna(scenario)
     tasks["warmup"] = tasks["warmup"].astype("boolean").fillna(False).astype(bool)
     tasks["ok"] = tasks["ok"].astype("boolean").fillna(tasks["status"] == "ok").astype(bool)
@@ -109,17 +145,41 @@ def flow_observations(probes: dict[str, pd.DataFrame], stop_ns: dict[str, int], 
     """One row per connection end seen by a node: closed ones from `lifetime`, and those
     `connect` saw established but `lifetime` never closed (still open when the probes stopped)."""
     life = probes["lifetime"]
-    closed = pd.DataFrame({"node": life["node"], "saddr": life["saddr"], "sport": life["sport"], "daddr": life["daddr"],
-                           "dport": life["dport"], "start_ns": life["start_ns"], "end_ns": life["ts_ns"],
-                           "tx_bytes": life["tx_bytes"], "rx_bytes": life["rx_bytes"], "closed": True})
+    closed = pd.DataFrame(
+        {
+            "node": life["node"],
+            "saddr": life["saddr"],
+            "sport": life["sport"],
+            "daddr": life["daddr"],
+            "dport": life["dport"],
+            "start_ns": life["start_ns"],
+            "end_ns": life["ts_ns"],
+            "tx_bytes": life["tx_bytes"],
+            "rx_bytes": life["rx_bytes"],
+            "closed": True,
+        }
+    )
     conn = probes["connect"]
-    opened = pd.DataFrame({"node": conn["node"], "saddr": conn["saddr"], "sport": conn["sport"], "daddr": conn["daddr"],
-                           "dport": conn["dport"], "start_ns": conn["ts_ns"], "direction": conn["direction"]})
+    opened = pd.DataFrame(
+        {
+            "node": conn["node"],
+            "saddr": conn["saddr"],
+            "sport": conn["sport"],
+            "daddr": conn["daddr"],
+            "dport": conn["dport"],
+            "start_ns": conn["ts_ns"],
+            "direction": conn["direction"],
+        }
+    )
     tuple_cols = ["node", "saddr", "sport", "daddr", "dport"]
     seen = opened.reset_index().merge(closed[tuple_cols + ["start_ns", "end_ns"]], on=tuple_cols, suffixes=("", "_c"))
-    covered = seen.loc[(seen["start_ns"] >= seen["start_ns_c"] - SLACK_NS) & (seen["start_ns"] <= seen["end_ns"]), "index"]
+    covered = seen.loc[
+        (seen["start_ns"] >= seen["start_ns_c"] - SLACK_NS) & (seen["start_ns"] <= seen["end_ns"]), "index"
+    ]
     still_open = opened.drop(index=covered.unique()).drop(columns="direction")
-    last = pd.concat([p[["node", "ts_ns"]] for p in probes.values() if len(p)] or [pd.DataFrame(columns=["node", "ts_ns"])])
+    last = pd.concat(
+        [p[["node", "ts_ns"]] for p in probes.values() if len(p)] or [pd.DataFrame(columns=["node", "ts_ns"])]
+    )
     ends = pd.Series(stop_ns, dtype="float64").combine_first(last.groupby("node")["ts_ns"].max().astype("float64"))
     still_open = still_open.assign(end_ns=still_open["node"].map(ends).fillna(still_open["start_ns"]), closed=False)
     obs = pd.concat([closed, still_open], ignore_index=True).astype({"start_ns": "int64", "end_ns": "int64"})
@@ -134,14 +194,22 @@ def seen_only(obs: pd.DataFrame, records: list[pd.DataFrame]) -> pd.DataFrame:
     """Connections that neither opened nor closed while the probes ran (e.g. a pooled database
     connection from before the run) but carried packets or RTT windows: one observation per
     node from the first to the last record."""
-    seen = pd.concat([r[["node", "key", "ts_ns", "saddr", "sport", "daddr", "dport"]] for r in records if len(r)]
-                     or [pd.DataFrame(columns=["node", "key", "ts_ns", "saddr", "sport", "daddr", "dport"])])
+    seen = pd.concat(
+        [r[["node", "key", "ts_ns", "saddr", "sport", "daddr", "dport"]] for r in records if len(r)]
+        or [pd.DataFrame(columns=["node", "key", "ts_ns", "saddr", "sport", "daddr", "dport"])]
+    )
     seen = seen[~seen["key"].isin(obs["key"])]
     out = seen.groupby(["node", "key"], as_index=False).agg(
-        start_ns=("ts_ns", "min"), end_ns=("ts_ns", "max"), saddr=("saddr", "first"), sport=("sport", "first"),
-        daddr=("daddr", "first"), dport=("dport", "first"))
+        start_ns=("ts_ns", "min"),
+        end_ns=("ts_ns", "max"),
+        saddr=("saddr", "first"),
+        sport=("sport", "first"),
+        daddr=("daddr", "first"),
+        dport=("dport", "first"),
+    )
     return out.astype({"start_ns": "int64", "end_ns": "int64", "sport": "int64", "dport": "int64"}).assign(
-        closed=False, direction="seen")
+        closed=False, direction="seen"
+    )
 
 
 def connections(obs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -152,8 +220,15 @@ def connections(obs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     obs["bytes"] = obs["tx_bytes"] + obs["rx_bytes"]
     obs["seen"] = obs["direction"] == "seen"
     conns = obs.groupby("conn_id").agg(
-        key=("key", "first"), start_ns=("start_ns", "min"), end_ns=("end_ns", "max"), closed=("closed", "all"),
-        bytes=("bytes", "max"), observations=("node", "size"), node=("node", "first"), before_run=("seen", "all"))
+        key=("key", "first"),
+        start_ns=("start_ns", "min"),
+        end_ns=("end_ns", "max"),
+        closed=("closed", "all"),
+        bytes=("bytes", "max"),
+        observations=("node", "size"),
+        node=("node", "first"),
+        before_run=("seen", "all"),
+    )
     conns["lifetime_ns"] = conns["end_ns"] - conns["start_ns"]
     return obs, conns.reset_index()
 
@@ -163,12 +238,17 @@ def call_conns(events: pd.DataFrame, book: Codebook) -> pd.DataFrame:
     when it has no list), with the event's interval."""
     nested = pa.array(events["conns"], type=pa.list_(pa.list_(pa.string())), from_pandas=True)
     inner = pc.list_flatten(nested)
-    listed = pd.DataFrame({"_event": pc.list_parent_indices(nested).to_numpy(),
-                           "local": pc.list_element(inner, 0).to_numpy(zero_copy_only=False),
-                           "remote": pc.list_element(inner, 1).to_numpy(zero_copy_only=False)})
+    listed = pd.DataFrame(
+        {
+            "_event": pc.list_parent_indices(nested).to_numpy(),
+            "local": pc.list_element(inner, 0).to_numpy(zero_copy_only=False),
+            "remote": pc.list_element(inner, 1).to_numpy(zero_copy_only=False),
+        }
+    )
     bare = np.flatnonzero(pc.fill_null(pc.list_value_length(nested), 0).to_numpy() == 0)
-    single = pd.DataFrame({"_event": bare, "local": events["local"].to_numpy()[bare],
-                           "remote": events["remote"].to_numpy()[bare]})
+    single = pd.DataFrame(
+        {"_event": bare, "local": events["local"].to_numpy()[bare], "remote": events["remote"].to_numpy()[bare]}
+    )
     pairs = pd.concat([listed, single], ignore_index=True).dropna()
     pairs = pairs[~pairs["local"].str.startswith("unix:")]
     meta = events[["call_id", "side", "node_dir", "start_ns", "end_ns"]].reset_index(drop=True)
@@ -176,8 +256,9 @@ def call_conns(events: pd.DataFrame, book: Codebook) -> pd.DataFrame:
     (laddr, lport), (raddr, rport) = _split(pairs["local"]), _split(pairs["remote"])
     local_ep = book.endpoints(laddr, lport, rows["node_dir"])
     remote_ep = book.endpoints(raddr, rport, rows["node_dir"])
-    return rows.assign(key=pair_key(local_ep, remote_ep),
-                       server_ep=np.where(rows["side"] == "client", remote_ep, local_ep))
+    return rows.assign(
+        key=pair_key(local_ep, remote_ep), server_ep=np.where(rows["side"] == "client", remote_ep, local_ep)
+    )
 
 
 def _split(endpoint: pd.Series) -> tuple[pd.Series, pd.Series]:
@@ -188,7 +269,9 @@ def _split(endpoint: pd.Series) -> tuple[pd.Series, pd.Series]:
 def match_calls(conns: pd.DataFrame, cc: pd.DataFrame, calls: pd.DataFrame) -> pd.DataFrame:
     """(call_id, conn_id) for every call that used a connection while it was alive."""
     pairs = cc.merge(conns[["conn_id", "key", "start_ns", "end_ns"]], on="key", suffixes=("", "_conn"))
-    alive = (pairs["start_ns_conn"] - SLACK_NS <= pairs["end_ns"]) & (pairs["start_ns"] <= pairs["end_ns_conn"] + SLACK_NS)
+    alive = (pairs["start_ns_conn"] - SLACK_NS <= pairs["end_ns"]) & (
+        pairs["start_ns"] <= pairs["end_ns_conn"] + SLACK_NS
+    )
     pairs = pairs.loc[alive, ["call_id", "conn_id", "server_ep"]].drop_duplicates(["call_id", "conn_id"])
     return pairs.merge(calls[["call_id", "trace_id", "start_ns", "kind"]], on="call_id", how="left")
 
@@ -198,17 +281,18 @@ def own(conns: pd.DataFrame, used: pd.DataFrame, lab_endpoints: np.ndarray) -> p
     connections opened during the run with a lab server endpoint: the denominator of the matched share
     (a leftover of an earlier run, seen only closing or idling, is labelled but not counted)."""
     first = used.sort_values("start_ns").drop_duplicates("conn_id")
-    conns = conns.merge(
-        first[["conn_id", "call_id", "trace_id", "kind"]], on="conn_id", how="left")
+    conns = conns.merge(first[["conn_id", "call_id", "trace_id", "kind"]], on="conn_id", how="left")
     conns["hop"] = hop_kind(conns["kind"])
     conns["calls"] = conns["conn_id"].map(used.groupby("conn_id").size()).fillna(0).astype(np.int64)
     low, high = conns["key"].to_numpy() >> 31, conns["key"].to_numpy() & ((1 << 31) - 1)
     lab = np.isin(low, lab_endpoints) | np.isin(high, lab_endpoints)
     ssh = ((low & 0xFFFF) == SSH_PORT) | ((high & 0xFFFF) == SSH_PORT)
     conns["lab"] = lab & ~conns["before_run"]
-    conns["label"] = np.select([conns["call_id"].notna(), conns["before_run"], lab, ssh],
-                               ["matched", "unmatched: opened before the run", "unmatched: lab service port, no call",
-                                "unmatched: ssh"], "unmatched: other")
+    conns["label"] = np.select(
+        [conns["call_id"].notna(), conns["before_run"], lab, ssh],
+        ["matched", "unmatched: opened before the run", "unmatched: lab service port, no call", "unmatched: ssh"],
+        "unmatched: other",
+    )
     return conns.drop(columns="kind")
 
 
@@ -276,5 +360,13 @@ def join(data: RunData, scenario: str) -> Joined:
     packets = attribute(packets, conns, cc, calls)
     conns["packets"] = conns["conn_id"].map(packets.groupby("conn_id").size()).fillna(0).astype(np.int64)
     conns["bytes"] = conns["bytes"].fillna(conns["conn_id"].map(packets.groupby("conn_id")["payload"].sum()))
-    return Joined(calls, tasks, flows, conns, used, packets,
-                  attribute(rtt, conns, cc, calls), attribute(retrans, conns, cc, calls))
+    return Joined(
+        calls,
+        tasks,
+        flows,
+        conns,
+        used,
+        packets,
+        attribute(rtt, conns, cc, calls),
+        attribute(retrans, conns, cc, calls),
+    )

@@ -20,34 +20,86 @@ import pyarrow.json as pj
 from analysis.rundir import RunDir
 
 # `invalid`: what the probe runner could not write as a value (collectors.children.Records.record)
-_TUPLE = [("ts_ns", pa.int64()), ("node", pa.string()), ("run_id", pa.string()), ("probe", pa.string()),
-          ("saddr", pa.string()), ("sport", pa.int32()), ("daddr", pa.string()), ("dport", pa.int32()),
-          ("invalid", pa.string())]
+_TUPLE = [
+    ("ts_ns", pa.int64()),
+    ("node", pa.string()),
+    ("run_id", pa.string()),
+    ("probe", pa.string()),
+    ("saddr", pa.string()),
+    ("sport", pa.int32()),
+    ("daddr", pa.string()),
+    ("dport", pa.int32()),
+    ("invalid", pa.string()),
+]
 
 PROBE_SCHEMAS: dict[str, pa.Schema] = {
-    "lifetime": pa.schema(_TUPLE + [("pid", pa.int64()), ("comm", pa.string()), ("tx_bytes", pa.int64()),
-                                    ("rx_bytes", pa.int64()), ("duration_ns", pa.int64()), ("start_ns", pa.int64())]),
+    "lifetime": pa.schema(
+        _TUPLE
+        + [
+            ("pid", pa.int64()),
+            ("comm", pa.string()),
+            ("tx_bytes", pa.int64()),
+            ("rx_bytes", pa.int64()),
+            ("duration_ns", pa.int64()),
+            ("start_ns", pa.int64()),
+        ]
+    ),
     "state": pa.schema(_TUPLE + [("oldstate", pa.string()), ("newstate", pa.string())]),
     "connect": pa.schema(_TUPLE + [("direction", pa.string()), ("pid", pa.int64()), ("comm", pa.string())]),
-    "rtt": pa.schema(_TUPLE + [("srtt_us", pa.int64()), ("snd_cwnd", pa.int64()), ("first_ns", pa.int64()),
-                               ("segments", pa.int64()), ("srtt_min_us", pa.int64()), ("srtt_max_us", pa.int64())]),
+    "rtt": pa.schema(
+        _TUPLE
+        + [
+            ("srtt_us", pa.int64()),
+            ("snd_cwnd", pa.int64()),
+            ("first_ns", pa.int64()),
+            ("segments", pa.int64()),
+            ("srtt_min_us", pa.int64()),
+            ("srtt_max_us", pa.int64()),
+        ]
+    ),
     "retrans": pa.schema(_TUPLE + [("state", pa.string())]),
 }
 
-TELEMETRY_SCHEMA = pa.schema([
-    ("event", pa.string()), ("node", pa.string()), ("service", pa.string()), ("agent_id", pa.string()),
-    ("task_id", pa.string()), ("call_id", pa.string()), ("parent_id", pa.string()), ("trace_id", pa.string()),
-    ("kind", pa.string()), ("side", pa.string()), ("peer", pa.string()), ("op", pa.string()),
-    ("start_ns", pa.int64()), ("end_ns", pa.int64()), ("req_bytes", pa.int64()), ("resp_bytes", pa.int64()),
-    ("status", pa.string()), ("error", pa.string()), ("local", pa.string()), ("remote", pa.string()),
-    ("conns", pa.list_(pa.list_(pa.string()))),
-])
+TELEMETRY_SCHEMA = pa.schema(
+    [
+        ("event", pa.string()),
+        ("node", pa.string()),
+        ("service", pa.string()),
+        ("agent_id", pa.string()),
+        ("task_id", pa.string()),
+        ("call_id", pa.string()),
+        ("parent_id", pa.string()),
+        ("trace_id", pa.string()),
+        ("kind", pa.string()),
+        ("side", pa.string()),
+        ("peer", pa.string()),
+        ("op", pa.string()),
+        ("start_ns", pa.int64()),
+        ("end_ns", pa.int64()),
+        ("req_bytes", pa.int64()),
+        ("resp_bytes", pa.int64()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+        ("local", pa.string()),
+        ("remote", pa.string()),
+        ("conns", pa.list_(pa.list_(pa.string()))),
+    ]
+)
 
-RESULTS_SCHEMA = pa.schema([
-    ("task_id", pa.string()), ("scenario", pa.string()), ("ok", pa.bool_()), ("answer", pa.string()),
-    ("error", pa.string()), ("start_ns", pa.int64()), ("end_ns", pa.int64()), ("call_id", pa.string()),
-    ("repetition", pa.int64()), ("warmup", pa.bool_()),
-])
+RESULTS_SCHEMA = pa.schema(
+    [
+        ("task_id", pa.string()),
+        ("scenario", pa.string()),
+        ("ok", pa.bool_()),
+        ("answer", pa.string()),
+        ("error", pa.string()),
+        ("start_ns", pa.int64()),
+        ("end_ns", pa.int64()),
+        ("call_id", pa.string()),
+        ("repetition", pa.int64()),
+        ("warmup", pa.bool_()),
+    ]
+)
 
 
 def read_jsonl(path: Path, schema: pa.Schema, run: RunDir) -> pa.Table:
@@ -65,8 +117,9 @@ def read_jsonl(path: Path, schema: pa.Schema, run: RunDir) -> pa.Table:
         return schema.empty_table()
     options = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore", newlines_in_values=False)
     try:
-        return pj.read_json(io.BytesIO(data), parse_options=options,
-                            read_options=pj.ReadOptions(block_size=16 << 20)).select(schema.names)
+        return pj.read_json(
+            io.BytesIO(data), parse_options=options, read_options=pj.ReadOptions(block_size=16 << 20)
+        ).select(schema.names)
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         return _read_lenient(path, data, schema, run)
 

@@ -41,17 +41,23 @@ def load_run(run: RunDir) -> RunData:
     unknown = [n for n in nodes if n not in (run.manifest.get("clock_offsets") or {})]
     if unknown:
         run.note("manifest.json", f"no clock offset for {', '.join(unknown)}: their times are used as recorded")
-    probes = {probe: _concat([_probe(run, node, probe, status[node]) for node in nodes], PROBE_SCHEMAS[probe])
-              for probe in PROBES}
+    probes = {
+        probe: _concat([_probe(run, node, probe, status[node]) for node in nodes], PROBE_SCHEMAS[probe])
+        for probe in PROBES
+    }
     events = [_events(run, run.path / "telemetry" / "driver.jsonl", CONTROLLER)]
     for node in nodes:
         for path in sorted((run.path / "nodes" / node / "telemetry").glob("*.jsonl")):
             events.append(_events(run, path, node))
     results = read_jsonl(run.path / "results.jsonl", RESULTS_SCHEMA, run).to_pandas()
-    packets = pd.concat([_packets(run, node) for node in nodes] or [_with_node(empty_packets(), "", "")],
-                        ignore_index=True)
-    stops = {node: s["stopped_at_ns"] - _offset(run, node, np.array([s["stopped_at_ns"]]))[0]
-             for node, s in status.items() if s.get("stopped_at_ns")}
+    packets = pd.concat(
+        [_packets(run, node) for node in nodes] or [_with_node(empty_packets(), "", "")], ignore_index=True
+    )
+    stops = {
+        node: s["stopped_at_ns"] - _offset(run, node, np.array([s["stopped_at_ns"]]))[0]
+        for node, s in status.items()
+        if s.get("stopped_at_ns")
+    }
     return RunData(results, _concat(events, TELEMETRY_SCHEMA), probes, packets, stops)
 
 
@@ -84,8 +90,10 @@ def _probe(run: RunDir, node: str, probe: str, status: dict) -> pd.DataFrame:
         run.note(run.rel(path), f"probe {state['state']} on {node}: {state.get('attach_error') or state.get('error')}")
     frame = read_jsonl(path, PROBE_SCHEMAS[probe], run).to_pandas()
     if (invalid := frame["invalid"].dropna()).size:
-        run.note(run.rel(path), f"{invalid.size} record(s) with a value the probe could not read, kept as null "
-                                f"(first: {invalid.iloc[0]})")
+        run.note(
+            run.rel(path),
+            f"{invalid.size} record(s) with a value the probe could not read, kept as null (first: {invalid.iloc[0]})",
+        )
     frame["node"] = node
     _to_controller_clock(run, node, frame, TIME_COLUMNS.get(probe, ("ts_ns",)))
     return frame

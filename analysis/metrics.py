@@ -41,8 +41,9 @@ def flows_per_task(used: pd.DataFrame) -> pd.DataFrame:
 
 def traffic(packets: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     """`packets` (wire_len, payload, plus the `by` columns): packets, bytes on the wire, payload bytes."""
-    return packets.groupby(by, observed=True).agg(packets=("wire_len", "size"), bytes=("wire_len", "sum"),
-                                                  payload_bytes=("payload", "sum"))
+    return packets.groupby(by, observed=True).agg(
+        packets=("wire_len", "size"), bytes=("wire_len", "sum"), payload_bytes=("payload", "sum")
+    )
 
 
 def bursts(packets: pd.DataFrame, by: str, gap_ns: int = BURST_GAP_NS) -> pd.DataFrame:
@@ -51,8 +52,12 @@ def bursts(packets: pd.DataFrame, by: str, gap_ns: int = BURST_GAP_NS) -> pd.Dat
     ordered = packets[[by, "ts_ns"]].dropna().sort_values([by, "ts_ns"])
     gap = ordered.groupby(by)["ts_ns"].diff()
     burst = (gap.isna() | (gap > gap_ns)).cumsum()
-    return ordered.groupby(burst).agg(group=(by, "first"), start_ns=("ts_ns", "min"), size=("ts_ns", "size")).rename(
-        columns={"group": by}).reset_index(drop=True)
+    return (
+        ordered.groupby(burst)
+        .agg(group=(by, "first"), start_ns=("ts_ns", "min"), size=("ts_ns", "size"))
+        .rename(columns={"group": by})
+        .reset_index(drop=True)
+    )
 
 
 def interarrival_cv(packets: pd.DataFrame, by: str) -> pd.Series:
@@ -90,8 +95,14 @@ def latency_breakdown(calls: pd.DataFrame) -> pd.DataFrame:
     self_ns = (calls["duration_ns"] - calls["call_id"].map(children).fillna(0)).clip(lower=0)
     both = calls["has_client"] & calls["server_busy_ns"].notna()
     network = (calls["duration_ns"] - calls["server_busy_ns"]).where(both, 0).clip(lower=0).clip(upper=self_ns)
-    parts = pd.DataFrame({"trace_id": calls["trace_id"], "category": calls["kind"].map(_CATEGORY).fillna("tools"),
-                          "own": self_ns - network, "network": network})
+    parts = pd.DataFrame(
+        {
+            "trace_id": calls["trace_id"],
+            "category": calls["kind"].map(_CATEGORY).fillna("tools"),
+            "own": self_ns - network,
+            "network": network,
+        }
+    )
     own = parts.pivot_table(index="trace_id", columns="category", values="own", aggfunc="sum", fill_value=0)
     out = own.reindex(columns=list(BREAKDOWN), fill_value=0)
     out["network"] = parts.groupby("trace_id")["network"].sum()
@@ -107,24 +118,38 @@ def retrans_rate(retrans: pd.DataFrame, packets: pd.DataFrame, by: list[str]) ->
     return out
 
 
-def task_metrics(tasks: pd.DataFrame, calls: pd.DataFrame, used: pd.DataFrame, packets: pd.DataFrame,
-                 retrans: pd.DataFrame) -> pd.DataFrame:
+def task_metrics(
+    tasks: pd.DataFrame, calls: pd.DataFrame, used: pd.DataFrame, packets: pd.DataFrame, retrans: pd.DataFrame
+) -> pd.DataFrame:
     """One row per task: calls by kind, flows, fan-out, traffic, retransmits, burstiness, latency breakdown."""
     mine = calls[calls["trace_id"].isin(tasks["trace_id"])]
     kinds = pd.crosstab(mine["trace_id"], mine["kind"]).add_suffix("_calls")
     breakdown = latency_breakdown(mine.assign(has_client=mine["client_service"].notna()))
     task_packets = packets.dropna(subset=["trace_id"])
-    parts = [kinds, flows_per_task(used), traffic(task_packets, ["trace_id"]),
-             retrans.dropna(subset=["trace_id"]).groupby("trace_id").size().rename("retransmits"),
-             interarrival_cv(task_packets, "trace_id").rename("iat_cv"), window_counts(task_packets, "trace_id"),
-             bursts(task_packets, "trace_id").groupby("trace_id")["size"].agg(bursts="size", burst_mean="mean"),
-             breakdown]
+    parts = [
+        kinds,
+        flows_per_task(used),
+        traffic(task_packets, ["trace_id"]),
+        retrans.dropna(subset=["trace_id"]).groupby("trace_id").size().rename("retransmits"),
+        interarrival_cv(task_packets, "trace_id").rename("iat_cv"),
+        window_counts(task_packets, "trace_id"),
+        bursts(task_packets, "trace_id").groupby("trace_id")["size"].agg(bursts="size", burst_mean="mean"),
+        breakdown,
+    ]
     out = tasks.set_index("trace_id")
     # Traces that are not tasks (a session opened before the first task) are dropped from each part
     # first: joined as they are, they would turn the task columns (warmup) into objects.
     out = out.join([part.reindex(out.index) for part in parts])
-    counts = [c for c in out if c.endswith("_calls")] + ["flows", "new_flows", "peers", "packets", "bytes",
-                                                         "payload_bytes", "retransmits", "bursts"]
+    counts = [c for c in out if c.endswith("_calls")] + [
+        "flows",
+        "new_flows",
+        "peers",
+        "packets",
+        "bytes",
+        "payload_bytes",
+        "retransmits",
+        "bursts",
+    ]
     out[counts] = out[counts].fillna(0).astype(np.int64)
     return out.reset_index()
 
@@ -147,25 +172,38 @@ def hop_metrics(packets: pd.DataFrame, conns: pd.DataFrame, rtt: pd.DataFrame, t
     return out.reset_index()
 
 
-def scenario_summary(per_task: pd.DataFrame, conns: pd.DataFrame, packets: pd.DataFrame, rtt: pd.DataFrame,
-                     retrans: pd.DataFrame, burst_sizes: pd.Series) -> dict[str, float]:
+def scenario_summary(
+    per_task: pd.DataFrame,
+    conns: pd.DataFrame,
+    packets: pd.DataFrame,
+    rtt: pd.DataFrame,
+    retrans: pd.DataFrame,
+    burst_sizes: pd.Series,
+) -> dict[str, float]:
     """The headline figures of one run (warm-up tasks excluded from per-task means)."""
     counted = per_task[~per_task["warmup"]]
     lab = conns[conns["lab"]]
     retx = retrans_rate(retrans.assign(all=1), packets.assign(all=1), ["all"])
     total_ns = counted[[f"{p}_ns" for p in BREAKDOWN]].sum()
     summary = {
-        "tasks": float(len(counted)), "ok_share": float(counted["ok"].mean()) if len(counted) else float("nan"),
-        "task_s_p50": float(counted["duration_ns"].median() / 1e9), "task_s_p90": float(counted["duration_ns"].quantile(0.9) / 1e9),
-        "flows_per_task": float(counted["flows"].mean()), "new_flows_per_task": float(counted["new_flows"].mean()),
-        "peers_per_task": float(counted["peers"].mean()), "packets_per_task": float(counted["packets"].mean()),
-        "bytes_per_task": float(counted["bytes"].mean()), "llm_calls_per_task": float(counted.get("llm_calls", pd.Series(0.0)).mean()),
+        "tasks": float(len(counted)),
+        "ok_share": float(counted["ok"].mean()) if len(counted) else float("nan"),
+        "task_s_p50": float(counted["duration_ns"].median() / 1e9),
+        "task_s_p90": float(counted["duration_ns"].quantile(0.9) / 1e9),
+        "flows_per_task": float(counted["flows"].mean()),
+        "new_flows_per_task": float(counted["new_flows"].mean()),
+        "peers_per_task": float(counted["peers"].mean()),
+        "packets_per_task": float(counted["packets"].mean()),
+        "bytes_per_task": float(counted["bytes"].mean()),
+        "llm_calls_per_task": float(counted.get("llm_calls", pd.Series(0.0)).mean()),
         **{f"rtt_us_{k}": v for k, v in percentiles(rtt["srtt_us"]).items()},
         "rtt_us_max": float(rtt["srtt_max_us"].max()) if len(rtt) else float("nan"),
         "retrans_rate": float(retx["retrans_rate"].iloc[0]) if len(retx) else float("nan"),
         "retransmits": float(retx["retransmits"].sum()),
-        "lifetime_ms_p50": float(conns["lifetime_ns"].median() / 1e6), "lifetime_ms_p90": float(conns["lifetime_ns"].quantile(0.9) / 1e6),
-        "iat_cv_mean": float(counted["iat_cv"].mean()), "burst_size_mean": float(burst_sizes.mean()),
+        "lifetime_ms_p50": float(conns["lifetime_ns"].median() / 1e6),
+        "lifetime_ms_p90": float(conns["lifetime_ns"].quantile(0.9) / 1e6),
+        "iat_cv_mean": float(counted["iat_cv"].mean()),
+        "burst_size_mean": float(burst_sizes.mean()),
         "burst_size_p90": float(burst_sizes.quantile(0.9)) if len(burst_sizes) else float("nan"),
         "matched_lab_flows": float(lab["call_id"].notna().mean()) if len(lab) else float("nan"),
         "matched_packets": float(packets["conn_id"].notna().mean()) if len(packets) else float("nan"),

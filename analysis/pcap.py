@@ -16,14 +16,36 @@ import numpy as np
 import pandas as pd
 
 # link types: header length, offset of the ethertype-like protocol field (None: IP version nibble)
-_LINKS: dict[int, tuple[int, int | None]] = {1: (14, 12), 113: (16, 14), 276: (20, 0), 101: (0, None), 228: (0, None),
-                                             229: (0, None), 0: (4, None)}
-_MAGIC = {b"\xd4\xc3\xb2\xa1": ("<", 1000), b"\xa1\xb2\xc3\xd4": (">", 1000),
-          b"\x4d\x3c\xb2\xa1": ("<", 1), b"\xa1\xb2\x3c\x4d": (">", 1)}
+_LINKS: dict[int, tuple[int, int | None]] = {
+    1: (14, 12),
+    113: (16, 14),
+    276: (20, 0),
+    101: (0, None),
+    228: (0, None),
+    229: (0, None),
+    0: (4, None),
+}
+_MAGIC = {
+    b"\xd4\xc3\xb2\xa1": ("<", 1000),
+    b"\xa1\xb2\xc3\xd4": (">", 1000),
+    b"\x4d\x3c\xb2\xa1": ("<", 1),
+    b"\xa1\xb2\x3c\x4d": (">", 1),
+}
 SYN, ACK, FIN, RST = 0x02, 0x10, 0x01, 0x04
 
-COLUMNS = {"ts_ns": "int64", "saddr": "object", "sport": "int32", "daddr": "object", "dport": "int32",
-           "seq": "int64", "ack": "int64", "flags": "int16", "payload": "int32", "wire_len": "int32", "ip_id": "int32"}
+COLUMNS = {
+    "ts_ns": "int64",
+    "saddr": "object",
+    "sport": "int32",
+    "daddr": "object",
+    "dport": "int32",
+    "seq": "int64",
+    "ack": "int64",
+    "flags": "int16",
+    "payload": "int32",
+    "wire_len": "int32",
+    "ip_id": "int32",
+}
 
 
 class PcapError(ValueError):
@@ -97,7 +119,9 @@ class _Bytes:
         return sum(((value >> (8 * i)) & 0xFF) << (8 * (width - 1 - i)) for i in range(width))
 
 
-def _decode(buf: np.ndarray, offsets: np.ndarray, endian: str, ns_per_tick: int, linktype: int) -> tuple[pd.DataFrame, int]:
+def _decode(
+    buf: np.ndarray, offsets: np.ndarray, endian: str, ns_per_tick: int, linktype: int
+) -> tuple[pd.DataFrame, int]:
     header = _Bytes(buf, np.full(len(offsets), len(buf)))
     word = header.le if endian == "<" else header.be
     ts_ns = word(offsets, 4) * 1_000_000_000 + word(offsets + 4, 4) * ns_per_tick
@@ -126,12 +150,21 @@ def _decode(buf: np.ndarray, offsets: np.ndarray, endian: str, ns_per_tick: int,
     doff, flags = (b.u8(t + 12) >> 4) * 4, b.u8(t + 13)
     keep = tcp & ~bad_before & ~b.bad
     saddr, daddr = _addresses(b, ip, v4, keep, 12, 8), _addresses(b, ip, v4, keep, 16, 24)
-    frame = pd.DataFrame({
-        "ts_ns": ts_ns[keep], "saddr": saddr, "sport": sport[keep].astype(np.int32), "daddr": daddr,
-        "dport": dport[keep].astype(np.int32), "seq": seq[keep], "ack": ack[keep], "flags": flags[keep].astype(np.int16),
-        "payload": (ip_total - ip_hdr - doff)[keep].astype(np.int32), "wire_len": orig[keep].astype(np.int32),
-        "ip_id": np.where(v4, b.be(ip + 4, 2), -1)[keep].astype(np.int32),
-    })
+    frame = pd.DataFrame(
+        {
+            "ts_ns": ts_ns[keep],
+            "saddr": saddr,
+            "sport": sport[keep].astype(np.int32),
+            "daddr": daddr,
+            "dport": dport[keep].astype(np.int32),
+            "seq": seq[keep],
+            "ack": ack[keep],
+            "flags": flags[keep].astype(np.int16),
+            "payload": (ip_total - ip_hdr - doff)[keep].astype(np.int32),
+            "wire_len": orig[keep].astype(np.int32),
+            "ip_id": np.where(v4, b.be(ip + 4, 2), -1)[keep].astype(np.int32),
+        }
+    )
     return frame, int((~keep).sum())
 
 

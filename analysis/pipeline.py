@@ -41,7 +41,9 @@ def analyse(path: Path) -> RunAnalysis:
     counted = per_task.loc[~per_task["warmup"], "trace_id"]
     bursts = metrics.bursts(joined.packets[joined.packets["trace_id"].isin(counted)], "trace_id")
     hops = metrics.hop_metrics(joined.packets, joined.conns, joined.rtt, joined.tasks)
-    summary = metrics.scenario_summary(per_task, joined.conns, joined.packets, joined.rtt, joined.retrans, bursts["size"])
+    summary = metrics.scenario_summary(
+        per_task, joined.conns, joined.packets, joined.rtt, joined.retrans, bursts["size"]
+    )
     return RunAnalysis(run, joined, per_task, hops, bursts, summary)
 
 
@@ -50,9 +52,15 @@ def analyze_run(path: Path) -> RunAnalysis:
     result = analyse(path)
     tables = write_tables(result)
     report.write_run_report(result)
-    summary = {"run_id": result.run.run_id, "scenario": result.run.scenario, "analysed_at_ns": time.time_ns(),
-               "summary": result.summary, "problems": [p.__dict__ for p in result.run.problems],
-               "tables": tables, "report": "report.html"}
+    summary = {
+        "run_id": result.run.run_id,
+        "scenario": result.run.scenario,
+        "analysed_at_ns": time.time_ns(),
+        "summary": result.summary,
+        "problems": [p.__dict__ for p in result.run.problems],
+        "tables": tables,
+        "report": "report.html",
+    }
     (path / "analysis.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return result
 
@@ -61,9 +69,18 @@ def write_tables(result: RunAnalysis) -> list[str]:
     out = result.run.path / "tables"
     out.mkdir(exist_ok=True)
     j = result.joined
-    tables = {"tasks": result.per_task, "calls": j.calls, "flows": j.flows, "connections": j.conns,
-              "call_connections": j.used, "packets": j.packets, "rtt": j.rtt, "retrans": j.retrans,
-              "hops": result.hops, "bursts": result.bursts}
+    tables = {
+        "tasks": result.per_task,
+        "calls": j.calls,
+        "flows": j.flows,
+        "connections": j.conns,
+        "call_connections": j.used,
+        "packets": j.packets,
+        "rtt": j.rtt,
+        "retrans": j.retrans,
+        "hops": result.hops,
+        "bursts": result.bursts,
+    }
     for name, frame in tables.items():
         frame.to_parquet(out / f"{name}.parquet", index=False)
     return [f"tables/{name}.parquet" for name in tables]

@@ -43,42 +43,76 @@ def _ecdf(data: pd.DataFrame, column: str, what: str, xlabel: str, ylabel: str) 
 
 
 def rtt_cdf(results: list[RunAnalysis]) -> Plot:
-    fig = _ecdf(_stack(results, "rtt", "srtt_us"), "srtt_us", "RTT windows", "smoothed RTT (µs, log scale)",
-                "share of windows")
-    return "rtt_cdf", fig, ("CDF of the kernel's smoothed RTT (srtt) at the end of each rtt-probe window (one per socket "
-                            "per window), every connection of every node, per run.")
+    fig = _ecdf(
+        _stack(results, "rtt", "srtt_us"), "srtt_us", "RTT windows", "smoothed RTT (µs, log scale)", "share of windows"
+    )
+    return (
+        "rtt_cdf",
+        fig,
+        (
+            "CDF of the kernel's smoothed RTT (srtt) at the end of each rtt-probe window (one per socket "
+            "per window), every connection of every node, per run."
+        ),
+    )
 
 
 def flow_size_cdf(results: list[RunAnalysis]) -> Plot:
     data = _stack(results, "conns", "bytes")
-    fig = _ecdf(data[data["bytes"] > 0], "bytes", "flow sizes", "bytes per connection, both directions (log scale)",
-                "share of connections")
-    return "flow_size_cdf", fig, ("CDF of connection sizes: payload bytes sent plus received (lifetime probe; "
-                                  "connections still open at the end are sized from their captured packets).")
+    fig = _ecdf(
+        data[data["bytes"] > 0],
+        "bytes",
+        "flow sizes",
+        "bytes per connection, both directions (log scale)",
+        "share of connections",
+    )
+    return (
+        "flow_size_cdf",
+        fig,
+        (
+            "CDF of connection sizes: payload bytes sent plus received (lifetime probe; "
+            "connections still open at the end are sized from their captured packets)."
+        ),
+    )
 
 
 def flows_per_task(results: list[RunAnalysis]) -> Plot:
     fig, ax = plt.subplots(figsize=(7, 4))
-    data = pd.concat([r.per_task.loc[~r.per_task["warmup"], ["flows", "new_flows"]].assign(run=r.label) for r in results])
+    data = pd.concat(
+        [r.per_task.loc[~r.per_task["warmup"], ["flows", "new_flows"]].assign(run=r.label) for r in results]
+    )
     long = data.melt(id_vars="run", var_name="count", value_name="connections")
     if len(long):
         sns.stripplot(data=long, x="run", y="connections", hue="count", dodge=True, jitter=0.2, ax=ax)
     else:
         _empty(ax, "tasks")
     ax.set(xlabel="", ylabel="TCP connections per task")
-    return "flows_per_task", fig, ("Connections per task (warm-up tasks excluded): `flows` = distinct connections the "
-                                   "task's calls used; `new_flows` = those the task opened (was first to use).")
+    return (
+        "flows_per_task",
+        fig,
+        (
+            "Connections per task (warm-up tasks excluded): `flows` = distinct connections the "
+            "task's calls used; `new_flows` = those the task opened (was first to use)."
+        ),
+    )
 
 
 def latency_breakdown(results: list[RunAnalysis]) -> Plot:
     fig, ax = plt.subplots(figsize=(7, 4))
-    rows = [{"run": r.label, **{p: r.per_task.loc[~r.per_task["warmup"], f"{p}_ns"].mean() / 1e9 for p in BREAKDOWN}}
-            for r in results]
+    rows = [
+        {"run": r.label, **{p: r.per_task.loc[~r.per_task["warmup"], f"{p}_ns"].mean() / 1e9 for p in BREAKDOWN}}
+        for r in results
+    ]
     pd.DataFrame(rows).set_index("run").plot.barh(stacked=True, ax=ax)
     ax.set(xlabel="mean seconds per task", ylabel="")
-    return "latency_breakdown", fig, ("Where a task's time goes (mean per task): LLM calls, tools (MCP tools, services, "
-                                      "database), agent-to-agent hand-off, network (client time beyond the server's), "
-                                      "and other (the entry's own work).")
+    return (
+        "latency_breakdown",
+        fig,
+        (
+            "Where a task's time goes (mean per task): LLM calls, tools (MCP tools, services, "
+            "database), agent-to-agent hand-off, network (client time beyond the server's), "
+            "and other (the entry's own work)."
+        ),
+    )
 
 
 def sample_task(result: RunAnalysis) -> pd.Series | None:
@@ -101,16 +135,31 @@ def burst_timeline(result: RunAnalysis) -> Plot:
         counts = pd.crosstab(slot, mine["hop"])  # only windows that saw packets: one bar each
         bottom = pd.Series(0, index=counts.index)
         for hop, colour in zip(counts.columns, sns.color_palette(n_colors=len(counts.columns)), strict=True):
-            ax.bar(counts.index * WINDOW_NS / 1e6, counts[hop], bottom=bottom, width=WINDOW_NS / 1e6, align="edge",
-                   color=colour, edgecolor=colour, linewidth=1.5, label=hop)
+            ax.bar(
+                counts.index * WINDOW_NS / 1e6,
+                counts[hop],
+                bottom=bottom,
+                width=WINDOW_NS / 1e6,
+                align="edge",
+                color=colour,
+                edgecolor=colour,
+                linewidth=1.5,
+                label=hop,
+            )
             bottom += counts[hop]
         ax.legend(title="hop", loc="upper left", bbox_to_anchor=(1.01, 1))
     else:
         _empty(ax, "captured packets for a task")
     ax.set(xlabel="ms since the task started", ylabel=f"packets per {WINDOW_NS // 1_000_000} ms")
     name = f"task {task['task_id']}" if task is not None else "no task"
-    return "burst_timeline", fig, (f"{result.label}: packets per {WINDOW_NS // 1_000_000} ms window during {name} "
-                                   "(the task of median duration), stacked by hop kind.")
+    return (
+        "burst_timeline",
+        fig,
+        (
+            f"{result.label}: packets per {WINDOW_NS // 1_000_000} ms window during {name} "
+            "(the task of median duration), stacked by hop kind."
+        ),
+    )
 
 
 def call_sequence(result: RunAnalysis) -> Plot:
@@ -121,10 +170,14 @@ def call_sequence(result: RunAnalysis) -> Plot:
     if len(mine):
         row = mine["client_service"].fillna("?") + " → " + mine["peer"].fillna(mine["server_service"]).fillna("?")
         lanes = {lane: i for i, lane in enumerate(dict.fromkeys(row))}
-        palette = dict(zip(sorted(mine["kind"].unique()), sns.color_palette(n_colors=mine["kind"].nunique()), strict=True))
+        palette = dict(
+            zip(sorted(mine["kind"].unique()), sns.color_palette(n_colors=mine["kind"].nunique()), strict=True)
+        )
         start = (mine["start_ns"] - task["start_ns"]) / 1e6
         visible = task["duration_ns"] / 1e6 / 300  # the shortest calls still show as a sliver
-        for (lane, kind), left, width in zip(zip(row, mine["kind"], strict=True), start, mine["duration_ns"] / 1e6, strict=True):
+        for (lane, kind), left, width in zip(
+            zip(row, mine["kind"], strict=True), start, mine["duration_ns"] / 1e6, strict=True
+        ):
             ax.barh(lanes[lane], max(width, visible), left=left, color=palette[kind], label=kind)
         ax.set_yticks(list(lanes.values()), list(lanes))
         ax.invert_yaxis()
@@ -135,21 +188,39 @@ def call_sequence(result: RunAnalysis) -> Plot:
         _empty(ax, "calls for a task")
     ax.set(xlabel="ms since the task started")
     name = f"task {task['task_id']}" if task is not None else "no task"
-    return "call_sequence", fig, (f"{result.label}: every call of {name} as a bar from its start to its end, one lane "
-                                  "per caller → callee, coloured by kind (from the services' telemetry).")
+    return (
+        "call_sequence",
+        fig,
+        (
+            f"{result.label}: every call of {name} as a bar from its start to its end, one lane "
+            "per caller → callee, coloured by kind (from the services' telemetry)."
+        ),
+    )
 
 
 def retransmissions(results: list[RunAnalysis]) -> Plot:
     fig, ax = plt.subplots(figsize=(7, 4))
-    rows = [{"run": f"{r.label}\nimpairment: {_impairment(r)}", "retransmits per 1000 data segments":
-             1000 * r.summary["retrans_rate"], "retransmits": r.summary["retransmits"]} for r in results]
+    rows = [
+        {
+            "run": f"{r.label}\nimpairment: {_impairment(r)}",
+            "retransmits per 1000 data segments": 1000 * r.summary["retrans_rate"],
+            "retransmits": r.summary["retransmits"],
+        }
+        for r in results
+    ]
     data = pd.DataFrame(rows)
     sns.barplot(data=data, y="run", x="retransmits per 1000 data segments", ax=ax)
     for i, count in enumerate(data["retransmits"]):
         ax.annotate(f"{count:.0f} retransmits", (0, i), xytext=(4, 0), textcoords="offset points", va="center")
     ax.set(ylabel="")
-    return "retransmissions", fig, ("Retransmitted segments (retrans probe) per 1000 data segments captured, per run, "
-                                    "labelled with the impairment applied during the run.")
+    return (
+        "retransmissions",
+        fig,
+        (
+            "Retransmitted segments (retrans probe) per 1000 data segments captured, per run, "
+            "labelled with the impairment applied during the run."
+        ),
+    )
 
 
 def _impairment(result: RunAnalysis) -> str:
@@ -159,12 +230,28 @@ def _impairment(result: RunAnalysis) -> str:
 
 def run_plots(result: RunAnalysis) -> list[Plot]:
     both = [result]
-    return [rtt_cdf(both), flow_size_cdf(both), flows_per_task(both), latency_breakdown(both), burst_timeline(result),
-            call_sequence(result), retransmissions(both)]
+    return [
+        rtt_cdf(both),
+        flow_size_cdf(both),
+        flows_per_task(both),
+        latency_breakdown(both),
+        burst_timeline(result),
+        call_sequence(result),
+        retransmissions(both),
+    ]
 
 
 def comparison_plots(results: list[RunAnalysis]) -> list[Plot]:
-    per_run = [(f"{stem}-{r.run.run_id}", fig, caption) for r in results
-               for stem, fig, caption in (burst_timeline(r), call_sequence(r))]
-    return [rtt_cdf(results), flow_size_cdf(results), flows_per_task(results), latency_breakdown(results),
-            retransmissions(results), *per_run]
+    per_run = [
+        (f"{stem}-{r.run.run_id}", fig, caption)
+        for r in results
+        for stem, fig, caption in (burst_timeline(r), call_sequence(r))
+    ]
+    return [
+        rtt_cdf(results),
+        flow_size_cdf(results),
+        flows_per_task(results),
+        latency_breakdown(results),
+        retransmissions(results),
+        *per_run,
+    ]

@@ -65,14 +65,22 @@ def _fmt(value: float, pattern: str) -> str:
 
 def _table(frame: pd.DataFrame) -> str:
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in [frame.index.name or "", *frame.columns])
-    rows = "".join("<tr>" + f"<td>{html.escape(str(i))}</td>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row)
-                   + "</tr>" for i, row in zip(frame.index, frame.itertuples(index=False), strict=True))
+    rows = "".join(
+        "<tr>" + f"<td>{html.escape(str(i))}</td>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>"
+        for i, row in zip(frame.index, frame.itertuples(index=False), strict=True)
+    )
     return f"<table><tr>{head}</tr>{rows}</table>"
 
 
 def headline(results: list[RunAnalysis]) -> pd.DataFrame:
-    frame = pd.DataFrame({r.label: {label: _fmt(r.summary.get(key, float("nan")), pattern)
-                                    for key, (label, pattern) in HEADLINE.items()} for r in results})
+    frame = pd.DataFrame(
+        {
+            r.label: {
+                label: _fmt(r.summary.get(key, float("nan")), pattern) for key, (label, pattern) in HEADLINE.items()
+            }
+            for r in results
+        }
+    )
     frame.index.name = "metric"
     return frame
 
@@ -89,8 +97,10 @@ def mixed_setups(results: list[RunAnalysis]) -> str:
     if len(setups) < 2:
         return ""
     listed = "; ".join(f"{p}/{a}" for p, a in sorted(setups))
-    return (f'<p class="warn"><b>Runs from different set-ups are compared here</b> ({html.escape(listed)}): '
-            "differences in RTT, timing and bursts may come from the set-up, not the workload.</p>")
+    return (
+        f'<p class="warn"><b>Runs from different set-ups are compared here</b> ({html.escape(listed)}): '
+        "differences in RTT, timing and bursts may come from the set-up, not the workload.</p>"
+    )
 
 
 def problems(result: RunAnalysis) -> str:
@@ -98,8 +108,10 @@ def problems(result: RunAnalysis) -> str:
         files = len(result.run.manifest.get("files") or {})
         return f'<p class="ok">Nothing missing: {files} file(s) listed in the manifest, all present and intact.</p>'
     items = "".join(f"<li><code>{html.escape(p.where)}</code>: {html.escape(p.what)}</li>" for p in result.run.problems)
-    return (f'<div class="warn"><b>{html.escape(result.label)}: analysed as far as the data allows.</b>'
-            f'<ul>{items}</ul></div>')
+    return (
+        f'<div class="warn"><b>{html.escape(result.label)}: analysed as far as the data allows.</b>'
+        f"<ul>{items}</ul></div>"
+    )
 
 
 def join_quality(result: RunAnalysis) -> pd.DataFrame:
@@ -116,8 +128,23 @@ def hops(result: RunAnalysis) -> pd.DataFrame:
 
 
 def tasks(result: RunAnalysis) -> pd.DataFrame:
-    columns = ["task_id", "ok", "duration_ns", "flows", "new_flows", "peers", "packets", "bytes", "retransmits",
-               "iat_cv", "llm_ns", "tools_ns", "handoff_ns", "network_ns", "other_ns"]
+    columns = [
+        "task_id",
+        "ok",
+        "duration_ns",
+        "flows",
+        "new_flows",
+        "peers",
+        "packets",
+        "bytes",
+        "retransmits",
+        "iat_cv",
+        "llm_ns",
+        "tools_ns",
+        "handoff_ns",
+        "network_ns",
+        "other_ns",
+    ]
     frame = result.per_task.reindex(columns=columns).copy()
     for column in [c for c in columns if c.endswith("_ns")]:
         frame[column.replace("_ns", "_s")] = (frame.pop(column) / 1e9).round(3)
@@ -132,31 +159,46 @@ def _figure(stem: str, fig: plt.Figure, caption: str, directory: Path) -> str:
     directory.mkdir(exist_ok=True)
     (directory / f"{stem}.png").write_bytes(buffer.getvalue())
     data = base64.b64encode(buffer.getvalue()).decode()
-    return (f'<figure><img alt="{html.escape(stem)}" src="data:image/png;base64,{data}">'
-            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    return (
+        f'<figure><img alt="{html.escape(stem)}" src="data:image/png;base64,{data}">'
+        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+    )
 
 
 def _page(title: str, body: list[str]) -> str:
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>{''.join(body)}</body></html>\n")
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>{''.join(body)}</body></html>\n"
+    )
 
 
-JOIN_NOTE = ("<p>Connections from the probes joined to the calls in the telemetry (4-tuple and time); "
-             "unmatched ones are kept and labelled.</p>")
+JOIN_NOTE = (
+    "<p>Connections from the probes joined to the calls in the telemetry (4-tuple and time); "
+    "unmatched ones are kept and labelled.</p>"
+)
 
 
 def write_run_report(result: RunAnalysis) -> Path:
     directory = result.run.path / "plots"
-    figures = [_figure(stem, fig, caption, directory)
-               for stem, fig, caption in plots.run_plots(result)]
-    body = ["<h2>What was measured</h2>", _table(facts_table([result])),
-            "<h2>What was missing</h2>", problems(result),
-            "<h2>Headline metrics</h2>", _table(headline([result])),
-            "<h2>Join quality</h2>", JOIN_NOTE, _table(join_quality(result)),
-            "<h2>Per hop kind</h2>", _table(hops(result)),
-            "<h2>Plots</h2>", *figures,
-            "<h2>Per task</h2>", _table(tasks(result)),
-            "<p>Tables: <code>tables/*.parquet</code>; summary: <code>analysis.json</code>.</p>"]
+    figures = [_figure(stem, fig, caption, directory) for stem, fig, caption in plots.run_plots(result)]
+    body = [
+        "<h2>What was measured</h2>",
+        _table(facts_table([result])),
+        "<h2>What was missing</h2>",
+        problems(result),
+        "<h2>Headline metrics</h2>",
+        _table(headline([result])),
+        "<h2>Join quality</h2>",
+        JOIN_NOTE,
+        _table(join_quality(result)),
+        "<h2>Per hop kind</h2>",
+        _table(hops(result)),
+        "<h2>Plots</h2>",
+        *figures,
+        "<h2>Per task</h2>",
+        _table(tasks(result)),
+        "<p>Tables: <code>tables/*.parquet</code>; summary: <code>analysis.json</code>.</p>",
+    ]
     path = result.run.path / "report.html"
     path.write_text(_page(f"Run {result.run.run_id}: {result.run.scenario}", body))
     return path
@@ -164,11 +206,19 @@ def write_run_report(result: RunAnalysis) -> Path:
 
 def write_comparison(results: list[RunAnalysis], out: Path) -> Path:
     figures = [_figure(stem, fig, caption, out / "plots") for stem, fig, caption in plots.comparison_plots(results)]
-    body = [mixed_setups(results), "<h2>What was measured</h2>", _table(facts_table(results)),
-            "<h2>What was missing</h2>", *[problems(r) for r in results],
-            "<h2>Headline metrics, side by side</h2>", _table(headline(results)),
-            "<h2>Per hop kind</h2>", *[f"<h3>{html.escape(r.label)}</h3>" + _table(hops(r)) for r in results],
-            "<h2>Plots</h2>", *figures]
+    body = [
+        mixed_setups(results),
+        "<h2>What was measured</h2>",
+        _table(facts_table(results)),
+        "<h2>What was missing</h2>",
+        *[problems(r) for r in results],
+        "<h2>Headline metrics, side by side</h2>",
+        _table(headline(results)),
+        "<h2>Per hop kind</h2>",
+        *[f"<h3>{html.escape(r.label)}</h3>" + _table(hops(r)) for r in results],
+        "<h2>Plots</h2>",
+        *figures,
+    ]
     path = out / "report.html"
     path.write_text(_page("Comparison: " + " vs ".join(r.run.scenario for r in results), body))
     return path

@@ -103,10 +103,14 @@ def facts(run: RunDir) -> dict[str, str]:
         "model": _model(served, llm),
         "llm backend": str(_dict(served).get("backend") or llm.get("backend") or "unknown"),
         "image": _short(m.get("image")),
-        "versions": ", ".join(f"{k} {v}" for k, v in versions.items()) if isinstance(versions, dict) else _short(versions),
+        "versions": ", ".join(f"{k} {v}" for k, v in versions.items())
+        if isinstance(versions, dict)
+        else _short(versions),
         "git": _short(git.get("commit") if isinstance(git, dict) else git),
         "impairments": _short(m.get("impairments_applied")) if m.get("impairments_applied") else "none",
-        "knobs": _short(_dict(config).get("knobs")) if _dict(config).get("knobs") else "not recorded (run before knobs existed)",
+        "knobs": _short(_dict(config).get("knobs"))
+        if _dict(config).get("knobs")
+        else "not recorded (run before knobs existed)",
         "timeouts": _timeouts(config),
         "LLM speed (preflight)": _speed(m.get("llm_speed")),
     }
@@ -115,16 +119,21 @@ def facts(run: RunDir) -> dict[str, str]:
 def _timeouts(config: dict) -> str:
     if not isinstance(config.get("timeouts"), dict):
         return "not recorded"
-    return ", ".join(f"{k}={v:g}" for k, v in {**config["timeouts"], "task_timeout_s": config.get("task_timeout_s")}.items()
-                     if isinstance(v, (int, float)))
+    return ", ".join(
+        f"{k}={v:g}"
+        for k, v in {**config["timeouts"], "task_timeout_s": config.get("task_timeout_s")}.items()
+        if isinstance(v, (int, float))
+    )
 
 
 def _speed(speed: Any) -> str:
     """The LLM's speed as the preflight measured it (agentic runs only)."""
     if not isinstance(speed, dict):
         return "not measured"
-    return (f"{speed.get('ttft_s')} s to first token, {speed.get('tokens_per_s')} tokens/s "
-            f"({speed.get('prompt_chars')}-character prompt, on {speed.get('node')})")
+    return (
+        f"{speed.get('ttft_s')} s to first token, {speed.get('tokens_per_s')} tokens/s "
+        f"({speed.get('prompt_chars')}-character prompt, on {speed.get('node')})"
+    )
 
 
 def _dict(value: Any) -> dict:

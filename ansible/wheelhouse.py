@@ -157,8 +157,11 @@ def deterministic_zip(files: list[tuple[str, bytes]]) -> bytes:
 def collectors_zip(out: Path) -> Built:
     """collectors/ as a zip application: `python3 collectors.pyz ARGS` = `python3 -m collectors ARGS`."""
     package = ROOT / "collectors"
-    files = [(f"collectors/{p.relative_to(package)}", p.read_bytes()) for p in sorted(package.rglob("*.py"))
-             if "__pycache__" not in p.parts]
+    files = [
+        (f"collectors/{p.relative_to(package)}", p.read_bytes())
+        for p in sorted(package.rglob("*.py"))
+        if "__pycache__" not in p.parts
+    ]
     files.append(("__main__.py", b"import sys\n\nfrom collectors.cli import main\n\nsys.exit(main())\n"))
     data = deterministic_zip(files)
     target = out / "collectors.pyz"
@@ -175,8 +178,9 @@ def pinned(wheel: Path) -> str:
 
 def profile_key(profile: str, requirements: list[str]) -> str:
     """The key of a profile's bundle: a hash of what it is built from (the profile, this Python, the requirements)."""
-    return digest([("profile", profile.encode()), ("python", sys.version.split()[0].encode()),
-                   *((r, b"") for r in requirements)])[:12]
+    return digest(
+        [("profile", profile.encode()), ("python", sys.version.split()[0].encode()), *((r, b"") for r in requirements)]
+    )[:12]
 
 
 def profile_archive(profile: str, requirements: list[str], out: Path) -> Built:
@@ -234,8 +238,10 @@ def cpu_model(spec: str, lab_dir: Path) -> dict[str, Any]:
         package = spec.removeprefix("package:").replace("-", "_")
         matches = [m for m in SHIPPED.values() if m.parts[0].startswith(f"{package}_part")]
         if not matches:
-            return {"error": f"llm.cpu_model {spec}: no shipped model comes in packages named "
-                             f"{spec.removeprefix('package:')}-part*"}
+            return {
+                "error": f"llm.cpu_model {spec}: no shipped model comes in packages named "
+                f"{spec.removeprefix('package:')}-part*"
+            }
         model = matches[0]
         cached = default_cache_dir() / model.filename
         existed = cached.is_file()

@@ -49,40 +49,112 @@ def make_run(root: Path, records: int) -> Path:
     sport = 20000 + i % 40000
     dport = 8000 + (i % CALLS_PER_TASK)
     base = {"node": "agent-a", "run_id": "bench", "saddr": CLIENT, "sport": sport, "daddr": SERVER, "dport": dport}
-    _write(probes / "lifetime.jsonl", pd.DataFrame({"ts_ns": end, **base, "probe": "lifetime", "pid": 1, "comm": "python",
-                                                    "tx_bytes": 500 + i % 700, "rx_bytes": 4000 + i % 9000,
-                                                    "duration_ns": end - start, "start_ns": start}))
-    _write(probes / "connect.jsonl", pd.DataFrame({"ts_ns": start + 50_000, **base, "probe": "connect",
-                                                   "direction": "connect", "pid": 1, "comm": "python"}))
-    _write(probes / "state.jsonl", pd.DataFrame({"ts_ns": start, **base, "probe": "state", "oldstate": "CLOSE",
-                                                 "newstate": "SYN_SENT"}))
+    _write(
+        probes / "lifetime.jsonl",
+        pd.DataFrame(
+            {
+                "ts_ns": end,
+                **base,
+                "probe": "lifetime",
+                "pid": 1,
+                "comm": "python",
+                "tx_bytes": 500 + i % 700,
+                "rx_bytes": 4000 + i % 9000,
+                "duration_ns": end - start,
+                "start_ns": start,
+            }
+        ),
+    )
+    _write(
+        probes / "connect.jsonl",
+        pd.DataFrame(
+            {"ts_ns": start + 50_000, **base, "probe": "connect", "direction": "connect", "pid": 1, "comm": "python"}
+        ),
+    )
+    _write(
+        probes / "state.jsonl",
+        pd.DataFrame({"ts_ns": start, **base, "probe": "state", "oldstate": "CLOSE", "newstate": "SYN_SENT"}),
+    )
     rtt_n = records - 3 * flows
     j = np.arange(rtt_n) % flows
-    _write(probes / "rtt.jsonl", pd.DataFrame({"ts_ns": start[j] + 100_000 + (np.arange(rtt_n) // flows) * 1000,
-                                               "node": "agent-a", "run_id": "bench", "probe": "rtt", "saddr": CLIENT,
-                                               "sport": sport[j], "daddr": SERVER, "dport": dport[j],
-                                               "srtt_us": 50 + np.arange(rtt_n) % 5000, "snd_cwnd": 10}))
+    _write(
+        probes / "rtt.jsonl",
+        pd.DataFrame(
+            {
+                "ts_ns": start[j] + 100_000 + (np.arange(rtt_n) // flows) * 1000,
+                "node": "agent-a",
+                "run_id": "bench",
+                "probe": "rtt",
+                "saddr": CLIENT,
+                "sport": sport[j],
+                "daddr": SERVER,
+                "dport": dport[j],
+                "srtt_us": 50 + np.arange(rtt_n) % 5000,
+                "snd_cwnd": 10,
+            }
+        ),
+    )
     trace = np.char.add("t", (i // CALLS_PER_TASK).astype(str))
     call_id = np.char.add("c", i.astype(str))
     parent = np.where(i % CALLS_PER_TASK == 0, None, np.char.add("c", (i - i % CALLS_PER_TASK).astype(str)))
     local = np.char.add(CLIENT + ":", sport.astype(str))
     remote = np.char.add(SERVER + ":", dport.astype(str))
-    events = pd.DataFrame({"event": "call", "node": "agent-a", "service": "svc", "agent_id": None, "task_id": trace,
-                           "call_id": call_id, "parent_id": parent, "trace_id": trace,
-                           "kind": np.array(KINDS)[i % CALLS_PER_TASK], "side": "client", "peer": "p", "op": "op",
-                           "start_ns": start + 10_000, "end_ns": end - 10_000, "req_bytes": 100, "resp_bytes": 1000,
-                           "status": "ok", "error": None, "local": local, "remote": remote,
-                           "conns": [[[here, there]] for here, there in zip(local, remote, strict=True)]})
+    events = pd.DataFrame(
+        {
+            "event": "call",
+            "node": "agent-a",
+            "service": "svc",
+            "agent_id": None,
+            "task_id": trace,
+            "call_id": call_id,
+            "parent_id": parent,
+            "trace_id": trace,
+            "kind": np.array(KINDS)[i % CALLS_PER_TASK],
+            "side": "client",
+            "peer": "p",
+            "op": "op",
+            "start_ns": start + 10_000,
+            "end_ns": end - 10_000,
+            "req_bytes": 100,
+            "resp_bytes": 1000,
+            "status": "ok",
+            "error": None,
+            "local": local,
+            "remote": remote,
+            "conns": [[[here, there]] for here, there in zip(local, remote, strict=True)],
+        }
+    )
     _write(run / "nodes" / "agent-a" / "telemetry" / "svc.jsonl", events)
     roots = events[i % CALLS_PER_TASK == 0]
-    _write(run / "results.jsonl", pd.DataFrame({"task_id": roots["task_id"], "scenario": "bench", "ok": True,
-                                                "answer": "x", "error": None, "start_ns": roots["start_ns"],
-                                                "end_ns": roots["end_ns"], "call_id": roots["call_id"],
-                                                "repetition": 0, "warmup": False}))
+    _write(
+        run / "results.jsonl",
+        pd.DataFrame(
+            {
+                "task_id": roots["task_id"],
+                "scenario": "bench",
+                "ok": True,
+                "answer": "x",
+                "error": None,
+                "start_ns": roots["start_ns"],
+                "end_ns": roots["end_ns"],
+                "call_id": roots["call_id"],
+                "repetition": 0,
+                "warmup": False,
+            }
+        ),
+    )
     offsets = {"start": {"offset_ns": 1000, "uncertainty_ns": 10}, "end": {"offset_ns": 3000, "uncertainty_ns": 10}}
-    (run / "manifest.json").write_text(json.dumps({"run_id": "bench", "scenario": {"name": "bench"},
-                                                   "started_at_ns": int(start[0]), "ended_at_ns": int(end[-1]),
-                                                   "clock_offsets": {"agent-a": offsets}}))
+    (run / "manifest.json").write_text(
+        json.dumps(
+            {
+                "run_id": "bench",
+                "scenario": {"name": "bench"},
+                "started_at_ns": int(start[0]),
+                "ended_at_ns": int(end[-1]),
+                "clock_offsets": {"agent-a": offsets},
+            }
+        )
+    )
     assert tasks == len(roots)
     return run
 
@@ -90,7 +162,13 @@ def make_run(root: Path, records: int) -> Path:
 def make_pcap(path: Path, packets: int) -> None:
     """Ethernet/IPv4/TCP headers, 66 bytes captured per packet, varying payload length."""
     header = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 96, 1)
-    frame = bytes(12) + b"\x08\x00" + bytes.fromhex("45000034000040004006") + bytes(2) + bytes([10, 77, 0, 11, 10, 77, 0, 12])
+    frame = (
+        bytes(12)
+        + b"\x08\x00"
+        + bytes.fromhex("45000034000040004006")
+        + bytes(2)
+        + bytes([10, 77, 0, 11, 10, 77, 0, 12])
+    )
     frame += struct.pack(">HHIIBBHHH", 40000, 8000, 1, 1, 0x80, 0x18, 500, 0, 0) + bytes(12)
     record = np.frombuffer(struct.pack("<IIII", 1_800_000_000, 0, len(frame), len(frame) + 100) + frame, np.uint8)
     body = np.tile(record, packets).reshape(packets, -1)
@@ -108,27 +186,35 @@ def main() -> int:
         made = time.perf_counter()
         run = make_run(root, args.records)
         size = sum(p.stat().st_size for p in run.rglob("*.jsonl"))
-        print(f"synthetic run: {args.records:,} probe records + {args.records // 10:,} telemetry events, "
-              f"{size / 1e6:.0f} MB of JSONL (made in {time.perf_counter() - made:.1f} s)")
+        print(
+            f"synthetic run: {args.records:,} probe records + {args.records // 10:,} telemetry events, "
+            f"{size / 1e6:.0f} MB of JSONL (made in {time.perf_counter() - made:.1f} s)"
+        )
         began = time.perf_counter()
         data = load_run(open_run(run))
         loaded = time.perf_counter() - began
         count = sum(len(frame) for frame in data.probes.values())
         assert count == args.records, count
-        print(f"loader: {count:,} probe records in {loaded:.2f} s = {count / loaded:,.0f} records/s "
-              f"({size / 1e6 / loaded:.0f} MB/s)")
+        print(
+            f"loader: {count:,} probe records in {loaded:.2f} s = {count / loaded:,.0f} records/s "
+            f"({size / 1e6 / loaded:.0f} MB/s)"
+        )
         began = time.perf_counter()
         result = analyse(run)
         total = time.perf_counter() - began
-        print(f"load + join + metrics (no plots): {total:.2f} s; {result.summary['tasks']:.0f} tasks, "
-              f"{len(result.joined.conns):,} connections, {result.summary['matched_lab_flows']:.1%} joined to calls")
+        print(
+            f"load + join + metrics (no plots): {total:.2f} s; {result.summary['tasks']:.0f} tasks, "
+            f"{len(result.joined.conns):,} connections, {result.summary['matched_lab_flows']:.1%} joined to calls"
+        )
         pcap = root / "bench.pcap"
         make_pcap(pcap, args.packets)
         began = time.perf_counter()
         capture = read_pcap(pcap.read_bytes())
         took = time.perf_counter() - began
-        print(f"pcap reader: {len(capture.packets):,} packets in {took:.2f} s = "
-              f"{len(capture.packets) / took:,.0f} packets/s")
+        print(
+            f"pcap reader: {len(capture.packets):,} packets in {took:.2f} s = "
+            f"{len(capture.packets) / took:,.0f} packets/s"
+        )
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return 0

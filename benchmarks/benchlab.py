@@ -72,10 +72,16 @@ class HostCpu:
         return cls(modes, _process_cpu_s(), switches, {k: int(vmstat[k]) for k in ("pgfault", "pgmajfault")})
 
     def __sub__(self, earlier: HostCpu) -> HostCpu:
-        processes = {pid: (name, seconds - earlier.processes.get(pid, (name, 0.0))[1])
-                     for pid, (name, seconds) in self.processes.items()}
-        return HostCpu({m: v - earlier.modes[m] for m, v in self.modes.items()}, processes,
-                       self.switches - earlier.switches, {k: v - earlier.faults[k] for k, v in self.faults.items()})
+        processes = {
+            pid: (name, seconds - earlier.processes.get(pid, (name, 0.0))[1])
+            for pid, (name, seconds) in self.processes.items()
+        }
+        return HostCpu(
+            {m: v - earlier.modes[m] for m, v in self.modes.items()},
+            processes,
+            self.switches - earlier.switches,
+            {k: v - earlier.faults[k] for k, v in self.faults.items()},
+        )
 
     @property
     def busy_s(self) -> float:

@@ -31,7 +31,9 @@ def run(argv: list[str], cwd: Path, env: dict[str, str] | None = None) -> tuple[
     started = time.monotonic()
     result = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, check=False)
     if result.returncode != 0:
-        raise SystemExit(f"{' '.join(argv[:3])} ... exited {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-2000:]}")
+        raise SystemExit(
+            f"{' '.join(argv[:3])} ... exited {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-2000:]}"
+        )
     return time.monotonic() - started, result.stdout
 
 
@@ -49,8 +51,19 @@ def deploy(config: Path) -> tuple[float, int]:
 def wheelhouse_cold() -> float:
     out = Path(tempfile.mkdtemp(prefix="lab-wheelhouse-"))
     try:
-        return run([sys.executable, str(REPO / "ansible" / "wheelhouse.py"), "--out", str(out),
-                    "--profile", "services", "--profile", "llm-cpu"], REPO)[0]
+        return run(
+            [
+                sys.executable,
+                str(REPO / "ansible" / "wheelhouse.py"),
+                "--out",
+                str(out),
+                "--profile",
+                "services",
+                "--profile",
+                "llm-cpu",
+            ],
+            REPO,
+        )[0]
     finally:
         shutil.rmtree(out)
 
@@ -62,7 +75,11 @@ def main() -> None:
     args = parser.parse_args()
     config = bench_lab("bd", "10.85.0", args.provider)
 
-    figures: dict[str, list[float]] = {"wheelhouse, empty directory": [], "first deploy": [], "second deploy (no-op)": []}
+    figures: dict[str, list[float]] = {
+        "wheelhouse, empty directory": [],
+        "first deploy": [],
+        "second deploy (no-op)": [],
+    }
     changed_second: list[int] = []
     accelerator = "?"
     for _ in range(args.runs):
@@ -82,8 +99,10 @@ def main() -> None:
         lab(config, "teardown")
         shutil.rmtree(config.parent, ignore_errors=True)
 
-    print(f"provider {args.provider} ({accelerator}), {os.cpu_count()} cores, median of {args.runs} runs; "
-          f"second deploys reported changed={changed_second}")
+    print(
+        f"provider {args.provider} ({accelerator}), {os.cpu_count()} cores, median of {args.runs} runs; "
+        f"second deploys reported changed={changed_second}"
+    )
     print(f"{'what':<30} {'median s':>9}   runs")
     for what, values in figures.items():
         print(f"{what:<30} {statistics.median(values):>9.1f}   {', '.join(f'{v:.1f}' for v in values)}")

@@ -27,7 +27,8 @@ may reuse an earlier run's ports.
 
     # the model: vLLM takes a Hugging Face directory; the shipped GGUF converts to one
     # (transformers 4.x and gguf on the CPU; see benchmarks/gpu_llm.py)
-    python benchmarks/gpu_llm.py --convert-gguf qwen2.5-coder-0.5b-instruct-q4_k_m-1d9614638d18.gguf --model /models/qwen05b-hf
+    python benchmarks/gpu_llm.py --convert-gguf qwen2.5-coder-0.5b-instruct-q4_k_m-1d9614638d18.gguf \
+        --model /models/qwen05b-hf
     # `vllm` on PATH (its own environment, as on the lab's LLM node); the workload's packages importable
     VLLM_USE_FLASHINFER_SAMPLER=0 LAB_PG_BIN=/usr/lib/postgresql/15/bin \\
         python benchmarks/gpu_agents.py --model /models/qwen05b-hf --tasks 60 --concurrency 1 4 16 \\
@@ -74,10 +75,12 @@ NOT_DECISIONS = ("tools/list", "initialize")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="benchmarks/gpu_agents.py", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", type=Path, required=True,
-                   help="vllm: Hugging Face model directory; cpu: a GGUF file")
+    p = argparse.ArgumentParser(
+        prog="benchmarks/gpu_agents.py",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", type=Path, required=True, help="vllm: Hugging Face model directory; cpu: a GGUF file")
     p.add_argument("--backend", choices=["vllm", "cpu"], default="vllm")
     p.add_argument("--tasks", type=positive_int, default=30, help="tasks per scenario and concurrency")
     p.add_argument("--concurrency", type=positive_int, nargs="+", default=[1, 4])
@@ -88,8 +91,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--gpu-memory-utilization", type=fraction, default=0.9)
     p.add_argument("--tool-call-parser", default="hermes", help="vLLM tool parser (hermes: Qwen2.5)")
     p.add_argument("--startup-timeout", type=positive_int, default=900, help="seconds to wait for the LLM server")
-    p.add_argument("--budget-s", type=float, default=0,
-                   help="start no further run once this many seconds have gone since the server was ready (0: no limit)")
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        default=0,
+        help="start no further run once this many seconds have gone since the server was ready (0: no limit)",
+    )
     p.add_argument("--out", type=Path, help="write the figures as JSON here (rewritten after each run)")
     p.add_argument("--logs", type=Path, help="copy the services' and the LLM server's logs here")
     return p.parse_args(argv)
@@ -97,12 +104,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 # ---------------------------------------------------------------- figures
 
+
 def spread(values: list[float], digits: int = 1) -> dict[str, float | None]:
     """Mean, p50 and p90 of per-task values."""
     if not values:
         return {"mean": None, "p50": None, "p90": None}
-    return {"mean": round(sum(values) / len(values), digits), "p50": round(percentile(values, 50), digits),
-            "p90": round(percentile(values, 90), digits)}
+    return {
+        "mean": round(sum(values) / len(values), digits),
+        "p50": round(percentile(values, 50), digits),
+        "p90": round(percentile(values, 90), digits),
+    }
 
 
 def first_users(events: list[dict[str, Any]], since_ns: int) -> dict[tuple[str, ...], str]:
@@ -116,8 +127,9 @@ def first_users(events: list[dict[str, Any]], since_ns: int) -> dict[tuple[str, 
     return first
 
 
-def task_rows(tasks: list[Task], results: list[driver.TaskResult], events: list[dict[str, Any]],
-              first: dict[tuple[str, ...], str]) -> list[dict[str, Any]]:
+def task_rows(
+    tasks: list[Task], results: list[driver.TaskResult], events: list[dict[str, Any]], first: dict[tuple[str, ...], str]
+) -> list[dict[str, Any]]:
     """One row per task, from its trace: time, LLM time, decisions, connections."""
     by_trace: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for event in events:
@@ -125,7 +137,7 @@ def task_rows(tasks: list[Task], results: list[driver.TaskResult], events: list[
             by_trace[event["trace_id"]].append(event)
     roots = {e["call_id"]: e for e in events if e["service"] == "driver" and e["side"] == "client"}
     rows = []
-    for task, result in zip(tasks, results):
+    for task, result in zip(tasks, results, strict=True):
         root = roots[result.call_id]
         mine = by_trace[root["trace_id"]]
         llm = [e for e in mine if e["kind"] == "llm"]
@@ -133,20 +145,28 @@ def task_rows(tasks: list[Task], results: list[driver.TaskResult], events: list[
         conns = {tuple(c) for e in mine for c in e["conns"]}
         llm_conns = {tuple(c) for e in llm for c in e["conns"]}
         agent_a_tools = [e["op"] for e in decided if e["service"] == "agent-a"]
-        rows.append({
-            "task_id": task.task_id, "kind": task.kind, "ok": result.ok, "error": result.error,
-            "correct": answer_is_correct(task, result.answer), "expected": task.expected,
-            "answer": (result.answer or "")[:400],
-            "task_ms": (root["end_ns"] - root["start_ns"]) / 1e6,
-            "llm_calls": len(llm), "llm_ms": sum(e["end_ns"] - e["start_ns"] for e in llm) / 1e6,
-            "decisions_valid": sum(e["status"] == "ok" for e in decided),
-            "right_tool": bool(agent_a_tools) and agent_a_tools[0] == EXPECTED_TOOL[task.kind],
-            "tools_chosen": [f"{e['service']}:{e['op']}:{e['status']}" for e in decided],
-            "connections": len(conns), "new_connections": sum(first.get(c) == root["trace_id"] for c in conns),
-            "llm_connections": len(llm_conns),
-            "llm_new_connections": sum(first.get(c) == root["trace_id"] for c in llm_conns),
-            "llm_conn_ids": sorted("|".join(c) for c in llm_conns),
-        })
+        rows.append(
+            {
+                "task_id": task.task_id,
+                "kind": task.kind,
+                "ok": result.ok,
+                "error": result.error,
+                "correct": answer_is_correct(task, result.answer),
+                "expected": task.expected,
+                "answer": (result.answer or "")[:400],
+                "task_ms": (root["end_ns"] - root["start_ns"]) / 1e6,
+                "llm_calls": len(llm),
+                "llm_ms": sum(e["end_ns"] - e["start_ns"] for e in llm) / 1e6,
+                "decisions_valid": sum(e["status"] == "ok" for e in decided),
+                "right_tool": bool(agent_a_tools) and agent_a_tools[0] == EXPECTED_TOOL[task.kind],
+                "tools_chosen": [f"{e['service']}:{e['op']}:{e['status']}" for e in decided],
+                "connections": len(conns),
+                "new_connections": sum(first.get(c) == root["trace_id"] for c in conns),
+                "llm_connections": len(llm_conns),
+                "llm_new_connections": sum(first.get(c) == root["trace_id"] for c in llm_conns),
+                "llm_conn_ids": sorted("|".join(c) for c in llm_conns),
+            }
+        )
     return rows
 
 
@@ -158,13 +178,21 @@ def run_figures(scenario: str, concurrency: int, wall_s: float, rows: list[dict[
     task_ms = sum(r["task_ms"] for r in rows)
     errors = Counter((r["error"] or "")[:160] for r in rows if not r["ok"])
     return {
-        "scenario": scenario, "concurrency": concurrency, "tasks": n, "wall_s": round(wall_s, 2),
-        "ok": sum(r["ok"] for r in rows), "correct": sum(r["correct"] for r in rows),
-        "ok_share": round(sum(r["ok"] for r in rows) / n, 3), "accuracy": round(sum(r["correct"] for r in rows) / n, 3),
-        "correct_by_kind": {kind: f"{sum(r['correct'] for r in rows if r['kind'] == kind)}/"
-                                  f"{sum(r['kind'] == kind for r in rows)}" for kind in sorted({r["kind"] for r in rows})},
+        "scenario": scenario,
+        "concurrency": concurrency,
+        "tasks": n,
+        "wall_s": round(wall_s, 2),
+        "ok": sum(r["ok"] for r in rows),
+        "correct": sum(r["correct"] for r in rows),
+        "ok_share": round(sum(r["ok"] for r in rows) / n, 3),
+        "accuracy": round(sum(r["correct"] for r in rows) / n, 3),
+        "correct_by_kind": {
+            kind: f"{sum(r['correct'] for r in rows if r['kind'] == kind)}/{sum(r['kind'] == kind for r in rows)}"
+            for kind in sorted({r["kind"] for r in rows})
+        },
         "tasks_per_min": round(60 * n / wall_s, 1),
-        "decisions": decisions, "decisions_valid": sum(r["decisions_valid"] for r in rows),
+        "decisions": decisions,
+        "decisions_valid": sum(r["decisions_valid"] for r in rows),
         "decision_validity": round(sum(r["decisions_valid"] for r in rows) / decisions, 3) if decisions else None,
         "right_tool": sum(r["right_tool"] for r in rows) if decisions else None,
         "task_ms": spread([r["task_ms"] for r in rows]),
@@ -176,7 +204,8 @@ def run_figures(scenario: str, concurrency: int, wall_s: float, rows: list[dict[
         "new_connections_per_task": spread([r["new_connections"] for r in rows], 2),
         "llm_connections_per_task": spread([r["llm_connections"] for r in rows], 2),
         "llm_new_connections_per_task": spread([r["llm_new_connections"] for r in rows], 2),
-        "llm_requests": llm_requests, "llm_connections": len(llm_conns),
+        "llm_requests": llm_requests,
+        "llm_connections": len(llm_conns),
         "llm_requests_per_connection": round(llm_requests / len(llm_conns), 2) if llm_conns else None,
         "errors": dict(errors.most_common(5)),
     }
@@ -184,29 +213,41 @@ def run_figures(scenario: str, concurrency: int, wall_s: float, rows: list[dict[
 
 def table(report: dict[str, Any]) -> str:
     agents = report["environment"].get("agents", {})
-    lines = [(f"LLM: {report['model']} on {report['backend']} ({report['environment'].get('gpu')}); "
-              f"server ready after {report['startup_s']} s; the agents' openai {agents.get('openai')}"),
-             (f"{'scenario':9} {'conc':>4} {'ok':>6} {'correct':>7} {'valid dec':>9} {'right':>5} {'tasks/min':>9} "
-              f"{'task ms p50/p90':>16} {'LLM share p50/p90 (pooled)':>27} {'conns/task':>10} {'new':>5} "
-              f"{'LLM req/conn':>12}")]
+    lines = [
+        (
+            f"LLM: {report['model']} on {report['backend']} ({report['environment'].get('gpu')}); "
+            f"server ready after {report['startup_s']} s; the agents' openai {agents.get('openai')}"
+        ),
+        (
+            f"{'scenario':9} {'conc':>4} {'ok':>6} {'correct':>7} {'valid dec':>9} {'right':>5} {'tasks/min':>9} "
+            f"{'task ms p50/p90':>16} {'LLM share p50/p90 (pooled)':>27} {'conns/task':>10} {'new':>5} "
+            f"{'LLM req/conn':>12}"
+        ),
+    ]
     for r in report["runs"]:
         if "skipped" in r:
             lines.append(f"{r['scenario']:9} {r['concurrency']:>4} skipped: {r['skipped']}")
             continue
         valid = f"{r['decisions_valid']}/{r['decisions']}" if r["decisions"] else "-"
         right = str(r["right_tool"]) if r["decisions"] else "-"
-        share = (f"{r['llm_share']['p50']}/{r['llm_share']['p90']} ({r['llm_share_pooled']})"
-                 if r["llm_calls_per_task"] else "-")
-        lines.append(f"{r['scenario']:9} {r['concurrency']:>4} {r['ok']:>3}/{r['tasks']:<2} {r['correct']:>7} {valid:>9} "
-                     f"{right:>5} {r['tasks_per_min']:>9} {r['task_ms']['p50']:>7}/{r['task_ms']['p90']:<8} "
-                     f"{share:>27} {r['connections_per_task']['mean']:>10} {r['new_connections_per_task']['mean']:>5} "
-                     f"{r['llm_requests_per_connection'] or '-':>12}")
+        share = (
+            f"{r['llm_share']['p50']}/{r['llm_share']['p90']} ({r['llm_share_pooled']})"
+            if r["llm_calls_per_task"]
+            else "-"
+        )
+        lines.append(
+            f"{r['scenario']:9} {r['concurrency']:>4} {r['ok']:>3}/{r['tasks']:<2} {r['correct']:>7} {valid:>9} "
+            f"{right:>5} {r['tasks_per_min']:>9} {r['task_ms']['p50']:>7}/{r['task_ms']['p90']:<8} "
+            f"{share:>27} {r['connections_per_task']['mean']:>10} {r['new_connections_per_task']['mean']:>5} "
+            f"{r['llm_requests_per_connection'] or '-':>12}"
+        )
         for error, count in r["errors"].items():
             lines.append(f"    {count} x {error}")
     return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- the run
+
 
 def client_versions() -> dict[str, str | None]:
     """The agents' LLM client libraries as the services import them (same PYTHONPATH as this process)."""
@@ -230,14 +271,23 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     work.chmod(0o755)
     stack = LocalStack(work / "stack", "")
     stack.directory.mkdir()
-    server = argparse.Namespace(backend=args.backend, port=stack.ports["llm"], max_model_len=args.max_model_len,
-                                gpu_memory_utilization=args.gpu_memory_utilization,
-                                tool_call_parser=args.tool_call_parser)
+    server = argparse.Namespace(
+        backend=args.backend,
+        port=stack.ports["llm"],
+        max_model_len=args.max_model_len,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        tool_call_parser=args.tool_call_parser,
+    )
     argv = gpu_llm.server_argv(server, args.model, dummy=False)
     log_path = work / "llm-server.log"
-    report: dict[str, Any] = {"model": str(args.model), "backend": args.backend, "server_argv": argv,
-                              "tasks_per_run": args.tasks,
-                              "warmup_tasks": args.warmup, "runs": []}
+    report: dict[str, Any] = {
+        "model": str(args.model),
+        "backend": args.backend,
+        "server_argv": argv,
+        "tasks_per_run": args.tasks,
+        "warmup_tasks": args.warmup,
+        "runs": [],
+    }
     started = time.monotonic()
     proc = gpu_llm.start_server(argv, log_path)  # the engine starts while PostgreSQL and the services do
     pg = LocalPostgres(work / "pg")
@@ -256,8 +306,13 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         for concurrency in args.concurrency:
             for scenario in args.scenarios:
                 if args.budget_s and time.monotonic() - ready > args.budget_s:
-                    report["runs"].append({"scenario": scenario, "concurrency": concurrency,
-                                           "skipped": f"past --budget-s {args.budget_s:g}"})
+                    report["runs"].append(
+                        {
+                            "scenario": scenario,
+                            "concurrency": concurrency,
+                            "skipped": f"past --budget-s {args.budget_s:g}",
+                        }
+                    )
                     continue
                 start, since_ns = time.perf_counter(), time.time_ns()
                 results = driver.run(scenario, tasks, stack.entry, concurrency, stack.telemetry_dir)  # type: ignore[arg-type]
@@ -266,8 +321,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 rows = task_rows(tasks, results, events, first_users(events, since_ns))
                 figures = run_figures(scenario, concurrency, wall, rows)
                 report["runs"].append({**figures, "per_task": rows})
-                print(f"{scenario} at concurrency {concurrency}: {figures['ok']}/{figures['tasks']} ok, "
-                      f"{figures['tasks_per_min']} tasks/min", flush=True)
+                print(
+                    f"{scenario} at concurrency {concurrency}: {figures['ok']}/{figures['tasks']} ok, "
+                    f"{figures['tasks_per_min']} tasks/min",
+                    flush=True,
+                )
                 write(report, args.out)
     finally:
         stack.stop()

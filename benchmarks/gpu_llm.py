@@ -55,19 +55,45 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 SERVED_NAME = "lab-model"
-PROMPT = ("Write a detailed, friendly explanation for a customer of how parcel tracking works, from the moment an "
-          "order is paid until it is delivered, with the steps a shop, a carrier and a hub take.")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
-                   "added_tokens.json", "chat_template.jinja", "generation_config.json")
+PROMPT = (
+    "Write a detailed, friendly explanation for a customer of how parcel tracking works, from the moment an "
+    "order is paid until it is delivered, with the steps a shop, a carrier and a hub take."
+)
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "merges.txt",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "generation_config.json",
+)
 # Config of a Qwen2.5-7B-Instruct-shaped model (the published config.json's shape fields).
 DUMMY_SHAPES: dict[str, dict[str, Any]] = {
     "qwen2.5-7b": {
-        "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_act": "silu", "hidden_size": 3584,
-        "intermediate_size": 18944, "num_hidden_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4,
-        "max_position_embeddings": 32768, "max_window_layers": 28, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0,
-        "sliding_window": 131072, "use_sliding_window": False, "tie_word_embeddings": False, "vocab_size": 152064,
-        "bos_token_id": 151643, "eos_token_id": 151645, "attention_dropout": 0.0, "initializer_range": 0.02,
-        "torch_dtype": "bfloat16", "use_cache": True,
+        "architectures": ["Qwen2ForCausalLM"],
+        "model_type": "qwen2",
+        "hidden_act": "silu",
+        "hidden_size": 3584,
+        "intermediate_size": 18944,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 28,
+        "num_key_value_heads": 4,
+        "max_position_embeddings": 32768,
+        "max_window_layers": 28,
+        "rms_norm_eps": 1e-06,
+        "rope_theta": 1000000.0,
+        "sliding_window": 131072,
+        "use_sliding_window": False,
+        "tie_word_embeddings": False,
+        "vocab_size": 152064,
+        "bos_token_id": 151643,
+        "eos_token_id": 151645,
+        "attention_dropout": 0.0,
+        "initializer_range": 0.02,
+        "torch_dtype": "bfloat16",
+        "use_cache": True,
     },
 }
 EXPECTED_TOOL = {"order_status": "get_order", "order_total": "get_order", "shipment_eta": "get_shipment"}
@@ -78,6 +104,7 @@ class BenchError(RuntimeError):
 
 
 # ---------------------------------------------------------------- arguments
+
 
 def positive_int(text: str) -> int:
     try:
@@ -100,29 +127,50 @@ def fraction(text: str) -> float:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="benchmarks/gpu_llm.py", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="benchmarks/gpu_llm.py",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--model", type=Path, help="Hugging Face model directory (config.json, tokenizer, safetensors)")
-    p.add_argument("--dummy-shape", choices=sorted(DUMMY_SHAPES),
-                   help="serve a config-only model of this shape with --load-format dummy (random weights)")
+    p.add_argument(
+        "--dummy-shape",
+        choices=sorted(DUMMY_SHAPES),
+        help="serve a config-only model of this shape with --load-format dummy (random weights)",
+    )
     p.add_argument("--tokenizer", type=Path, help="with --dummy-shape: a model directory whose tokenizer files to use")
-    p.add_argument("--convert-gguf", type=Path, metavar="GGUF",
-                   help="write this GGUF as a bf16 safetensors directory at --model, then exit")
+    p.add_argument(
+        "--convert-gguf",
+        type=Path,
+        metavar="GGUF",
+        help="write this GGUF as a bf16 safetensors directory at --model, then exit",
+    )
     p.add_argument("--out", type=Path, help="write the figures as JSON here")
-    p.add_argument("--backend", choices=["vllm", "cpu"], default="vllm",
-                   help="server backend of workload.llm (cpu: llama.cpp with a GGUF, to try the client side)")
+    p.add_argument(
+        "--backend",
+        choices=["vllm", "cpu"],
+        default="vllm",
+        help="server backend of workload.llm (cpu: llama.cpp with a GGUF, to try the client side)",
+    )
     p.add_argument("--port", type=positive_int, default=8011)
     p.add_argument("--max-model-len", type=positive_int, default=8192)
     p.add_argument("--gpu-memory-utilization", type=fraction, default=0.9)
-    p.add_argument("--tool-call-parser", default="hermes",
-                   help="vLLM tool parser for the model (hermes: Qwen2.5; workload.llm's default llama3_json fails "
-                        "every chat request on a tokenizer without <|python_tag|>)")
+    p.add_argument(
+        "--tool-call-parser",
+        default="hermes",
+        help="vLLM tool parser for the model (hermes: Qwen2.5; workload.llm's default llama3_json fails "
+        "every chat request on a tokenizer without <|python_tag|>)",
+    )
     p.add_argument("--tokens", type=positive_int, default=128, help="tokens out per streamed request")
     p.add_argument("--requests", type=positive_int, default=16, help="streamed requests per concurrency level")
     p.add_argument("--concurrency", type=positive_int, nargs="+", default=[1, 8])
     p.add_argument("--decisions", type=positive_int, default=6, help="tool decisions (order questions) to make")
-    p.add_argument("--reuse-requests", type=positive_int, default=4,
-                   help="sequential streamed requests of the connection-reuse check")
+    p.add_argument(
+        "--reuse-requests",
+        type=positive_int,
+        default=4,
+        help="sequential streamed requests of the connection-reuse check",
+    )
     p.add_argument("--startup-timeout", type=positive_int, default=900, help="seconds to wait for the server")
     p.add_argument("--log", type=Path, help="server log file (default: beside --out, or a temporary file)")
     args = p.parse_args(argv)
@@ -149,6 +197,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 # ---------------------------------------------------------------- model directories
 
+
 def convert_gguf(gguf: Path, out: Path) -> float:
     """GGUF -> bf16 safetensors directory (transformers 4.x dequantises); seconds taken."""
     start = time.monotonic()
@@ -159,8 +208,10 @@ def convert_gguf(gguf: Path, out: Path) -> float:
     except ImportError as exc:
         raise BenchError(f"--convert-gguf needs torch, transformers<5 and gguf: {exc}") from exc
     if int(transformers.__version__.split(".")[0]) >= 5:
-        raise BenchError(f"--convert-gguf needs transformers 4.x (found {transformers.__version__}: 5.x cannot save "
-                         "GGUF-loaded weights)")
+        raise BenchError(
+            f"--convert-gguf needs transformers 4.x (found {transformers.__version__}: 5.x cannot save "
+            "GGUF-loaded weights)"
+        )
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, torch_dtype=torch.bfloat16)
     out.mkdir(parents=True, exist_ok=True)
@@ -182,13 +233,32 @@ def dummy_model_dir(shape: str, tokenizer_dir: Path, parent: Path) -> Path:
 
 # ---------------------------------------------------------------- the server
 
+
 def server_argv(args: argparse.Namespace, model: Path, dummy: bool) -> list[str]:
-    argv = [sys.executable, "-m", "workload.llm", "serve", "--backend", args.backend, "--model", str(model),
-            "--host", "127.0.0.1", "--port", str(args.port), "--served-name", SERVED_NAME]
+    argv = [
+        sys.executable,
+        "-m",
+        "workload.llm",
+        "serve",
+        "--backend",
+        args.backend,
+        "--model",
+        str(model),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(args.port),
+        "--served-name",
+        SERVED_NAME,
+    ]
     if args.backend == "vllm":
-        argv += ["--max-model-len", str(args.max_model_len),
-                 "--gpu-memory-utilization", str(args.gpu_memory_utilization),
-                 f"--tool-call-parser={args.tool_call_parser}"]
+        argv += [
+            "--max-model-len",
+            str(args.max_model_len),
+            "--gpu-memory-utilization",
+            str(args.gpu_memory_utilization),
+            f"--tool-call-parser={args.tool_call_parser}",
+        ]
         if dummy:
             argv += ["--vllm-arg=--load-format=dummy"]
     else:
@@ -214,8 +284,9 @@ def wait_ready(proc: subprocess.Popen[bytes], base: str, timeout_s: float, log_p
     start = time.monotonic()
     while time.monotonic() - start < timeout_s:
         if proc.poll() is not None:
-            raise BenchError(f"server exited with {proc.returncode} before it was ready; log tail:\n"
-                             f"{log_tail(log_path)}")
+            raise BenchError(
+                f"server exited with {proc.returncode} before it was ready; log tail:\n{log_tail(log_path)}"
+            )
         try:
             if httpx.get(f"{base}/v1/models", timeout=2).status_code == 200:
                 return time.monotonic() - start
@@ -237,9 +308,11 @@ def stop_server(proc: subprocess.Popen[bytes]) -> None:
 
 # ---------------------------------------------------------------- requests
 
+
 @dataclass
 class Stream:
     """One streamed chat completion as the client saw it."""
+
     ttft_s: float
     total_s: float
     token_times: list[float]  # arrival of each content chunk, seconds after the request was sent
@@ -255,6 +328,7 @@ class Stream:
 @dataclass
 class Ports:
     """Local ports of every request the pooled client made, by phase."""
+
     by_phase: dict[str, list[int | None]] = field(default_factory=dict)
 
     def add(self, phase: str, port: int | None) -> None:
@@ -264,8 +338,12 @@ class Ports:
         def one(ports: list[int | None]) -> dict[str, Any]:
             known = [p for p in ports if p is not None]
             conns = len(set(known))
-            return {"requests": len(ports), "connections": conns,
-                    "requests_per_connection": round(len(known) / conns, 2) if conns else None}
+            return {
+                "requests": len(ports),
+                "connections": conns,
+                "requests_per_connection": round(len(known) / conns, 2) if conns else None,
+            }
+
         every = [p for ports in self.by_phase.values() for p in ports]
         return {"all": one(every), **{phase: one(ports) for phase, ports in self.by_phase.items()}}
 
@@ -317,11 +395,17 @@ def ms(value: float | None) -> float | None:
     return None if value is None else round(value * 1000, 2)
 
 
-async def streaming_level(client: httpx.AsyncClient, ports: Ports, concurrency: int, requests: int,
-                          tokens: int) -> dict[str, Any]:
+async def streaming_level(
+    client: httpx.AsyncClient, ports: Ports, concurrency: int, requests: int, tokens: int
+) -> dict[str, Any]:
     """`requests` streamed completions, `concurrency` at a time; TTFT and ITL percentiles."""
-    body = {"model": SERVED_NAME, "messages": [{"role": "user", "content": PROMPT}], "max_tokens": tokens,
-            "temperature": 0, "ignore_eos": True}
+    body = {
+        "model": SERVED_NAME,
+        "messages": [{"role": "user", "content": PROMPT}],
+        "max_tokens": tokens,
+        "temperature": 0,
+        "ignore_eos": True,
+    }
     gate = asyncio.Semaphore(concurrency)
 
     async def one() -> Stream:
@@ -337,14 +421,23 @@ async def streaming_level(client: httpx.AsyncClient, ports: Ports, concurrency: 
     itls = [gap for s in streams for gap in s.itl_s]
     chunks = sum(len(s.token_times) for s in streams)
     tokens_out = sum(s.completion_tokens or len(s.token_times) for s in streams)
-    return {"concurrency": concurrency, "requests": requests, "tokens_per_request": tokens,
-            "ttft_ms_p50": ms(percentile(ttfts, 50)), "ttft_ms_p90": ms(percentile(ttfts, 90)),
-            "itl_ms_p50": ms(percentile(itls, 50)), "itl_ms_p90": ms(percentile(itls, 90)),
-            "content_chunks": chunks, "completion_tokens": tokens_out,
-            "output_tokens_per_s": round(tokens_out / wall, 1), "wall_s": round(wall, 3)}
+    return {
+        "concurrency": concurrency,
+        "requests": requests,
+        "tokens_per_request": tokens,
+        "ttft_ms_p50": ms(percentile(ttfts, 50)),
+        "ttft_ms_p90": ms(percentile(ttfts, 90)),
+        "itl_ms_p50": ms(percentile(itls, 50)),
+        "itl_ms_p90": ms(percentile(itls, 90)),
+        "content_chunks": chunks,
+        "completion_tokens": tokens_out,
+        "output_tokens_per_s": round(tokens_out / wall, 1),
+        "wall_s": round(wall, 3),
+    }
 
 
 # ---------------------------------------------------------------- the agents' tool decision
+
 
 def _module_ast(relative: str) -> ast.Module:
     return ast.parse((ROOT / relative).read_text())
@@ -353,8 +446,9 @@ def _module_ast(relative: str) -> ast.Module:
 def decide_prompt() -> str:
     """workload.agents.DECIDE_PROMPT, read from the source (the agents' imports need LangChain)."""
     for node in _module_ast("workload/agents.py").body:
-        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "DECIDE_PROMPT"
-                                                for t in node.targets):
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "DECIDE_PROMPT" for t in node.targets
+        ):
             return str(ast.literal_eval(node.value))
     raise BenchError("workload/agents.py has no DECIDE_PROMPT")
 
@@ -375,9 +469,11 @@ def tool_db_tools() -> list[tuple[str, str, str, str]]:
 
 def argument_schemas() -> dict[str, dict[str, Any]]:
     from workload.tasks import CUSTOMER_ID_PATTERN, ORDER_ID_PATTERN
-    return {"OrderId": {"type": "string", "pattern": ORDER_ID_PATTERN, "description": "order id such as ORD-00042"},
-            "CustomerId": {"type": "string", "pattern": CUSTOMER_ID_PATTERN,
-                           "description": "customer id such as C-0007"}}
+
+    return {
+        "OrderId": {"type": "string", "pattern": ORDER_ID_PATTERN, "description": "order id such as ORD-00042"},
+        "CustomerId": {"type": "string", "pattern": CUSTOMER_ID_PATTERN, "description": "customer id such as C-0007"},
+    }
 
 
 def choice_schema(tools: list[tuple[str, str, str, str]]) -> dict[str, Any]:
@@ -386,8 +482,14 @@ def choice_schema(tools: list[tuple[str, str, str, str]]) -> dict[str, Any]:
     options = []
     for name, _, arg, kind in tools:
         args = {"type": "object", "properties": {arg: types.get(kind, {"type": "string"})}, "required": [arg]}
-        options.append({"type": "object", "additionalProperties": False, "required": ["tool", "arguments"],
-                        "properties": {"tool": {"const": name}, "arguments": {**args, "additionalProperties": False}}})
+        options.append(
+            {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["tool", "arguments"],
+                "properties": {"tool": {"const": name}, "arguments": {**args, "additionalProperties": False}},
+            }
+        )
     return {"anyOf": options}
 
 
@@ -399,55 +501,97 @@ def judge(text: str, tools: list[tuple[str, str, str, str]], expected_tool: str,
         return {"valid": False, "right_tool": False, "right_order": False}
     spec = {name: (arg, kind) for name, _, arg, kind in tools}
     types = argument_schemas()
-    valid = (isinstance(choice, dict) and set(choice) == {"tool", "arguments"} and choice["tool"] in spec
-             and isinstance(choice["arguments"], dict) and set(choice["arguments"]) == {spec[choice["tool"]][0]})
+    valid = (
+        isinstance(choice, dict)
+        and set(choice) == {"tool", "arguments"}
+        and choice["tool"] in spec
+        and isinstance(choice["arguments"], dict)
+        and set(choice["arguments"]) == {spec[choice["tool"]][0]}
+    )
     if valid:
         arg, kind = spec[choice["tool"]]
         value = choice["arguments"][arg]
         pattern = types.get(kind, {}).get("pattern")
         valid = isinstance(value, str) and (pattern is None or re.fullmatch(pattern, value) is not None)
     right_tool = valid and choice["tool"] == expected_tool
-    return {"valid": valid, "right_tool": right_tool,
-            "right_order": right_tool and choice["arguments"].get("order_id") == order_id}
+    return {
+        "valid": valid,
+        "right_tool": right_tool,
+        "right_order": right_tool and choice["arguments"].get("order_id") == order_id,
+    }
 
 
 async def decisions(client: httpx.AsyncClient, ports: Ports, count: int) -> dict[str, Any]:
     """The agents' schema-constrained tool decision on `count` order questions, one at a time."""
     from workload.tasks import make_tasks
+
     tools = tool_db_tools()
-    system = decide_prompt().format(who="Agent A, an order-support agent",
-                                    tools="\n".join(f"- {name}: {doc}" for name, doc, _, _ in tools))
+    system = decide_prompt().format(
+        who="Agent A, an order-support agent", tools="\n".join(f"- {name}: {doc}" for name, doc, _, _ in tools)
+    )
     schema = choice_schema(tools)
     rows = []
     for task in make_tasks(seed=1, count=count):
-        body = {"model": SERVED_NAME, "temperature": 0, "max_tokens": 96,
-                "messages": [{"role": "system", "content": system}, {"role": "user", "content": task.text}],
-                "response_format": {"type": "json_schema", "json_schema": {"name": "tool_call", "schema": schema}}}
+        body = {
+            "model": SERVED_NAME,
+            "temperature": 0,
+            "max_tokens": 96,
+            "messages": [{"role": "system", "content": system}, {"role": "user", "content": task.text}],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "tool_call", "schema": schema}},
+        }
         s = await stream_chat(client, body)
         ports.add("decisions", s.local_port)
-        rows.append({"question": task.text, "kind": task.kind, "output": s.text, "ms": ms(s.total_s),
-                     **judge(s.text, tools, EXPECTED_TOOL[task.kind], task.order_id)})
+        rows.append(
+            {
+                "question": task.text,
+                "kind": task.kind,
+                "output": s.text,
+                "ms": ms(s.total_s),
+                **judge(s.text, tools, EXPECTED_TOOL[task.kind], task.order_id),
+            }
+        )
     later = [r["ms"] for r in rows[1:]] or [rows[0]["ms"]]
-    return {"count": len(rows), "valid": sum(r["valid"] for r in rows),
-            "right_tool": sum(r["right_tool"] for r in rows), "right_order": sum(r["right_order"] for r in rows),
-            "first_ms": rows[0]["ms"], "ms_p50_after_first": round(statistics.median(later), 2),
-            "ms_mean_after_first": round(statistics.fmean(later), 2), "rows": rows}
+    return {
+        "count": len(rows),
+        "valid": sum(r["valid"] for r in rows),
+        "right_tool": sum(r["right_tool"] for r in rows),
+        "right_order": sum(r["right_order"] for r in rows),
+        "first_ms": rows[0]["ms"],
+        "ms_p50_after_first": round(statistics.median(later), 2),
+        "ms_mean_after_first": round(statistics.fmean(later), 2),
+        "rows": rows,
+    }
 
 
 async def reuse_check(client: httpx.AsyncClient, ports: Ports, count: int) -> None:
     """`count` sequential short streamed requests on the pooled client."""
-    body = {"model": SERVED_NAME, "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8,
-            "temperature": 0, "ignore_eos": True}
+    body = {
+        "model": SERVED_NAME,
+        "messages": [{"role": "user", "content": "Say hello."}],
+        "max_tokens": 8,
+        "temperature": 0,
+        "ignore_eos": True,
+    }
     for _ in range(count):
         ports.add("sequential", (await stream_chat(client, body)).local_port)
 
 
 async def measure(args: argparse.Namespace, base: str, with_decisions: bool) -> dict[str, Any]:
     ports = Ports()
-    limits = httpx.Limits(max_connections=max(args.concurrency) + 2, max_keepalive_connections=max(args.concurrency) + 2)
+    limits = httpx.Limits(
+        max_connections=max(args.concurrency) + 2, max_keepalive_connections=max(args.concurrency) + 2
+    )
     async with httpx.AsyncClient(base_url=base, timeout=httpx.Timeout(300.0), limits=limits) as client:
-        warm = await stream_chat(client, {"model": SERVED_NAME, "messages": [{"role": "user", "content": PROMPT}],
-                                          "max_tokens": args.tokens, "temperature": 0, "ignore_eos": True})
+        warm = await stream_chat(
+            client,
+            {
+                "model": SERVED_NAME,
+                "messages": [{"role": "user", "content": PROMPT}],
+                "max_tokens": args.tokens,
+                "temperature": 0,
+                "ignore_eos": True,
+            },
+        )
         ports.add("warmup", warm.local_port)
         result: dict[str, Any] = {"first_request_s": round(warm.total_s, 3), "streaming": []}
         await reuse_check(client, ports, args.reuse_requests)
@@ -463,6 +607,7 @@ async def measure(args: argparse.Namespace, base: str, with_decisions: bool) -> 
 
 # ---------------------------------------------------------------- report
 
+
 def environment() -> dict[str, Any]:
     info: dict[str, Any] = {"python": sys.version.split()[0]}
     for name in ("vllm", "torch", "transformers"):
@@ -471,8 +616,13 @@ def environment() -> dict[str, Any]:
         except Exception:  # noqa: BLE001 - absent or broken: recorded as such
             info[name] = None
     try:
-        gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
-                             check=False, capture_output=True, text=True, timeout=30).stdout.strip()
+        gpu = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout.strip()
         info["gpu"] = gpu or None
     except (OSError, subprocess.SubprocessError):
         info["gpu"] = None
@@ -480,23 +630,31 @@ def environment() -> dict[str, Any]:
 
 
 def table(report: dict[str, Any]) -> str:
-    lines = [f"model: {report['model']}  ({report['weights']})",
-             f"server ready: {report['startup_s']} s   first request: {report['first_request_s']} s",
-             f"{'conc':>4} {'reqs':>5} {'TTFT p50':>9} {'TTFT p90':>9} {'ITL p50':>8} {'ITL p90':>8} {'tok/s':>8}  (ms)"]
+    lines = [
+        f"model: {report['model']}  ({report['weights']})",
+        f"server ready: {report['startup_s']} s   first request: {report['first_request_s']} s",
+        f"{'conc':>4} {'reqs':>5} {'TTFT p50':>9} {'TTFT p90':>9} {'ITL p50':>8} {'ITL p90':>8} {'tok/s':>8}  (ms)",
+    ]
     for lvl in report["streaming"]:
-        lines.append(f"{lvl['concurrency']:>4} {lvl['requests']:>5} {lvl['ttft_ms_p50']:>9} {lvl['ttft_ms_p90']:>9} "
-                     f"{lvl['itl_ms_p50']:>8} {lvl['itl_ms_p90']:>8} {lvl['output_tokens_per_s']:>8}")
+        lines.append(
+            f"{lvl['concurrency']:>4} {lvl['requests']:>5} {lvl['ttft_ms_p50']:>9} {lvl['ttft_ms_p90']:>9} "
+            f"{lvl['itl_ms_p50']:>8} {lvl['itl_ms_p90']:>8} {lvl['output_tokens_per_s']:>8}"
+        )
     conn = report["connections"]["all"]
-    lines.append(f"connections: {conn['requests']} requests over {conn['connections']} TCP connections "
-                 f"({conn['requests_per_connection']} per connection); sequential: "
-                 f"{report['connections'].get('sequential', {}).get('requests_per_connection')} per connection")
+    lines.append(
+        f"connections: {conn['requests']} requests over {conn['connections']} TCP connections "
+        f"({conn['requests_per_connection']} per connection); sequential: "
+        f"{report['connections'].get('sequential', {}).get('requests_per_connection')} per connection"
+    )
     d = report["decisions"]
     if "skipped" in d:
         lines.append(f"decisions: skipped ({d['skipped']})")
     else:
-        lines.append(f"decisions: {d['valid']}/{d['count']} valid, {d['right_tool']}/{d['count']} right tool, "
-                     f"{d['right_order']}/{d['count']} right order; first {d['first_ms']} ms, then p50 "
-                     f"{d['ms_p50_after_first']} ms (mean {d['ms_mean_after_first']} ms)")
+        lines.append(
+            f"decisions: {d['valid']}/{d['count']} valid, {d['right_tool']}/{d['count']} right tool, "
+            f"{d['right_order']}/{d['count']} right order; first {d['first_ms']} ms, then p50 "
+            f"{d['ms_p50_after_first']} ms (mean {d['ms_mean_after_first']} ms)"
+        )
     return "\n".join(lines)
 
 
@@ -519,10 +677,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         figures = asyncio.run(measure(args, base, with_decisions=not dummy))
     finally:
         stop_server(proc)
-    return {"model": args.dummy_shape or str(args.model), "weights": "dummy (random)" if dummy else "real",
-            "backend": args.backend, "server_argv": argv, "startup_s": round(startup, 1),
-            "max_model_len": args.max_model_len, "gpu_memory_utilization": args.gpu_memory_utilization,
-            "environment": environment(), **figures}
+    return {
+        "model": args.dummy_shape or str(args.model),
+        "weights": "dummy (random)" if dummy else "real",
+        "backend": args.backend,
+        "server_argv": argv,
+        "startup_s": round(startup, 1),
+        "max_model_len": args.max_model_len,
+        "gpu_memory_utilization": args.gpu_memory_utilization,
+        "environment": environment(),
+        **figures,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

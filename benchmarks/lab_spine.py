@@ -36,7 +36,12 @@ def main() -> None:
     args = parser.parse_args()
     config = bench_lab("bn", "10.81.0", args.provider)
 
-    figures: dict[str, list[float]] = {"image build, cold": [], "image build, warm": [], "lab up to SSH-ready": [], "lab teardown": []}
+    figures: dict[str, list[float]] = {
+        "image build, cold": [],
+        "image build, warm": [],
+        "lab up to SSH-ready": [],
+        "lab teardown": [],
+    }
     for _ in range(args.runs):
         cold_cache = tempfile.mkdtemp(prefix="lab-cache-")
         env = {**os.environ, "LAB_CACHE": cold_cache}

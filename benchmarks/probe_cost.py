@@ -50,9 +50,27 @@ def in_netns(*argv: str) -> list[str]:
 
 def start_runner(probes: str, out: Path) -> subprocess.Popen[bytes]:
     runner = subprocess.Popen(
-        in_netns(sys.executable, "-m", "collectors", "run", "--node", "bench", "--run-id", "probe-cost", "--out", str(out),
-                 "--probes", probes, "--iface", "lo"),
-        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        in_netns(
+            sys.executable,
+            "-m",
+            "collectors",
+            "run",
+            "--node",
+            "bench",
+            "--run-id",
+            "probe-cost",
+            "--out",
+            str(out),
+            "--probes",
+            probes,
+            "--iface",
+            "lo",
+        ),
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         try:
@@ -75,8 +93,12 @@ def measure(probes: str, round_trips: int, settle_s: float) -> tuple[float, floa
         try:
             time.sleep(settle_s)
             before = HostCpu.now()
-            result = subprocess.run(in_netns(sys.executable, __file__, "--ping-pong", str(round_trips)),
-                                    capture_output=True, text=True, check=True)
+            result = subprocess.run(
+                in_netns(sys.executable, __file__, "--ping-pong", str(round_trips)),
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             busy = (HostCpu.now() - before).busy_s
         finally:
             if runner is not None:
@@ -117,8 +139,10 @@ def report(figures: dict[str, list[tuple[float, float]]], args: argparse.Namespa
     print(f"loopback ping-pong, {args.round_trips} round trips (2 data segments each), median of {args.rounds} rounds")
     print(f"{'probes':<42}{'process µs/rt':>15}{'+process':>10}{'host µs/rt':>12}{'+host':>8}{'host ratio':>12}")
     for variant, (process, host) in median.items():
-        print(f"{variant:<42}{process:>15.2f}{process - none_process:>10.2f}{host:>12.2f}{host - none_host:>8.2f}"
-              f"{host / none_host:>12.3f}")
+        print(
+            f"{variant:<42}{process:>15.2f}{process - none_process:>10.2f}{host:>12.2f}{host - none_host:>8.2f}"
+            f"{host / none_host:>12.3f}"
+        )
 
 
 if __name__ == "__main__":

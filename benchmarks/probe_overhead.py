@@ -47,7 +47,9 @@ class Block:
     host: HostCpu  # CPU the whole host spent (every node, the controller, the kernel), its context switches
     observing_s: float  # CPU the runners and probe processes spent while running (0 with probes off)
     stopping_s: float  # ... and once asked to stop: flushing, decoding bpftrace's output (after the timed window)
-    bpf_s: float | None  # the kernel's time in the probes' BPF programs (0 with probes off), None if not every node said
+    bpf_s: (
+        float | None
+    )  # the kernel's time in the probes' BPF programs (0 with probes off), None if not every node said
 
 
 def drive(scenario: Scenario, entry: Entry, seed: int, count: int | None = None) -> tuple[float, list[TaskResult]]:
@@ -58,20 +60,26 @@ def drive(scenario: Scenario, entry: Entry, seed: int, count: int | None = None)
     results: list[TaskResult] = []
     with tempfile.TemporaryDirectory() as telemetry:
         started = time.monotonic()
-        tasks.drive(tasks.plan(scenario), scenario, entry, Path(telemetry), lambda outcome: results.append(outcome.result))
+        tasks.drive(
+            tasks.plan(scenario), scenario, entry, Path(telemetry), lambda outcome: results.append(outcome.result)
+        )
         return time.monotonic() - started, results
 
 
-def block(sessions: list[NodeSession], scenario: Scenario, entry: Entry, probes: bool, args: argparse.Namespace,
-          index: int) -> Block:
+def block(
+    sessions: list[NodeSession], scenario: Scenario, entry: Entry, probes: bool, args: argparse.Namespace, index: int
+) -> Block:
     """One timed block of tasks. Starting and stopping probes costs the kernel work that outlasts the
     call (preallocating and later freeing the maps), so every block begins after `--settle` seconds
     of quiet: the figures are the probes' steady-state cost."""
     if probes:
         rtt = (args.rtt_interval_ms, args.rtt_max_per_s)
         answers = parallel(lambda s: s.start_probes(args.probes, rtt, args.bpf_stats), sessions)
-        broken = {n: a if isinstance(a, Exception) else a["error"] for n, a in answers.items()
-                  if isinstance(a, Exception) or a["error"]}
+        broken = {
+            n: a if isinstance(a, Exception) else a["error"]
+            for n, a in answers.items()
+            if isinstance(a, Exception) or a["error"]
+        }
         if broken:
             raise SystemExit(f"probes did not start: {broken}")
     time.sleep(args.settle)
@@ -85,9 +93,16 @@ def block(sessions: list[NodeSession], scenario: Scenario, entry: Entry, probes:
             parallel(lambda s: s.step("cleanup", run_dir=s.run_dir), sessions)
     spent = [observing_s(answer) for answer in stopped.values()]
     in_bpf = [bpf for _, _, bpf in spent]
-    return Block(probes, seconds, [(r.end_ns - r.start_ns) / 1e9 for r in results if r.ok], sum(not r.ok for r in results),
-                 host, sum(running for running, _, _ in spent), sum(stopping for _, stopping, _ in spent),
-                 None if None in in_bpf else sum(in_bpf))  # type: ignore[arg-type]
+    return Block(
+        probes,
+        seconds,
+        [(r.end_ns - r.start_ns) / 1e9 for r in results if r.ok],
+        sum(not r.ok for r in results),
+        host,
+        sum(running for running, _, _ in spent),
+        sum(stopping for _, stopping, _ in spent),
+        None if None in in_bpf else sum(in_bpf),
+    )  # type: ignore[arg-type]
 
 
 def observing_s(stopped: dict | Exception) -> tuple[float, float, float | None]:
@@ -132,8 +147,11 @@ def block_p99(b: Block) -> float:
 
 
 def spread(ratios: list[float]) -> str:
-    interval = f", mean {statistics.mean(ratios):.3f} ± {1.96 * statistics.stdev(ratios) / len(ratios) ** 0.5:.3f} (95 %)" \
-        if len(ratios) > 1 else ""
+    interval = (
+        f", mean {statistics.mean(ratios):.3f} ± {1.96 * statistics.stdev(ratios) / len(ratios) ** 0.5:.3f} (95 %)"
+        if len(ratios) > 1
+        else ""
+    )
     return f"median {statistics.median(ratios):.3f}, range {ratios[0]:.3f}-{ratios[-1]:.3f}{interval}"
 
 
@@ -145,23 +163,46 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--workload", choices=get_args(Workload), default="baseline")
     parser.add_argument("--settle", type=float, default=3.0, help="seconds of quiet before each block")
-    parser.add_argument("--rtt-interval-ms", type=int, default=Scenario.model_fields["rtt_interval_ms"].default,
-                        help="the rtt probe's window per socket (default: the scenarios' default)")
-    parser.add_argument("--rtt-max-per-s", type=int, default=Scenario.model_fields["rtt_max_per_s"].default,
-                        help="the rtt probe's lines per second per node (default: the scenarios' default)")
-    parser.add_argument("--probes", type=lambda v: v.split(","), default=list(PROBES), help="comma-separated subset (default: all)")
-    parser.add_argument("--bpf-stats", action="store_true",
-                        help="also measure the kernel's time in the probes' BPF programs (its clock reads cost CPU too)")
+    parser.add_argument(
+        "--rtt-interval-ms",
+        type=int,
+        default=Scenario.model_fields["rtt_interval_ms"].default,
+        help="the rtt probe's window per socket (default: the scenarios' default)",
+    )
+    parser.add_argument(
+        "--rtt-max-per-s",
+        type=int,
+        default=Scenario.model_fields["rtt_max_per_s"].default,
+        help="the rtt probe's lines per second per node (default: the scenarios' default)",
+    )
+    parser.add_argument(
+        "--probes", type=lambda v: v.split(","), default=list(PROBES), help="comma-separated subset (default: all)"
+    )
+    parser.add_argument(
+        "--bpf-stats",
+        action="store_true",
+        help="also measure the kernel's time in the probes' BPF programs (its clock reads cost CPU too)",
+    )
     args = parser.parse_args()
     if args.pairs < 1:
         parser.error(f"--pairs {args.pairs}: give at least 1 (one off block and one on block)")
     if args.settle < 0:
         parser.error(f"--settle {args.settle}: seconds of quiet cannot be negative; give 0 or more")
     try:  # bad arguments, lab.yaml or lab state: one line naming what and how to fix it
-        scenario = validate(Scenario, {"name": "overhead", "workload": args.workload, "tasks": {"count": args.tasks},
-                                       "load": {"concurrency": args.concurrency}, "task_timeout_s": 300,
-                                       "probes": args.probes, "rtt_interval_ms": args.rtt_interval_ms,
-                                       "rtt_max_per_s": args.rtt_max_per_s}, Path("probe_overhead.py's arguments"))
+        scenario = validate(
+            Scenario,
+            {
+                "name": "overhead",
+                "workload": args.workload,
+                "tasks": {"count": args.tasks},
+                "load": {"concurrency": args.concurrency},
+                "task_timeout_s": 300,
+                "probes": args.probes,
+                "rtt_interval_ms": args.rtt_interval_ms,
+                "rtt_max_per_s": args.rtt_max_per_s,
+            },
+            Path("probe_overhead.py's arguments"),
+        )
         lab = load_config(args.config)
         run_id = controller.new_run_id("overhead")
         sessions = controller.connect(state.require(lab), lab, run_id)
@@ -179,9 +220,12 @@ def main() -> None:
             block_sessions = [replace(s, run_id=f"{run_id}-{index}") for s in sessions]
             blocks.append(block(block_sessions, scenario, entry, probes, args, index))
             b = blocks[-1]
-            print(f"block {index}: probes {'on ' if probes else 'off'} {throughput(b):7.1f} tasks/s  "
-                  f"p99 {block_p99(b) * 1e3:6.1f} ms  CPU {cpu_per_task(b) * 1e3:6.2f} ms/task  "
-                  f"steal {b.host.steal_s / b.seconds:4.0%}  failed {b.failed}", flush=True)
+            print(
+                f"block {index}: probes {'on ' if probes else 'off'} {throughput(b):7.1f} tasks/s  "
+                f"p99 {block_p99(b) * 1e3:6.1f} ms  CPU {cpu_per_task(b) * 1e3:6.2f} ms/task  "
+                f"steal {b.host.steal_s / b.seconds:4.0%}  failed {b.failed}",
+                flush=True,
+            )
     finally:
         for session in sessions:
             session.close()
@@ -191,40 +235,60 @@ def main() -> None:
 def report(blocks: list[Block], args: argparse.Namespace) -> None:
     """Pooled figures for off and on, and the spread of the on/off throughput ratio over the pairs
     (each pair ran back to back, so the machine's drift hits both alike)."""
+
     def figures(chosen: list[Block]) -> tuple[float, float, float, float, float]:
         latencies = [x for b in chosen for x in b.latencies_s]
         seconds = sum(b.seconds for b in chosen)
-        return (len(latencies) / seconds, p99(latencies), sum(b.host.busy_s for b in chosen) / len(latencies),
-                sum(b.host.switches for b in chosen) / len(latencies), sum(b.host.steal_s for b in chosen) / seconds)
+        return (
+            len(latencies) / seconds,
+            p99(latencies),
+            sum(b.host.busy_s for b in chosen) / len(latencies),
+            sum(b.host.switches for b in chosen) / len(latencies),
+            sum(b.host.steal_s for b in chosen) / seconds,
+        )
 
     (off_tput, off_p99, off_cpu, off_switches, off_steal), (on_tput, on_p99, on_cpu, on_switches, on_steal) = (
-        figures([b for b in blocks if not b.probes]), figures([b for b in blocks if b.probes]))
-    print(f"\n{args.workload}, {args.pairs} off/on pairs of {args.tasks} tasks, {args.concurrency} in flight, "
-          f"probes {','.join(args.probes)}, "
-          f"rtt window {args.rtt_interval_ms} ms per socket, at most {args.rtt_max_per_s} lines/s, "
-          f"BPF statistics {'on' if args.bpf_stats else 'off'}")
+        figures([b for b in blocks if not b.probes]),
+        figures([b for b in blocks if b.probes]),
+    )
+    print(
+        f"\n{args.workload}, {args.pairs} off/on pairs of {args.tasks} tasks, {args.concurrency} in flight, "
+        f"probes {','.join(args.probes)}, "
+        f"rtt window {args.rtt_interval_ms} ms per socket, at most {args.rtt_max_per_s} lines/s, "
+        f"BPF statistics {'on' if args.bpf_stats else 'off'}"
+    )
     print(f"{'probes':<8}{'tasks/s':>10}{'p99 ms':>10}{'host CPU ms/task':>18}{'switches/task':>15}{'steal':>8}")
-    for name, tput, tail, cpu, switches, steal in (("off", off_tput, off_p99, off_cpu, off_switches, off_steal),
-                                                   ("on", on_tput, on_p99, on_cpu, on_switches, on_steal)):
+    for name, tput, tail, cpu, switches, steal in (
+        ("off", off_tput, off_p99, off_cpu, off_switches, off_steal),
+        ("on", on_tput, on_p99, on_cpu, on_switches, on_steal),
+    ):
         print(f"{name:<8}{tput:>10.1f}{tail * 1e3:>10.1f}{cpu * 1e3:>18.3f}{switches:>15.1f}{steal:>8.1%}")
-    print(f"host CPU per task on/off {on_cpu / off_cpu:.3f} (steal excluded); "
-          f"per pair: {spread(pair_ratios(blocks, cpu_per_task))}")
+    print(
+        f"host CPU per task on/off {on_cpu / off_cpu:.3f} (steal excluded); "
+        f"per pair: {spread(pair_ratios(blocks, cpu_per_task))}"
+    )
     where_it_went(blocks)
     tasks_on = sum(len(b.latencies_s) for b in blocks if b.probes)
     in_bpf = [b.bpf_s for b in blocks]
-    for what, seconds in (("runners and probe processes while running", sum(b.observing_s for b in blocks)),
-                          ("the probes' BPF programs in the kernel", None if None in in_bpf else sum(in_bpf)),  # type: ignore[arg-type]
-                          ("runners and probes stopping (decoding included), after the timed window",
-                           sum(b.stopping_s for b in blocks))):
-        print(f"{what}: not measured (--bpf-stats) or not reported by every node" if seconds is None else
-              f"{what}: {seconds / tasks_on * 1e3:.3f} ms CPU per task "
-              f"({seconds / tasks_on / off_cpu:.1%} of a task's host CPU with probes off)")
+    for what, seconds in (
+        ("runners and probe processes while running", sum(b.observing_s for b in blocks)),
+        ("the probes' BPF programs in the kernel", None if None in in_bpf else sum(in_bpf)),  # type: ignore[arg-type]
+        ("runners and probes stopping (decoding included), after the timed window", sum(b.stopping_s for b in blocks)),
+    ):
+        print(
+            f"{what}: not measured (--bpf-stats) or not reported by every node"
+            if seconds is None
+            else f"{what}: {seconds / tasks_on * 1e3:.3f} ms CPU per task "
+            f"({seconds / tasks_on / off_cpu:.1%} of a task's host CPU with probes off)"
+        )
     print(f"throughput on/off per pair: {spread(pair_ratios(blocks, throughput))}")
     print(f"p99 on/off per pair: {spread(pair_ratios(blocks, block_p99))}")
     if quiet := quiet_pairs(blocks):  # a tail is where the hypervisor's pauses show first
-        print(f"in the {len(quiet) // 2} pairs with at most {QUIET_STEAL:.0%} steal in both blocks: throughput on/off "
-              f"median {statistics.median(pair_ratios(quiet, throughput)):.3f}, p99 on/off median "
-              f"{statistics.median(pair_ratios(quiet, block_p99)):.3f}")
+        print(
+            f"in the {len(quiet) // 2} pairs with at most {QUIET_STEAL:.0%} steal in both blocks: throughput on/off "
+            f"median {statistics.median(pair_ratios(quiet, throughput)):.3f}, p99 on/off median "
+            f"{statistics.median(pair_ratios(quiet, block_p99)):.3f}"
+        )
     print(f"throughput on/off {on_tput / off_tput:.3f} (aim >= 0.97); p99 on/off {on_p99 / off_p99:.3f} (aim <= 1.03)")
 
 
@@ -232,6 +296,7 @@ def where_it_went(blocks: list[Block], shown: int = 10) -> None:
     """Host CPU per task with probes on minus off, by mode and by the processes that changed most:
     what the probes cost outside their own processes (the kernel's packet taps and tracepoints,
     the workload's processes running slower) shows here."""
+
     def per_task(chosen: list[Block]) -> tuple[Counter[str], Counter[str]]:
         tasks = sum(len(b.latencies_s) for b in chosen)
         modes: Counter[str] = Counter()
@@ -241,13 +306,19 @@ def where_it_went(blocks: list[Block], shown: int = 10) -> None:
             names.update({n: s / tasks for n, s in b.host.by_name().items()})
         return modes, names
 
-    (off_modes, off_names), (on_modes, on_names) = (per_task([b for b in blocks if not b.probes]),
-                                                    per_task([b for b in blocks if b.probes]))
-    print("host CPU per task, on - off, by mode: " + ", ".join(
-        f"{m} {(on_modes[m] - off_modes[m]) * 1e6:+.0f} µs" for m in BUSY_MODES))
+    (off_modes, off_names), (on_modes, on_names) = (
+        per_task([b for b in blocks if not b.probes]),
+        per_task([b for b in blocks if b.probes]),
+    )
+    print(
+        "host CPU per task, on - off, by mode: "
+        + ", ".join(f"{m} {(on_modes[m] - off_modes[m]) * 1e6:+.0f} µs" for m in BUSY_MODES)
+    )
     for kind in ("pgfault", "pgmajfault"):
-        off_faults, on_faults = (sum(b.host.faults[kind] for b in chosen) / sum(len(b.latencies_s) for b in chosen)
-                                 for chosen in ([b for b in blocks if not b.probes], [b for b in blocks if b.probes]))
+        off_faults, on_faults = (
+            sum(b.host.faults[kind] for b in chosen) / sum(len(b.latencies_s) for b in chosen)
+            for chosen in ([b for b in blocks if not b.probes], [b for b in blocks if b.probes])
+        )
         print(f"  {kind} per task: off {off_faults:.2f}, on {on_faults:.2f}")
     changed = sorted(set(on_names) | set(off_names), key=lambda n: -abs(on_names[n] - off_names[n]))[:shown]
     print("  by process: " + ", ".join(f"{n} {(on_names[n] - off_names[n]) * 1e6:+.0f} µs" for n in changed))

@@ -31,7 +31,9 @@ LABS = {"libvirt": ("bv", "10.82.0", {"accelerator": "tcg"}), "nspawn": ("bn", "
 def write_lab(directory: Path, provider: str) -> Path:
     name, prefix, extra = LABS[provider]
     config = {
-        "name": name, "provider": provider, **extra,
+        "name": name,
+        "provider": provider,
+        **extra,
         "network": {"subnet": f"{prefix}.0/24"},
         "nodes": [
             {"name": node, "groups": groups, "address": f"{prefix}.{11 + i}", "memory_mb": memory}
@@ -45,8 +47,14 @@ def write_lab(directory: Path, provider: str) -> Path:
 
 
 def lab(config: Path, *args: str) -> str:
-    result = subprocess.run([sys.executable, "-m", "lab", "--config", str(config), *args], check=False, capture_output=True,
-                            text=True, cwd=config.parent, env={**os.environ, "COLUMNS": "200"})
+    result = subprocess.run(
+        [sys.executable, "-m", "lab", "--config", str(config), *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=config.parent,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     if result.returncode != 0:
         raise SystemExit(f"lab {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
     return result.stdout
@@ -75,8 +83,10 @@ def main() -> None:
             totals = [total for total, _ in runs]
             waits = ", ".join(f"{node} {seconds:.1f} s" for node, seconds in runs[-1][1].items())
             spread = f" (min {min(totals):.1f}, max {max(totals):.1f})" if len(totals) > 1 else ""
-            print(f"{provider:8} lab up -> 3 nodes SSH-ready: {statistics.median(totals):6.1f} s{spread}; "
-                  f"SSH waits: {waits}")
+            print(
+                f"{provider:8} lab up -> 3 nodes SSH-ready: {statistics.median(totals):6.1f} s{spread}; "
+                f"SSH waits: {waits}"
+            )
 
 
 if __name__ == "__main__":

@@ -48,8 +48,11 @@ def program_time(pid: int) -> ProgramTime | None:
         return None
     for fd in fds:
         try:
-            info = dict(line.split(":\t", 1) for line in Path(f"/proc/{pid}/fdinfo/{fd}").read_text().splitlines()
-                        if ":\t" in line)
+            info = dict(
+                line.split(":\t", 1)
+                for line in Path(f"/proc/{pid}/fdinfo/{fd}").read_text().splitlines()
+                if ":\t" in line
+            )
         except OSError:
             continue
         if "prog_id" in info and "run_time_ns" in info:

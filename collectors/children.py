@@ -145,9 +145,7 @@ class Child:
     def start_readers(self) -> None:
         if self._proc is None:
             return
-        self._supervisor = threading.Thread(
-            target=self._supervise, name=self.status.probe, daemon=True
-        )
+        self._supervisor = threading.Thread(target=self._supervise, name=self.status.probe, daemon=True)
         self._supervisor.start()
 
     def request_stop(self) -> None:
@@ -369,7 +367,12 @@ class BpftraceChild(Child):
         self._entry_marks = {probe: (f"@{probe}0[".encode(), f"@{probe}1[".encode()) for probe in self.records}
 
     def request_stop(self) -> None:
-        if self.bpf_stats and self.running and self._proc is not None and (spent := bpfstats.program_time(self._proc.pid)):
+        if (
+            self.bpf_stats
+            and self.running
+            and self._proc is not None
+            and (spent := bpfstats.program_time(self._proc.pid))
+        ):
             with self.status_file.lock:
                 self.status.bpf_run_ns, self.status.bpf_runs = spent.run_ns, spent.runs
         super().request_stop()

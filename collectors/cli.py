@@ -18,9 +18,7 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
 
 def _name(value: str) -> str:
     if not NAME.match(value):
-        raise argparse.ArgumentTypeError(
-            f"{value!r} must be letters, digits, '.', '_', ':' or '-' (no spaces)"
-        )
+        raise argparse.ArgumentTypeError(f"{value!r} must be letters, digits, '.', '_', ':' or '-' (no spaces)")
     return value
 
 
@@ -35,9 +33,7 @@ def _probe_list(value: str) -> list[str]:
     unknown = [p for p in probes if p not in ALL_PROBES]
     if unknown or not probes:
         named = ",".join(unknown) if unknown else repr(value)
-        raise argparse.ArgumentTypeError(
-            f"unknown probe {named}; choose from {','.join(ALL_PROBES)}"
-        )
+        raise argparse.ArgumentTypeError(f"unknown probe {named}; choose from {','.join(ALL_PROBES)}")
     return probes
 
 
@@ -54,9 +50,7 @@ def parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run the probes until SIGTERM/SIGINT")
     run.add_argument("--node", required=True, type=_name, help="node name put in every record")
     run.add_argument("--run-id", required=True, type=_name, help="run id put in every record")
-    run.add_argument(
-        "--out", required=True, type=Path, help="directory for JSONL, pcap, status.json"
-    )
+    run.add_argument("--out", required=True, type=Path, help="directory for JSONL, pcap, status.json")
     run.add_argument(
         "--iface",
         action="append",

@@ -66,9 +66,7 @@ def find_or_mount_tracefs() -> Tracefs:
         if (path / "events").is_dir():
             return Tracefs(path=str(path))
     target = TRACEFS_PATHS[0]
-    result = subprocess.run(
-        ["mount", "-t", "tracefs", "nodev", str(target)], capture_output=True, text=True
-    )
+    result = subprocess.run(["mount", "-t", "tracefs", "nodev", str(target)], capture_output=True, text=True)
     if result.returncode == 0 and (target / "events").is_dir():
         return Tracefs(path=str(target), mounted_by_us=True)
     reason = result.stderr.strip() or f"mount exited with {result.returncode}"
@@ -108,9 +106,7 @@ def detect_kprobes(tracefs: Path | None) -> Kprobes:
     if events is None or not events.exists():
         if KPROBE_PMU.exists():
             return Kprobes(True, "kprobe PMU present (perf_event_open), not test-attached")
-        return Kprobes(
-            False, "kernel has no kprobe support: no kprobe_events in tracefs, no kprobe PMU"
-        )
+        return Kprobes(False, "kernel has no kprobe support: no kprobe_events in tracefs, no kprobe PMU")
     name = f"collectors_test_{os.getpid()}"
     try:
         _append(events, f"p:{name} {KPROBE_TEST_FUNCTION}\n")

@@ -49,10 +49,7 @@ READY = 'BEGIN { printf("READY %llu\\n", nsecs); }\n'
 ESTABLISHED, SYN_SENT, SYN_RECV, FIN_WAIT1 = 1, 2, 3, 4
 CLOSE, LAST_ACK = 7, 9
 
-_SET_STATE = (
-    "tracepoint:sock:inet_sock_set_state\n"
-    "/args->protocol == 6 && " + _NETNS.format(sk="args->skaddr") + "/\n"
-)
+_SET_STATE = "tracepoint:sock:inet_sock_set_state\n/args->protocol == 6 && " + _NETNS.format(sk="args->skaddr") + "/\n"
 _ADDRESSES = "ntop(args->saddr_v6), ntop(args->daddr_v6)"
 _PORTS = "(uint64)args->sport, (uint64)args->dport"
 
@@ -138,8 +135,13 @@ def _lifetime(sock_flags: str) -> tuple[str, str]:
     if (@birth[$k] != 0) {{
       $tp = (struct tcp_sock *)args->skaddr;
       $fin = (((struct sock *)args->skaddr)->{sock_flags} >> {SOCK_DONE}) & 1;
-      {_emit("lifetime", f"nsecs, @birth[$k], {_PORTS}, $tp->bytes_sent - $tp->bytes_retrans, "
-             f"$tp->bytes_received - $fin, (uint64)@pid[$k], {_ADDRESSES}, @comm[$k]")}
+      {
+            _emit(
+                "lifetime",
+                f"nsecs, @birth[$k], {_PORTS}, $tp->bytes_sent - $tp->bytes_retrans, "
+                f"$tp->bytes_received - $fin, (uint64)@pid[$k], {_ADDRESSES}, @comm[$k]",
+            )
+        }
     }}
     delete(@birth[$k]); delete(@pid[$k]); delete(@comm[$k]);
   }}
@@ -168,8 +170,13 @@ _CONNECT = (
   }}
   if (args->newstate == {ESTABLISHED} &&
       (args->oldstate == {SYN_SENT} || args->oldstate == {SYN_RECV})) {{
-    {_emit("connect", f"nsecs, {_PORTS}, (uint64)(args->oldstate == {SYN_SENT}), "
-           f"(uint64)@connect_pid[$k], {_ADDRESSES}, @connect_comm[$k]")}
+    {
+        _emit(
+            "connect",
+            f"nsecs, {_PORTS}, (uint64)(args->oldstate == {SYN_SENT}), "
+            f"(uint64)@connect_pid[$k], {_ADDRESSES}, @connect_comm[$k]",
+        )
+    }
   }}
   if (args->newstate != {SYN_SENT}) {{
     delete(@connect_pid[$k]); delete(@connect_comm[$k]);
@@ -251,7 +258,12 @@ def _rtt_emit(sk: str, sport: str, dport: str) -> str:
 
 def _rtt_window(sk: str, sport: str, dport: str, srtt: str, cwnd: str) -> str:
     return _RTT_WINDOW.format(
-        sk=sk, sport=sport, dport=dport, srtt=srtt, cwnd=cwnd, close=CLOSE,
+        sk=sk,
+        sport=sport,
+        dport=dport,
+        srtt=srtt,
+        cwnd=cwnd,
+        close=CLOSE,
         emit_window=_rtt_emit(sk, sport, dport),
         emit_at_close=_rtt_emit("args->skaddr", "args->sport", "args->dport"),
     )
@@ -294,5 +306,5 @@ RETRANS = _batched(
 {{
   {_emit("retrans", f"nsecs, {_PORTS}, (uint64)args->state, {_ADDRESSES}")}
 }}
-"""
+""",
 )

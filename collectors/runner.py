@@ -230,9 +230,7 @@ class Runner:
         deadline = time.monotonic() + ATTACH_TIMEOUT_S
         while not self.stop_requested.wait(STATUS_INTERVAL_S):
             status = self.status_file.status
-            if status.state == "starting" and (
-                self._all_attached_or_ended() or time.monotonic() > deadline
-            ):
+            if status.state == "starting" and (self._all_attached_or_ended() or time.monotonic() > deadline):
                 with self.status_file.lock:
                     status.state = "running"
                 self._cpu_at_attach = _own_cpu_s()

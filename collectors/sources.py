@@ -203,7 +203,11 @@ _SET_STATE = "sock:inet_sock_set_state"
 
 
 def needs_sock_flags(d: Detection) -> str | None:
-    return None if d.sock_flags else "the kernel's BTF shows no sk_flags in struct sock (it tells whether a socket took the peer's FIN)"
+    return (
+        None
+        if d.sock_flags
+        else "the kernel's BTF shows no sk_flags in struct sock (it tells whether a socket took the peer's FIN)"
+    )
 
 
 def _set_state_program(probes: Sequence[str], detection: Detection) -> str:
@@ -212,8 +216,14 @@ def _set_state_program(probes: Sequence[str], detection: Detection) -> str:
 
 def _on_set_state(parse: Parser, *requires: Requirement) -> Source:
     """lifetime, state and connect: one bpftrace serves whichever of them are on."""
-    return Source(f"bpftrace tracepoint:{_SET_STATE}", "bpftrace", (*_BPFTRACE, needs_tracepoint(_SET_STATE), *requires),
-                  _set_state_program, parse, (_SET_STATE,))
+    return Source(
+        f"bpftrace tracepoint:{_SET_STATE}",
+        "bpftrace",
+        (*_BPFTRACE, needs_tracepoint(_SET_STATE), *requires),
+        _set_state_program,
+        parse,
+        (_SET_STATE,),
+    )
 
 
 # Probe name -> candidate sources, best first. "pcap" is handled by the runner per interface.

@@ -69,4 +69,3 @@ def measure(transport: paramiko.Transport, samples: int = SAMPLES, timeout_s: fl
         return best_offset(taken)
     finally:
         channel.close()
-

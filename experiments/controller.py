@@ -70,7 +70,9 @@ def run(lab: LabConfig, scenario: Scenario, scenario_file: Path, reporter: Repor
     return run_dir
 
 
-def run_named(lab: LabConfig, name: str, reporter: Reporter, tasks: int | None = None, warmup: int | None = None) -> list[Path]:
+def run_named(
+    lab: LabConfig, name: str, reporter: Reporter, tasks: int | None = None, warmup: int | None = None
+) -> list[Path]:
     """`lab experiment NAME|all`: every scenario validated first, then run one after the other."""
     loaded = [load_scenario(n, lab, tasks, warmup) for n in (ALL if name == "all" else (name,))]
     return [run(lab, scenario, path, reporter) for scenario, path in loaded]
@@ -94,7 +96,9 @@ def connect(current: LabState, lab: LabConfig, run_id: str) -> list[NodeSession]
 
 def preflight(sessions: list[NodeSession], lab: LabConfig, scenario: Scenario) -> dict[str, dict]:
     """Every node answers, every service is deployed and healthy, every probe the scenario wants can attach."""
-    answers = parallel(lambda s: s.step("preflight", **services.preflight_args(s.node.name, s.node.address, lab)), sessions)
+    answers = parallel(
+        lambda s: s.step("preflight", **services.preflight_args(s.node.name, s.node.address, lab)), sessions
+    )
     problems = [f"{node}: {answer}" for node, answer in answers.items() if isinstance(answer, Exception)]
     checks: dict[str, dict] = {n: a for n, a in answers.items() if not isinstance(a, Exception)}
     for node, answer in checks.items():
@@ -108,21 +112,35 @@ def preflight(sessions: list[NodeSession], lab: LabConfig, scenario: Scenario) -
 
 def _preflight_problems(node: str, answer: dict, scenario: Scenario) -> list[str]:
     if answer["detect_error"]:
-        return [f"{node}: the probe runner {services.COLLECTORS} does not run ({answer['detect_error']}); run `lab deploy`"]
+        return [
+            f"{node}: the probe runner {services.COLLECTORS} does not run ({answer['detect_error']}); run `lab deploy`"
+        ]
     needed = services.needed(scenario.workload)
-    unhealthy = [f"{name} ({_said(s['health'])})" for name, s in answer["services"].items()
-                 if name in needed and not s["health"]["ok"]]
-    problems = [f"{node}: not healthy: {', '.join(unhealthy)}; see `journalctl -u lab-SERVICE` there or run `lab deploy`"] if unhealthy else []
-    problems += [f"{node}: probe {probe} cannot attach ({answer['probes'][probe].get('unavailable')}); "
-                 "remove it from the scenario's probes"
-                 for probe in scenario.probes if answer["probes"].get(probe, {}).get("source") is None]
+    unhealthy = [
+        f"{name} ({_said(s['health'])})"
+        for name, s in answer["services"].items()
+        if name in needed and not s["health"]["ok"]
+    ]
+    problems = (
+        [f"{node}: not healthy: {', '.join(unhealthy)}; see `journalctl -u lab-SERVICE` there or run `lab deploy`"]
+        if unhealthy
+        else []
+    )
+    problems += [
+        f"{node}: probe {probe} cannot attach ({answer['probes'][probe].get('unavailable')}); "
+        "remove it from the scenario's probes"
+        for probe in scenario.probes
+        if answer["probes"].get(probe, {}).get("source") is None
+    ]
     return problems
 
 
 SPEED_MARGIN = 1.25
 """How much slower than measured an LLM call may turn out under load before a timeout cuts it."""
-SLOW_LLM_ADVICE = ("use KVM (accelerator: kvm, on a host with vmx/svm), the nspawn provider, a smaller llm.cpu_model "
-                   "in lab.yaml, or the longer timeouts named above")
+SLOW_LLM_ADVICE = (
+    "use KVM (accelerator: kvm, on a host with vmx/svm), the nspawn provider, a smaller llm.cpu_model "
+    "in lab.yaml, or the longer timeouts named above"
+)
 
 
 def check_llm_speed(checks: dict[str, dict], scenario: Scenario, scenario_file: Path) -> dict[str, Any] | None:
@@ -136,23 +154,39 @@ def check_llm_speed(checks: dict[str, dict], scenario: Scenario, scenario_file: 
     try:
         speed = measure(services.url(checks, "llm"), served_model(checks).get("id", ""), LLM_MAX_TOKENS, t.llm_s)
     except SpeedError as exc:
-        raise LabError(f"preflight: the LLM on {node} did not answer an agent-sized prompt in time: {exc}; "
-                       f"timeouts.llm_s in {scenario_file} is {t.llm_s:g} s; {SLOW_LLM_ADVICE}") from exc
+        raise LabError(
+            f"preflight: the LLM on {node} did not answer an agent-sized prompt in time: {exc}; "
+            f"timeouts.llm_s in {scenario_file} is {t.llm_s:g} s; {SLOW_LLM_ADVICE}"
+        ) from exc
     call = speed.call_s(LLM_MAX_TOKENS) * SPEED_MARGIN
     calls = LLM_CALLS_PER_TASK[scenario.workload]
-    limits = [("timeouts.llm_s", t.llm_s, call, "one call"),
-              ("task_timeout_s", scenario.task_timeout_s, calls * call, f"a task's {calls} calls")]
+    limits = [
+        ("timeouts.llm_s", t.llm_s, call, "one call"),
+        ("task_timeout_s", scenario.task_timeout_s, calls * call, f"a task's {calls} calls"),
+    ]
     if scenario.workload == "multihop":
         limits.append(("timeouts.agent_s", t.agent_s, AGENT_B_LLM_CALLS * call, f"Agent B's {AGENT_B_LLM_CALLS} calls"))
-    short = [f"{what} need ~{need:.0f} s, more than {key} ({limit:g} s; set it to at least {need:.0f})"
-             for key, limit, need, what in limits if need > limit]
-    measured = {"node": node, "ttft_s": round(speed.ttft_s, 3), "tokens_per_s": round(speed.tokens_per_s, 2),
-                "prompt_chars": speed.prompt_chars, "max_tokens": LLM_MAX_TOKENS, "call_s_with_margin": round(call, 2)}
+    short = [
+        f"{what} need ~{need:.0f} s, more than {key} ({limit:g} s; set it to at least {need:.0f})"
+        for key, limit, need, what in limits
+        if need > limit
+    ]
+    measured = {
+        "node": node,
+        "ttft_s": round(speed.ttft_s, 3),
+        "tokens_per_s": round(speed.tokens_per_s, 2),
+        "prompt_chars": speed.prompt_chars,
+        "max_tokens": LLM_MAX_TOKENS,
+        "call_s_with_margin": round(call, 2),
+    }
     if short:
-        raise LabError(f"preflight: the LLM on {node} takes {speed.ttft_s:.1f} s to the first token of an agent-sized "
-                       f"prompt ({speed.prompt_chars} characters) and decodes {speed.tokens_per_s:.1f} tokens/s, so a call of "
-                       f"up to {LLM_MAX_TOKENS} tokens takes ~{call:.0f} s with a {SPEED_MARGIN:g}x margin: "
-                       + "; ".join(short) + f" in {scenario_file}; or {SLOW_LLM_ADVICE}")
+        raise LabError(
+            f"preflight: the LLM on {node} takes {speed.ttft_s:.1f} s to the first token of an agent-sized "
+            f"prompt ({speed.prompt_chars} characters) and decodes {speed.tokens_per_s:.1f} tokens/s, so a call of "
+            f"up to {LLM_MAX_TOKENS} tokens takes ~{call:.0f} s with a {SPEED_MARGIN:g}x margin: "
+            + "; ".join(short)
+            + f" in {scenario_file}; or {SLOW_LLM_ADVICE}"
+        )
     return measured
 
 
@@ -167,9 +201,18 @@ def _said(health: dict) -> str:
 
 
 class Experiment:
-    def __init__(self, lab: LabConfig, current: LabState, scenario: Scenario, scenario_file: Path, run_dir: Path,
-                 sessions: list[NodeSession], reporter: Reporter, checks: dict[str, dict],
-                 llm_speed: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        lab: LabConfig,
+        current: LabState,
+        scenario: Scenario,
+        scenario_file: Path,
+        run_dir: Path,
+        sessions: list[NodeSession],
+        reporter: Reporter,
+        checks: dict[str, dict],
+        llm_speed: dict[str, Any] | None = None,
+    ) -> None:
         self.lab, self.scenario, self.run_dir, self.sessions, self.reporter = lab, scenario, run_dir, sessions, reporter
         self.entry = services.entry(checks, scenario.workload)
         self.faults = Faults()
@@ -180,14 +223,22 @@ class Experiment:
         self.manifest = Manifest(
             run_id=run_dir.name,
             scenario={"name": scenario.name, "file": str(scenario_file), "config": scenario.model_dump(mode="json")},
-            lab=lab.model_dump(mode="json"), provider=current.provider, accelerator=current.accelerator,
-            image=current.image, started_at_ns=time.time_ns(), git=git_info(REPO),
-            versions=_versions(checks, scenario.workload), llm_speed=llm_speed,
+            lab=lab.model_dump(mode="json"),
+            provider=current.provider,
+            accelerator=current.accelerator,
+            image=current.image,
+            started_at_ns=time.time_ns(),
+            git=git_info(REPO),
+            versions=_versions(checks, scenario.workload),
+            llm_speed=llm_speed,
         )
         for node, answer in checks.items():
             for stale in answer["stale_runners"]:
-                self.fault(node, f"a probe runner left running by an earlier run (pid {stale['pid']}) was {stale['outcome']} "
-                                 f"before this one; its files stay in {stale['run_dir']} there")
+                self.fault(
+                    node,
+                    f"a probe runner left running by an earlier run (pid {stale['pid']}) was {stale['outcome']} "
+                    f"before this one; its files stay in {stale['run_dir']} there",
+                )
 
     def execute(self) -> None:
         interrupted = False
@@ -201,7 +252,10 @@ class Experiment:
         finally:
             with _sigint_deferred(self.reporter):
                 if interrupted:
-                    self.fault("controller", f"interrupted (Ctrl-C) after {self.done} task(s); stopping the probes and pulling what exists")
+                    self.fault(
+                        "controller",
+                        f"interrupted (Ctrl-C) after {self.done} task(s); stopping the probes and pulling what exists",
+                    )
                 self._finish()
         if interrupted:
             raise KeyboardInterrupt
@@ -233,22 +287,30 @@ class Experiment:
         if not self.impaired:
             return
         self.reporter.phase("impairments: " + ", ".join(f"{i.node}→{i.to or 'all'}" for i in self.scenario.impairments))
-        applied = self._each("impairment failed", lambda s: s.step("impair", address=s.node.address, links=links[s.node.name]),
-                             self.impaired)
+        applied = self._each(
+            "impairment failed",
+            lambda s: s.step("impair", address=s.node.address, links=links[s.node.name]),
+            self.impaired,
+        )
         if len(applied) < len(self.impaired):
-            raise LabError("an impairment could not be applied (see the faults above); the run stopped before the probes started")
+            raise LabError(
+                "an impairment could not be applied (see the faults above); the run stopped before the probes started"
+            )
         for node, answer in applied.items():
             for link in links[node]:
                 self.manifest.impairments_applied.append(_applied(node, link, answer))
                 if not answer["netem"]:
-                    self.reporter.phase(f"[yellow]{node}: no netem in this kernel: only rate limits (htb) apply, not delay or loss")
+                    self.reporter.phase(
+                        f"[yellow]{node}: no netem in this kernel: only rate limits (htb) apply, not delay or loss"
+                    )
 
     def _start_probes(self) -> None:
         self.reporter.phase(f"starting probes on {len(self.sessions)} nodes: {', '.join(self.scenario.probes)}")
         self.probes_started = True
         rtt = (self.scenario.rtt_interval_ms, self.scenario.rtt_max_per_s)
-        started = self._each("probes did not start",
-                             lambda s: s.start_probes(self.scenario.probes, rtt, self.scenario.bpf_stats))
+        started = self._each(
+            "probes did not start", lambda s: s.start_probes(self.scenario.probes, rtt, self.scenario.bpf_stats)
+        )
         for node, answer in started.items():
             self.offsets[node] = answer["offsets"]
             self._record_probes(node, answer["status"])
@@ -274,11 +336,15 @@ class Experiment:
         self.manifest.tasks = {"planned": measured, "total": 0, "ok": 0, "failed": 0, "warmup": 0}
         stop = threading.Event()
         monitor = threading.Thread(target=self._monitor, args=(stop,), name="probe-monitor", daemon=True)
-        with open(self.run_dir / "results.jsonl", "a", encoding="utf-8") as results, \
-                self.reporter.tasks(sum(len(p) for p in phases)):
+        with (
+            open(self.run_dir / "results.jsonl", "a", encoding="utf-8") as results,
+            self.reporter.tasks(sum(len(p) for p in phases)),
+        ):
             monitor.start()
             try:
-                drive.drive(phases, self.scenario, self.entry, self.run_dir / "telemetry", lambda o: self._done(o, results))
+                drive.drive(
+                    phases, self.scenario, self.entry, self.run_dir / "telemetry", lambda o: self._done(o, results)
+                )
             except KeyboardInterrupt:
                 return True
             finally:
@@ -317,13 +383,18 @@ class Experiment:
     def _finish(self) -> None:
         if self.probes_started:
             self.reporter.phase("stopping probes")
-        stopped = self._each(f"probes did not stop; their data stays on the node in {self.sessions[0].run_dir}",
-                             self._stop) if self.probes_started else {}
+        stopped = (
+            self._each(f"probes did not stop; their data stays on the node in {self.sessions[0].run_dir}", self._stop)
+            if self.probes_started
+            else {}
+        )
         if self.impaired:
             self._each("impairment not removed", lambda s: s.step("unimpair", address=s.node.address), self.impaired)
         if stopped:
             self.reporter.phase("pulling files")
-            parallel(lambda s: self._collect(s, stopped[s.node.name]), [s for s in self.sessions if s.node.name in stopped])
+            parallel(
+                lambda s: self._collect(s, stopped[s.node.name]), [s for s in self.sessions if s.node.name in stopped]
+            )
         self.manifest.ended_at_ns = time.time_ns()
         self.manifest.faults = self.faults.items
         self.manifest.files = checksums(self.run_dir)
@@ -345,8 +416,11 @@ class Experiment:
             self.manifest.clock_offsets.setdefault(node, {})["end"] = asdict(session.clock())
             bad = session.pull(stopped["files"], self.run_dir / "nodes" / node)
             if bad:
-                self.fault(node, f"{len(bad)} file(s) differ after two pulls ({', '.join(bad[:3])}); "
-                                 f"the originals stay in {session.run_dir}")
+                self.fault(
+                    node,
+                    f"{len(bad)} file(s) differ after two pulls ({', '.join(bad[:3])}); "
+                    f"the originals stay in {session.run_dir}",
+                )
             else:
                 session.step("cleanup", run_dir=session.run_dir)
         except NodeError as exc:
@@ -355,12 +429,22 @@ class Experiment:
 
 def _versions(checks: dict[str, dict], workload: str) -> dict[str, Any]:
     keys = ("kernel", "python", "bpftrace", "tcpdump", "workload", "libraries")
-    versions = {"controller": controller_versions(), "nodes": {node: {k: answer[k] for k in keys} for node, answer in checks.items()}}
+    versions = {
+        "controller": controller_versions(),
+        "nodes": {node: {k: answer[k] for k in keys} for node, answer in checks.items()},
+    }
     if "llm" not in services.needed(workload):
         return versions  # the baseline calls no LLM: whatever serves one (or not) is not part of its run
     served = served_model(checks)
-    return {**versions, "llm": {"node": services.placement(checks)["llm"][0], "backend": served.get("owned_by"),
-                                "model": served.get("id"), "served": served}}
+    return {
+        **versions,
+        "llm": {
+            "node": services.placement(checks)["llm"][0],
+            "backend": served.get("owned_by"),
+            "model": served.get("id"),
+            "served": served,
+        },
+    }
 
 
 def _applied(node: str, link: dict, answer: dict) -> dict[str, Any]:
@@ -369,9 +453,16 @@ def _applied(node: str, link: dict, answer: dict) -> dict[str, Any]:
     if "rate_mbit" in wanted:
         by["rate_mbit"] = "htb"
     not_applied = [k for k, v in by.items() if v is None]
-    return {"node": node, "to": link["to"], "iface": answer["iface"], "requested": wanted, "applied_by": by,
-            "not_applied": not_applied, "reason": "no netem qdisc in this kernel" if not_applied else None,
-            "qdisc": answer["qdisc"]}
+    return {
+        "node": node,
+        "to": link["to"],
+        "iface": answer["iface"],
+        "requested": wanted,
+        "applied_by": by,
+        "not_applied": not_applied,
+        "reason": "no netem qdisc in this kernel" if not_applied else None,
+        "qdisc": answer["qdisc"],
+    }
 
 
 def _json_line(record: dict) -> str:
@@ -384,7 +475,9 @@ def _sigint_deferred(reporter: Reporter) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGINT, lambda *_: reporter.phase("[yellow]still stopping probes and pulling files; please wait"))
+    previous = signal.signal(
+        signal.SIGINT, lambda *_: reporter.phase("[yellow]still stopping probes and pulling files; please wait")
+    )
     try:
         yield
     finally:

@@ -52,12 +52,19 @@ def plan(scenario: Scenario) -> list[list[Planned]]:
     """Phases run one after the other: the warm-up (if any), then each repetition of the task set."""
     dataset = make_dataset(scenario.tasks.dataset_seed)
     measured = make_tasks(scenario.tasks.seed, scenario.tasks.count, dataset)
-    warmup = [t.model_copy(update={"task_id": f"warmup-{t.task_id}"})
-              for t in make_tasks(scenario.tasks.seed, scenario.warmup, dataset)]
+    warmup = [
+        t.model_copy(update={"task_id": f"warmup-{t.task_id}"})
+        for t in make_tasks(scenario.tasks.seed, scenario.warmup, dataset)
+    ]
     phases = [(0, warmup)] if warmup else []
     phases += [(r, measured) for r in range(1, scenario.repetitions + 1)]
-    return [[Planned(task, repetition, at) for task, at in zip(tasks, _times(len(tasks), scenario, repetition), strict=True)]
-            for repetition, tasks in phases]
+    return [
+        [
+            Planned(task, repetition, at)
+            for task, at in zip(tasks, _times(len(tasks), scenario, repetition), strict=True)
+        ]
+        for repetition, tasks in phases
+    ]
 
 
 def _times(count: int, scenario: Scenario, repetition: int) -> list[float | None]:
@@ -65,8 +72,9 @@ def _times(count: int, scenario: Scenario, repetition: int) -> list[float | None
     return arrivals(count, rate, scenario.tasks.seed + repetition) if rate else [None] * count
 
 
-async def _phase(phase: list[Planned], scenario: Scenario, entry: Entry, telemetry_dir: Path,
-                 done: Callable[[Outcome], None]) -> None:
+async def _phase(
+    phase: list[Planned], scenario: Scenario, entry: Entry, telemetry_dir: Path, done: Callable[[Outcome], None]
+) -> None:
     slots = asyncio.Semaphore(scenario.load.concurrency or len(phase))
     started = time.monotonic()
 
@@ -74,21 +82,30 @@ async def _phase(phase: list[Planned], scenario: Scenario, entry: Entry, telemet
         if planned.at_s is not None:
             await asyncio.sleep(max(0.0, started + planned.at_s - time.monotonic()))
         async with slots:
-            [result] = await run_tasks(scenario.workload, [planned.task], entry, 1, telemetry_dir,
-                                       timeout_s=scenario.task_timeout_s, hop_timeouts=scenario.timeouts.by_hop(),
-                                       knobs=scenario.knobs)
+            [result] = await run_tasks(
+                scenario.workload,
+                [planned.task],
+                entry,
+                1,
+                telemetry_dir,
+                timeout_s=scenario.task_timeout_s,
+                hop_timeouts=scenario.timeouts.by_hop(),
+                knobs=scenario.knobs,
+            )
         done(Outcome(planned, result))
 
     await asyncio.gather(*(one(p) for p in phase))
 
 
-async def _all(phases: list[list[Planned]], scenario: Scenario, entry: Entry, telemetry_dir: Path,
-               done: Callable[[Outcome], None]) -> None:
+async def _all(
+    phases: list[list[Planned]], scenario: Scenario, entry: Entry, telemetry_dir: Path, done: Callable[[Outcome], None]
+) -> None:
     for phase in phases:
         await _phase(phase, scenario, entry, telemetry_dir, done)
 
 
-def drive(phases: list[list[Planned]], scenario: Scenario, entry: Entry, telemetry_dir: Path,
-          done: Callable[[Outcome], None]) -> None:
+def drive(
+    phases: list[list[Planned]], scenario: Scenario, entry: Entry, telemetry_dir: Path, done: Callable[[Outcome], None]
+) -> None:
     """Submit every planned task; `done` gets each outcome as its task ends (Ctrl-C keeps those already done)."""
     asyncio.run(_all(phases, scenario, entry, telemetry_dir, done))

@@ -122,8 +122,10 @@ def probe_faults(summary: dict[str, dict[str, Any]]) -> list[str]:
     lines = []
     for name, p in summary.items():
         if p.get("invalid_values"):
-            lines.append(f"probe {name} wrote {p['invalid_values']} record(s) with a value it could not read "
-                         "(null there, the reason in the record's `invalid`)")
+            lines.append(
+                f"probe {name} wrote {p['invalid_values']} record(s) with a value it could not read "
+                "(null there, the reason in the record's `invalid`)"
+            )
         if p["state"] not in ("running", "stopped", "starting"):
             lines.append(f"probe {name} {p['state']}: {p['error'] or 'no reason given'}")
     return lines

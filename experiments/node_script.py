@@ -49,16 +49,32 @@ def _version(argv: list[str]) -> str:
         result = _run(argv)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"unavailable ({exc})"
-    return _first_line(result.stdout or result.stderr) if result.returncode == 0 else f"unavailable ({_first_line(result.stderr)})"
+    return (
+        _first_line(result.stdout or result.stderr)
+        if result.returncode == 0
+        else f"unavailable ({_first_line(result.stderr)})"
+    )
 
 
 # The client and server libraries whose defaults shape the traffic (connection reuse, keep-alive,
 # MCP sessions): openai 2.54 under the agents made every streamed LLM answer cost a connection.
-LIBRARIES = ("agentic-lab", "openai", "httpx", "httpcore", "mcp", "langchain-openai", "langchain-mcp-adapters",
-             "langgraph", "uvicorn", "starlette")
-LIBRARY_VERSIONS = ("import importlib.metadata as m, json, sys\n"
-                    "def v(n):\n    try:\n        return m.version(n)\n    except m.PackageNotFoundError:\n        return None\n"
-                    "print(json.dumps({n: v(n) for n in sys.argv[1:]}))")
+LIBRARIES = (
+    "agentic-lab",
+    "openai",
+    "httpx",
+    "httpcore",
+    "mcp",
+    "langchain-openai",
+    "langchain-mcp-adapters",
+    "langgraph",
+    "uvicorn",
+    "starlette",
+)
+LIBRARY_VERSIONS = (
+    "import importlib.metadata as m, json, sys\n"
+    "def v(n):\n    try:\n        return m.version(n)\n    except m.PackageNotFoundError:\n        return None\n"
+    "print(json.dumps({n: v(n) for n in sys.argv[1:]}))"
+)
 
 
 def _libraries(python: str | None) -> dict[str, str | None]:
@@ -110,8 +126,10 @@ def placed_services(config_dir: str, address: str, known: dict[str, int]) -> dic
         if path.stem in known:
             config = service_config(path)
             host = config.get("host", address)
-            placed[path.stem] = {"host": address if host in ("0.0.0.0", "::", "") else host,
-                                 "port": int(config.get("port") or known[path.stem])}
+            placed[path.stem] = {
+                "host": address if host in ("0.0.0.0", "::", "") else host,
+                "port": int(config.get("port") or known[path.stem]),
+            }
     return placed
 
 
@@ -125,8 +143,15 @@ def _detect(collectors: str) -> tuple[dict | None, str | None]:
     return json.loads(result.stdout), None
 
 
-def preflight(address: str, config_dir: str, known: dict[str, int], llm_port: int | None, collectors: str,
-              venvs: list[str], runs: str) -> dict:
+def preflight(
+    address: str,
+    config_dir: str,
+    known: dict[str, int],
+    llm_port: int | None,
+    collectors: str,
+    venvs: list[str],
+    runs: str,
+) -> dict:
     """Versions, the lab interface, what the probes can attach to, where each service is and its health.
     A probe runner still running from an earlier run (its controller died) is stopped first: it would
     load the node during this one; its files stay where they are."""
@@ -136,15 +161,21 @@ def preflight(address: str, config_dir: str, known: dict[str, int], llm_port: in
     for service in services.values():
         service["health"] = _health(service["host"], service["port"], "/healthz")
     if llm_port is not None:
-        services["llm"] = {"host": address, "port": llm_port, "health": _health(address, llm_port, "/health"),
-                           "models": _get(f"http://{address}:{llm_port}/v1/models")}
+        services["llm"] = {
+            "host": address,
+            "port": llm_port,
+            "health": _health(address, llm_port, "/health"),
+            "models": _get(f"http://{address}:{llm_port}/v1/models"),
+        }
     python = next((v for v in venvs if Path(v).exists()), None)
     return {
         "kernel": platform.release(),
         "python": platform.python_version(),
         "bpftrace": _version(["bpftrace", "--version"]),
         "tcpdump": _version(["tcpdump", "--version"]),
-        "workload": _version([python, "-c", "import importlib.metadata as m; print(m.version('agentic-lab'))"]) if python else "not installed",
+        "workload": _version([python, "-c", "import importlib.metadata as m; print(m.version('agentic-lab'))"])
+        if python
+        else "not installed",
         "libraries": _libraries(python),
         "iface": lab_interface(address),
         "probes": detection["probes"] if detection else None,
@@ -179,7 +210,9 @@ def alive(pid: int | None) -> bool:
 
 def _is_runner(pid: int | None) -> bool:
     try:
-        return alive(pid) and "--run-id" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+        return alive(pid) and "--run-id" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split(
+            "\0"
+        )
     except OSError:
         return False
 
@@ -211,7 +244,9 @@ def stop_stale_runners(runs: str) -> list[dict]:
     for pid_file in sorted(Path(runs).glob("*/probes/runner.pid")):
         pid = _pid(pid_file.parent)
         if pid is not None and _is_runner(pid):
-            stale.append({"run_dir": str(pid_file.parent.parent), "pid": pid, "outcome": _stop_runner(pid, pid_file.parent)})
+            stale.append(
+                {"run_dir": str(pid_file.parent.parent), "pid": pid, "outcome": _stop_runner(pid, pid_file.parent)}
+            )
     return stale
 
 
@@ -222,8 +257,17 @@ def _pid(out: Path) -> int | None:
         return None
 
 
-def start(run_dir: str, node: str, address: str, run_id: str, probes: list[str], collectors: str, telemetry: str,
-          rtt: tuple[int, int], bpf_stats: bool = False) -> dict:
+def start(
+    run_dir: str,
+    node: str,
+    address: str,
+    run_id: str,
+    probes: list[str],
+    collectors: str,
+    telemetry: str,
+    rtt: tuple[int, int],
+    bpf_stats: bool = False,
+) -> dict:
     """Note where each service's telemetry file ends, start the runner detached, wait until it runs.
 
     The capture covers the lab interface and loopback: a node's services that call each other
@@ -233,10 +277,31 @@ def start(run_dir: str, node: str, address: str, run_id: str, probes: list[str],
     offsets = telemetry_sizes(telemetry)
     with open(out / "logs" / "runner.log", "ab") as log:
         runner = subprocess.Popen(
-            [collectors, "run", "--node", node, "--run-id", run_id, "--out", str(out), "--probes", ",".join(probes),
-             "--iface", lab_interface(address), "--iface", "lo",
-             "--rtt-interval-ms", str(rtt[0]), "--rtt-max-per-s", str(rtt[1]), *(["--bpf-stats"] if bpf_stats else [])],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+            [
+                collectors,
+                "run",
+                "--node",
+                node,
+                "--run-id",
+                run_id,
+                "--out",
+                str(out),
+                "--probes",
+                ",".join(probes),
+                "--iface",
+                lab_interface(address),
+                "--iface",
+                "lo",
+                "--rtt-interval-ms",
+                str(rtt[0]),
+                "--rtt-max-per-s",
+                str(rtt[1]),
+                *(["--bpf-stats"] if bpf_stats else []),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
         )
     deadline = time.monotonic() + START_TIMEOUT_S
     status = None
@@ -320,12 +385,63 @@ def tc_commands(iface: str, links: list[dict], netem: bool) -> list[list[str]]:
     commands = [tc, ["tc", "class", "add", "dev", iface, "parent", "1:", "classid", "1:1", "htb", "rate", UNSHAPED]]
     for index, link in enumerate(links, start=2):
         rate = f"{link['rate_mbit']:g}mbit" if link["rate_mbit"] else UNSHAPED
-        commands.append(["tc", "class", "add", "dev", iface, "parent", "1:", "classid", f"1:{index}", "htb", "rate", rate, "ceil", rate])
+        commands.append(
+            [
+                "tc",
+                "class",
+                "add",
+                "dev",
+                iface,
+                "parent",
+                "1:",
+                "classid",
+                f"1:{index}",
+                "htb",
+                "rate",
+                rate,
+                "ceil",
+                rate,
+            ]
+        )
         if netem and (link["delay_ms"] or link["loss_pct"]):
-            commands.append(["tc", "qdisc", "add", "dev", iface, "parent", f"1:{index}", "handle", f"{index}0:", "netem", *netem_args(link)])
+            commands.append(
+                [
+                    "tc",
+                    "qdisc",
+                    "add",
+                    "dev",
+                    iface,
+                    "parent",
+                    f"1:{index}",
+                    "handle",
+                    f"{index}0:",
+                    "netem",
+                    *netem_args(link),
+                ]
+            )
         if link["to_address"] is not None:
-            commands.append(["tc", "filter", "add", "dev", iface, "parent", "1:", "protocol", "ip", "prio", "1", "u32",
-                             "match", "ip", "dst", f"{link['to_address']}/32", "flowid", f"1:{index}"])
+            commands.append(
+                [
+                    "tc",
+                    "filter",
+                    "add",
+                    "dev",
+                    iface,
+                    "parent",
+                    "1:",
+                    "protocol",
+                    "ip",
+                    "prio",
+                    "1",
+                    "u32",
+                    "match",
+                    "ip",
+                    "dst",
+                    f"{link['to_address']}/32",
+                    "flowid",
+                    f"1:{index}",
+                ]
+            )
     return commands
 
 

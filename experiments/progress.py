@@ -34,12 +34,20 @@ class Reporter:
         self.console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {text}")
 
     def fault(self, node: str, what: str) -> None:
-        self.console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] [yellow]fault[/yellow] {node}: {what}", highlight=False)
+        self.console.print(
+            f"[dim]{time.strftime('%H:%M:%S')}[/dim] [yellow]fault[/yellow] {node}: {what}", highlight=False
+        )
 
     @contextmanager
     def tasks(self, total: int) -> Iterator[None]:
-        columns = (TextColumn("tasks"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[failed]} failed"),
-                   TimeElapsedColumn(), TextColumn("[dim]{task.fields[records]}"))
+        columns = (
+            TextColumn("tasks"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[failed]} failed"),
+            TimeElapsedColumn(),
+            TextColumn("[dim]{task.fields[records]}"),
+        )
         with Progress(*columns, console=self.console) as progress:
             self._progress = progress
             self._bar = progress.add_task("tasks", total=total, failed=0, records="")
@@ -59,8 +67,15 @@ class Reporter:
             self._progress.update(self._bar, records=text)  # type: ignore[arg-type]
 
     def summary(self, manifest: Manifest, run_dir: Path) -> None:
-        table = Table("node", "clock offset (start)", "probes stopped", "records", "probe CPU while running", "files",
-                      title=f"run {manifest.run_id}")
+        table = Table(
+            "node",
+            "clock offset (start)",
+            "probes stopped",
+            "records",
+            "probe CPU while running",
+            "files",
+            title=f"run {manifest.run_id}",
+        )
         for node, probes in manifest.probes.items():
             offset = manifest.clock_offsets.get(node, {}).get("start")
             clock = f"{offset['offset_ns'] / 1e3:+.0f} ± {offset['uncertainty_ns'] / 1e3:.0f} µs" if offset else "-"
@@ -74,8 +89,10 @@ class Reporter:
         self.console.print(table)
         tasks = manifest.tasks
         wall = ((manifest.ended_at_ns or 0) - manifest.started_at_ns) / 1e9
-        self.console.print(f"tasks: {tasks.get('ok', 0)} ok, {tasks.get('failed', 0)} failed of {tasks.get('total', 0)} "
-                           f"(+{tasks.get('warmup', 0)} warm-up); {len(manifest.faults)} fault(s); {wall:.1f} s")
+        self.console.print(
+            f"tasks: {tasks.get('ok', 0)} ok, {tasks.get('failed', 0)} failed of {tasks.get('total', 0)} "
+            f"(+{tasks.get('warmup', 0)} warm-up); {len(manifest.faults)} fault(s); {wall:.1f} s"
+        )
         for fault in manifest.faults:
             self.console.print(f"  [yellow]fault[/yellow] {fault.node}: {fault.what}", highlight=False)
         self.console.print(f"run directory: [bold]{run_dir}[/bold]")

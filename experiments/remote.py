@@ -49,7 +49,9 @@ class NodeSession:
             raise NodeError(f"{name}: no answer within {timeout:.0f} s") from None
         lines = result.stdout.strip().splitlines()
         if result.exited != 0 or not lines:
-            raise NodeError(f"{name}: exited {result.exited}: {(result.stderr.strip().splitlines() or ['no output'])[-1]}")
+            raise NodeError(
+                f"{name}: exited {result.exited}: {(result.stderr.strip().splitlines() or ['no output'])[-1]}"
+            )
         answer = json.loads(lines[-1])
         if not answer["ok"]:
             raise NodeError(answer["error"])
@@ -57,16 +59,32 @@ class NodeSession:
 
     def start_probes(self, probes: list[str], rtt: tuple[int, int], bpf_stats: bool = False) -> dict:
         """Start this node's probe runner on the lab interface and loopback; wait until it runs."""
-        return self.step("start", timeout=node_script.START_TIMEOUT_S + 30, run_dir=self.run_dir, node=self.node.name, address=self.node.address,
-                         run_id=self.run_id, probes=probes, collectors=services.COLLECTORS,
-                         telemetry=services.TELEMETRY_DIR, rtt=rtt, bpf_stats=bpf_stats)
+        return self.step(
+            "start",
+            timeout=node_script.START_TIMEOUT_S + 30,
+            run_dir=self.run_dir,
+            node=self.node.name,
+            address=self.node.address,
+            run_id=self.run_id,
+            probes=probes,
+            collectors=services.COLLECTORS,
+            telemetry=services.TELEMETRY_DIR,
+            rtt=rtt,
+            bpf_stats=bpf_stats,
+        )
 
     def stop_probes(self, offsets: dict[str, int]) -> dict:
         """Stop the runner so its probes flush; copy the services' telemetry from `offsets` on. A runner
         still decoding (long runs on slow nodes) is asked again until it stopped or the node killed it."""
         while True:
-            answer = self.step("stop", timeout=node_script.STOP_STEP_S + 60, run_dir=self.run_dir,
-                               telemetry=services.TELEMETRY_DIR, offsets=offsets, wait_s=node_script.STOP_STEP_S)
+            answer = self.step(
+                "stop",
+                timeout=node_script.STOP_STEP_S + 60,
+                run_dir=self.run_dir,
+                telemetry=services.TELEMETRY_DIR,
+                offsets=offsets,
+                wait_s=node_script.STOP_STEP_S,
+            )
             if answer["runner"] != "stopping":
                 return answer
 
@@ -104,15 +122,20 @@ def open_session(node: Node, known_hosts: Path, run_id: str) -> NodeSession:
     try:
         conn.open()
     except paramiko.BadHostKeyException:
-        raise LabError(f"{node.name} ({node.address}) offered a host key that is not the pinned one in {known_hosts}; "
-                       "run `lab teardown` and `lab up`") from None
+        raise LabError(
+            f"{node.name} ({node.address}) offered a host key that is not the pinned one in {known_hosts}; "
+            "run `lab teardown` and `lab up`"
+        ) from None
     except SSH_ERRORS as exc:
-        raise LabError(f"{node.name} ({node.address}) is not reachable over SSH ({type(exc).__name__}: {exc}); check `lab status`") from None
+        raise LabError(
+            f"{node.name} ({node.address}) is not reachable over SSH ({type(exc).__name__}: {exc}); check `lab status`"
+        ) from None
     return NodeSession(node, conn, run_id)
 
 
 def parallel(fn: Callable[[NodeSession], T], sessions: list[NodeSession]) -> dict[str, T | Exception]:
     """`fn` on every node at once; each node's result or the exception it raised."""
+
     def guarded(session: NodeSession) -> T | Exception:
         try:
             return fn(session)

@@ -61,7 +61,9 @@ class Impairment(Model):
     @model_validator(mode="after")
     def _does_something(self) -> Impairment:
         if not (self.delay_ms or self.loss_pct or self.rate_mbit):
-            raise ValueError("an impairment needs at least one of delay_ms, loss_pct, rate_mbit; add one or remove the entry")
+            raise ValueError(
+                "an impairment needs at least one of delay_ms, loss_pct, rate_mbit; add one or remove the entry"
+            )
         if self.jitter_ms and not self.delay_ms:
             raise ValueError("jitter_ms needs delay_ms; add a delay or remove the jitter")
         if self.to == self.node:
@@ -100,7 +102,9 @@ class Scenario(Model):
     timeouts: Timeouts = Timeouts()
     knobs: Knobs = Knobs()
     """The protocol choices that shape the traffic (workload/knobs.py says what each default follows)."""
-    probes: list[Literal["lifetime", "state", "connect", "rtt", "retrans", "pcap"]] = Field(default=list(PROBES), min_length=1)
+    probes: list[Literal["lifetime", "state", "connect", "rtt", "retrans", "pcap"]] = Field(
+        default=list(PROBES), min_length=1
+    )
     """The probes to run on every node (default: all)."""
     rtt_interval_ms: int = Field(default=100, ge=1, le=60_000)
     """RTT windows: one record per socket per this many ms, aggregated in the kernel (min/max/count of
@@ -118,8 +122,11 @@ class Scenario(Model):
         for index, item in enumerate(self.impairments):
             seen = targets.setdefault(item.node, [])
             if item.to in seen or None in seen or (item.to is None and seen):
-                raise FieldError(("impairments", index), f"link {item.node} -> {item.to or 'all'} overlaps an earlier entry; "
-                                                         "give each link once, either one entry without 'to' or one per peer")
+                raise FieldError(
+                    ("impairments", index),
+                    f"link {item.node} -> {item.to or 'all'} overlaps an earlier entry; "
+                    "give each link once, either one entry without 'to' or one per peer",
+                )
             seen.append(item.to)
         return self
 
@@ -130,8 +137,10 @@ class Scenario(Model):
             for key in ("node", "to"):
                 value = getattr(item, key)
                 if value is not None and value not in names:
-                    raise ConfigError(f"{path}: impairments[{index}].{key}: no node '{value}' in {lab.path.name}; "
-                                      f"use one of {', '.join(names)}")
+                    raise ConfigError(
+                        f"{path}: impairments[{index}].{key}: no node '{value}' in {lab.path.name}; "
+                        f"use one of {', '.join(names)}"
+                    )
 
 
 def scenario_path(name_or_path: str) -> Path:
@@ -146,7 +155,9 @@ def scenario_path(name_or_path: str) -> Path:
     return path
 
 
-def load_scenario(name_or_path: str, lab: LabConfig, tasks: int | None = None, warmup: int | None = None) -> tuple[Scenario, Path]:
+def load_scenario(
+    name_or_path: str, lab: LabConfig, tasks: int | None = None, warmup: int | None = None
+) -> tuple[Scenario, Path]:
     """The validated scenario; `tasks` and `warmup` (from the command line) replace the file's values."""
     path = scenario_path(name_or_path)
     data = read_yaml(path, "pass a scenario name (baseline, simple, multihop) or an existing .yaml file")

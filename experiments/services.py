@@ -22,9 +22,13 @@ VENVS = ["/opt/lab/venv", "/opt/lab/llm"]
 
 def preflight_args(node: str, address: str, lab: LabConfig) -> dict:
     return {
-        "address": address, "config_dir": CONFIG_DIR, "known": {s: DEFAULT_PORTS[s] for s in SERVICES},
-        "llm_port": lab.llm.port if node == lab.llm_node.name else None, "collectors": COLLECTORS,
-        "venvs": [f"{v}/bin/python" for v in VENVS], "runs": RUNS_DIR,
+        "address": address,
+        "config_dir": CONFIG_DIR,
+        "known": {s: DEFAULT_PORTS[s] for s in SERVICES},
+        "llm_port": lab.llm.port if node == lab.llm_node.name else None,
+        "collectors": COLLECTORS,
+        "venvs": [f"{v}/bin/python" for v in VENVS],
+        "runs": RUNS_DIR,
     }
 
 

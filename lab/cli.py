@@ -16,7 +16,12 @@ from lab import inventory, lifecycle, state
 from lab.config import LabConfig, load_config
 from lab.errors import LabError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Agentic traffic lab: three nodes, probes on every node, experiments, analysis.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Agentic traffic lab: three nodes, probes on every node, experiments, analysis.",
+)
 image_app = typer.Typer(no_args_is_help=True, help="The node image.")
 app.add_typer(image_app, name="image")
 console = Console()
@@ -37,7 +42,9 @@ class Context:
 
 
 @app.callback()
-def main_options(ctx: typer.Context, config: Path = typer.Option(Path("lab.yaml"), "--config", "-c", help="The lab description.")) -> None:
+def main_options(
+    ctx: typer.Context, config: Path = typer.Option(Path("lab.yaml"), "--config", "-c", help="The lab description.")
+) -> None:
     ctx.obj = Context(config)
 
 
@@ -46,13 +53,17 @@ def _progress(message: str) -> None:
 
 
 @app.command()
-def up(ctx: typer.Context, provider: str | None = typer.Option(None, help="auto, libvirt or nspawn (overrides lab.yaml)")) -> None:
+def up(
+    ctx: typer.Context, provider: str | None = typer.Option(None, help="auto, libvirt or nspawn (overrides lab.yaml)")
+) -> None:
     """Bring the lab up (idempotent): nodes booted, SSH-ready, inventory and known_hosts written."""
     lab = ctx.obj.lab
     started = time.monotonic()
     current = lifecycle.up(lab, provider, _progress)
-    console.print(f"lab [bold]{lab.name}[/bold] is up in {time.monotonic() - started:.1f} s "
-                  f"with {current.provider} ({current.accelerator})")
+    console.print(
+        f"lab [bold]{lab.name}[/bold] is up in {time.monotonic() - started:.1f} s "
+        f"with {current.provider} ({current.accelerator})"
+    )
     _node_table(lifecycle.status(lab))
     console.print(f"inventory: {inventory.inventory_file(lab)}   next: [bold]ansible-playbook deploy.yml[/bold]")
 
@@ -113,13 +124,17 @@ def experiment(
     try:
         run_dirs = run_named(ctx.obj.lab, scenario, Reporter(console), tasks, warmup)
     except KeyboardInterrupt:
-        errors.print("[red]interrupted[/red]: probes stopped, what they measured is pulled (see the run's manifest faults)")
+        errors.print(
+            "[red]interrupted[/red]: probes stopped, what they measured is pulled (see the run's manifest faults)"
+        )
         sys.exit(130)
     _report(run_dirs, table=True, comparison=len(run_dirs) > 1)
 
 
 @app.command()
-def analyze(ctx: typer.Context, runs: list[Path] = typer.Argument(..., help="run directories"), compare: bool = False) -> None:
+def analyze(
+    ctx: typer.Context, runs: list[Path] = typer.Argument(..., help="run directories"), compare: bool = False
+) -> None:
     """Tables, plots and report.html for one or more run directories (--compare: one report across them)."""
     missing = [str(r) for r in runs if not (r / "manifest.json").is_file() and not (r / "nodes").is_dir()]
     if missing:
@@ -136,9 +151,16 @@ def _report(runs: list[Path], table: bool, comparison: bool) -> None:
         rows = Table("run", "scenario", "tasks", "flows/task", "RTT p99 (µs)", "matched", "problems", "report")
         for result in results:
             s = result.summary
-            rows.add_row(result.run.run_id, result.run.scenario, f"{s['tasks']:.0f}", f"{s['flows_per_task']:.2f}",
-                         f"{s['rtt_us_p99']:.0f}", f"{s['matched_lab_flows']:.1%}", str(len(result.run.problems)),
-                         str(result.run.path / "report.html"))
+            rows.add_row(
+                result.run.run_id,
+                result.run.scenario,
+                f"{s['tasks']:.0f}",
+                f"{s['flows_per_task']:.2f}",
+                f"{s['rtt_us_p99']:.0f}",
+                f"{s['matched_lab_flows']:.1%}",
+                str(len(result.run.problems)),
+                str(result.run.path / "report.html"),
+            )
         console.print(rows)
     if comparison:
         console.print(f"comparison report: {analysis.compare_results(results)}")

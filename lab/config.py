@@ -38,8 +38,10 @@ class GPU(Model):
     def _pci_format(cls, value: list[str]) -> list[str]:
         for address in value:
             if not PCI_ADDRESS.match(address.lower()):
-                raise ValueError(f"'{address}' is not a PCI address; "
-                                 "write it as domain:bus:slot.function, e.g. 0000:41:00.0 (see lspci -D)")
+                raise ValueError(
+                    f"'{address}' is not a PCI address; "
+                    "write it as domain:bus:slot.function, e.g. 0000:41:00.0 (see lspci -D)"
+                )
         return [a.lower() for a in value]
 
 
@@ -62,7 +64,9 @@ class NodeSpec(Model):
     @classmethod
     def _name(cls, value: str) -> str:
         if not NAME.match(value):
-            raise ValueError(f"'{value}' is not a node name; use lower-case letters, digits and '-', starting with a letter")
+            raise ValueError(
+                f"'{value}' is not a node name; use lower-case letters, digits and '-', starting with a letter"
+            )
         return value
 
 
@@ -76,8 +80,11 @@ class Network(Model):
     def _no_name(cls, data: Any) -> Any:
         """network.name was accepted once and never used: say so rather than 'unknown key'."""
         if isinstance(data, dict) and "name" in data:
-            raise FieldError(("network", "name"), "not used: the lab's bridge and libvirt network are named after "
-                                                  "the lab's `name` (<name>-br, <name>-net); remove network.name")
+            raise FieldError(
+                ("network", "name"),
+                "not used: the lab's bridge and libvirt network are named after "
+                "the lab's `name` (<name>-br, <name>-net); remove network.name",
+            )
         return data
 
     @property
@@ -154,31 +161,54 @@ class LabConfig(Model):
         reserved = {net.subnet.network_address, net.subnet.broadcast_address, net.host_address}
         for index, node in enumerate(self.nodes):
             if node.name in seen_names:
-                raise FieldError(("nodes", index, "name"), f"duplicate node name '{node.name}' (also nodes[{seen_names[node.name]}]); "
-                                                           "give each node its own name")
+                raise FieldError(
+                    ("nodes", index, "name"),
+                    f"duplicate node name '{node.name}' (also nodes[{seen_names[node.name]}]); "
+                    "give each node its own name",
+                )
             seen_names[node.name] = index
             machine = f"{self.name}-{node.name}"
             if len(machine) > MAX_MACHINE_NAME:
-                raise FieldError(("nodes", index, "name"), f"'{machine}' (lab name + node name) is longer than {MAX_MACHINE_NAME} characters, "
-                                                           "too long for interface names; shorten the lab name or the node name")
+                raise FieldError(
+                    ("nodes", index, "name"),
+                    f"'{machine}' (lab name + node name) is longer than {MAX_MACHINE_NAME} characters, "
+                    "too long for interface names; shorten the lab name or the node name",
+                )
             if node.address not in net.subnet:
-                raise FieldError(("nodes", index, "address"), f"{node.address} is outside the lab subnet {net.subnet}; pick an address inside it")
+                raise FieldError(
+                    ("nodes", index, "address"),
+                    f"{node.address} is outside the lab subnet {net.subnet}; pick an address inside it",
+                )
             if node.address in reserved:
-                raise FieldError(("nodes", index, "address"), f"{node.address} is reserved (network, broadcast or the host's gateway address); pick another")
+                raise FieldError(
+                    ("nodes", index, "address"),
+                    f"{node.address} is reserved (network, broadcast or the host's gateway address); pick another",
+                )
             if node.address in seen_addresses:
-                raise FieldError(("nodes", index, "address"), f"{node.address} is already used by node '{seen_addresses[node.address]}'; "
-                                                              "give each node its own address")
+                raise FieldError(
+                    ("nodes", index, "address"),
+                    f"{node.address} is already used by node '{seen_addresses[node.address]}'; "
+                    "give each node its own address",
+                )
             seen_addresses[node.address] = node.name
             if node.gpu is not None and "llm" not in node.groups:
-                raise FieldError(("nodes", index, "gpu"), "only a node in the 'llm' group takes a GPU; move the gpu entry to the LLM node")
+                raise FieldError(
+                    ("nodes", index, "gpu"),
+                    "only a node in the 'llm' group takes a GPU; move the gpu entry to the LLM node",
+                )
         for group in GROUPS:
             if not any(group in node.groups for node in self.nodes):
-                raise FieldError(("nodes",), f"no node is in group '{group}'; every lab needs nodes in {', '.join(GROUPS)}")
+                raise FieldError(
+                    ("nodes",), f"no node is in group '{group}'; every lab needs nodes in {', '.join(GROUPS)}"
+                )
         if self.image.file is not None:
             image = self.image.file if self.image.file.is_absolute() else self.path.parent / self.image.file
             if not image.is_file():
-                raise FieldError(("image", "file"), f"{image} does not exist; "
-                                                    "point image.file at a cloud image you have, or remove it to let the lab build one")
+                raise FieldError(
+                    ("image", "file"),
+                    f"{image} does not exist; "
+                    "point image.file at a cloud image you have, or remove it to let the lab build one",
+                )
         return self
 
     def node(self, name: str) -> NodeSpec:
@@ -204,7 +234,9 @@ class LabConfig(Model):
 
 def parse_config(data: Any, path: Path) -> LabConfig:
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of keys (name, provider, network, nodes, ...), got {type(data).__name__}")
+        raise ConfigError(
+            f"{path}: expected a mapping of keys (name, provider, network, nodes, ...), got {type(data).__name__}"
+        )
     return validate(LabConfig, {**data, "path": path}, path)
 
 

@@ -26,10 +26,7 @@ def db_password_file(lab: LabConfig) -> Path:
 
 
 def write(lab: LabConfig, state: LabState, db_password: Path) -> None:
-    hosts = {
-        node.name: {"ansible_host": node.address, "lab_groups": list(node.groups)}
-        for node in state.nodes
-    }
+    hosts = {node.name: {"ansible_host": node.address, "lab_groups": list(node.groups)} for node in state.nodes}
     children = {group: {"hosts": {n.name: None for n in state.nodes if group in n.groups}} for group in GROUPS}
     user = state.nodes[0].ssh_user
     inventory = {

@@ -47,8 +47,10 @@ def ensure_keypair(private: Path, comment: str) -> KeyPair:
 def _public_part(private: Path) -> str:
     result = _ssh_keygen("-y", "-f", str(private))
     if result.returncode != 0:
-        raise LabError(f"{private} is not a private key ssh-keygen can read ({result.stderr.strip()}); restore it, "
-                       "or run `lab teardown` (it removes the lab's keys) and `lab up` for new nodes with new keys")
+        raise LabError(
+            f"{private} is not a private key ssh-keygen can read ({result.stderr.strip()}); restore it, "
+            "or run `lab teardown` (it removes the lab's keys) and `lab up` for new nodes with new keys"
+        )
     return result.stdout
 
 

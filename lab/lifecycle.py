@@ -19,14 +19,20 @@ def up(lab: LabConfig, provider_override: str | None, progress: Progress) -> Lab
     name, reason = vms.choose(lab, provider_override)
     existing = state.load(lab)
     if existing is not None and existing.provider != name:
-        raise LabError(f"this lab is already up with the {existing.provider} provider; "
-                       f"run `lab teardown` before switching to {name}")
+        raise LabError(
+            f"this lab is already up with the {existing.provider} provider; "
+            f"run `lab teardown` before switching to {name}"
+        )
     progress(f"provider: {name} ({reason})")
     nodes = vms.get(name).up(lab, progress)
     node_image = image.load(lab.image)
     current = LabState(
-        lab=lab.name, provider=name, accelerator=nodes[0].accelerator, reason=reason,
-        image=node_image.hash if node_image else str(lab.image.file), nodes=nodes,
+        lab=lab.name,
+        provider=name,
+        accelerator=nodes[0].accelerator,
+        reason=reason,
+        image=node_image.hash if node_image else str(lab.image.file),
+        nodes=nodes,
     )
     state.save(lab, current)
     inventory.write(lab, current, db_password=ensure_secret(inventory.db_password_file(lab)))
@@ -52,7 +58,9 @@ def status(lab: LabConfig) -> list[NodeReport]:
         if current is not None and node_status.state == "running":
             services = _services(current, node_status.name)
         accelerator = current.accelerator if current else node_status.accelerator
-        reports.append(NodeReport(node_status.name, provider_name, accelerator, node_status.address, node_status.state, services))
+        reports.append(
+            NodeReport(node_status.name, provider_name, accelerator, node_status.address, node_status.state, services)
+        )
     return reports
 
 
@@ -87,8 +95,10 @@ def teardown(lab: LabConfig, progress: Progress) -> Removed:
             failed.append(f"{name}: {exc if isinstance(exc, LabError) else f'{type(exc).__name__}: {exc}'}")
     if failed:
         done = f"; removed before that: {', '.join(removed.items)}" if removed.items else ""
-        raise LabError(f"teardown incomplete ({'; '.join(failed)}){done}. The state files stay, so "
-                       f"`lab teardown` can try again once that is fixed")
+        raise LabError(
+            f"teardown incomplete ({'; '.join(failed)}){done}. The state files stay, so "
+            f"`lab teardown` can try again once that is fixed"
+        )
     for path in (inventory.inventory_file(lab), inventory.known_hosts_file(lab), state.state_file(lab)):
         if path.exists():
             path.unlink()

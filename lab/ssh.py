@@ -30,9 +30,15 @@ def client(node: Node, timeout: float = 10.0, port: int = SSH_PORT) -> paramiko.
     ssh.get_host_keys().add(known_as, key_type, paramiko.PKey.from_type_string(key_type, base64.b64decode(blob)))
     ssh.set_missing_host_key_policy(paramiko.RejectPolicy())
     ssh.connect(
-        node.address, port, username=node.ssh_user, key_filename=str(node.key_path),
-        timeout=timeout, banner_timeout=timeout, auth_timeout=timeout,
-        look_for_keys=False, allow_agent=False,
+        node.address,
+        port,
+        username=node.ssh_user,
+        key_filename=str(node.key_path),
+        timeout=timeout,
+        banner_timeout=timeout,
+        auth_timeout=timeout,
+        look_for_keys=False,
+        allow_agent=False,
     )
     return ssh
 
@@ -40,7 +46,8 @@ def client(node: Node, timeout: float = 10.0, port: int = SSH_PORT) -> paramiko.
 def connection(node: Node, known_hosts: Path) -> Connection:
     """A fabric Connection for the controller; host keys come from the lab's known_hosts only."""
     conn = Connection(
-        node.address, user=node.ssh_user,
+        node.address,
+        user=node.ssh_user,
         connect_kwargs={"key_filename": str(node.key_path), "look_for_keys": False, "allow_agent": False},
         connect_timeout=10,
     )
@@ -51,9 +58,17 @@ def connection(node: Node, known_hosts: Path) -> Connection:
 
 def ssh_argv(node: Node, known_hosts: Path, command: list[str] | None = None) -> list[str]:
     argv = [
-        "ssh", "-i", str(node.key_path),
-        "-o", f"UserKnownHostsFile={known_hosts}", "-o", "StrictHostKeyChecking=yes",
-        "-o", "IdentitiesOnly=yes", "-o", "ConnectTimeout=10",
+        "ssh",
+        "-i",
+        str(node.key_path),
+        "-o",
+        f"UserKnownHostsFile={known_hosts}",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "ConnectTimeout=10",
         f"{node.ssh_user}@{node.address}",
     ]
     if command:
@@ -61,8 +76,9 @@ def ssh_argv(node: Node, known_hosts: Path, command: list[str] | None = None) ->
     return argv
 
 
-def run(node: Node, command: str, timeout: float = 60.0, connect_timeout: float = 10.0,
-        port: int = SSH_PORT) -> tuple[int, str, str]:
+def run(
+    node: Node, command: str, timeout: float = 60.0, connect_timeout: float = 10.0, port: int = SSH_PORT
+) -> tuple[int, str, str]:
     """Exit status, stdout and stderr of `command` on the node; TimeoutError when it gives no exit
     status within `timeout` seconds (a hung command must not hang `lab status` or `up`)."""
     with client(node, connect_timeout, port) as ssh:
@@ -93,8 +109,10 @@ def wait_ready(node: Node, timeout: float, still_booting=lambda: None, port: int
                 return time.monotonic() - started
             last_error = err.strip() or f"exit {code}"
         except paramiko.BadHostKeyException as exc:
-            raise LabError(f"{node.name} ({node.address}) offered a host key that is not the pinned one ({exc}); "
-                           "run `lab teardown` and `lab up`") from None
+            raise LabError(
+                f"{node.name} ({node.address}) offered a host key that is not the pinned one ({exc}); "
+                "run `lab teardown` and `lab up`"
+            ) from None
         except SSH_ERRORS as exc:
             last_error = str(exc) or type(exc).__name__
         still_booting()
@@ -102,10 +120,17 @@ def wait_ready(node: Node, timeout: float, still_booting=lambda: None, port: int
     raise LabError(f"{node.name} ({node.address}) did not answer SSH within {timeout:.0f} s (last: {last_error})")
 
 
-def wait_all_ready(nodes: list[Node], timeout: float, alive: Callable[[Node], bool], console: Callable[[Node], Path],
-                   stopped: str, progress: Callable[[str], None]) -> None:
+def wait_all_ready(
+    nodes: list[Node],
+    timeout: float,
+    alive: Callable[[Node], bool],
+    console: Callable[[Node], Path],
+    stopped: str,
+    progress: Callable[[str], None],
+) -> None:
     """`wait_ready` for every node at once. A node whose machine is no longer `alive` fails at once,
     saying it `stopped`, with the last lines of its console log."""
+
     def one(node: Node) -> None:
         def still_booting() -> None:
             if not alive(node):

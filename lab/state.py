@@ -50,7 +50,9 @@ def load(lab: LabConfig) -> LabState | None:
         return None
     try:
         data = json.loads(path.read_text())
-        nodes = [Node(**{**n, "key_path": Path(n["key_path"]), "groups": tuple(n["groups"])}) for n in data.pop("nodes")]
+        nodes = [
+            Node(**{**n, "key_path": Path(n["key_path"]), "groups": tuple(n["groups"])}) for n in data.pop("nodes")
+        ]
         return LabState(**data, nodes=nodes)
     except (ValueError, TypeError, KeyError) as exc:
         raise LabError(f"{path} is unreadable ({exc}); run `lab teardown` and `lab up` again") from None

@@ -69,8 +69,10 @@ def _describe(model: type[BaseModel], error: Any) -> str:
         return f"{_where(inner.loc)}: {inner.message}"
     if error["type"] == "extra_forbidden":
         parent = loc[:-1]
-        return (f"{_where(parent)}: unknown key '{loc[-1]}'; "
-                f"remove it or check its spelling (allowed: {', '.join(_keys(model, parent))})")
+        return (
+            f"{_where(parent)}: unknown key '{loc[-1]}'; "
+            f"remove it or check its spelling (allowed: {', '.join(_keys(model, parent))})"
+        )
     if error["type"] == "missing":
         return f"{_where(loc)}: required but missing; add it"
     message = str(inner) if isinstance(inner, ValueError) else error["msg"]

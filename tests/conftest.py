@@ -64,7 +64,10 @@ def lab_cli(config: Path, *args: str, check: bool = True, timeout: float = 600) 
     """Run the real command line (`python -m lab --config CONFIG ...`)."""
     result = subprocess.run(
         [sys.executable, "-m", "lab", "--config", str(config), *args],
-        capture_output=True, text=True, timeout=timeout, cwd=config.parent,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=config.parent,
         env={**os.environ, "COLUMNS": "200"},
     )
     if check and result.returncode != 0:

@@ -23,8 +23,14 @@ def test_needs_something_absent():
 def test_a_test_that_cannot_run_is_skipped_here_and_fails_in_ci(tmp_path, ci, outcome):
     (tmp_path / "test_absent.py").write_text(TEST)
     env = {k: v for k, v in os.environ.items() if k != "CI"} | {"PYTHONPATH": str(REPO)} | ({"CI": ci} if ci else {})
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rfs", "-p", "no:cacheprovider", "test_absent.py"],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rfs", "-p", "no:cacheprovider", "test_absent.py"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert outcome in result.stdout, result.stdout
     assert ("this test cannot run in CI: no such device here" in result.stdout) == (ci == "true")
 
@@ -49,7 +55,23 @@ def test_the_per_test_timeout_leaves_the_slow_set_up_of_a_lab_out(tmp_path):
     # run with this project's pytest settings (rootdir and pyproject.toml of the repository)
     test = tmp_path / "test_slow_fixture.py"
     test.write_text(SLOW_FIXTURE)
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(REPO),
-                             "-c", str(REPO / "pyproject.toml"), str(test)],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--rootdir",
+            str(REPO),
+            "-c",
+            str(REPO / "pyproject.toml"),
+            str(test),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert "1 passed" in result.stdout, result.stdout

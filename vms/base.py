@@ -90,8 +90,7 @@ class Provider(Protocol):
     def up(self, lab: LabConfig, progress: Progress) -> list[Node]:
         """Create or start whatever is missing; leave what runs alone. Idempotent."""
 
-    def status(self, lab: LabConfig) -> list[NodeStatus]:
-        ...
+    def status(self, lab: LabConfig) -> list[NodeStatus]: ...
 
     def down(self, lab: LabConfig, progress: Progress) -> Removed:
         """Remove everything this provider made for the lab. A second call removes nothing."""
@@ -112,7 +111,13 @@ def make_node(lab: LabConfig, spec: NodeSpec, login: KeyPair, provider: str, acc
     """The node as everything above the provider sees it, and its host key (made once, before first boot)."""
     host_key = ensure_keypair(state_path(lab, "nodes", spec.name, "ssh_host_ed25519_key"), spec.name)
     node = Node(
-        name=spec.name, groups=tuple(spec.groups), address=str(spec.address), ssh_user=lab.ssh_user,
-        key_path=login.private, host_key=host_key.public_key, provider=provider, accelerator=accelerator,
+        name=spec.name,
+        groups=tuple(spec.groups),
+        address=str(spec.address),
+        ssh_user=lab.ssh_user,
+        key_path=login.private,
+        host_key=host_key.public_key,
+        provider=provider,
+        accelerator=accelerator,
     )
     return node, host_key

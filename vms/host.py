@@ -102,8 +102,10 @@ def stop_process(pid: int, grace: float, reap_s: float = KILL_WAIT_S) -> bool:
     deadline = time.monotonic() + reap_s
     while alive(pid):
         if time.monotonic() > deadline:
-            raise LabError(f"process {pid} still exists {reap_s:.0f} s after SIGKILL (state: {_state(pid)}); "
-                           f"it is stuck in the kernel: look at `cat /proc/{pid}/stack`, then run the command again")
+            raise LabError(
+                f"process {pid} still exists {reap_s:.0f} s after SIGKILL (state: {_state(pid)}); "
+                f"it is stuck in the kernel: look at `cat /proc/{pid}/stack`, then run the command again"
+            )
         time.sleep(0.1)
     return True
 

@@ -29,13 +29,33 @@ RECIPE_VERSION = 3
 
 BASE_PACKAGES = (
     # boot, init, login
-    "systemd", "systemd-sysv", "dbus", "udev", "linux-image-cloud-amd64", "openssh-server",
-    "sudo", "cloud-init", "iproute2", "iputils-ping", "netbase", "ca-certificates", "procps",
-    "less", "curl", "chrony",
+    "systemd",
+    "systemd-sysv",
+    "dbus",
+    "udev",
+    "linux-image-cloud-amd64",
+    "openssh-server",
+    "sudo",
+    "cloud-init",
+    "iproute2",
+    "iputils-ping",
+    "netbase",
+    "ca-certificates",
+    "procps",
+    "less",
+    "curl",
+    "chrony",
     # what Ansible needs on a managed node
-    "python3", "python3-apt", "python3-venv",
+    "python3",
+    "python3-apt",
+    "python3-venv",
     # probes (collectors): tracepoint and kprobe tools, packet capture
-    "bpftrace", "libbpf-tools", "bpfcc-tools", "python3-bpfcc", "tcpdump", "nftables",
+    "bpftrace",
+    "libbpf-tools",
+    "bpfcc-tools",
+    "python3-bpfcc",
+    "tcpdump",
+    "nftables",
     # the tools node's database
     "postgresql",
     # the LLM node's CPU server (xllamacpp links OpenMP)
@@ -151,14 +171,19 @@ def build(image: Image, log=print) -> tuple[NodeImage, bool]:
     archives = cache_dir() / "apt-archives"
     archives.mkdir(parents=True, exist_ok=True)
     command = [
-        "mmdebstrap", "--variant=apt", "--mode=root", "--format=directory",
+        "mmdebstrap",
+        "--variant=apt",
+        "--mode=root",
+        "--format=directory",
         "--include=" + ",".join(spec["packages"]),  # type: ignore[arg-type]
-        "--setup-hook=mkdir -p \"$1\"/var/cache/apt/archives",
+        '--setup-hook=mkdir -p "$1"/var/cache/apt/archives',
         f"--setup-hook=sync-in {archives} /var/cache/apt/archives/",
         f"--customize-hook=sync-out /var/cache/apt/archives {archives}",
-        "--customize-hook=chroot \"$1\" sh -c " + _quote(CUSTOMIZE),
-        "--customize-hook=rm -f \"$1\"/var/cache/apt/archives/*.deb",
-        str(spec["suite"]), str(work / "rootfs"), str(sources),
+        '--customize-hook=chroot "$1" sh -c ' + _quote(CUSTOMIZE),
+        '--customize-hook=rm -f "$1"/var/cache/apt/archives/*.deb',
+        str(spec["suite"]),
+        str(work / "rootfs"),
+        str(sources),
     ]
     log(f"building node image {digest} with mmdebstrap ({len(spec['packages'])} packages)")  # type: ignore[arg-type]
     started = time.monotonic()
@@ -169,7 +194,12 @@ def build(image: Image, log=print) -> tuple[NodeImage, bool]:
         shutil.rmtree(work / "rootfs", ignore_errors=True)
         raise LabError(f"image build failed: {tail}; full log in {work / 'build.log'}")
     _boot_files(work / "rootfs")  # a rootfs without a kernel is never cached
-    meta = {"hash": digest, "recipe": spec, "built_at": time.time(), "build_seconds": round(time.monotonic() - started, 1)}
+    meta = {
+        "hash": digest,
+        "recipe": spec,
+        "built_at": time.time(),
+        "build_seconds": round(time.monotonic() - started, 1),
+    }
     (work / "image.json").write_text(json.dumps(meta, indent=2))
     _publish(work, images / digest)
     built = load(image)
@@ -242,7 +272,8 @@ def disk_image(node_image: NodeImage, size_gb: int = 8) -> Path:
         handle.truncate(size_gb * 1024**3)
     result = subprocess.run(
         ["mkfs.ext4", "-q", "-L", "labroot", "-d", str(node_image.root), str(partial)],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     if result.returncode != 0:
         partial.unlink(missing_ok=True)

@@ -68,8 +68,17 @@ VLLM_MIN_MEMORY_MB = 16384
 KVM_DEVICE = Path("/dev/kvm")
 SYSTEMD = Path("/run/systemd/system")
 DAEMONS = (("virtlogd", Path("/run/libvirt/virtlogd-sock")), ("libvirtd", Path("/run/libvirt/libvirt-sock")))
-GONE = (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_NO_NETWORK, libvirt.VIR_ERR_NO_STORAGE_POOL, libvirt.VIR_ERR_NO_STORAGE_VOL)
-UNDEFINE_FLAGS = libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
+GONE = (
+    libvirt.VIR_ERR_NO_DOMAIN,
+    libvirt.VIR_ERR_NO_NETWORK,
+    libvirt.VIR_ERR_NO_STORAGE_POOL,
+    libvirt.VIR_ERR_NO_STORAGE_VOL,
+)
+UNDEFINE_FLAGS = (
+    libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+    | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+    | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
+)
 
 # libvirt prints every error to stderr by default; ours are raised as exceptions and reported once.
 libvirt.registerErrorHandler(lambda _ctx, _error: None, None)
@@ -99,7 +108,7 @@ def pool_path(lab: LabConfig) -> str:
 def mac_address(lab: LabConfig, spec: NodeSpec) -> str:
     """Stable per lab and node (QEMU's 52:54:00 prefix), so the seed can match the NIC by it."""
     digest = hashlib.sha256(f"{lab.name}/{spec.name}".encode()).hexdigest()
-    return "52:54:00:" + ":".join(digest[i:i + 2] for i in (0, 2, 4))
+    return "52:54:00:" + ":".join(digest[i : i + 2] for i in (0, 2, 4))
 
 
 def is_local(uri: str) -> bool:
@@ -137,12 +146,16 @@ def ensure_daemons() -> list[str]:
         if shutil.which(daemon) is None:
             raise LabError(f"{daemon} is not installed; run `apt-get install libvirt-daemon-system qemu-system-x86`")
         # its own stdio, not ours: a daemon holding our pipes would keep a caller waiting for EOF
-        subprocess.run([daemon, "-d"], check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            [daemon, "-d"], check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         deadline = time.monotonic() + 15
         while not _listening(sock):
             if time.monotonic() > deadline:
-                raise LabError(f"`{daemon} -d` started but {sock} does not answer; "
-                               f"see /var/log/libvirt/ and run `{daemon} -v` to see why")
+                raise LabError(
+                    f"`{daemon} -d` started but {sock} does not answer; "
+                    f"see /var/log/libvirt/ and run `{daemon} -v` to see why"
+                )
             time.sleep(0.1)
     return [daemon for daemon, _ in missing]
 
@@ -182,11 +195,15 @@ def connect(uri: str, progress: Progress) -> libvirt.virConnect:
     except libvirt.libvirtError as exc:
         if "libvirtd" in started and not _listening(dict(DAEMONS)["libvirtd"]):
             # seen here: libvirt 9.0 segfaults on the status file of a network that was active when the host stopped
-            raise LabError(f"libvirtd, started just now, exited ({exc.get_error_message()}); run `libvirtd -v` to see why. "
-                           "If it dies while loading networks, /run/libvirt/network/*.xml is status left from before a "
-                           "restart: move it aside and run again") from None
-        raise LabError(f"cannot connect to libvirt at {uri} ({exc.get_error_message()}); "
-                       "check libvirt_uri in lab.yaml and that libvirtd runs there") from None
+            raise LabError(
+                f"libvirtd, started just now, exited ({exc.get_error_message()}); run `libvirtd -v` to see why. "
+                "If it dies while loading networks, /run/libvirt/network/*.xml is status left from before a "
+                "restart: move it aside and run again"
+            ) from None
+        raise LabError(
+            f"cannot connect to libvirt at {uri} ({exc.get_error_message()}); "
+            "check libvirt_uri in lab.yaml and that libvirtd runs there"
+        ) from None
 
 
 def choose_accelerator(lab: LabConfig, uri: str, conn: libvirt.virConnect) -> tuple[Accelerator, str]:
@@ -197,7 +214,9 @@ def choose_accelerator(lab: LabConfig, uri: str, conn: libvirt.virConnect) -> tu
     if usable:
         return "kvm", why
     if lab.accelerator == "kvm":
-        raise LabError(f"{lab.path}: accelerator: kvm, but {why}; set accelerator: auto or tcg to emulate the CPU instead")
+        raise LabError(
+            f"{lab.path}: accelerator: kvm, but {why}; set accelerator: auto or tcg to emulate the CPU instead"
+        )
     return "tcg", why
 
 
@@ -226,8 +245,10 @@ def gpu_preflight(lab: LabConfig, progress: Progress, sysfs: Path = Path("/sys")
         if spec.gpu is None:
             continue
         if not is_local(spec.libvirt_uri):
-            progress(f"{spec.name}: GPU preflight skipped on {spec.libvirt_uri} (sysfs is read locally); "
-                     "libvirt checks the device when the VM starts")
+            progress(
+                f"{spec.name}: GPU preflight skipped on {spec.libvirt_uri} (sysfs is read locally); "
+                "libvirt checks the device when the VM starts"
+            )
             hostdevs[spec.name] = tuple(spec.gpu.pci)
             continue
         try:
@@ -235,7 +256,10 @@ def gpu_preflight(lab: LabConfig, progress: Progress, sysfs: Path = Path("/sys")
         except vfio.VfioError as exc:
             raise vfio.VfioError(f"{lab.path}: nodes[{index}].gpu.pci: {exc}") from None
         extra = sorted(set(hostdevs[spec.name]) - set(spec.gpu.pci))
-        progress(f"{spec.name}: GPU {', '.join(spec.gpu.pci)} passes the VFIO preflight" + (f" (with {', '.join(extra)} from its IOMMU group)" if extra else ""))
+        progress(
+            f"{spec.name}: GPU {', '.join(spec.gpu.pci)} passes the VFIO preflight"
+            + (f" (with {', '.join(extra)} from its IOMMU group)" if extra else "")
+        )
     return hostdevs
 
 
@@ -297,7 +321,10 @@ def seed_iso(seed: Seed, directory: Path) -> Path:
     iso = directory / "seed.iso"
     result = subprocess.run(
         ["genisoimage", "-quiet", "-output", str(iso), "-volid", "cidata", "-joliet", "-rock", *seed.files()],
-        check=False, cwd=directory, capture_output=True, text=True,
+        check=False,
+        cwd=directory,
+        capture_output=True,
+        text=True,
     )
     if result.returncode != 0:
         raise LabError(f"genisoimage could not make the cloud-init seed: {result.stderr.strip()}")
@@ -324,7 +351,12 @@ def _upload(conn: libvirt.virConnect, vol: libvirt.virStorageVol, path: Path) ->
     vol.upload(stream, 0, 0, libvirt.VIR_STORAGE_VOL_UPLOAD_SPARSE_STREAM)
     fd = os.open(path, os.O_RDONLY)
     try:
-        stream.sparseSendAll(lambda _s, nbytes, handle: os.read(handle, nbytes), _hole, lambda _s, length, handle: os.lseek(handle, length, os.SEEK_CUR), fd)
+        stream.sparseSendAll(
+            lambda _s, nbytes, handle: os.read(handle, nbytes),
+            _hole,
+            lambda _s, length, handle: os.lseek(handle, length, os.SEEK_CUR),
+            fd,
+        )
         stream.finish()
     except BaseException:
         stream.abort()
@@ -384,8 +416,10 @@ class LabHost:
             ip = ET.fromstring(network.XMLDesc(0)).find("ip")
             found = f"{ip.get('address')}/{ip.get('prefix')}" if ip is not None else "no address"
             if found != str(gateway):
-                raise LabError(f"network {network_name(lab)} exists with {found} but {lab.path.name} says {gateway}; "
-                               "run `lab teardown` first to change the subnet")
+                raise LabError(
+                    f"network {network_name(lab)} exists with {found} but {lab.path.name} says {gateway}; "
+                    "run `lab teardown` first to change the subnet"
+                )
         if not network.isActive():
             network.create()
 
@@ -463,13 +497,17 @@ class LibvirtProvider:
         progress(f"LLM backend: {backend} ({why})")
         llm = lab.llm_node
         if backend == "vllm" and llm.memory_mb < VLLM_MIN_MEMORY_MB:
-            progress(f"warning: nodes[{lab.nodes.index(llm)}].memory_mb is {llm.memory_mb}; "
-                     f"vLLM needs at least {VLLM_MIN_MEMORY_MB} for a 7-8B model, raise it in {lab.path.name}")
+            progress(
+                f"warning: nodes[{lab.nodes.index(llm)}].memory_mb is {llm.memory_mb}; "
+                f"vLLM needs at least {VLLM_MIN_MEMORY_MB} for a 7-8B model, raise it in {lab.path.name}"
+            )
         hosts = {uri: LabHost(lab, uri, progress) for uri in dict.fromkeys(spec.libvirt_uri for spec in lab.nodes)}
         for host in hosts.values():
             if host.accelerator == "tcg":
-                progress(f"warning: VMs on {host.uri} are emulated with TCG, several times slower than KVM, "
-                         f"because {host.why}; runs record accelerator=tcg")
+                progress(
+                    f"warning: VMs on {host.uri} are emulated with TCG, several times slower than KVM, "
+                    f"because {host.why}; runs record accelerator=tcg"
+                )
         media = boot_media(lab, progress)
         login = login_key(lab)
         undo = Undo(gone=_already_gone)
@@ -479,32 +517,58 @@ class LibvirtProvider:
             if any(is_local(spec.libvirt_uri) for spec in lab.nodes) and timeserver.start(lab):
                 undo.push("the lab's chronyd", lambda: timeserver.stop(lab))
                 progress(f"NTP for the lab network: chronyd on {lab.network.host_address} serves this host's clock")
-            booting = [self._node(lab, spec, hosts[spec.libvirt_uri], media, login, hostdevs.get(spec.name, ()), undo, progress) for spec in lab.nodes]
+            booting = [
+                self._node(
+                    lab, spec, hosts[spec.libvirt_uri], media, login, hostdevs.get(spec.name, ()), undo, progress
+                )
+                for spec in lab.nodes
+            ]
             domains = {node.name: dom for node, dom in booting}
-            ssh.wait_all_ready([node for node, _ in booting], lab.boot_timeout(any(h.accelerator == "tcg" for h in hosts.values())), lambda n: domains[n.name].isActive(),
-                               lambda n: Path(console_log(lab, lab.node(n.name))), "the VM stopped", progress)
+            ssh.wait_all_ready(
+                [node for node, _ in booting],
+                lab.boot_timeout(any(h.accelerator == "tcg" for h in hosts.values())),
+                lambda n: domains[n.name].isActive(),
+                lambda n: Path(console_log(lab, lab.node(n.name))),
+                "the VM stopped",
+                progress,
+            )
             return [node for node, _ in booting]
         except BaseException as exc:
             if isinstance(exc, libvirt.libvirtError):
                 exc = LabError(f"libvirt refused: {exc.get_error_message()} (console logs: {lab.state_dir / 'logs'})")
             raise undo.failed(exc, progress) from None
 
-    def _node(self, lab: LabConfig, spec: NodeSpec, host: LabHost, media: BootMedia, login: KeyPair,
-              hostdevs: tuple[str, ...], undo: Undo, progress: Progress) -> tuple[Node, libvirt.virDomain]:
+    def _node(
+        self,
+        lab: LabConfig,
+        spec: NodeSpec,
+        host: LabHost,
+        media: BootMedia,
+        login: KeyPair,
+        hostdevs: tuple[str, ...],
+        undo: Undo,
+        progress: Progress,
+    ) -> tuple[Node, libvirt.virDomain]:
         node, host_key = make_node(lab, spec, login, self.name, host.accelerator)
         wanted = self._spec(lab, spec, host.accelerator, media, hostdevs)
         dom = _lookup(host.conn.lookupByName, wanted.name)
         if dom is None:
-            dom = self._define(lab, spec, host, media, wanted, make_seed(lab, spec, login, host_key, self._interface(lab, spec)), undo)
+            dom = self._define(
+                lab, spec, host, media, wanted, make_seed(lab, spec, login, host_key, self._interface(lab, spec)), undo
+            )
             progress(f"{spec.name}: VM started ({host.accelerator}, {spec.vcpus} vCPU, {spec.memory_mb} MB)")
             return node, dom
         defined = stored_spec(dom)
         if defined is None:
-            raise LabError(f"a libvirt domain named {wanted.name} exists on {host.uri} but this lab did not make it; "
-                           f"rename the lab in {lab.path.name} or remove that domain")
+            raise LabError(
+                f"a libvirt domain named {wanted.name} exists on {host.uri} but this lab did not make it; "
+                f"rename the lab in {lab.path.name} or remove that domain"
+            )
         if changes := defined.changes(wanted):
-            progress(f"warning: {spec.name}: lab.yaml changed since the VM was defined ({'; '.join(changes)}); "
-                     "it keeps its old definition until `lab teardown` and `lab up`")
+            progress(
+                f"warning: {spec.name}: lab.yaml changed since the VM was defined ({'; '.join(changes)}); "
+                "it keeps its old definition until `lab teardown` and `lab up`"
+            )
         node = replace(node, accelerator=defined.accelerator)
         if dom.isActive():
             progress(f"{spec.name}: already running")
@@ -518,27 +582,43 @@ class LibvirtProvider:
         return {"id": "lab0", "match": {"macaddress": mac_address(lab, spec)}, "set-name": "lab0"}
 
     @staticmethod
-    def _spec(lab: LabConfig, spec: NodeSpec, accelerator: Accelerator, media: BootMedia, hostdevs: tuple[str, ...]) -> DomainSpec:
+    def _spec(
+        lab: LabConfig, spec: NodeSpec, accelerator: Accelerator, media: BootMedia, hostdevs: tuple[str, ...]
+    ) -> DomainSpec:
         def path(name: str) -> str:
             return f"{pool_path(lab)}/{name}"
 
         return DomainSpec(
-            lab=lab.name, name=domain_name(lab, spec), accelerator=accelerator, vcpus=spec.vcpus,
-            memory_mb=spec.memory_mb, image=media.base.name, disk=path(f"{domain_name(lab, spec)}.qcow2"),
-            seed=path(f"{domain_name(lab, spec)}-seed.iso"), network=network_name(lab),
-            mac=mac_address(lab, spec), console_log=console_log(lab, spec),
+            lab=lab.name,
+            name=domain_name(lab, spec),
+            accelerator=accelerator,
+            vcpus=spec.vcpus,
+            memory_mb=spec.memory_mb,
+            image=media.base.name,
+            disk=path(f"{domain_name(lab, spec)}.qcow2"),
+            seed=path(f"{domain_name(lab, spec)}-seed.iso"),
+            network=network_name(lab),
+            mac=mac_address(lab, spec),
+            console_log=console_log(lab, spec),
             kernel=path(media.kernel.name) if media.kernel else "",
             initrd=path(media.initrd.name) if media.initrd else "",
             cmdline=KERNEL_CMDLINE if media.kernel else "",
-            hostdevs=hostdevs, hugepages=spec.hugepages, lock_memory=spec.lock_memory,
+            hostdevs=hostdevs,
+            hugepages=spec.hugepages,
+            lock_memory=spec.lock_memory,
         )
 
     @staticmethod
-    def _define(lab: LabConfig, spec: NodeSpec, host: LabHost, media: BootMedia, wanted: DomainSpec,
-                seed: Seed, undo: Undo) -> libvirt.virDomain:
+    def _define(
+        lab: LabConfig, spec: NodeSpec, host: LabHost, media: BootMedia, wanted: DomainSpec, seed: Seed, undo: Undo
+    ) -> libvirt.virDomain:
         capacity = max(spec.disk_gb * 1024**3, media.base.capacity)
         overlay = Path(wanted.disk).name
-        host.volume(volume_xml(overlay, capacity, "qcow2", (f"{pool_path(lab)}/{media.base.name}", media.base.fmt)), overlay, undo)
+        host.volume(
+            volume_xml(overlay, capacity, "qcow2", (f"{pool_path(lab)}/{media.base.name}", media.base.fmt)),
+            overlay,
+            undo,
+        )
         if is_local(spec.libvirt_uri):
             Path(wanted.console_log).parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=f"{wanted.name}-seed-") as work:
@@ -561,13 +641,26 @@ class LibvirtProvider:
     def _status(self, lab: LabConfig, spec: NodeSpec, conn: libvirt.virConnect | str) -> NodeStatus:
         name = domain_name(lab, spec)
         if isinstance(conn, str):
-            return NodeStatus(spec.name, self.name, "-", str(spec.address), "unknown", f"libvirt at {spec.libvirt_uri} unreachable: {conn}")
+            return NodeStatus(
+                spec.name,
+                self.name,
+                "-",
+                str(spec.address),
+                "unknown",
+                f"libvirt at {spec.libvirt_uri} unreachable: {conn}",
+            )
         dom = _lookup(conn.lookupByName, name)
         defined = stored_spec(dom) if dom is not None else None
         if dom is None or defined is None:
             return NodeStatus(spec.name, self.name, "-", str(spec.address), "absent", f"domain {name}")
-        return NodeStatus(spec.name, self.name, defined.accelerator, str(spec.address),
-                          "running" if dom.isActive() else "stopped", f"domain {name} on {spec.libvirt_uri}")
+        return NodeStatus(
+            spec.name,
+            self.name,
+            defined.accelerator,
+            str(spec.address),
+            "running" if dom.isActive() else "stopped",
+            f"domain {name} on {spec.libvirt_uri}",
+        )
 
     def down(self, lab: LabConfig, progress: Progress) -> Removed:
         removed = Removed()

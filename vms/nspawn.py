@@ -58,8 +58,10 @@ class NspawnProvider:
         if shutil.which("systemd-nspawn") is None:
             raise LabError("systemd-nspawn is not installed; run `apt-get install systemd-container`")
         if lab.image.file is not None:
-            raise LabError(f"{lab.path.name}: image.file ({lab.image.file}) is a VM disk, which containers cannot boot; "
-                           "remove it or use --provider libvirt")
+            raise LabError(
+                f"{lab.path.name}: image.file ({lab.image.file}) is a VM disk, which containers cannot boot; "
+                "remove it or use --provider libvirt"
+            )
         node_image, built = image.build(lab.image, log=progress)
         if built:
             progress(f"node image {node_image.hash} built")
@@ -72,17 +74,27 @@ class NspawnProvider:
             for spec in lab.nodes:
                 running = bool(self._pids(lab, spec))
                 if not running:  # pushed before its overlay is mounted: a failure halfway is undone too
-                    undo.push(f"container {machine_name(lab, spec)}",
-                              lambda name=spec.name: self._remove_node(lab, name, Removed(), lambda _msg: None))
+                    undo.push(
+                        f"container {machine_name(lab, spec)}",
+                        lambda name=spec.name: self._remove_node(lab, name, Removed(), lambda _msg: None),
+                    )
                 nodes.append(self._start(lab, spec, node_image, login, running))
                 progress(f"{spec.name}: {'already running' if running else 'container started'}")
-            ssh.wait_all_ready(nodes, lab.boot_timeout(emulated=False), lambda n: bool(self._pids(lab, lab.node(n.name))),
-                               lambda n: console_log(lab, lab.node(n.name)), "the container exited", progress)
+            ssh.wait_all_ready(
+                nodes,
+                lab.boot_timeout(emulated=False),
+                lambda n: bool(self._pids(lab, lab.node(n.name))),
+                lambda n: console_log(lab, lab.node(n.name)),
+                "the container exited",
+                progress,
+            )
             return nodes
         except BaseException as exc:
             raise undo.failed(exc, progress) from None
 
-    def _start(self, lab: LabConfig, spec: NodeSpec, node_image: image.NodeImage, login: KeyPair, running: bool) -> Node:
+    def _start(
+        self, lab: LabConfig, spec: NodeSpec, node_image: image.NodeImage, login: KeyPair, running: bool
+    ) -> Node:
         node, host_key = make_node(lab, spec, login, self.name, "container")
         if running:
             return node
@@ -90,14 +102,25 @@ class NspawnProvider:
         make_seed(lab, spec, login, host_key, {"id": "host0"}).write(root / SEED_DIR)
         console = console_log(lab, spec)
         argv = [
-            "systemd-nspawn", "--boot", "--register=no", "--keep-unit", "--console=read-only",
-            f"--machine={machine_name(lab, spec)}", f"--directory={root}", f"--hostname={spec.name}",
-            f"--network-bridge={bridge_name(lab)}", f"--capability={CAPABILITIES}",
+            "systemd-nspawn",
+            "--boot",
+            "--register=no",
+            "--keep-unit",
+            "--console=read-only",
+            f"--machine={machine_name(lab, spec)}",
+            f"--directory={root}",
+            f"--hostname={spec.name}",
+            f"--network-bridge={bridge_name(lab)}",
+            f"--capability={CAPABILITIES}",
             f"--system-call-filter={SYSCALLS}",
-            "--resolv-conf=off", "--timezone=off", "--link-journal=no",
+            "--resolv-conf=off",
+            "--timezone=off",
+            "--link-journal=no",
         ]
         with console.open("ab") as log:
-            subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         return node
 
     def _mount_root(self, lab: LabConfig, spec: NodeSpec, node_image: image.NodeImage) -> Path:
@@ -106,8 +129,15 @@ class NspawnProvider:
         for directory in (root, upper, work):
             directory.mkdir(exist_ok=True)
         if not host.is_mounted(root):
-            host.run("mount", "-t", "overlay", "overlay", "-o",
-                     f"lowerdir={node_image.root},upperdir={upper},workdir={work}", str(root))
+            host.run(
+                "mount",
+                "-t",
+                "overlay",
+                "overlay",
+                "-o",
+                f"lowerdir={node_image.root},upperdir={upper},workdir={work}",
+                str(root),
+            )
         return root
 
     def _pids(self, lab: LabConfig, spec: NodeSpec) -> list[int]:
@@ -118,13 +148,20 @@ class NspawnProvider:
         """The nodes in lab.yaml, and those that have a node directory but left lab.yaml while up."""
         nodes = lab.state_dir / "nodes"
         listed = [spec.name for spec in lab.nodes]
-        return listed + (sorted(p.name for p in nodes.iterdir() if p.is_dir() and p.name not in listed) if nodes.is_dir() else [])
+        return listed + (
+            sorted(p.name for p in nodes.iterdir() if p.is_dir() and p.name not in listed) if nodes.is_dir() else []
+        )
 
     def status(self, lab: LabConfig) -> list[NodeStatus]:
         return [
-            NodeStatus(spec.name, self.name, "container", str(spec.address),
-                       "running" if self._pids(lab, spec) else "absent",
-                       f"machine {machine_name(lab, spec)}")
+            NodeStatus(
+                spec.name,
+                self.name,
+                "container",
+                str(spec.address),
+                "running" if self._pids(lab, spec) else "absent",
+                f"machine {machine_name(lab, spec)}",
+            )
             for spec in lab.nodes
         ]
 

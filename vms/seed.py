@@ -36,7 +36,10 @@ class Seed:
 def make_seed(lab: LabConfig, node: NodeSpec, login: KeyPair, host_key: KeyPair, interface: dict[str, object]) -> Seed:
     """`interface` is the netplan v2 entry that names the lab NIC: {"id": "host0"} in a container;
     a VM may add "match" (e.g. {"macaddress": ...}) and "set-name"."""
-    meta = {"instance-id": f"{lab.name}-{node.name}-{host_key.public_key.split()[1][-12:]}", "local-hostname": node.name}
+    meta = {
+        "instance-id": f"{lab.name}-{node.name}-{host_key.public_key.split()[1][-12:]}",
+        "local-hostname": node.name,
+    }
     user = {
         "hostname": node.name,
         "locale": False,
@@ -49,13 +52,15 @@ def make_seed(lab: LabConfig, node: NodeSpec, login: KeyPair, host_key: KeyPair,
             "ed25519_private": host_key.private.read_text(),
             "ed25519_public": host_key.public_key,
         },
-        "users": [{
-            "name": lab.ssh_user,
-            "shell": "/bin/bash",
-            "sudo": "ALL=(ALL) NOPASSWD:ALL",
-            "lock_passwd": True,
-            "ssh_authorized_keys": [login.public_key],
-        }],
+        "users": [
+            {
+                "name": lab.ssh_user,
+                "shell": "/bin/bash",
+                "sudo": "ALL=(ALL) NOPASSWD:ALL",
+                "lock_passwd": True,
+                "ssh_authorized_keys": [login.public_key],
+            }
+        ],
     }
     prefix = lab.network.subnet.prefixlen
     entry = {k: v for k, v in interface.items() if k != "id"}

@@ -29,10 +29,12 @@ def directory(lab: LabConfig) -> Path:
 
 def config_text(lab: LabConfig) -> str:
     state = directory(lab)
-    return (f"# lab {lab.name}: the host's clock for the lab network only (vms/timeserver.py)\n"
-            f"bindaddress {lab.network.host_address}\nport {NTP_PORT}\ncmdport 0\n"
-            f"allow {lab.network.subnet}\nlocal stratum 8\n"
-            f"pidfile {state / 'chronyd.pid'}\n")
+    return (
+        f"# lab {lab.name}: the host's clock for the lab network only (vms/timeserver.py)\n"
+        f"bindaddress {lab.network.host_address}\nport {NTP_PORT}\ncmdport 0\n"
+        f"allow {lab.network.subnet}\nlocal stratum 8\n"
+        f"pidfile {state / 'chronyd.pid'}\n"
+    )
 
 
 def running(lab: LabConfig) -> list[int]:
@@ -45,8 +47,10 @@ def start(lab: LabConfig) -> bool:
         return False
     chronyd = shutil.which(CHRONYD, path="/usr/sbin:/usr/bin:/sbin:/bin")
     if chronyd is None:
-        raise LabError("chronyd is not installed on this host; the lab's VMs take their time from it: "
-                       "apt-get install chrony (setup.sh does)")
+        raise LabError(
+            "chronyd is not installed on this host; the lab's VMs take their time from it: "
+            "apt-get install chrony (setup.sh does)"
+        )
     state = directory(lab)
     state.mkdir(parents=True, exist_ok=True)
     conf = state / "chrony.conf"
@@ -61,8 +65,10 @@ def start(lab: LabConfig) -> bool:
         except OSError as exc:
             if time.monotonic() > deadline:
                 stop(lab)
-                raise LabError(f"the lab's chronyd does not answer NTP on {lab.network.host_address}:{NTP_PORT} ({exc}); "
-                               f"is port {NTP_PORT} held by another NTP server on that address?") from exc
+                raise LabError(
+                    f"the lab's chronyd does not answer NTP on {lab.network.host_address}:{NTP_PORT} ({exc}); "
+                    f"is port {NTP_PORT} held by another NTP server on that address?"
+                ) from exc
             time.sleep(0.2)
 
 

@@ -17,9 +17,15 @@ from lab.errors import LabError
 DISPLAY_CLASS = 0x03
 BRIDGE_SUBCLASS = 0x0604
 CLASS_NAMES = {
-    0x00: "unclassified device", 0x01: "storage controller", 0x02: "network controller",
-    0x03: "display controller", 0x04: "multimedia controller", 0x05: "memory controller",
-    0x06: "bridge", 0x07: "communication controller", 0x08: "system peripheral",
+    0x00: "unclassified device",
+    0x01: "storage controller",
+    0x02: "network controller",
+    0x03: "display controller",
+    0x04: "multimedia controller",
+    0x05: "memory controller",
+    0x06: "bridge",
+    0x07: "communication controller",
+    0x08: "system peripheral",
     0x0C: "serial bus controller (USB/SMBus)",
 }
 LoadModule = Callable[[], str | None]
@@ -54,15 +60,19 @@ def preflight(addresses: list[str], sysfs: Path = Path("/sys"), load_module: Loa
     if not (sysfs / "bus" / "pci" / "drivers" / "vfio-pci").is_dir():
         reason = load_module()
         if reason is not None:
-            raise VfioError(f"vfio-pci cannot be loaded ({reason}); "
-                            "install a kernel with VFIO (CONFIG_VFIO_PCI) and run `modprobe vfio-pci`")
+            raise VfioError(
+                f"vfio-pci cannot be loaded ({reason}); "
+                "install a kernel with VFIO (CONFIG_VFIO_PCI) and run `modprobe vfio-pci`"
+            )
     return sorted(passed)
 
 
 def _device(sysfs: Path, address: str) -> Path:
     device = sysfs / "bus" / "pci" / "devices" / address
     if not device.is_dir():
-        raise VfioError(f"there is no PCI device {address} on this host; list the GPUs with `lspci -D | grep -Ei 'vga|3d|display'`")
+        raise VfioError(
+            f"there is no PCI device {address} on this host; list the GPUs with `lspci -D | grep -Ei 'vga|3d|display'`"
+        )
     pci_class = _class(device)
     if pci_class >> 16 != DISPLAY_CLASS:
         raise VfioError(

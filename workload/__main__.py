@@ -28,9 +28,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "serve":
             from workload.services import run_service
+
             run_service(args.service, args.config)
         elif args.command == "seed-db":
             from workload.db import seed_database
+
             counts = seed_database(args.dsn, args.seed)
             print(" ".join(f"{table}={n}" for table, n in counts.items()), file=sys.stderr)
             _print_tasks(args.seed, args.tasks)
@@ -44,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _print_tasks(seed: int, count: int) -> None:
     from workload.tasks import make_tasks
+
     for task in make_tasks(seed, count):
         print(task.model_dump_json())
 

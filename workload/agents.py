@@ -30,8 +30,17 @@ from starlette.routing import Route
 
 from workload.config import LLM_MAX_TOKENS, ServiceConfig
 from workload.mcp_client import LIBRARY_TIMEOUT_S, HopError, ToolBox, task_sessions
-from workload.telemetry import (LabTransport, Telemetry, TraceContext, current_context, describe_error,
-                                current_knobs, new_trace_id, set_context, timeout_for)
+from workload.telemetry import (
+    LabTransport,
+    Telemetry,
+    TraceContext,
+    current_context,
+    current_knobs,
+    describe_error,
+    new_trace_id,
+    set_context,
+    timeout_for,
+)
 from workload.tools import McpServer, adopt_caller_context
 from workload.web import error_response, health_endpoint, read_model
 
@@ -56,11 +65,21 @@ class LLM:
         self.timeout_s = config.timeouts.llm_s
         client = httpx.AsyncClient(transport=LabTransport(), timeout=LIBRARY_TIMEOUT_S)
         # one per value of the llm_stream knob, over one connection pool
-        self.chats = {streaming: ChatOpenAI(base_url=config.llm_url, api_key="not-needed",  # type: ignore[arg-type]
-                                            model=config.llm_model, temperature=0, max_tokens=max_tokens,
-                                            max_retries=0, timeout=LIBRARY_TIMEOUT_S, stream_chunk_timeout=LIBRARY_TIMEOUT_S,
-                                            streaming=streaming, http_async_client=client)
-                      for streaming in (True, False)}
+        self.chats = {
+            streaming: ChatOpenAI(
+                base_url=config.llm_url,
+                api_key="not-needed",  # type: ignore[arg-type]
+                model=config.llm_model,
+                temperature=0,
+                max_tokens=max_tokens,
+                max_retries=0,
+                timeout=LIBRARY_TIMEOUT_S,
+                stream_chunk_timeout=LIBRARY_TIMEOUT_S,
+                streaming=streaming,
+                http_async_client=client,
+            )
+            for streaming in (True, False)
+        }
 
     @asynccontextmanager
     async def _call(self) -> AsyncIterator[None]:
@@ -79,7 +98,9 @@ class LLM:
         response_format = {"type": "json_schema", "json_schema": {"name": "tool_call", "schema": schema}}
         chat = self.chats[current_knobs().llm_stream]
         async with self._call():
-            message = await chat.bind(response_format=response_format).ainvoke([SystemMessage(system), HumanMessage(user)])
+            message = await chat.bind(response_format=response_format).ainvoke(
+                [SystemMessage(system), HumanMessage(user)]
+            )
         try:
             return json.loads(_text(message.content))
         except ValueError as exc:
@@ -98,12 +119,18 @@ class LLM:
         return "".join(parts).strip()
 
 
-DECIDE_PROMPT = ("You are {who}. Pick the one tool that helps most with the request, and its arguments.\n"
-                 "Tools:\n{tools}\nReply as JSON {{\"tool\": ..., \"arguments\": {{...}}}}.")
-ANSWER_PROMPT = ("You are a customer-support agent. Answer the customer's question in one or two sentences, "
-                 "using only the order database record for statuses, dates, amounts and carriers; copy them exactly.")
-REPORT_PROMPT = ("You are a logistics assistant. Summarise the tool result for the request in one sentence, "
-                 "copying hub names and numbers exactly.")
+DECIDE_PROMPT = (
+    "You are {who}. Pick the one tool that helps most with the request, and its arguments.\n"
+    'Tools:\n{tools}\nReply as JSON {{"tool": ..., "arguments": {{...}}}}.'
+)
+ANSWER_PROMPT = (
+    "You are a customer-support agent. Answer the customer's question in one or two sentences, "
+    "using only the order database record for statuses, dates, amounts and carriers; copy them exactly."
+)
+REPORT_PROMPT = (
+    "You are a logistics assistant. Summarise the tool result for the request in one sentence, "
+    "copying hub names and numbers exactly."
+)
 
 
 REPORT_INPUT_CHARS = 400
@@ -125,12 +152,14 @@ def _decide_node(llm: LLM, box: ToolBox, who: str) -> Any:
         request = state["question"] + (f"\nKnown facts: {state['facts']}" if state.get("facts") else "")
         choice = await llm.choose(DECIDE_PROMPT.format(who=who, tools=box.describe()), request, box.choice_schema())
         return {"choice": choice}
+
     return decide
 
 
 def _tool_node(box: ToolBox) -> Any:
     async def use_tool(state: AgentState) -> AgentState:
         return {"result": await box.call(state["choice"]["tool"], state["choice"]["arguments"])}
+
     return use_tool
 
 
@@ -153,8 +182,9 @@ def build_agent_a_graph(llm: LLM, tool_db: ToolBox, agent_b: ToolBox) -> Any:
     graph.add_node("answer", answer)
     graph.add_edge(START, "decide")
     graph.add_edge("decide", "use_tool")
-    graph.add_conditional_edges("use_tool", lambda s: "delegate" if s["scenario"] == "multihop" else "answer",
-                                ["delegate", "answer"])
+    graph.add_conditional_edges(
+        "use_tool", lambda s: "delegate" if s["scenario"] == "multihop" else "answer", ["delegate", "answer"]
+    )
     graph.add_edge("delegate", "answer")
     graph.add_edge("answer", END)
     return graph.compile()
@@ -165,8 +195,10 @@ def build_agent_b_graph(llm: LLM, tool_synth: ToolBox) -> Any:
 
     async def report(state: AgentState) -> AgentState:
         # the head of the result: its synthetic padding sizes the traffic, not the prompt
-        text = (f"Request: {state['question']}\n"
-                f"Tool {state['choice']['tool']} returned: {state['result'][:REPORT_INPUT_CHARS]}")
+        text = (
+            f"Request: {state['question']}\n"
+            f"Tool {state['choice']['tool']} returned: {state['result'][:REPORT_INPUT_CHARS]}"
+        )
         return {"report": await llm.write(REPORT_PROMPT, text)}
 
     graph = StateGraph(AgentState)
@@ -202,7 +234,9 @@ def build_agent_a(config: ServiceConfig, telemetry: Telemetry) -> Starlette:
             return body
         ctx = current_context()
         if ctx is None or ctx.task_id is None:  # a caller without lab headers
-            set_context(TraceContext(body.task_id, ctx.trace_id if ctx else new_trace_id(), ctx.call_id if ctx else None))
+            set_context(
+                TraceContext(body.task_id, ctx.trace_id if ctx else new_trace_id(), ctx.call_id if ctx else None)
+            )
         seconds = timeout_for("task", t.task_s)
         try:
             async with asyncio.timeout(seconds), task_sessions():
@@ -211,14 +245,22 @@ def build_agent_a(config: ServiceConfig, telemetry: Telemetry) -> Starlette:
             return error_response(504, f"task timed out after {seconds:g} s (task timeout)", task_id=body.task_id)
         except HopError as exc:
             return error_response(502, str(exc), task_id=body.task_id)
-        return JSONResponse({"ok": True, "task_id": body.task_id, "answer": state["answer"], "error": None,
-                             "tool": state["choice"]["tool"]})
+        return JSONResponse(
+            {
+                "ok": True,
+                "task_id": body.task_id,
+                "answer": state["answer"],
+                "error": None,
+                "tool": state["choice"]["tool"],
+            }
+        )
 
     async def ready() -> str | None:
         return await _tools_problem(tool_db, agent_b)
 
-    return Starlette(routes=[Route("/task", task, methods=["POST"]),
-                             Route("/healthz", health_endpoint("agent-a", config, ready))])
+    return Starlette(
+        routes=[Route("/task", task, methods=["POST"]), Route("/healthz", health_endpoint("agent-a", config, ready))]
+    )
 
 
 def build_agent_b(config: ServiceConfig, telemetry: Telemetry) -> Starlette:

@@ -43,16 +43,26 @@ def build_gateway(config: ServiceConfig, telemetry: Telemetry) -> Starlette:
         if isinstance(body, JSONResponse):
             return body
         try:
-            data = await _get_json(telemetry, client, "baseline-order", f"{order_url}/orders/{body.order_id}",
-                                   "GET /orders/{order_id}")
-            facts = expected_facts(body.kind, Order(**data["order"]), Shipment(**data["shipment"]) if data["shipment"] else None)
+            data = await _get_json(
+                telemetry, client, "baseline-order", f"{order_url}/orders/{body.order_id}", "GET /orders/{order_id}"
+            )
+            facts = expected_facts(
+                body.kind, Order(**data["order"]), Shipment(**data["shipment"]) if data["shipment"] else None
+            )
         except (httpx.HTTPError, ValueError, KeyError) as exc:
             return error_response(502, f"baseline-order: {describe_error(exc)}", task_id=body.task_id)
-        return JSONResponse({"ok": True, "task_id": body.task_id, "answer": render_answer(body.kind, facts, body.order_id),
-                             "error": None})
+        return JSONResponse(
+            {
+                "ok": True,
+                "task_id": body.task_id,
+                "answer": render_answer(body.kind, facts, body.order_id),
+                "error": None,
+            }
+        )
 
-    return Starlette(routes=[Route("/task", task, methods=["POST"]),
-                             Route("/healthz", health_endpoint("baseline-gateway", config))])
+    return Starlette(
+        routes=[Route("/task", task, methods=["POST"]), Route("/healthz", health_endpoint("baseline-gateway", config))]
+    )
 
 
 def build_order_service(config: ServiceConfig, telemetry: Telemetry) -> Starlette:
@@ -66,12 +76,17 @@ def build_order_service(config: ServiceConfig, telemetry: Telemetry) -> Starlett
         row = await db.fetch_one("get_order", order_id)
         if row is None:
             return error_response(404, f"order {order_id} not found")
-        data = await _get_json(telemetry, client, "baseline-shipping", f"{shipping_url}/shipments/{order_id}",
-                               "GET /shipments/{order_id}")
+        data = await _get_json(
+            telemetry, client, "baseline-shipping", f"{shipping_url}/shipments/{order_id}", "GET /shipments/{order_id}"
+        )
         return JSONResponse({"order": row, "shipment": data["shipment"]})
 
-    return Starlette(routes=[Route("/orders/{order_id}", order, methods=["GET"]),
-                             Route("/healthz", health_endpoint("baseline-order", config, db.problem))])
+    return Starlette(
+        routes=[
+            Route("/orders/{order_id}", order, methods=["GET"]),
+            Route("/healthz", health_endpoint("baseline-order", config, db.problem)),
+        ]
+    )
 
 
 def build_shipping_service(config: ServiceConfig, telemetry: Telemetry) -> Starlette:
@@ -81,5 +96,9 @@ def build_shipping_service(config: ServiceConfig, telemetry: Telemetry) -> Starl
     async def shipment(request: Request) -> JSONResponse:
         return JSONResponse({"shipment": await db.fetch_one("get_shipment", request.path_params["order_id"])})
 
-    return Starlette(routes=[Route("/shipments/{order_id}", shipment, methods=["GET"]),
-                             Route("/healthz", health_endpoint("baseline-shipping", config, db.problem))])
+    return Starlette(
+        routes=[
+            Route("/shipments/{order_id}", shipment, methods=["GET"]),
+            Route("/healthz", health_endpoint("baseline-shipping", config, db.problem)),
+        ]
+    )

@@ -41,8 +41,9 @@ class ScenarioFigures:
     flows: float
 
 
-def scenario_figures(scenario: str, tasks: list[Task], results: list[driver.TaskResult], wall_s: float,
-                     events: list[dict]) -> ScenarioFigures:
+def scenario_figures(
+    scenario: str, tasks: list[Task], results: list[driver.TaskResult], wall_s: float, events: list[dict]
+) -> ScenarioFigures:
     by_trace: dict[str, list[dict]] = defaultdict(list)
     for event in events:
         by_trace[event["trace_id"]].append(event)
@@ -54,15 +55,26 @@ def scenario_figures(scenario: str, tasks: list[Task], results: list[driver.Task
         tools.append(sum(e["kind"] in ("tool", "agent") for e in mine))
         flows.append(len({tuple(c) for e in mine for c in e["conns"]}))
     n = len(results)
-    return ScenarioFigures(scenario, n, sum(r.ok for r in results),
-                           sum(answer_is_correct(t, r.answer) for t, r in zip(tasks, results, strict=True)),
-                           60 * n / wall_s, sum(llm) / n, sum(tools) / n, sum(flows) / n)
+    return ScenarioFigures(
+        scenario,
+        n,
+        sum(r.ok for r in results),
+        sum(answer_is_correct(t, r.answer) for t, r in zip(tasks, results, strict=True)),
+        60 * n / wall_s,
+        sum(llm) / n,
+        sum(tools) / n,
+        sum(flows) / n,
+    )
 
 
 def llm_figures(base_url: str, runs: int = 3, max_tokens: int = 128) -> tuple[float, float]:
     """(mean time to first token in s, mean decode tokens/s) of streamed chat completions."""
-    speeds = [speed.measure(base_url, "lab-model", max_tokens, 120, "You are a helpful assistant.",
-                            f"{LLM_PROMPT} (variant {i})") for i in range(runs)]
+    speeds = [
+        speed.measure(
+            base_url, "lab-model", max_tokens, 120, "You are a helpful assistant.", f"{LLM_PROMPT} (variant {i})"
+        )
+        for i in range(runs)
+    ]
     return sum(s.ttft_s for s in speeds) / runs, sum(s.tokens_per_s for s in speeds) / runs
 
 
@@ -83,8 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--model", default=DEFAULT_MODEL)
-    parser.add_argument("--backend", choices=BACKENDS, default="auto",
-                        help="auto: vLLM with a GPU, llama.cpp otherwise")
+    parser.add_argument(
+        "--backend", choices=BACKENDS, default="auto", help="auto: vLLM with a GPU, llama.cpp otherwise"
+    )
     parser.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="llama.cpp's threads")
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="workload-bench-"))
@@ -109,11 +122,15 @@ def main(argv: list[str] | None = None) -> int:
         stack.stop()
         pg.stop()
     print(f"LLM ({args.model}, {label}): time to first token {ttft * 1000:.0f} ms, decode {rate:.1f} tokens/s")
-    print(f"{'scenario':10} {'tasks':>5} {'ok':>3} {'correct':>7} {'tasks/min':>9} {'LLM calls':>9} "
-          f"{'tool calls':>10} {'flows':>6}   (means per task; concurrency {args.concurrency})")
+    print(
+        f"{'scenario':10} {'tasks':>5} {'ok':>3} {'correct':>7} {'tasks/min':>9} {'LLM calls':>9} "
+        f"{'tool calls':>10} {'flows':>6}   (means per task; concurrency {args.concurrency})"
+    )
     for f in figures:
-        print(f"{f.scenario:10} {f.tasks:5d} {f.ok:3d} {f.correct:7d} {f.tasks_per_min:9.1f} {f.llm_calls:9.2f} "
-              f"{f.tool_calls:10.2f} {f.flows:6.2f}")
+        print(
+            f"{f.scenario:10} {f.tasks:5d} {f.ok:3d} {f.correct:7d} {f.tasks_per_min:9.1f} {f.llm_calls:9.2f} "
+            f"{f.tool_calls:10.2f} {f.flows:6.2f}"
+        )
     print(f"telemetry and logs kept in {workdir}")
     return 0
 

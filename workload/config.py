@@ -9,11 +9,20 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-Service = Literal["agent-a", "agent-b", "tool-db", "tool-synth", "baseline-gateway", "baseline-order", "baseline-shipping"]
+Service = Literal[
+    "agent-a", "agent-b", "tool-db", "tool-synth", "baseline-gateway", "baseline-order", "baseline-shipping"
+]
 SERVICES: tuple[str, ...] = Service.__args__  # type: ignore[attr-defined]
 DEFAULT_PORTS: dict[str, int] = {
-    "llm": 8000, "agent-a": 8101, "agent-b": 8102, "tool-db": 8201, "tool-synth": 8202,
-    "baseline-gateway": 8301, "baseline-order": 8302, "baseline-shipping": 8303, "postgres": 5432,
+    "llm": 8000,
+    "agent-a": 8101,
+    "agent-b": 8102,
+    "tool-db": 8201,
+    "tool-synth": 8202,
+    "baseline-gateway": 8301,
+    "baseline-order": 8302,
+    "baseline-shipping": 8303,
+    "postgres": 5432,
 }
 # which peers (by logical name) each service calls
 REQUIRED_PEERS: dict[str, tuple[str, ...]] = {

@@ -26,9 +26,9 @@ CREATE TABLE shipments (order_id text PRIMARY KEY REFERENCES orders, carrier tex
 
 QUERIES: dict[str, str] = {
     "get_order": "SELECT order_id, customer_id, item, quantity, total::text AS total, status, "
-                 "ordered_on::text AS ordered_on FROM orders WHERE order_id = %s",
+    "ordered_on::text AS ordered_on FROM orders WHERE order_id = %s",
     "get_shipment": "SELECT order_id, carrier, tracking_no, status, eta::text AS eta "
-                    "FROM shipments WHERE order_id = %s",
+    "FROM shipments WHERE order_id = %s",
     "get_customer": "SELECT customer_id, name, email, city FROM customers WHERE customer_id = %s",
 }
 
@@ -73,7 +73,10 @@ class Database:
 
     async def _connect(self) -> psycopg.AsyncConnection:
         return await psycopg.AsyncConnection.connect(
-            self.dsn, autocommit=True, row_factory=dict_row, connect_timeout=max(1, int(self.timeout_s)),
+            self.dsn,
+            autocommit=True,
+            row_factory=dict_row,
+            connect_timeout=max(1, int(self.timeout_s)),
             options=f"-c statement_timeout={int(self.timeout_s * 1000)}",
         )
 

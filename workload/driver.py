@@ -43,12 +43,16 @@ def _request(scenario: str, task: Task, entry: Entry) -> tuple[str, str, dict]:
     """(peer, url, body): the baseline reads the structured task; agents only its words."""
     if scenario == "baseline":
         return "baseline-gateway", f"{entry.baseline.rstrip('/')}/task", task.model_dump(exclude={"expected"})
-    return "agent-a", f"{entry.agent_a.rstrip('/')}/task", {"task_id": task.task_id, "text": task.text,
-                                                              "scenario": scenario}
+    return (
+        "agent-a",
+        f"{entry.agent_a.rstrip('/')}/task",
+        {"task_id": task.task_id, "text": task.text, "scenario": scenario},
+    )
 
 
-async def _submit(client: httpx.AsyncClient, telemetry: Telemetry, scenario: str, task: Task, entry: Entry,
-                  timeout_s: float) -> TaskResult:
+async def _submit(
+    client: httpx.AsyncClient, telemetry: Telemetry, scenario: str, task: Task, entry: Entry, timeout_s: float
+) -> TaskResult:
     peer, url, body = _request(scenario, task, entry)
     answer, error = None, None
     start = time.time_ns()
@@ -67,10 +71,17 @@ async def _submit(client: httpx.AsyncClient, telemetry: Telemetry, scenario: str
     return TaskResult(task.task_id, scenario, error is None, answer, error, start, time.time_ns(), call.call_id)
 
 
-async def run_tasks(scenario: Scenario, tasks: list[Task], entry: Entry, concurrency: int = 1,
-                    telemetry_dir: Path = Path("telemetry"), node: str = "controller",
-                    timeout_s: float = 300.0, hop_timeouts: dict[str, float] | None = None,
-                    knobs: Knobs | None = None) -> list[TaskResult]:
+async def run_tasks(
+    scenario: Scenario,
+    tasks: list[Task],
+    entry: Entry,
+    concurrency: int = 1,
+    telemetry_dir: Path = Path("telemetry"),
+    node: str = "controller",
+    timeout_s: float = 300.0,
+    hop_timeouts: dict[str, float] | None = None,
+    knobs: Knobs | None = None,
+) -> list[TaskResult]:
     """Submit every task (at most `concurrency` at once); results in task order. `timeout_s` is
     how long the driver waits for a task, and the task's own deadline at the agent; `hop_timeouts`
     (llm, tool, agent: seconds) and `knobs` travel with it to every hop (telemetry.PROPAGATED).
@@ -95,7 +106,14 @@ async def run_tasks(scenario: Scenario, tasks: list[Task], entry: Entry, concurr
         telemetry.writer.close()
 
 
-def run(scenario: Scenario, tasks: list[Task], entry: Entry, concurrency: int = 1,
-        telemetry_dir: Path = Path("telemetry"), node: str = "controller", timeout_s: float = 300.0) -> list[TaskResult]:
+def run(
+    scenario: Scenario,
+    tasks: list[Task],
+    entry: Entry,
+    concurrency: int = 1,
+    telemetry_dir: Path = Path("telemetry"),
+    node: str = "controller",
+    timeout_s: float = 300.0,
+) -> list[TaskResult]:
     """Synchronous wrapper of `run_tasks` for the experiment controller."""
     return asyncio.run(run_tasks(scenario, tasks, entry, concurrency, telemetry_dir, node, timeout_s))

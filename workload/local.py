@@ -88,8 +88,10 @@ class LocalPostgres:
         data = self.directory / "data"
         _run_as(user, [str(PG_BIN / "initdb"), "-D", str(data), "-U", "lab", "--auth=trust", "-E", "UTF8"])
         options = f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1"
-        _run_as(user, [str(PG_BIN / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(self.directory / "log"),
-                       "-w", "start"])
+        _run_as(
+            user,
+            [str(PG_BIN / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(self.directory / "log"), "-w", "start"],
+        )
         _run_as(user, [str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "lab", "lab"])
         return self.dsn
 
@@ -124,12 +126,23 @@ class LocalStack:
         return Entry(baseline=self.url("baseline-gateway"), agent_a=self.url("agent-a"))
 
     def config(self, service: str, **overrides: Any) -> dict[str, Any]:
-        peers = {"tool-db": self.url("tool-db") + "/mcp", "tool-synth": self.url("tool-synth") + "/mcp",
-                 "agent-b": self.url("agent-b") + "/mcp", "baseline-order": self.url("baseline-order"),
-                 "baseline-shipping": self.url("baseline-shipping")}
-        config = {"node": "loopback", "host": "127.0.0.1", "port": self.ports[service],
-                  "telemetry_dir": str(self.telemetry_dir), "peers": peers, "db_dsn": self.db_dsn,
-                  "llm_url": self.llm_url or f"{self.url('llm')}/v1", "synth": self.synth}
+        peers = {
+            "tool-db": self.url("tool-db") + "/mcp",
+            "tool-synth": self.url("tool-synth") + "/mcp",
+            "agent-b": self.url("agent-b") + "/mcp",
+            "baseline-order": self.url("baseline-order"),
+            "baseline-shipping": self.url("baseline-shipping"),
+        }
+        config = {
+            "node": "loopback",
+            "host": "127.0.0.1",
+            "port": self.ports[service],
+            "telemetry_dir": str(self.telemetry_dir),
+            "peers": peers,
+            "db_dsn": self.db_dsn,
+            "llm_url": self.llm_url or f"{self.url('llm')}/v1",
+            "synth": self.synth,
+        }
         config.update(overrides)
         return config
 
@@ -149,12 +162,29 @@ class LocalStack:
         path.write_text(json.dumps(self.config(service, **overrides)))
         return self.spawn(name, [sys.executable, "-m", "workload", "serve", service, "--config", str(path)])
 
-    def start_llm(self, model: str, backend: str = "auto", threads: int = DEFAULT_THREADS,
-                  timeout_s: float = 300) -> None:
+    def start_llm(
+        self, model: str, backend: str = "auto", threads: int = DEFAULT_THREADS, timeout_s: float = 300
+    ) -> None:
         """The LLM server (`python -m workload.llm serve`): `backend` auto, cpu or vllm; `threads` for llama.cpp."""
-        proc = self.spawn("llm", [sys.executable, "-m", "workload.llm", "serve", "--model", model,
-                                  "--host", "127.0.0.1", "--port", str(self.ports["llm"]),
-                                  "--backend", backend, "--threads", str(threads)])
+        proc = self.spawn(
+            "llm",
+            [
+                sys.executable,
+                "-m",
+                "workload.llm",
+                "serve",
+                "--model",
+                model,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.ports["llm"]),
+                "--backend",
+                backend,
+                "--threads",
+                str(threads),
+            ],
+        )
         wait_http(f"{self.url('llm')}/health", timeout_s, proc)
 
     def start(self, timeout_s: float = 120) -> None:

@@ -51,8 +51,9 @@ class ToolCallError(RuntimeError):
     """The server ran the tool and it failed (a CallToolResult with isError)."""
 
 
-def _mcp_http_client(headers: dict[str, str] | None = None, timeout: httpx.Timeout | None = None,
-                     auth: httpx.Auth | None = None) -> httpx.AsyncClient:
+def _mcp_http_client(
+    headers: dict[str, str] | None = None, timeout: httpx.Timeout | None = None, auth: httpx.Auth | None = None
+) -> httpx.AsyncClient:
     """httpx client factory for the MCP transport: tags and measures each request."""
     return httpx.AsyncClient(transport=LabTransport(), headers=headers, timeout=timeout, auth=auth)
 
@@ -129,9 +130,13 @@ class ToolBox:
 
     def connection(self) -> dict[str, Any]:
         """The server's endpoint for the run's mcp_server knob, as langchain-mcp-adapters takes it."""
-        return {"transport": "streamable_http", "url": self.url + MCP_PATH_SUFFIX[current_knobs().mcp_server],
-                "timeout": LIBRARY_TIMEOUT_S, "sse_read_timeout": LIBRARY_TIMEOUT_S,
-                "httpx_client_factory": _mcp_http_client}
+        return {
+            "transport": "streamable_http",
+            "url": self.url + MCP_PATH_SUFFIX[current_knobs().mcp_server],
+            "timeout": LIBRARY_TIMEOUT_S,
+            "sse_read_timeout": LIBRARY_TIMEOUT_S,
+            "httpx_client_factory": _mcp_http_client,
+        }
 
     async def ensure_loaded(self) -> None:
         async with self._lock:
@@ -139,8 +144,12 @@ class ToolBox:
                 return
             try:
                 async with self.telemetry.call(self.kind, self.peer, "tools/list"), asyncio.timeout(self.timeout_s):
-                    tools = await load_mcp_tools(None, connection=self.connection(),  # type: ignore[arg-type]
-                                                 server_name=self.peer, handle_tool_errors=False)
+                    tools = await load_mcp_tools(
+                        None,
+                        connection=self.connection(),  # type: ignore[arg-type]
+                        server_name=self.peer,
+                        handle_tool_errors=False,
+                    )
             except Exception as exc:
                 raise HopError(self.peer, exc) from exc
             self.tools = {t.name: t for t in tools}
@@ -153,8 +162,14 @@ class ToolBox:
         options = []
         for name, tool in self.tools.items():
             args = {k: v for k, v in dict(tool.args_schema).items() if k in ("type", "properties", "required")}  # type: ignore[arg-type]
-            options.append({"type": "object", "additionalProperties": False, "required": ["tool", "arguments"],
-                            "properties": {"tool": {"const": name}, "arguments": {**args, "additionalProperties": False}}})
+            options.append(
+                {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["tool", "arguments"],
+                    "properties": {"tool": {"const": name}, "arguments": {**args, "additionalProperties": False}},
+                }
+            )
         return {"anyOf": options}
 
     async def call(self, name: str, arguments: dict[str, Any]) -> str:

@@ -73,16 +73,22 @@ class Task(BaseModel):
 _TEMPLATES: dict[str, list[str]] = {
     "order_status": ["What is the status of order {o}?", "Can you tell me the current status of my order {o}?"],
     "order_total": ["What was the total amount of order {o}?", "How much did I pay for order {o}?"],
-    "shipment_eta": ["When will order {o} be delivered, and by which carrier?",
-                     "Which carrier is shipping order {o} and what is the estimated delivery date?"],
+    "shipment_eta": [
+        "When will order {o} be delivered, and by which carrier?",
+        "Which carrier is shipping order {o} and what is the estimated delivery date?",
+    ],
 }
 
 
 def make_dataset(seed: int, n_customers: int = 40, n_orders: int = 200) -> Dataset:
     rng = random.Random(f"dataset-{seed}")
     customers = [
-        Customer(f"C-{i:04d}", name := f"{rng.choice(_FIRST)} {rng.choice(_LAST)}",
-                 f"{name.lower().replace(' ', '.')}{i}@example.org", rng.choice(_CITIES))
+        Customer(
+            f"C-{i:04d}",
+            name := f"{rng.choice(_FIRST)} {rng.choice(_LAST)}",
+            f"{name.lower().replace(' ', '.')}{i}@example.org",
+            rng.choice(_CITIES),
+        )
         for i in range(1, n_customers + 1)
     ]
     orders, shipments = [], []
@@ -90,13 +96,27 @@ def make_dataset(seed: int, n_customers: int = 40, n_orders: int = 200) -> Datas
         quantity = rng.randint(1, 4)
         ordered_on = _EPOCH + dt.timedelta(days=rng.randint(0, 60))
         status = rng.choice(["pending", "paid", "shipped", "shipped", "delivered", "cancelled"])
-        order = Order(f"ORD-{i:05d}", rng.choice(customers).customer_id, rng.choice(_ITEMS), quantity,
-                      f"{quantity * rng.randint(1500, 45000) / 100:.2f}", status, ordered_on.isoformat())
+        order = Order(
+            f"ORD-{i:05d}",
+            rng.choice(customers).customer_id,
+            rng.choice(_ITEMS),
+            quantity,
+            f"{quantity * rng.randint(1500, 45000) / 100:.2f}",
+            status,
+            ordered_on.isoformat(),
+        )
         orders.append(order)
         if status in _SHIPPED:
             eta = ordered_on + dt.timedelta(days=rng.randint(2, 9))
-            shipments.append(Shipment(order.order_id, rng.choice(_CARRIERS),
-                                      f"TRK{rng.randrange(10**9, 10**10)}", _SHIPPED[status], eta.isoformat()))
+            shipments.append(
+                Shipment(
+                    order.order_id,
+                    rng.choice(_CARRIERS),
+                    f"TRK{rng.randrange(10**9, 10**10)}",
+                    _SHIPPED[status],
+                    eta.isoformat(),
+                )
+            )
     return Dataset(customers, orders, shipments)
 
 
@@ -122,11 +142,15 @@ def make_tasks(seed: int, count: int, dataset: Dataset | None = None) -> list[Ta
         kind = kinds[i % len(kinds)]
         pool = [o for o in dataset.orders if o.order_id in shipment_of] if kind == "shipment_eta" else dataset.orders
         order = rng.choice(pool)
-        tasks.append(Task(
-            task_id=f"s{seed}-t{i:04d}", kind=kind, order_id=order.order_id,
-            text=rng.choice(_TEMPLATES[kind]).format(o=order.order_id),
-            expected=expected_facts(kind, order, shipment_of.get(order.order_id)),
-        ))
+        tasks.append(
+            Task(
+                task_id=f"s{seed}-t{i:04d}",
+                kind=kind,
+                order_id=order.order_id,
+                text=rng.choice(_TEMPLATES[kind]).format(o=order.order_id),
+                expected=expected_facts(kind, order, shipment_of.get(order.order_id)),
+            )
+        )
     return tasks
 
 

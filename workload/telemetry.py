@@ -241,8 +241,15 @@ class Telemetry:
         ctx = current_context()
         if task_id is not None:
             ctx = TraceContext(task_id=task_id, trace_id=ctx.trace_id if ctx else new_trace_id(), call_id=None)
-        event = self._event(ctx, call_id=new_call_id(), parent_id=ctx.call_id if ctx else None,
-                            kind=kind, side="client", peer=peer, op=op)
+        event = self._event(
+            ctx,
+            call_id=new_call_id(),
+            parent_id=ctx.call_id if ctx else None,
+            kind=kind,
+            side="client",
+            peer=peer,
+            op=op,
+        )
         call_token = _active.set(event)
         ctx_token = set_context(TraceContext(event.task_id, event.trace_id, event.call_id))
         _open_calls[event.call_id] = (event, _run.get({}))
@@ -294,7 +301,7 @@ def _request_call(request: httpx.Request) -> tuple[CallEvent | None, dict[str, s
         meta = (message.get("params") or {}).get("_meta") if isinstance(message.get("params"), dict) else None
         if isinstance(meta, dict) and (found := _open_calls.get(str(meta.get(META_CALL_ID)))):
             return found
-    return active_call(), _run.get()
+    return active_call(), _run.get({})
 
 
 class _CountingStream(httpx.AsyncByteStream):
@@ -323,7 +330,9 @@ class LabTransport(httpx.AsyncBaseTransport):
     def _pool(self, knobs: Knobs) -> httpx.AsyncHTTPTransport:
         """The connection pool whose idle connections expire after the run's keep-alive knob."""
         if knobs.http_keepalive_s not in self._pools:
-            limits = httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=knobs.http_keepalive_s)
+            limits = httpx.Limits(
+                max_connections=100, max_keepalive_connections=20, keepalive_expiry=knobs.http_keepalive_s
+            )
             self._pools[knobs.http_keepalive_s] = httpx.AsyncHTTPTransport(limits=limits, **self._kwargs)
         return self._pools[knobs.http_keepalive_s]
 
@@ -383,7 +392,9 @@ class TelemetryMiddleware:
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        event = self.telemetry.server_event(headers, peer=_addr(scope.get("client")), op=f"{scope['method']} {scope['path']}")
+        event = self.telemetry.server_event(
+            headers, peer=_addr(scope.get("client")), op=f"{scope['method']} {scope['path']}"
+        )
         if scope.get("client") and scope.get("server"):
             event.use_socket(_addr(scope["server"]), _addr(scope["client"]))
         body_head, resp_head = bytearray(), bytearray()
@@ -446,7 +457,9 @@ def _jsonrpc_error(body: bytes) -> str | None:
     """The error a JSON-RPC (MCP) response carries inside an HTTP 200, if any: the body is the
     message, or (an MCP server answering with SSE) each event's `data:` line is one."""
     whole = _json(body)
-    messages = [whole] if whole is not None else [_json(line[5:]) for line in body.splitlines() if line.startswith(b"data:")]
+    messages = (
+        [whole] if whole is not None else [_json(line[5:]) for line in body.splitlines() if line.startswith(b"data:")]
+    )
     return next(filter(None, map(_message_error, messages)), None)
 
 

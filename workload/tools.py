@@ -40,8 +40,11 @@ class _EndedSessionNoise(logging.Filter):
     stateful session a client ends with DELETE, which is how its own client ends every session."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.getMessage() == "Error in standalone SSE writer" and record.exc_info is not None
-                    and isinstance(record.exc_info[1], anyio.ClosedResourceError))
+        return not (
+            record.getMessage() == "Error in standalone SSE writer"
+            and record.exc_info is not None
+            and isinstance(record.exc_info[1], anyio.ClosedResourceError)
+        )
 
 
 logging.getLogger("mcp.server.streamable_http").addFilter(_EndedSessionNoise())
@@ -58,17 +61,27 @@ class McpServer:
 
     def __init__(self, name: str, instructions: str) -> None:
         security = TransportSecuritySettings(enable_dns_rebinding_protection=False)
-        self.modes = {mode: FastMCP(name, instructions=instructions, stateless_http=mode == "stateless_json",
-                                    json_response=mode == "stateless_json", streamable_http_path=MCP_PATH + suffix,
-                                    log_level="WARNING", transport_security=security)
-                      for mode, suffix in MCP_PATH_SUFFIX.items()}
+        self.modes = {
+            mode: FastMCP(
+                name,
+                instructions=instructions,
+                stateless_http=mode == "stateless_json",
+                json_response=mode == "stateless_json",
+                streamable_http_path=MCP_PATH + suffix,
+                log_level="WARNING",
+                transport_security=security,
+            )
+            for mode, suffix in MCP_PATH_SUFFIX.items()
+        }
 
     def tool(self) -> Callable[[F], F]:
         """Register a tool function in every mode (as `FastMCP.tool()` does in one)."""
+
         def register(fn: F) -> F:
             for server in self.modes.values():
                 server.tool()(fn)
             return fn
+
         return register
 
     def app(self, *routes: Route) -> Starlette:
@@ -127,8 +140,12 @@ def build_tool_db(config: ServiceConfig, telemetry: Telemetry) -> Starlette:
 def _synthetic(seed: str, size: int, **extra: Any) -> dict[str, Any]:
     """Deterministic filler data for `seed` (plus `extra`), padded to about `size` bytes of JSON."""
     digest = hashlib.sha256(seed.encode()).hexdigest()
-    body: dict[str, Any] = {"ref": seed, "hub": f"HUB-{int(digest[:4], 16) % 97:02d}",
-                            "delay_risk": round(int(digest[4:8], 16) / 0xFFFF, 3), **extra}
+    body: dict[str, Any] = {
+        "ref": seed,
+        "hub": f"HUB-{int(digest[:4], 16) % 97:02d}",
+        "delay_risk": round(int(digest[4:8], 16) / 0xFFFF, 3),
+        **extra,
+    }
     padding = max(0, size - len(json.dumps(body)) - 16)
     body["padding"] = (digest * (padding // len(digest) + 1))[:padding]
     return body
@@ -148,6 +165,7 @@ def build_tool_synth(config: ServiceConfig, telemetry: Telemetry) -> Starlette:
                 response = await client.get(downstream, params={"ref": f"{ref}/{i}"})
                 response.raise_for_status()
                 return response.json()
+
         return list(await asyncio.gather(*(one(i) for i in range(synth.fanout))))
 
     async def work(ctx: Context, ref: str) -> dict[str, Any]:
@@ -157,17 +175,23 @@ def build_tool_synth(config: ServiceConfig, telemetry: Telemetry) -> Starlette:
         return _synthetic(ref, synth.response_bytes, backends=[p["hub"] for p in parts])
 
     @mcp.tool()
-    async def track_parcel(tracking_no: Annotated[str, Field(min_length=1, max_length=64)], ctx: Context) -> dict[str, Any]:
+    async def track_parcel(
+        tracking_no: Annotated[str, Field(min_length=1, max_length=64)], ctx: Context
+    ) -> dict[str, Any]:
         """Track a parcel by its tracking number: the hub it was last scanned at and its delay risk."""
         return await work(ctx, f"parcel:{tracking_no}")
 
     @mcp.tool()
-    async def carrier_status(carrier: Annotated[str, Field(min_length=1, max_length=64)], ctx: Context) -> dict[str, Any]:
+    async def carrier_status(
+        carrier: Annotated[str, Field(min_length=1, max_length=64)], ctx: Context
+    ) -> dict[str, Any]:
         """Current service status of a carrier (DHL, UPS, FedEx, PostNL, GLS): busiest hub and delay risk."""
         return await work(ctx, f"carrier:{carrier}")
 
     async def backend(request: Request) -> JSONResponse:
         return JSONResponse(_synthetic(request.query_params.get("ref", ""), 256))
 
-    return mcp.app(Route("/backend", backend, methods=["GET"]),
-                   Route("/healthz", health_endpoint("tool-synth", config), methods=["GET"]))
+    return mcp.app(
+        Route("/backend", backend, methods=["GET"]),
+        Route("/healthz", health_endpoint("tool-synth", config), methods=["GET"]),
+    )

@@ -17,14 +17,21 @@ from workload.telemetry import Telemetry, TelemetryMiddleware
 ReadyCheck = Callable[[], Awaitable[str | None]]
 
 
-def health_endpoint(service: str, config: ServiceConfig, ready: ReadyCheck | None = None) -> Callable[[Request], Awaitable[JSONResponse]]:
+def health_endpoint(
+    service: str, config: ServiceConfig, ready: ReadyCheck | None = None
+) -> Callable[[Request], Awaitable[JSONResponse]]:
     """GET /healthz: 200 with JSON when ready, 503 naming what is missing otherwise."""
     started = time.time()
 
     async def healthz(_: Request) -> JSONResponse:
         problem = await ready() if ready else None
-        body = {"service": service, "node": config.node, "ready": problem is None,
-                "problem": problem, "uptime_s": round(time.time() - started, 1)}
+        body = {
+            "service": service,
+            "node": config.node,
+            "ready": problem is None,
+            "problem": problem,
+            "uptime_s": round(time.time() - started, 1),
+        }
         return JSONResponse(body, status_code=200 if problem is None else 503)
 
     return healthz
@@ -49,5 +56,11 @@ def error_response(status: int, error: str, **fields: Any) -> JSONResponse:
 
 def serve(app: Any, telemetry: Telemetry, host: str, port: int) -> None:
     """Run the app with uvicorn, its server side logged by the telemetry middleware."""
-    uvicorn.run(TelemetryMiddleware(app, telemetry), host=host, port=port, log_level="warning",
-                timeout_keep_alive=30, lifespan="on")
+    uvicorn.run(
+        TelemetryMiddleware(app, telemetry),
+        host=host,
+        port=port,
+        log_level="warning",
+        timeout_keep_alive=30,
+        lifespan="on",
+    )

@@ -10,7 +10,11 @@ from scapy.all import TCP, PcapReader
 from analysis.pipeline import RunAnalysis
 
 # The baseline's fixed call graph: every task makes exactly these hops, each over its own connection.
-BASELINE_HOPS = {"client→entry": 1, "service→service": 2, "→db": 2}  # driver→gateway; gateway→order, order→shipping; 2 queries
+BASELINE_HOPS = {
+    "client→entry": 1,
+    "service→service": 2,
+    "→db": 2,
+}  # driver→gateway; gateway→order, order→shipping; 2 queries
 HANDSHAKE_TOLERANCE = 0.01  # probe connections vs SYNs in the capture: within 1 % (at least 1)
 
 

@@ -41,9 +41,25 @@ DRAIN_S = 2.0
 
 
 def start_probes(run_id: str, out: Path) -> subprocess.Popen:
-    argv = [NODE_PYTHON, "-m", "collectors", "run", "--node", NODE, "--run-id", run_id, "--out", str(out),
-            "--netns-inode", "auto", "--iface", "lo"]
-    proc = subprocess.Popen(argv, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=subprocess.PIPE, text=True)
+    argv = [
+        NODE_PYTHON,
+        "-m",
+        "collectors",
+        "run",
+        "--node",
+        NODE,
+        "--run-id",
+        run_id,
+        "--out",
+        str(out),
+        "--netns-inode",
+        "auto",
+        "--iface",
+        "lo",
+    ]
+    proc = subprocess.Popen(
+        argv, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         try:
@@ -52,7 +68,9 @@ def start_probes(run_id: str, out: Path) -> subprocess.Popen:
         except (OSError, ValueError):
             pass
         if proc.poll() is not None:
-            raise RuntimeError(f"collectors runner exited {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}")
+            raise RuntimeError(
+                f"collectors runner exited {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}"
+            )
         time.sleep(0.2)
     raise TimeoutError("probes did not attach in 90 s")
 
@@ -84,8 +102,13 @@ def run_scenario(stack: LocalStack, out: Path, scenario: str, seed: int) -> Path
     runner = start_probes(run_id, probes)
     before = telemetry_sizes(stack.telemetry_dir)
     try:
-        results = driver.run(scenario, make_tasks(seed, count), stack.entry, concurrency,  # type: ignore[arg-type]
-                             telemetry_dir=run_dir / "telemetry")
+        results = driver.run(
+            scenario,
+            make_tasks(seed, count),
+            stack.entry,
+            concurrency,  # type: ignore[arg-type]
+            telemetry_dir=run_dir / "telemetry",
+        )
         time.sleep(DRAIN_S)
     finally:
         stop_probes(runner)
@@ -94,15 +117,28 @@ def run_scenario(stack: LocalStack, out: Path, scenario: str, seed: int) -> Path
         f.writelines(json.dumps({**asdict(result), "repetition": 0, "warmup": False}) + "\n" for result in results)
     status = json.loads((probes / "status.json").read_text())
     manifest = {
-        "run_id": run_id, "scenario": {"name": scenario, "tasks": count, "concurrency": concurrency, "synth": SYNTH},
+        "run_id": run_id,
+        "scenario": {"name": scenario, "tasks": count, "concurrency": concurrency, "synth": SYNTH},
         "lab": {"name": "loopback", "llm": {"backend": "llamacpp", "model": DEFAULT_MODEL}},
-        "provider": "loopback", "accelerator": "container", "image": "host",
-        "versions": {"python": platform.python_version(), "kernel": platform.release()}, "git": None,
-        "started_at_ns": started, "ended_at_ns": time.time_ns(),
-        "clock_offsets": {NODE: {"start": {"offset_ns": 0, "uncertainty_ns": 0}, "end": {"offset_ns": 0, "uncertainty_ns": 0}}},
-        "probes": {NODE: {name: {"state": p["state"], "source": p["source"], "records": p["records"], "error": p["error"]}
-                          for name, p in status["probes"].items()}},
-        "impairments_applied": [], "tasks": [r.task_id for r in results], "faults": [],
+        "provider": "loopback",
+        "accelerator": "container",
+        "image": "host",
+        "versions": {"python": platform.python_version(), "kernel": platform.release()},
+        "git": None,
+        "started_at_ns": started,
+        "ended_at_ns": time.time_ns(),
+        "clock_offsets": {
+            NODE: {"start": {"offset_ns": 0, "uncertainty_ns": 0}, "end": {"offset_ns": 0, "uncertainty_ns": 0}}
+        },
+        "probes": {
+            NODE: {
+                name: {"state": p["state"], "source": p["source"], "records": p["records"], "error": p["error"]}
+                for name, p in status["probes"].items()
+            }
+        },
+        "impairments_applied": [],
+        "tasks": [r.task_id for r in results],
+        "faults": [],
         "files": checksums(run_dir),
     }
     (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))

@@ -44,9 +44,15 @@ def test_percentiles_interpolate_and_ignore_nan() -> None:
 
 
 def test_flows_per_task_counts_used_opened_and_distinct_servers() -> None:
-    used = pd.DataFrame({  # task A opens c1 and c2 (same server), task B reuses c1 and opens c3
-        "call_id": ["a1", "a2", "b1", "b2", "x"], "conn_id": [1, 2, 1, 3, 4], "trace_id": ["A", "A", "B", "B", None],
-        "start_ns": [0, 1, 5, 6, 7], "server_ep": [10, 10, 10, 20, 30]})
+    used = pd.DataFrame(
+        {  # task A opens c1 and c2 (same server), task B reuses c1 and opens c3
+            "call_id": ["a1", "a2", "b1", "b2", "x"],
+            "conn_id": [1, 2, 1, 3, 4],
+            "trace_id": ["A", "A", "B", "B", None],
+            "start_ns": [0, 1, 5, 6, 7],
+            "server_ep": [10, 10, 10, 20, 30],
+        }
+    )
     out = metrics.flows_per_task(used)
     assert out.loc["A"].to_dict() == {"flows": 2, "peers": 1, "new_flows": 2}
     assert out.loc["B"].to_dict() == {"flows": 2, "peers": 2, "new_flows": 1}
@@ -86,15 +92,17 @@ def test_window_counts_include_empty_windows() -> None:
 
 def test_latency_breakdown_splits_self_time_by_kind_and_network() -> None:
     s = 1_000_000_000
-    calls = pd.DataFrame([
-        # the task (10 s), seen by driver and entry (entry busy 9.9 s): 0.1 s network
-        {"call_id": "t", "parent_id": None, "kind": "task", "duration_ns": 10 * s, "server_busy_ns": 9.9 * s},
-        {"call_id": "l", "parent_id": "t", "kind": "llm", "duration_ns": 6 * s, "server_busy_ns": np.nan},
-        # agent hop of 3 s, agent-b busy 2.5 s; inside it one tool call of 1 s (0.8 s at the server) and a db query
-        {"call_id": "a", "parent_id": "t", "kind": "agent", "duration_ns": 3 * s, "server_busy_ns": 2.5 * s},
-        {"call_id": "x", "parent_id": "a", "kind": "tool", "duration_ns": 1 * s, "server_busy_ns": 0.8 * s},
-        {"call_id": "d", "parent_id": "x", "kind": "db", "duration_ns": 0.5 * s, "server_busy_ns": np.nan},
-    ]).assign(trace_id="T", has_client=True)
+    calls = pd.DataFrame(
+        [
+            # the task (10 s), seen by driver and entry (entry busy 9.9 s): 0.1 s network
+            {"call_id": "t", "parent_id": None, "kind": "task", "duration_ns": 10 * s, "server_busy_ns": 9.9 * s},
+            {"call_id": "l", "parent_id": "t", "kind": "llm", "duration_ns": 6 * s, "server_busy_ns": np.nan},
+            # agent hop of 3 s, agent-b busy 2.5 s; inside it one tool call of 1 s (0.8 s at the server) and a db query
+            {"call_id": "a", "parent_id": "t", "kind": "agent", "duration_ns": 3 * s, "server_busy_ns": 2.5 * s},
+            {"call_id": "x", "parent_id": "a", "kind": "tool", "duration_ns": 1 * s, "server_busy_ns": 0.8 * s},
+            {"call_id": "d", "parent_id": "x", "kind": "db", "duration_ns": 0.5 * s, "server_busy_ns": np.nan},
+        ]
+    ).assign(trace_id="T", has_client=True)
     out = metrics.latency_breakdown(calls).loc["T"] / s
     assert out["llm_ns"] == pytest.approx(6)
     assert out["network_ns"] == pytest.approx(0.1 + 0.5 + 0.2)
@@ -116,10 +124,26 @@ def test_task_metrics_keep_one_row_per_task_when_other_traces_used_connections()
     # a persistent MCP session opened under its own trace "S" before the tasks: its connection and
     # packets must not add rows, nor turn the task columns (warmup) into objects
     tasks = pd.DataFrame({"trace_id": ["A", "B"], "warmup": [True, False], "ok": True, "duration_ns": [5, 6]})
-    calls = pd.DataFrame({"call_id": ["a", "b", "s"], "parent_id": None, "trace_id": ["A", "B", "S"],
-                          "kind": "tool", "duration_ns": 1, "server_busy_ns": np.nan, "client_service": "x"})
-    used = pd.DataFrame({"call_id": ["s", "a", "b"], "conn_id": [1, 1, 1], "trace_id": ["S", "A", "B"],
-                         "start_ns": [0, 1, 2], "server_ep": 9})
+    calls = pd.DataFrame(
+        {
+            "call_id": ["a", "b", "s"],
+            "parent_id": None,
+            "trace_id": ["A", "B", "S"],
+            "kind": "tool",
+            "duration_ns": 1,
+            "server_busy_ns": np.nan,
+            "client_service": "x",
+        }
+    )
+    used = pd.DataFrame(
+        {
+            "call_id": ["s", "a", "b"],
+            "conn_id": [1, 1, 1],
+            "trace_id": ["S", "A", "B"],
+            "start_ns": [0, 1, 2],
+            "server_ep": 9,
+        }
+    )
     packets = pd.DataFrame({"trace_id": ["S", "A", "B"], "ts_ns": [0, 1, 2], "wire_len": 60, "payload": 0})
     out = metrics.task_metrics(tasks, calls, used, packets, pd.DataFrame({"trace_id": pd.Series([], dtype=object)}))
     assert out["trace_id"].tolist() == ["A", "B"] and out["warmup"].dtype == bool
@@ -131,10 +155,25 @@ def test_task_metrics_keep_one_row_per_task_when_other_traces_used_connections()
 
 
 def _event(call_id: str, side: str, node: str, start: int, end: int, local: str, remote: str, **extra: object) -> dict:
-    return {"event": "call", "node": node, "service": extra.pop("service", "svc"), "call_id": call_id, "side": side,
-            "trace_id": extra.pop("trace_id", "T"), "task_id": "t1", "kind": extra.pop("kind", "service"), "peer": "p",
-            "op": "GET /", "start_ns": start, "end_ns": end, "local": local, "remote": remote,
-            "conns": [[local, remote]], "node_dir": node, **extra}
+    return {
+        "event": "call",
+        "node": node,
+        "service": extra.pop("service", "svc"),
+        "call_id": call_id,
+        "side": side,
+        "trace_id": extra.pop("trace_id", "T"),
+        "task_id": "t1",
+        "kind": extra.pop("kind", "service"),
+        "peer": "p",
+        "op": "GET /",
+        "start_ns": start,
+        "end_ns": end,
+        "local": local,
+        "remote": remote,
+        "conns": [[local, remote]],
+        "node_dir": node,
+        **extra,
+    }
 
 
 def _events(rows: list[dict]) -> pd.DataFrame:
@@ -152,13 +191,16 @@ def _obs(book: Codebook, rows: list[tuple]) -> pd.DataFrame:
 
 def test_both_ends_of_a_connection_are_one_connection_and_loopback_is_scoped_by_node() -> None:
     book = Codebook()
-    obs = _obs(book, [
-        ("a", "10.0.0.1", 40000, "10.0.0.2", 80, 0, 100 * MS),  # client end on a
-        ("b", "10.0.0.2", 80, "10.0.0.1", 40000, 1 * MS, 101 * MS),  # server end on b: same connection
-        ("a", "10.0.0.1", 40000, "10.0.0.2", 80, 500 * MS, 600 * MS),  # the port reused later: a new one
-        ("a", "127.0.0.1", 5000, "127.0.0.1", 6000, 0, 10 * MS),  # loopback on a ...
-        ("b", "127.0.0.1", 5000, "127.0.0.1", 6000, 0, 10 * MS),  # ... and on b are different connections
-    ])
+    obs = _obs(
+        book,
+        [
+            ("a", "10.0.0.1", 40000, "10.0.0.2", 80, 0, 100 * MS),  # client end on a
+            ("b", "10.0.0.2", 80, "10.0.0.1", 40000, 1 * MS, 101 * MS),  # server end on b: same connection
+            ("a", "10.0.0.1", 40000, "10.0.0.2", 80, 500 * MS, 600 * MS),  # the port reused later: a new one
+            ("a", "127.0.0.1", 5000, "127.0.0.1", 6000, 0, 10 * MS),  # loopback on a ...
+            ("b", "127.0.0.1", 5000, "127.0.0.1", 6000, 0, 10 * MS),  # ... and on b are different connections
+        ],
+    )
     flows, conns = connections(obs)
     assert len(conns) == 4
     ids = flows.sort_values(["node", "start_ns"]).groupby("node")["conn_id"].apply(list)
@@ -168,16 +210,23 @@ def test_both_ends_of_a_connection_are_one_connection_and_loopback_is_scoped_by_
 
 def test_calls_join_to_connections_by_tuple_and_time_and_the_first_call_owns_it() -> None:
     book = Codebook()
-    obs = _obs(book, [("b", "10.0.0.2", 80, "10.0.0.1", 40000, 5 * MS, 500 * MS),
-                      ("b", "10.0.0.2", 22, "10.0.0.9", 50000, 0, 500 * MS),  # ssh, no call
-                      ("b", "10.0.0.2", 80, "10.0.0.7", 41000, 0, 500 * MS)])  # lab port, no call
+    obs = _obs(
+        book,
+        [
+            ("b", "10.0.0.2", 80, "10.0.0.1", 40000, 5 * MS, 500 * MS),
+            ("b", "10.0.0.2", 22, "10.0.0.9", 50000, 0, 500 * MS),  # ssh, no call
+            ("b", "10.0.0.2", 80, "10.0.0.7", 41000, 0, 500 * MS),
+        ],
+    )  # lab port, no call
     _, conns = connections(obs)
-    events = _events([
-        _event("c1", "client", "a", 0, 50 * MS, "10.0.0.1:40000", "10.0.0.2:80", trace_id="T1", kind="llm"),
-        _event("c1", "server", "b", 6 * MS, 45 * MS, "10.0.0.2:80", "10.0.0.1:40000", trace_id="T1", kind="llm"),
-        _event("c2", "client", "a", 100 * MS, 150 * MS, "10.0.0.1:40000", "10.0.0.2:80", trace_id="T2", kind="llm"),
-        _event("c3", "client", "a", 900 * MS, 950 * MS, "10.0.0.1:40000", "10.0.0.2:80", trace_id="T3", kind="llm"),
-    ])
+    events = _events(
+        [
+            _event("c1", "client", "a", 0, 50 * MS, "10.0.0.1:40000", "10.0.0.2:80", trace_id="T1", kind="llm"),
+            _event("c1", "server", "b", 6 * MS, 45 * MS, "10.0.0.2:80", "10.0.0.1:40000", trace_id="T1", kind="llm"),
+            _event("c2", "client", "a", 100 * MS, 150 * MS, "10.0.0.1:40000", "10.0.0.2:80", trace_id="T2", kind="llm"),
+            _event("c3", "client", "a", 900 * MS, 950 * MS, "10.0.0.1:40000", "10.0.0.2:80", trace_id="T3", kind="llm"),
+        ]
+    )
     calls = calls_table(events)
     cc = call_conns(events, book)
     used = match_calls(conns, cc, calls)
@@ -193,12 +242,16 @@ def test_calls_join_to_connections_by_tuple_and_time_and_the_first_call_owns_it(
 def test_an_event_stream_the_server_holds_open_counts_as_no_server_time() -> None:
     """A stateful MCP session's GET stream outlasts the tool call it was opened in: the server's
     time for that call is its POSTs' (the latency breakdown's network is the client's time beyond it)."""
-    events = _events([
-        _event("c1", "client", "a", 0, 100 * MS, "10.0.0.1:40000", "10.0.0.2:80", kind="tool"),
-        _event("c1", "server", "b", 5 * MS, 25 * MS, "10.0.0.2:80", "10.0.0.1:40000", kind="tool"),
-        _event("c1", "server", "b", 10 * MS, 120 * MS, "10.0.0.2:80", "10.0.0.1:40002", kind="tool", event="stream"),
-        _event("c1", "server", "b", 30 * MS, 90 * MS, "10.0.0.2:80", "10.0.0.1:40004", kind="tool"),
-    ])
+    events = _events(
+        [
+            _event("c1", "client", "a", 0, 100 * MS, "10.0.0.1:40000", "10.0.0.2:80", kind="tool"),
+            _event("c1", "server", "b", 5 * MS, 25 * MS, "10.0.0.2:80", "10.0.0.1:40000", kind="tool"),
+            _event(
+                "c1", "server", "b", 10 * MS, 120 * MS, "10.0.0.2:80", "10.0.0.1:40002", kind="tool", event="stream"
+            ),
+            _event("c1", "server", "b", 30 * MS, 90 * MS, "10.0.0.2:80", "10.0.0.1:40004", kind="tool"),
+        ]
+    )
     [call] = calls_table(events).to_dict("records")
     assert call["server_busy_ns"] == 80 * MS and call["duration_ns"] == 100 * MS
 
@@ -206,14 +259,25 @@ def test_an_event_stream_the_server_holds_open_counts_as_no_server_time() -> Non
 def test_records_go_to_the_call_whose_interval_contains_them_else_to_the_owner() -> None:
     book = Codebook()
     _, conns = connections(_obs(book, [("a", "10.0.0.1", 40000, "10.0.0.2", 80, 0, 300 * MS)]))
-    events = _events([_event("c1", "client", "a", 0, 100 * MS, "10.0.0.1:40000", "10.0.0.2:80", trace_id="T1"),
-                      _event("c2", "client", "a", 200 * MS, 250 * MS, "10.0.0.1:40000", "10.0.0.2:80", trace_id="T2")])
+    events = _events(
+        [
+            _event("c1", "client", "a", 0, 100 * MS, "10.0.0.1:40000", "10.0.0.2:80", trace_id="T1"),
+            _event("c2", "client", "a", 200 * MS, 250 * MS, "10.0.0.1:40000", "10.0.0.2:80", trace_id="T2"),
+        ]
+    )
     calls = calls_table(events)
     cc = call_conns(events, book)
     conns = own(conns, match_calls(conns, cc, calls), np.unique(cc["server_ep"]))
-    packets = pd.DataFrame({"node": "a", "saddr": ["10.0.0.2", "10.0.0.1", "10.0.0.1", "10.0.0.1", "10.0.0.5"],
-                            "sport": [80, 40000, 40000, 40000, 1], "daddr": ["10.0.0.1", "10.0.0.2", "10.0.0.2", "10.0.0.2", "10.0.0.6"],
-                            "dport": [40000, 80, 80, 80, 2], "ts_ns": [210 * MS, 50 * MS, 150 * MS, 299 * MS, 10 * MS]})
+    packets = pd.DataFrame(
+        {
+            "node": "a",
+            "saddr": ["10.0.0.2", "10.0.0.1", "10.0.0.1", "10.0.0.1", "10.0.0.5"],
+            "sport": [80, 40000, 40000, 40000, 1],
+            "daddr": ["10.0.0.1", "10.0.0.2", "10.0.0.2", "10.0.0.2", "10.0.0.6"],
+            "dport": [40000, 80, 80, 80, 2],
+            "ts_ns": [210 * MS, 50 * MS, 150 * MS, 299 * MS, 10 * MS],
+        }
+    )
     local = book.endpoints(packets["saddr"], packets["sport"], packets["node"])
     remote = book.endpoints(packets["daddr"], packets["dport"], packets["node"])
     out = attribute(packets.assign(key=pair_key(local, remote)), conns, cc, calls)
@@ -225,18 +289,27 @@ def test_records_go_to_the_call_whose_interval_contains_them_else_to_the_owner()
 
 def test_hop_kinds_follow_the_call_kind() -> None:
     kinds = pd.Series(["llm", "tool", "agent", "service", "db", "task", None])
-    assert hop_kind(kinds).tolist() == ["agent→llm", "agent→tool", "agent→agent", "service→service", "→db",
-                                        "client→entry", "unmatched"]
+    assert hop_kind(kinds).tolist() == [
+        "agent→llm",
+        "agent→tool",
+        "agent→agent",
+        "service→service",
+        "→db",
+        "client→entry",
+        "unmatched",
+    ]
 
 
 # --- readers and the run directory ------------------------------------------------------------
 
 
 def test_pcap_reader_decodes_tcp_headers_of_ipv4_and_ipv6(tmp_path: Path) -> None:
-    packets = [Ether() / IP(src="10.0.0.1", dst="10.0.0.2", id=7) / TCP(sport=40000, dport=80, flags="S", seq=1000),
-               Ether() / IP(src="10.0.0.2", dst="10.0.0.1") / TCP(sport=80, dport=40000, flags="SA", ack=1001) / (b"x" * 500),
-               Ether() / IP(src="10.0.0.1", dst="10.0.0.3") / UDP(sport=1, dport=2),
-               Ether() / IPv6(src="::1", dst="fd00::2") / TCP(sport=1, dport=2, flags="A") / (b"y" * 10)]
+    packets = [
+        Ether() / IP(src="10.0.0.1", dst="10.0.0.2", id=7) / TCP(sport=40000, dport=80, flags="S", seq=1000),
+        Ether() / IP(src="10.0.0.2", dst="10.0.0.1") / TCP(sport=80, dport=40000, flags="SA", ack=1001) / (b"x" * 500),
+        Ether() / IP(src="10.0.0.1", dst="10.0.0.3") / UDP(sport=1, dport=2),
+        Ether() / IPv6(src="::1", dst="fd00::2") / TCP(sport=1, dport=2, flags="A") / (b"y" * 10),
+    ]
     for i, p in enumerate(packets):
         p.time = 1_700_000_000 + i / 1000
     wrpcap(str(tmp_path / "x.pcap"), packets)
@@ -262,8 +335,18 @@ def _run(tmp_path: Path, manifest: dict | None = None) -> RunDir:
 
 def test_jsonl_reader_keeps_what_it_can_and_says_what_it_dropped(tmp_path: Path) -> None:
     run = _run(tmp_path, {})
-    record = {"ts_ns": 1, "node": "n", "run_id": "r", "probe": "rtt", "saddr": "a", "sport": 1, "daddr": "b",
-              "dport": 2, "srtt_us": 50, "snd_cwnd": 10}
+    record = {
+        "ts_ns": 1,
+        "node": "n",
+        "run_id": "r",
+        "probe": "rtt",
+        "saddr": "a",
+        "sport": 1,
+        "daddr": "b",
+        "dport": 2,
+        "srtt_us": 50,
+        "snd_cwnd": 10,
+    }
     path = tmp_path / "rtt.jsonl"
     path.write_text(json.dumps(record) + "\n" + json.dumps(record)[:20])
     assert read_jsonl(path, PROBE_SCHEMAS["rtt"], run).num_rows == 1
@@ -276,12 +359,16 @@ def test_jsonl_reader_keeps_what_it_can_and_says_what_it_dropped(tmp_path: Path)
 def test_manifest_file_checks_report_missing_resized_and_changed_files(tmp_path: Path) -> None:
     (tmp_path / "a").write_text("hello")
     (tmp_path / "b").write_text("hello")
-    run = _run(tmp_path, {"files": {"a": {"bytes": 9, "sha256": "0"}, "b": {"bytes": 5, "sha256": "0" * 64},
-                                    "c": {"bytes": 1}}})
+    run = _run(
+        tmp_path,
+        {"files": {"a": {"bytes": 9, "sha256": "0"}, "b": {"bytes": 5, "sha256": "0" * 64}, "c": {"bytes": 1}}},
+    )
     problems = {p.where: p.what for p in run.problems}
     assert problems["a"].startswith("size 5 B") and "sha256" in problems["b"] and problems["c"].startswith("missing")
     (tmp_path / "bare").mkdir()
-    assert [(p.where, p.what.split(":")[0]) for p in open_run(tmp_path / "bare").problems] == [("manifest.json", "missing")]
+    assert [(p.where, p.what.split(":")[0]) for p in open_run(tmp_path / "bare").problems] == [
+        ("manifest.json", "missing")
+    ]
 
 
 def test_facts_name_the_served_llm_and_fall_back_to_the_configured_one(tmp_path: Path) -> None:
@@ -296,9 +383,17 @@ def test_facts_name_the_served_llm_and_fall_back_to_the_configured_one(tmp_path:
 
 
 def test_clock_offsets_are_interpolated_between_start_and_end(tmp_path: Path) -> None:
-    run = _run(tmp_path, {"started_at_ns": 1000, "ended_at_ns": 2000, "clock_offsets": {
-        "n": {"start": {"offset_ns": 100, "uncertainty_ns": 1}, "end": {"offset_ns": 300, "uncertainty_ns": 1}},
-        "m": {"start": {"offset_ns": -50, "uncertainty_ns": 1}}}})
+    run = _run(
+        tmp_path,
+        {
+            "started_at_ns": 1000,
+            "ended_at_ns": 2000,
+            "clock_offsets": {
+                "n": {"start": {"offset_ns": 100, "uncertainty_ns": 1}, "end": {"offset_ns": 300, "uncertainty_ns": 1}},
+                "m": {"start": {"offset_ns": -50, "uncertainty_ns": 1}},
+            },
+        },
+    )
     assert _offset(run, "n", np.array([1000, 1500, 2000, 5000])).tolist() == [100, 200, 300, 300]
     assert _offset(run, "m", np.array([1, 2])).tolist() == [-50, -50]
     assert _offset(run, "controller", np.array([1])).tolist() == [0]
@@ -307,9 +402,22 @@ def test_clock_offsets_are_interpolated_between_start_and_end(tmp_path: Path) ->
 def test_every_time_column_of_a_probe_moves_to_the_controller_clock(tmp_path: Path) -> None:
     probes = tmp_path / "nodes" / "n" / "probes"
     probes.mkdir(parents=True)
-    window = {"ts_ns": 5000, "node": "n", "run_id": "r", "probe": "rtt", "saddr": "a", "sport": 1, "daddr": "b",
-              "dport": 2, "srtt_us": 50, "snd_cwnd": 10, "first_ns": 4000, "segments": 3, "srtt_min_us": 40,
-              "srtt_max_us": 60}
+    window = {
+        "ts_ns": 5000,
+        "node": "n",
+        "run_id": "r",
+        "probe": "rtt",
+        "saddr": "a",
+        "sport": 1,
+        "daddr": "b",
+        "dport": 2,
+        "srtt_us": 50,
+        "snd_cwnd": 10,
+        "first_ns": 4000,
+        "segments": 3,
+        "srtt_min_us": 40,
+        "srtt_max_us": 60,
+    }
     (probes / "rtt.jsonl").write_text(json.dumps(window) + "\n")
     run = _run(tmp_path, {"clock_offsets": {"n": {"start": {"offset_ns": 100, "uncertainty_ns": 1}}}})
     rtt = load_run(run).probes["rtt"]

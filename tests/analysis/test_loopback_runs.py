@@ -39,8 +39,9 @@ def test_baseline_flows_per_task_match_the_fixed_call_graph(analysed: dict[str, 
 
 
 @pytest.mark.parametrize("scenario", ["baseline", "simple", "multihop"])
-def test_probe_flow_count_agrees_with_handshakes_in_the_capture(analysed: dict[str, RunAnalysis],
-                                                                 scenario: str) -> None:
+def test_probe_flow_count_agrees_with_handshakes_in_the_capture(
+    analysed: dict[str, RunAnalysis], scenario: str
+) -> None:
     result = analysed[scenario]
     assert_flows_agree_with_handshakes(result, [result.run.path / "nodes" / "agent-b" / "probes" / "pcap-lo.pcap"])
 
@@ -74,7 +75,11 @@ def test_run_outputs_are_written_and_the_report_is_self_contained(analysed: dict
     assert summary["scenario"] == "multihop" and summary["problems"] == []
     page = (path / "report.html").read_text()
     assert "loopback" in page and "container" in page and "Headline metrics" in page
-    assert len(re.findall(r'<img [^>]*src="data:image/png;base64,', page)) == len(list((path / "plots").glob("*.png"))) == 7
+    assert (
+        len(re.findall(r'<img [^>]*src="data:image/png;base64,', page))
+        == len(list((path / "plots").glob("*.png")))
+        == 7
+    )
     assert not re.search(r'(src|href)="(?!data:)', page)
 
 
@@ -99,8 +104,14 @@ def test_a_damaged_run_is_analysed_as_far_as_the_data_allows(loop_runs: dict[str
     rtt = (probes / "rtt.jsonl").read_bytes()
     (probes / "rtt.jsonl").write_bytes(rtt[: len(rtt) // 2])  # cut mid-line
     (run / "nodes" / "agent-b" / "telemetry" / "tool-db.jsonl").write_text("{broken\n")
-    result = subprocess.run([sys.executable, "-m", "lab", "analyze", str(run)], capture_output=True, text=True, check=False,
-                            env={**os.environ, "COLUMNS": "200"}, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "lab", "analyze", str(run)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "COLUMNS": "200"},
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     problems = {p["where"]: p["what"] for p in json.loads((run / "analysis.json").read_text())["problems"]}
     assert problems["nodes/agent-b/probes/pcap-lo.pcap"].startswith("missing")
@@ -111,7 +122,8 @@ def test_a_damaged_run_is_analysed_as_far_as_the_data_allows(loop_runs: dict[str
 
 
 def test_probe_values_out_of_range_or_of_the_wrong_type_are_listed_and_the_rest_analysed(
-        loop_runs: dict[str, Path], tmp_path: Path) -> None:
+    loop_runs: dict[str, Path], tmp_path: Path
+) -> None:
     """What a Debian 6.1 guest's lifetime probe wrote before the FIN flag came from the socket
     (rx_bytes 2^64 - 1, which ended the analysis in OverflowError), beside a string where a
     number belongs and a record missing its port: each becomes null, listed by field."""
@@ -123,12 +135,23 @@ def test_probe_values_out_of_range_or_of_the_wrong_type_are_listed_and_the_rest_
     records[1]["tx_bytes"] = "12"
     del records[2]["sport"]
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    result = subprocess.run([sys.executable, "-m", "lab", "analyze", str(run)], capture_output=True, text=True, check=False,
-                            env={**os.environ, "COLUMNS": "200"}, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "lab", "analyze", str(run)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "COLUMNS": "200"},
+        timeout=300,
+    )
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
-    problems = [p["what"] for p in json.loads((run / "analysis.json").read_text())["problems"]
-                if p["where"] == "nodes/agent-b/probes/lifetime.jsonl" and "value(s)" in p["what"]]
-    assert sorted(problems) == ["rx_bytes: 1 value(s) out of range or of the wrong type, read as null",
-                                "tx_bytes: 1 value(s) out of range or of the wrong type, read as null"]
+    problems = [
+        p["what"]
+        for p in json.loads((run / "analysis.json").read_text())["problems"]
+        if p["where"] == "nodes/agent-b/probes/lifetime.jsonl" and "value(s)" in p["what"]
+    ]
+    assert sorted(problems) == [
+        "rx_bytes: 1 value(s) out of range or of the wrong type, read as null",
+        "tx_bytes: 1 value(s) out of range or of the wrong type, read as null",
+    ]
     assert len(pd.read_parquet(run / "tables" / "flows.parquet")) > 0
     assert "rx_bytes: 1 value(s)" in (run / "report.html").read_text()

@@ -18,25 +18,49 @@ from tests.conftest import REPO, require_root
 
 BIN = Path(sys.executable).parent
 NAME = "services-0123456789ab-cdef01234567"
-MEMBERS = {"requirements.txt": b"alpha==1.0\nbeta==2.0\n", "alpha-1.0-py3-none-any.whl": b"wheel a",
-           "beta-2.0-py3-none-any.whl": b"wheel b"}
+MEMBERS = {
+    "requirements.txt": b"alpha==1.0\nbeta==2.0\n",
+    "alpha-1.0-py3-none-any.whl": b"wheel a",
+    "beta-2.0-py3-none-any.whl": b"wheel b",
+}
 
 
 def unpack(tmp_path: Path) -> tuple[str, int]:
     """Run the role's unpack tasks for the bundle NAME; (output, changed count)."""
     playbook = tmp_path / "unpack.yml"
-    playbook.write_text(yaml.safe_dump([{
-        "hosts": "localhost", "connection": "local", "gather_facts": False,
-        "tasks": [{"name": "Unpack", "ansible.builtin.import_role": {"name": "lab_python", "tasks_from": "unpack"}}],
-    }]))
+    playbook.write_text(
+        yaml.safe_dump(
+            [
+                {
+                    "hosts": "localhost",
+                    "connection": "local",
+                    "gather_facts": False,
+                    "tasks": [
+                        {
+                            "name": "Unpack",
+                            "ansible.builtin.import_role": {"name": "lab_python", "tasks_from": "unpack"},
+                        }
+                    ],
+                }
+            ]
+        )
+    )
     extra = {
-        "ansible_python_interpreter": sys.executable, "lab_wheelhouse_dir": str(tmp_path / "node"),
+        "ansible_python_interpreter": sys.executable,
+        "lab_wheelhouse_dir": str(tmp_path / "node"),
         "lab_python_profile": "services",
         "wheelhouse_manifest": {"profiles": {"services": {"archive": str(tmp_path / f"{NAME}.tar"), "name": NAME}}},
     }
     env = {**os.environ, "ANSIBLE_ROLES_PATH": str(REPO / "roles"), "ANSIBLE_NOCOLOR": "1"}
-    result = subprocess.run([str(BIN / "ansible-playbook"), "-i", "localhost,", str(playbook), "-e", json.dumps(extra)],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False)
+    result = subprocess.run(
+        [str(BIN / "ansible-playbook"), "-i", "localhost,", str(playbook), "-e", json.dumps(extra)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     changed = re.search(r"localhost\s+: ok=\d+\s+changed=(\d+)", result.stdout)
     assert changed is not None, result.stdout[-2000:]

@@ -25,8 +25,10 @@ def tiny_wheel(directory: Path) -> Path:
     with zipfile.ZipFile(path, "w") as wheel:
         wheel.writestr("tiny_pkg/__init__.py", "")
         wheel.writestr("tiny_pkg-1.0.dist-info/METADATA", "Metadata-Version: 2.1\nName: tiny-pkg\nVersion: 1.0\n")
-        wheel.writestr("tiny_pkg-1.0.dist-info/WHEEL",
-                       "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        wheel.writestr(
+            "tiny_pkg-1.0.dist-info/WHEEL",
+            "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        )
         wheel.writestr("tiny_pkg-1.0.dist-info/RECORD", "")
     return path
 

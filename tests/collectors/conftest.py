@@ -71,8 +71,11 @@ class Namespaces:
 
     def serve_close_first(self, ns: str, address: str, port: int, nbytes: int) -> subprocess.Popen[str]:
         """One connection: NBYTES sent and closed at once, nothing read (traffic.py serve-close-first)."""
-        server = self.popen(ns, [NODE_PYTHON, str(TRAFFIC), "serve-close-first", address, str(port), str(nbytes)],
-                            stdout=subprocess.PIPE)
+        server = self.popen(
+            ns,
+            [NODE_PYTHON, str(TRAFFIC), "serve-close-first", address, str(port), str(nbytes)],
+            stdout=subprocess.PIPE,
+        )
         assert server.stdout is not None and server.stdout.readline().strip() == "listening"
         return server
 

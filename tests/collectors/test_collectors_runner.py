@@ -75,9 +75,7 @@ def drop_while_sending(netns: Namespaces) -> dict:  # type: ignore[type-arg]
     assert client.stdin is not None
     table = "inet collectors_test"
     netns.exec(netns.b, "nft", "add", "table", table)
-    netns.exec(
-        netns.b, "nft", "add", "chain", table, "input", "{ type filter hook input priority 0 ; }"
-    )
+    netns.exec(netns.b, "nft", "add", "chain", table, "input", "{ type filter hook input priority 0 ; }")
     netns.exec(netns.b, "nft", "add", "rule", table, "input", "tcp", "dport", "5005", "drop")
     try:
         client.stdin.write("go\n")
@@ -107,9 +105,7 @@ def other_namespace_traffic(netns: Namespaces) -> None:
 
 
 @pytest.fixture(scope="module")
-def observed(
-    netns: Namespaces, start_runner: Any, tmp_path_factory: pytest.TempPathFactory
-) -> ObservedRun:
+def observed(netns: Namespaces, start_runner: Any, tmp_path_factory: pytest.TempPathFactory) -> ObservedRun:
     runner = start_runner(tmp_path_factory.mktemp("observed") / "out", "--bpf-stats")
     runner.wait_running()
     start = time.time_ns()
@@ -229,9 +225,7 @@ def test_lifetime_has_every_connection_with_exact_bytes(observed: ObservedRun) -
 
 
 def test_state_records_include_handshakes(observed: ObservedRun) -> None:
-    transitions = {
-        (four_tuple(r), r["oldstate"], r["newstate"]) for r in observed.runner.records("state")
-    }
+    transitions = {(four_tuple(r), r["oldstate"], r["newstate"]) for r in observed.runner.records("state")}
     for flow in observed.active:
         assert (four_tuple(flow), "SYN_SENT", "ESTABLISHED") in transitions
         assert (four_tuple(flow), "ESTABLISHED", "FIN_WAIT1") in transitions

@@ -59,9 +59,7 @@ def detection(
 
 
 def test_parse_lifetime_turns_v4_mapped_addresses_back_and_keeps_comm_separators() -> None:
-    event = sources.parse_lifetime(
-        "2000, 500, 40000, 80, 1200, 34, 77, ::ffff:10.0.0.1, ::ffff:10.0.0.2, my, worker"
-    )
+    event = sources.parse_lifetime("2000, 500, 40000, 80, 1200, 34, 77, ::ffff:10.0.0.1, ::ffff:10.0.0.2, my, worker")
     assert (event.saddr, event.sport, event.daddr, event.dport) == (
         "10.0.0.1",
         40000,
@@ -101,8 +99,14 @@ def test_parse_rtt_picks_the_address_of_the_socket_family() -> None:
     assert (v4.saddr, v4.sport, v4.daddr, v4.dport) == ("10.0.0.1", 5, "10.0.0.2", 6)
     assert (v6.saddr, v6.daddr) == ("fd00::1", "fd00::2")
     assert v4.mono_ns == 9 and v4.mono_fields == ("first_ns",)
-    assert v4.fields == {"srtt_us": 120, "snd_cwnd": 10, "first_ns": 4, "segments": 3,
-                         "srtt_min_us": 100, "srtt_max_us": 130}
+    assert v4.fields == {
+        "srtt_us": 120,
+        "snd_cwnd": 10,
+        "first_ns": 4,
+        "segments": 3,
+        "srtt_min_us": 100,
+        "srtt_max_us": 130,
+    }
 
 
 def test_parse_retrans() -> None:
@@ -120,11 +124,18 @@ def test_a_wrapped_counter_is_written_as_null_with_its_reason(tmp_path: Path) ->
     """rx_bytes of 2^64 - 1 (what Debian 6.1's guests wrote before the FIN flag came from the
     socket) is no byte count: the record keeps null there, says why, and the status counts it."""
     status = ProbeStatus(probe="lifetime", metric="connection lifetime and bytes")
-    records = Records(status, sources.parse_lifetime,
-                      RecordTags("n", "r", "lifetime", clock.ClockOffset(1000, 0, 0)), tmp_path / "lifetime.jsonl")
+    records = Records(
+        status,
+        sources.parse_lifetime,
+        RecordTags("n", "r", "lifetime", clock.ClockOffset(1000, 0, 0)),
+        tmp_path / "lifetime.jsonl",
+    )
     with open(tmp_path / "lifetime.jsonl", "w") as records.out:
-        records.record(sources.parse_lifetime(
-            f"200, 100, 41000, 8301, 120, {2**64 - 1}, 7, ::ffff:10.0.0.1, ::ffff:10.0.0.2, curl"))
+        records.record(
+            sources.parse_lifetime(
+                f"200, 100, 41000, 8301, 120, {2**64 - 1}, 7, ::ffff:10.0.0.1, ::ffff:10.0.0.2, curl"
+            )
+        )
     [record] = [json.loads(line) for line in (tmp_path / "lifetime.jsonl").read_text().splitlines()]
     assert record["rx_bytes"] is None and record["tx_bytes"] == 120
     assert record["invalid"] == f"rx_bytes={2**64 - 1} is out of range (a kernel counter that went below zero)"
@@ -141,7 +152,10 @@ def state_child(tmp_path: Path) -> tuple[BpftraceChild, Path]:
     out = tmp_path / "state.jsonl"
     records = Records(status, sources.parse_state, RecordTags("n", "r", "state", clock.ClockOffset(1000, 0, 0)), out)
     child = BpftraceChild(
-        [records], ["bpftrace"], tmp_path / "state.log", StatusFile(tmp_path / "status.json", run),
+        [records],
+        ["bpftrace"],
+        tmp_path / "state.log",
+        StatusFile(tmp_path / "status.json", run),
         tmp_path / "state.bpftrace",
     )
     return child, out
@@ -156,10 +170,23 @@ def test_batches_are_written_in_time_order_and_a_batch_printed_twice_once(tmp_pa
     """The output of bpftrace stopped between a batch's print() and its clear(): END prints
     that buffer again, after the other one."""
     child, out = state_child(tmp_path)
-    lines = ["READY 1", "F", state_entry(0, 0, 1, 30), state_entry(0, 1, 1, 10), "F", "F",
-             state_entry(1, 0, 2, 40), state_entry(1, 1, 2, 50),  # clear() and F discarded
-             "F", state_entry(0, 1, 3, 60), state_entry(1, 0, 2, 40), state_entry(1, 1, 2, 50),
-             "F", "@state_emitted[0]: 2", "@state_emitted[1]: 3"]
+    lines = [
+        "READY 1",
+        "F",
+        state_entry(0, 0, 1, 30),
+        state_entry(0, 1, 1, 10),
+        "F",
+        "F",
+        state_entry(1, 0, 2, 40),
+        state_entry(1, 1, 2, 50),  # clear() and F discarded
+        "F",
+        state_entry(0, 1, 3, 60),
+        state_entry(1, 0, 2, 40),
+        state_entry(1, 1, 2, 50),
+        "F",
+        "@state_emitted[0]: 2",
+        "@state_emitted[1]: 3",
+    ]
     printed(child, lines)
     child._finish(0, 0.0)
     records = [json.loads(line) for line in out.read_text().splitlines()]
@@ -279,9 +306,7 @@ def test_tracepoint_fields_are_read_from_the_format_file(tmp_path: Path) -> None
     assert detect.tracepoint_fields(tmp_path, "tcp:missing") is None
 
 
-def test_kprobes_unavailable_without_kprobe_events_or_pmu(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_kprobes_unavailable_without_kprobe_events_or_pmu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(detect, "KPROBE_PMU", tmp_path / "no-pmu")
     result = detect.detect_kprobes(tmp_path)
     assert not result.available and "no kprobe support" in result.reason
@@ -318,8 +343,14 @@ def test_detect_prints_json_with_a_choice_per_probe() -> None:
 
 @pytest.mark.parametrize(
     "program",
-    [("lifetime", "state", "connect"), ("connect",), ("state", "lifetime"), programs.RTT_TRACEPOINT,
-     programs.RTT_KPROBE, programs.RETRANS],
+    [
+        ("lifetime", "state", "connect"),
+        ("connect",),
+        ("state", "lifetime"),
+        programs.RTT_TRACEPOINT,
+        programs.RTT_KPROBE,
+        programs.RETRANS,
+    ],
     ids=["set_state", "connect", "state-lifetime", "rtt_tracepoint", "rtt_kprobe", "retrans"],
 )
 def test_every_program_compiles(program: str | tuple[str, ...], tmp_path: Path) -> None:
@@ -332,7 +363,5 @@ def test_every_program_compiles(program: str | tuple[str, ...], tmp_path: Path) 
         program = programs.set_state(program, flags)
     path = tmp_path / "p.bt"
     path.write_text(program)
-    result = subprocess.run(
-        ["bpftrace", "-d", str(path), "1", "1000000", "100"], capture_output=True, text=True
-    )
+    result = subprocess.run(["bpftrace", "-d", str(path), "1", "1000000", "100"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]

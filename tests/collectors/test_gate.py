@@ -175,8 +175,9 @@ def test_gate_stops_perf_events_on_every_cpu(tracepoint_counter: int) -> None:
         for cpu in sorted(allowed):
             os.sched_setaffinity(0, {cpu})
             if events_during_connections(tracepoint_counter) == 0:
-                cannot_run("the gate's every-CPU test",
-                           f"{TRACEPOINT} reaches no perf event here: already gated by another")
+                cannot_run(
+                    "the gate's every-CPU test", f"{TRACEPOINT} reaches no perf event here: already gated by another"
+                )
             with close_tracepoints([TRACEPOINT]) as result:
                 assert result.gated == [TRACEPOINT], result.errors
                 assert events_during_connections(tracepoint_counter) == 0, f"on CPU {cpu}"

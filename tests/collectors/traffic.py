@@ -58,8 +58,18 @@ def recv_late(address: str, port: int) -> None:
         time.sleep(0.5)
         received = read_to_eof(sock)
         time.sleep(1.0)  # the peer's socket is long handed to time wait when this FIN arrives
-    print(json.dumps({"saddr": local[0], "sport": local[1], "daddr": remote[0], "dport": remote[1], "sent": 0,
-                      "received": received}))
+    print(
+        json.dumps(
+            {
+                "saddr": local[0],
+                "sport": local[1],
+                "daddr": remote[0],
+                "dport": remote[1],
+                "sent": 0,
+                "received": received,
+            }
+        )
+    )
 
 
 def wait_for_line(said: str) -> None:

@@ -101,16 +101,21 @@ def test_impairment_needs_an_effect(tmp_path):
 
 
 def test_impairment_jitter_needs_delay(tmp_path):
-    assert "jitter_ms needs delay_ms" in problem(tmp_path, impairments=[{"node": "agent-a", "jitter_ms": 3, "loss_pct": 1}])
+    assert "jitter_ms needs delay_ms" in problem(
+        tmp_path, impairments=[{"node": "agent-a", "jitter_ms": 3, "loss_pct": 1}]
+    )
 
 
 def test_impairment_loss_is_a_percentage(tmp_path):
     assert "impairments[0].loss_pct: Input should be less than or equal to 100" in problem(
-        tmp_path, impairments=[{"node": "agent-a", "loss_pct": 150}])
+        tmp_path, impairments=[{"node": "agent-a", "loss_pct": 150}]
+    )
 
 
 def test_impairment_to_itself(tmp_path):
-    assert "'to' names the node itself (llm)" in problem(tmp_path, impairments=[{"node": "llm", "to": "llm", "delay_ms": 5}])
+    assert "'to' names the node itself (llm)" in problem(
+        tmp_path, impairments=[{"node": "llm", "to": "llm", "delay_ms": 5}]
+    )
 
 
 def test_impairment_unknown_node_names_the_lab_nodes(tmp_path):

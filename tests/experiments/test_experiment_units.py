@@ -40,7 +40,9 @@ def test_offset_sign_is_node_minus_controller():
         best_offset([])
 
 
-def link(to: str | None = None, delay: float = 0, jitter: float = 0, loss: float = 0, rate: float | None = None) -> dict:
+def link(
+    to: str | None = None, delay: float = 0, jitter: float = 0, loss: float = 0, rate: float | None = None
+) -> dict:
     return {"to_address": to, "delay_ms": delay, "jitter_ms": jitter, "loss_pct": loss, "rate_mbit": rate}
 
 
@@ -78,7 +80,11 @@ def test_plan_warmup_then_repetitions_with_distinct_warmup_ids():
     assert [len(p) for p in phases] == [2, 3, 3]
     assert all(p.warmup and p.task.task_id.startswith("warmup-s4-") for p in phases[0])
     assert [p.repetition for p in phases[2]] == [2, 2, 2]
-    assert [p.task.task_id for p in phases[1]] == [p.task.task_id for p in phases[2]] == ["s4-t0000", "s4-t0001", "s4-t0002"]
+    assert (
+        [p.task.task_id for p in phases[1]]
+        == [p.task.task_id for p in phases[2]]
+        == ["s4-t0000", "s4-t0001", "s4-t0002"]
+    )
     assert all(p.at_s is None for phase in phases for p in phase)
 
 
@@ -91,32 +97,72 @@ def test_open_loop_arrivals_are_seeded_poisson():
     assert many[-1] / len(many) == pytest.approx(0.5, rel=0.05)
 
 
-STATUS = {"probes": {
-    "rtt": {"state": "stopped", "source": "bpftrace tracepoint:tcp:tcp_probe", "started": True, "records": 12, "lost_events": 1,
-            "invalid_values": 2},
-    "lifetime": {"state": "exited", "source": "bpftrace x", "started": True, "records": 3, "error": "killed by SIGKILL", "exit_code": -9},
-    "retrans": {"state": "unavailable", "source": None, "started": False, "records": 0, "unavailable_reason": "no tracepoint"},
-    "pcap:host0": {"state": "stopped", "source": "tcpdump -s 96", "started": True, "records": 0, "packets": 817, "packets_dropped": 2},
-}}
+STATUS = {
+    "probes": {
+        "rtt": {
+            "state": "stopped",
+            "source": "bpftrace tracepoint:tcp:tcp_probe",
+            "started": True,
+            "records": 12,
+            "lost_events": 1,
+            "invalid_values": 2,
+        },
+        "lifetime": {
+            "state": "exited",
+            "source": "bpftrace x",
+            "started": True,
+            "records": 3,
+            "error": "killed by SIGKILL",
+            "exit_code": -9,
+        },
+        "retrans": {
+            "state": "unavailable",
+            "source": None,
+            "started": False,
+            "records": 0,
+            "unavailable_reason": "no tracepoint",
+        },
+        "pcap:host0": {
+            "state": "stopped",
+            "source": "tcpdump -s 96",
+            "started": True,
+            "records": 0,
+            "packets": 817,
+            "packets_dropped": 2,
+        },
+    }
+}
 
 
 def test_probe_summary_and_faults():
     summary = probe_summary(STATUS)
-    assert summary["rtt"] == {"state": "stopped", "source": "bpftrace tracepoint:tcp:tcp_probe", "started": True,
-                              "records": 12, "lost": 1, "invalid_values": 2, "error": None}
+    assert summary["rtt"] == {
+        "state": "stopped",
+        "source": "bpftrace tracepoint:tcp:tcp_probe",
+        "started": True,
+        "records": 12,
+        "lost": 1,
+        "invalid_values": 2,
+        "error": None,
+    }
     assert summary["pcap:host0"]["records"] == 817 and summary["pcap:host0"]["lost"] == 2
-    assert probe_faults(summary) == ["probe rtt wrote 2 record(s) with a value it could not read (null there, the reason in "
-                                     "the record's `invalid`)",
-                                     "probe lifetime exited: killed by SIGKILL", "probe retrans unavailable: no tracepoint"]
+    assert probe_faults(summary) == [
+        "probe rtt wrote 2 record(s) with a value it could not read (null there, the reason in the record's `invalid`)",
+        "probe lifetime exited: killed by SIGKILL",
+        "probe retrans unavailable: no tracepoint",
+    ]
     assert probe_summary(None) == {}
 
 
 def test_probe_cpu_sums_the_runner_and_its_probe_processes_by_phase():
-    status = {"cpu_s": {"attach": 0.5, "running": 1.0, "stopping": 0.25}, "probes": {
-        "rtt": {"pid": 10, "cpu_s": {"attach": 1.25, "running": 0.5, "stopping": 0.5}, "bpf_run_ns": 250_000_000},
-        "state": {"pid": 11, "cpu_s": {"attach": 0.25, "running": None, "stopping": None}},  # died before attaching
-        "retrans": {"pid": None, "cpu_s": None},  # unavailable: never spawned
-    }}
+    status = {
+        "cpu_s": {"attach": 0.5, "running": 1.0, "stopping": 0.25},
+        "probes": {
+            "rtt": {"pid": 10, "cpu_s": {"attach": 1.25, "running": 0.5, "stopping": 0.5}, "bpf_run_ns": 250_000_000},
+            "state": {"pid": 11, "cpu_s": {"attach": 0.25, "running": None, "stopping": None}},  # died before attaching
+            "retrans": {"pid": None, "cpu_s": None},  # unavailable: never spawned
+        },
+    }
     assert probe_cpu(status) == {"attach": 2.0, "running": 1.5, "stopping": 0.75, "bpf": 0.25}
     status["probes"]["rtt"]["cpu_s"] = None  # still running: its CPU is not known yet
     assert probe_cpu(status) == {"attach": None, "running": None, "stopping": None, "bpf": 0.25}
@@ -182,18 +228,30 @@ def test_entry_and_missing_services_follow_the_preflight_answers():
 
 def test_node_script_runs_standalone_and_reports_errors_as_json(tmp_path):
     script = Path(node_script.__file__).read_text()
-    ok = subprocess.run([sys.executable, "-c", script, "cleanup", json.dumps({"run_dir": str(tmp_path / "x")})],
-                        capture_output=True, text=True, check=True)
+    ok = subprocess.run(
+        [sys.executable, "-c", script, "cleanup", json.dumps({"run_dir": str(tmp_path / "x")})],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert json.loads(ok.stdout) == {"ok": True, "result": {"removed": True}}
-    bad = subprocess.run([sys.executable, "-c", script, "status", json.dumps({"nope": 1})], capture_output=True, text=True,
-                         check=False)
+    bad = subprocess.run(
+        [sys.executable, "-c", script, "status", json.dumps({"nope": 1})], capture_output=True, text=True, check=False
+    )
     answer = json.loads(bad.stdout)
     assert not answer["ok"] and answer["error"].startswith("status: TypeError")
 
 
 def test_manifest_is_written_whole(tmp_path):
-    manifest = Manifest(run_id="r", scenario={"name": "s"}, lab={}, provider="nspawn", accelerator="container",
-                        image="i", started_at_ns=1)
+    manifest = Manifest(
+        run_id="r",
+        scenario={"name": "s"},
+        lab={},
+        provider="nspawn",
+        accelerator="container",
+        image="i",
+        started_at_ns=1,
+    )
     data = json.loads(manifest.write(tmp_path).read_text())
     assert data["run_id"] == "r" and data["analysis"] is None and data["faults"] == []
     assert not list(tmp_path.glob("*.tmp"))

@@ -45,8 +45,15 @@ def playbook(config: Path, *args: str, inventory: Path | None = None) -> subproc
     """`ansible-playbook deploy.yml` from the repository root against this lab's generated inventory."""
     inventory = with_group_vars(inventory or config.parent / "inventory")
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "ANSIBLE_NOCOLOR": "1"}
-    return subprocess.run([str(BIN / "ansible-playbook"), "deploy.yml", "-i", str(inventory), *args],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=DEPLOY_TIMEOUT_S, check=False)
+    return subprocess.run(
+        [str(BIN / "ansible-playbook"), "deploy.yml", "-i", str(inventory), *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=DEPLOY_TIMEOUT_S,
+        check=False,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -57,7 +64,9 @@ def deployed_lab(tmp_path_factory, node_image) -> Iterator[DeployedLab]:
         lab_cli(config, "up")
         first = playbook(config)
         if first.returncode != 0:
-            raise AssertionError(f"deploy.yml exited {first.returncode}:\n{first.stdout[-6000:]}\n{first.stderr[-3000:]}")
+            raise AssertionError(
+                f"deploy.yml exited {first.returncode}:\n{first.stdout[-6000:]}\n{first.stderr[-3000:]}"
+            )
         yield DeployedLab(config, state.require(load_config(config)), first)
     finally:
         lab_cli(config, "teardown", check=False)

@@ -20,14 +20,23 @@ from tests.integration.conftest import BIN, PREFIX, playbook, with_group_vars
 REPO = Path(__file__).resolve().parents[2]
 NODES = ("agent-a", "agent-b", "llm")
 # The placement inventory/group_vars/all.yml gives the three-node lab (README's table).
-RUNS_ON = {"agent-a": "agent-a", "agent-b": "agent-b", "tool-db": "agent-b", "tool-synth": "agent-b",
-           "baseline-gateway": "agent-b", "baseline-order": "agent-b", "baseline-shipping": "agent-b"}
+RUNS_ON = {
+    "agent-a": "agent-a",
+    "agent-b": "agent-b",
+    "tool-db": "agent-b",
+    "tool-synth": "agent-b",
+    "baseline-gateway": "agent-b",
+    "baseline-order": "agent-b",
+    "baseline-shipping": "agent-b",
+}
 RECAP = re.compile(r"^(\S+)\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.MULTILINE)
 
 
 def recap(result: subprocess.CompletedProcess[str]) -> dict[str, dict[str, int]]:
-    return {host: {"ok": int(ok), "changed": int(changed), "unreachable": int(unreachable), "failed": int(failed)}
-            for host, ok, changed, unreachable, failed in RECAP.findall(result.stdout)}
+    return {
+        host: {"ok": int(ok), "changed": int(changed), "unreachable": int(unreachable), "failed": int(failed)}
+        for host, ok, changed, unreachable, failed in RECAP.findall(result.stdout)
+    }
 
 
 def explain(result: subprocess.CompletedProcess[str]) -> str:
@@ -93,7 +102,9 @@ def test_second_deploy_and_check_mode_change_nothing(lab):
     config, _ = lab
     second = playbook(config)
     assert second.returncode == 0, explain(second)
-    assert {host: counts["changed"] for host, counts in recap(second).items()} == dict.fromkeys(NODES, 0), explain(second)
+    assert {host: counts["changed"] for host, counts in recap(second).items()} == dict.fromkeys(NODES, 0), explain(
+        second
+    )
     check = playbook(config, "--check", "--diff")
     assert check.returncode == 0, explain(check)
     assert {host: counts["changed"] for host, counts in recap(check).items()} == dict.fromkeys(NODES, 0), explain(check)
@@ -125,14 +136,26 @@ def test_a_missing_model_stops_the_deploy_naming_the_node(lab):
 @pytest.mark.integration
 def test_an_unhealthy_service_stops_the_deploy_with_its_cause(lab):
     config, _ = lab
-    broken = playbook(config, "--tags", "mcp_tools", "-e", "lab_health_timeout_s=6",
-                      "-e", f"lab_db_dsn=postgresql://lab@{address('agent-b')}:5999/lab")
+    broken = playbook(
+        config,
+        "--tags",
+        "mcp_tools",
+        "-e",
+        "lab_health_timeout_s=6",
+        "-e",
+        f"lab_db_dsn=postgresql://lab@{address('agent-b')}:5999/lab",
+    )
     assert broken.returncode != 0
     message = " ".join(broken.stdout.split())
-    assert f"agent-b: lab-tool-db did not become healthy within 6 s at http://{address('agent-b')}:8201/healthz" in message
+    assert (
+        f"agent-b: lab-tool-db did not become healthy within 6 s at http://{address('agent-b')}:8201/healthz" in message
+    )
     assert "port 5999 failed" in message, explain(broken)
     urls = health_urls()
-    assert http_codes(config, "agent-a", [urls["baseline-order"], urls["agent-b"]]) == ["200", "200"]  # the others run on
+    assert http_codes(config, "agent-a", [urls["baseline-order"], urls["agent-b"]]) == [
+        "200",
+        "200",
+    ]  # the others run on
     repaired = playbook(config, "--tags", "mcp_tools")
     assert repaired.returncode == 0, explain(repaired)
     assert http_codes(config, "agent-a", [urls["tool-db"]]) == ["200"]
@@ -148,13 +171,22 @@ def test_an_unreachable_node_stops_the_deploy_naming_it(lab, tmp_path):
     (tmp_path / "inventory" / "hosts.yml").write_text(yaml.safe_dump(inventory))
     result = playbook(config, "--tags", "common", inventory=with_group_vars(tmp_path / "inventory"))
     assert result.returncode != 0
-    assert re.search(rf"fatal: \[ghost\]: UNREACHABLE!.*\n(.*\n)*?.*{re.escape(PREFIX)}\.99", result.stdout), explain(result)
+    assert re.search(rf"fatal: \[ghost\]: UNREACHABLE!.*\n(.*\n)*?.*{re.escape(PREFIX)}\.99", result.stdout), explain(
+        result
+    )
     assert recap(result)["agent-a"]["ok"] <= 1  # the others stopped with it
 
 
 def test_ansible_lint_passes_the_production_profile():
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-    result = subprocess.run([str(BIN / "ansible-lint"), "--offline"], cwd=REPO, env=env,
-                            capture_output=True, text=True, timeout=600, check=False)
+    result = subprocess.run(
+        [str(BIN / "ansible-lint"), "--offline"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert "Profile 'production' was required, and it passed" in result.stdout + result.stderr

@@ -61,9 +61,14 @@ def lines(path: Path) -> list[dict]:
 
 
 def start_experiment(config: Path, path: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "lab", "--config", str(config), "experiment", str(path)],
-                            cwd=config.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "COLUMNS": "200"})
+    return subprocess.Popen(
+        [sys.executable, "-m", "lab", "--config", str(config), "experiment", str(path)],
+        cwd=config.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
 
 
 def remote_status(config: Path, node: str) -> dict | None:
@@ -85,8 +90,15 @@ def wait_running(config: Path, node: str, timeout_s: float = 120) -> dict:
 @pytest.fixture(scope="module")
 def multihop(deployed_lab, tmp_path_factory):
     config = deployed_lab.config
-    path = scenario(tmp_path_factory.mktemp("scenarios"), "multihop-small", workload="multihop",
-                    tasks={"count": 3, "seed": 1}, load={"concurrency": 1}, task_timeout_s=900, timeouts=ROOMY)
+    path = scenario(
+        tmp_path_factory.mktemp("scenarios"),
+        "multihop-small",
+        workload="multihop",
+        tasks={"count": 3, "seed": 1},
+        load={"concurrency": 1},
+        task_timeout_s=900,
+        timeouts=ROOMY,
+    )
     started = time.monotonic()
     result = lab_cli(config, "experiment", str(path), timeout=900)
     return config, run_dir(config, "multihop-small"), result, time.monotonic() - started
@@ -177,8 +189,14 @@ def test_the_experiment_analysed_its_run(multihop):
 @pytest.fixture(scope="module")
 def baseline(deployed_lab, tmp_path_factory):
     config = deployed_lab.config
-    path = scenario(tmp_path_factory.mktemp("scenarios"), "baseline-small", workload="baseline",
-                    tasks={"count": 8, "seed": 1}, load={"concurrency": 1}, warmup=1)
+    path = scenario(
+        tmp_path_factory.mktemp("scenarios"),
+        "baseline-small",
+        workload="baseline",
+        tasks={"count": 8, "seed": 1},
+        load={"concurrency": 1},
+        warmup=1,
+    )
     lab_cli(config, "experiment", str(path), timeout=600)
     return analysis.analyze_run(run_dir(config, "baseline-small"))
 
@@ -202,8 +220,14 @@ def test_the_llm_is_timed_and_a_run_it_cannot_serve_in_time_stops_before_the_pro
     speed = manifest(run)["llm_speed"]
     assert speed["node"] == "llm" and speed["ttft_s"] > 0 and speed["tokens_per_s"] > 0 and speed["max_tokens"] == 96
     config = deployed_lab.config
-    path = scenario(tmp_path, "simple-hurried", workload="simple", tasks={"count": 1, "seed": 1},
-                    timeouts={"llm_s": 0.2, "tool_s": 20, "agent_s": 120})
+    path = scenario(
+        tmp_path,
+        "simple-hurried",
+        workload="simple",
+        tasks={"count": 1, "seed": 1},
+        timeouts={"llm_s": 0.2, "tool_s": 20, "agent_s": 120},
+    )
+
     def node_runs() -> str:
         return lab_cli(config, "ssh", "agent-b", "--", "sudo", "ls", "-A", "/var/lib/lab/runs").stdout
 
@@ -217,8 +241,14 @@ def test_the_llm_is_timed_and_a_run_it_cannot_serve_in_time_stops_before_the_pro
 
 def test_a_probe_killed_mid_run_is_recorded_and_the_rest_is_kept(deployed_lab, tmp_path):
     config = deployed_lab.config
-    path = scenario(tmp_path, "baseline-kill", workload="baseline", tasks={"count": 60, "seed": 2},
-                    load={"rate_per_s": 4}, task_timeout_s=30)
+    path = scenario(
+        tmp_path,
+        "baseline-kill",
+        workload="baseline",
+        tasks={"count": 60, "seed": 2},
+        load={"rate_per_s": 4},
+        task_timeout_s=30,
+    )
     experiment = start_experiment(config, path)
     status = wait_running(config, "agent-b")
     victim = status["probes"]["rtt"]["pid"]
@@ -240,8 +270,14 @@ def test_a_probe_killed_mid_run_is_recorded_and_the_rest_is_kept(deployed_lab, t
 
 def test_ctrl_c_stops_the_probes_and_pulls_what_exists(deployed_lab, tmp_path):
     config = deployed_lab.config
-    path = scenario(tmp_path, "baseline-interrupted", workload="baseline", tasks={"count": 400, "seed": 3},
-                    load={"rate_per_s": 5}, task_timeout_s=30)
+    path = scenario(
+        tmp_path,
+        "baseline-interrupted",
+        workload="baseline",
+        tasks={"count": 400, "seed": 3},
+        load={"rate_per_s": 5},
+        task_timeout_s=30,
+    )
     experiment = start_experiment(config, path)
     wait_running(config, "llm")
     time.sleep(8)
@@ -260,8 +296,14 @@ def test_ctrl_c_stops_the_probes_and_pulls_what_exists(deployed_lab, tmp_path):
 
 def test_runners_left_by_a_killed_controller_are_stopped_by_the_next_run(deployed_lab, tmp_path):
     config = deployed_lab.config
-    orphaned = scenario(tmp_path, "baseline-orphaned", workload="baseline", tasks={"count": 400, "seed": 5},
-                        load={"rate_per_s": 5}, task_timeout_s=30)
+    orphaned = scenario(
+        tmp_path,
+        "baseline-orphaned",
+        workload="baseline",
+        tasks={"count": 400, "seed": 5},
+        load={"rate_per_s": 5},
+        task_timeout_s=30,
+    )
     experiment = start_experiment(config, orphaned)
     left = wait_running(config, "agent-b")["pid"]
     experiment.kill()  # SIGKILL: no chance to stop the probes
@@ -278,8 +320,14 @@ def test_runners_left_by_a_killed_controller_are_stopped_by_the_next_run(deploye
 
 def test_an_impairment_is_applied_recorded_and_removed(deployed_lab, tmp_path):
     config = deployed_lab.config
-    path = scenario(tmp_path, "baseline-impaired", workload="baseline", tasks={"count": 10, "seed": 4},
-                    load={"concurrency": 2}, impairments=[{"node": "agent-b", "to": "llm", "delay_ms": 5, "rate_mbit": 50}])
+    path = scenario(
+        tmp_path,
+        "baseline-impaired",
+        workload="baseline",
+        tasks={"count": 10, "seed": 4},
+        load={"concurrency": 2},
+        impairments=[{"node": "agent-b", "to": "llm", "delay_ms": 5, "rate_mbit": 50}],
+    )
     lab_cli(config, "experiment", str(path), timeout=300)
     m = manifest(run_dir(config, "baseline-impaired"))
     [applied] = m["impairments_applied"]
@@ -298,8 +346,15 @@ def by_session_policy(deployed_lab, tmp_path_factory):
     results = {}
     for policy in ("per_call", "persistent"):
         name = f"simple-{policy.replace('_', '-')}"
-        path = scenario(tmp_path_factory.mktemp("scenarios"), name, workload="simple", tasks={"count": 3, "seed": 1},
-                        warmup=1, knobs={"mcp_session": policy}, timeouts=ROOMY)
+        path = scenario(
+            tmp_path_factory.mktemp("scenarios"),
+            name,
+            workload="simple",
+            tasks={"count": 3, "seed": 1},
+            warmup=1,
+            knobs={"mcp_session": policy},
+            timeouts=ROOMY,
+        )
         lab_cli(config, "experiment", str(path), timeout=900)
         results[policy] = analysis.analyze_run(run_dir(config, name))
     return results
@@ -314,7 +369,9 @@ def test_a_persistent_mcp_session_opens_fewer_connections_per_task(by_session_po
         assert f"mcp_session={policy}" in (result.run.path / "report.html").read_text()
         assert result.per_task.loc[~result.per_task["warmup"], "ok"].all()
     assert persistent.summary["new_flows_per_task"] < per_call.summary["new_flows_per_task"], (
-        persistent.summary["new_flows_per_task"], per_call.summary["new_flows_per_task"])
+        persistent.summary["new_flows_per_task"],
+        per_call.summary["new_flows_per_task"],
+    )
 
 
 def test_pooled_llm_connections_carry_several_calls(by_session_policy):

@@ -40,7 +40,12 @@ def write_vm_lab(directory: Path, name: str, prefix: str, **overrides: object) -
         {"name": node, "groups": groups, "address": f"{prefix}.{11 + index}", "memory_mb": MEMORY[node]}
         for index, (node, groups) in enumerate(zip(NODES, (["agents"], ["agents", "tools"], ["llm"]), strict=True))
     ]
-    return write_lab(directory, name, prefix, **{"provider": "libvirt", "accelerator": "tcg", "nodes": nodes, "boot_timeout_s": 400, **overrides})
+    return write_lab(
+        directory,
+        name,
+        prefix,
+        **{"provider": "libvirt", "accelerator": "tcg", "nodes": nodes, "boot_timeout_s": 400, **overrides},
+    )
 
 
 def leftovers(name: str) -> list[str]:
@@ -140,7 +145,9 @@ def test_rtt_probe_comes_from_a_kprobe_on_the_guest_kernel(lab, tmp_path):
     assert rtt["started"] and rtt["state"] == "stopped" and rtt["lost_events"] == 0, status
     windows = [json.loads(line) for line in records.splitlines()]
     assert len(windows) == rtt["records"] >= 10  # at least the client's window of each request
-    assert all(8099 in (w["sport"], w["dport"]) and w["srtt_min_us"] <= w["srtt_us"] <= w["srtt_max_us"] for w in windows)
+    assert all(
+        8099 in (w["sport"], w["dport"]) and w["srtt_min_us"] <= w["srtt_us"] <= w["srtt_max_us"] for w in windows
+    )
 
 
 # What a baseline run needs on every node (deploy.yml's tags): no LLM, no agents, so CI deploys in
@@ -154,11 +161,22 @@ def baseline_run(lab, tmp_path_factory):
     config, _ = lab
     started = time.monotonic()
     deploy = playbook(config, "--tags", BASELINE_TAGS)
-    assert deploy.returncode == 0, f"deploy.yml exited {deploy.returncode}:\n{deploy.stdout[-6000:]}\n{deploy.stderr[-3000:]}"
+    assert deploy.returncode == 0, (
+        f"deploy.yml exited {deploy.returncode}:\n{deploy.stdout[-6000:]}\n{deploy.stderr[-3000:]}"
+    )
     print(f"deploy ({BASELINE_TAGS}) on TCG VMs: {time.monotonic() - started:.0f} s")
     path = tmp_path_factory.mktemp("scenarios") / "vm-baseline.yaml"
-    path.write_text(yaml.safe_dump({"workload": "baseline", "tasks": {"count": 20, "seed": 1}, "load": {"concurrency": 2},
-                                    "warmup": 2, "task_timeout_s": 60}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "workload": "baseline",
+                "tasks": {"count": 20, "seed": 1},
+                "load": {"concurrency": 2},
+                "warmup": 2,
+                "task_timeout_s": 60,
+            }
+        )
+    )
     started = time.monotonic()
     result = lab_cli(config, "experiment", str(path), timeout=1800)
     print(f"baseline experiment, 20 tasks on TCG VMs: {time.monotonic() - started:.0f} s")
@@ -175,7 +193,11 @@ def test_a_baseline_experiment_runs_on_the_vms(baseline_run):
     assert "llm" not in manifest["versions"] and manifest["llm_speed"] is None  # no LLM is deployed or needed
     for node in NODES:
         for name, probe in manifest["probes"][node].items():
-            assert probe["started"] and probe["state"] == "stopped" and probe["invalid_values"] == 0, (node, name, probe)
+            assert probe["started"] and probe["state"] == "stopped" and probe["invalid_values"] == 0, (
+                node,
+                name,
+                probe,
+            )
     # the guest kernel (Debian's 6.1) has no socket in tcp_probe: RTT windows come from the kprobe
     rtt = manifest["probes"]["agent-b"]["rtt"]
     assert rtt["source"] == "bpftrace kprobe:tcp_rcv_established" and rtt["records"] > 0, rtt
@@ -195,7 +217,9 @@ def test_the_vm_run_is_analysed_without_problems(baseline_run):
     run, _, _ = baseline_run
     summary = json.loads((run / "analysis.json").read_text())
     assert summary["problems"] == [], summary["problems"]
-    lifetimes = [json.loads(line) for line in (run / "nodes" / "agent-b" / "probes" / "lifetime.jsonl").read_text().splitlines()]
+    lifetimes = [
+        json.loads(line) for line in (run / "nodes" / "agent-b" / "probes" / "lifetime.jsonl").read_text().splitlines()
+    ]
     assert lifetimes and all(isinstance(r["rx_bytes"], int) and "invalid" not in r for r in lifetimes)
     rtt = pd.read_parquet(run / "tables" / "rtt.parquet")
     assert (rtt["node"] == "agent-b").any() and rtt["srtt_us"].gt(0).all()
@@ -228,8 +252,15 @@ def test_teardown_removes_everything_with_the_lab_prefix(lab):
     config, _ = lab
     result = lab_cli(config, "teardown")
     out = " ".join(result.stdout.split())
-    for item in ("domain tv-agent-a", "domain tv-llm", "volume tv-llm.qcow2", "volume tv-llm-seed.iso", "storage pool tv-pool",
-                 "network tv-net", "chronyd serving NTP on 10.78.0.1"):
+    for item in (
+        "domain tv-agent-a",
+        "domain tv-llm",
+        "volume tv-llm.qcow2",
+        "volume tv-llm-seed.iso",
+        "storage pool tv-pool",
+        "network tv-net",
+        "chronyd serving NTP on 10.78.0.1",
+    ):
         assert item in out
     assert leftovers(NAME) == []
     assert "nothing to remove" in lab_cli(config, "teardown").stdout

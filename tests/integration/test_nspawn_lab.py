@@ -23,7 +23,11 @@ NODES = ("agent-a", "agent-b", "llm")
 
 def leftovers(config: Path, name: str) -> list[str]:
     found = [f"process {pid}" for pid in host.processes_with("systemd-nspawn") if _is_ours(pid, name)]
-    found += [f"link {link.name}" for link in Path("/sys/class/net").iterdir() if link.name.startswith((f"{name}-", f"vb-{name}-"))]
+    found += [
+        f"link {link.name}"
+        for link in Path("/sys/class/net").iterdir()
+        if link.name.startswith((f"{name}-", f"vb-{name}-"))
+    ]
     with open("/proc/self/mounts") as mounts:
         found += [f"mount {line.split()[1]}" for line in mounts if str(config.parent) in line.split()[1]]
     state = config.parent / ".lab"
@@ -90,11 +94,23 @@ def test_host_private_keys_are_root_only_on_the_host_and_in_the_nodes(lab):
             info = path.stat()
             said = f"{path}: {stat.filemode(info.st_mode)}, uid {info.st_uid}"
             assert (stat.S_IMODE(info.st_mode) & 0o077, info.st_uid) == (0, 0), said
-        modes = lab_cli(config, "ssh", node, "--", "sudo", "stat", "-c", "'%a %U %n'", f"/{SEED_DIR}/user-data",
-                        "/etc/ssh/ssh_host_ed25519_key").stdout.splitlines()
+        modes = lab_cli(
+            config,
+            "ssh",
+            node,
+            "--",
+            "sudo",
+            "stat",
+            "-c",
+            "'%a %U %n'",
+            f"/{SEED_DIR}/user-data",
+            "/etc/ssh/ssh_host_ed25519_key",
+        ).stdout.splitlines()
         assert [line.split()[:2] for line in modes] == [["600", "root"]] * 2, modes
-        readable = ("sudo find /etc /var /run /home /tmp -type f -perm -o=r -exec grep -l 'PRIVATE KEY-----' {} +"
-                    " 2>/dev/null; true")
+        readable = (
+            "sudo find /etc /var /run /home /tmp -type f -perm -o=r -exec grep -l 'PRIVATE KEY-----' {} +"
+            " 2>/dev/null; true"
+        )
         assert lab_cli(config, "ssh", node, "--", readable).stdout.split() == [], f"{node}: world-readable private keys"
 
 
@@ -104,15 +120,23 @@ def test_node_to_node_traffic_crosses_the_lab_bridge(lab):
     assert Path(f"/sys/class/net/vb-{NAME}-agent-a/master").resolve().name == f"{NAME}-br"
     before = int(veth.read_text())
     payload = 2_000_000
-    listener = (f"python3 -c 'import socket;s=socket.create_server((\"{PREFIX}.12\",9099));c,_=s.accept();"
-                "n=0\nwhile (b:=c.recv(65536)): n+=len(b)\nprint(n)'")
-    sender = (f"sleep 1; python3 -c 'import socket;c=socket.create_connection((\"{PREFIX}.12\",9099));"
-              f"c.sendall(bytes({payload}));c.close()'")
+    listener = (
+        f'python3 -c \'import socket;s=socket.create_server(("{PREFIX}.12",9099));c,_=s.accept();'
+        "n=0\nwhile (b:=c.recv(65536)): n+=len(b)\nprint(n)'"
+    )
+    sender = (
+        f'sleep 1; python3 -c \'import socket;c=socket.create_connection(("{PREFIX}.12",9099));'
+        f"c.sendall(bytes({payload}));c.close()'"
+    )
     import subprocess
     import sys
 
-    receive = subprocess.Popen([sys.executable, "-m", "lab", "--config", str(config), "ssh", "agent-b", "--", listener],
-                               stdout=subprocess.PIPE, text=True, cwd=config.parent)
+    receive = subprocess.Popen(
+        [sys.executable, "-m", "lab", "--config", str(config), "ssh", "agent-b", "--", listener],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=config.parent,
+    )
     lab_cli(config, "ssh", "agent-a", "--", sender)
     received, _ = receive.communicate(timeout=60)
     assert int(received.strip()) == payload

@@ -60,14 +60,22 @@ def test_python_dash_m_and_console_script_are_one_program():
 
     via_module = lab_cli(REPO / "lab.yaml", "--help").stdout
     script = Path(sys.executable).parent / "lab"
-    via_script = subprocess.run([str(script), "--help"], capture_output=True, text=True, cwd=REPO, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"}).stdout
+    via_script = subprocess.run(
+        [str(script), "--help"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"},
+    ).stdout
     assert "teardown" in via_module and via_module == via_script
 
 
 def test_a_teardown_that_cannot_reach_the_hypervisor_says_so_and_keeps_the_state(tmp_path):
     # nothing listens on port 1 of loopback: libvirt refuses at once
     config = write_lab(tmp_path, "tq", "10.82.0", provider="libvirt")
-    text = config.read_text().replace("address: 10.82.0.11", "address: 10.82.0.11\n  libvirt_uri: qemu+tcp://127.0.0.1:1/system")
+    text = config.read_text().replace(
+        "address: 10.82.0.11", "address: 10.82.0.11\n  libvirt_uri: qemu+tcp://127.0.0.1:1/system"
+    )
     config.write_text(text)
     known = tmp_path / ".lab" / "known_hosts"
     known.parent.mkdir()

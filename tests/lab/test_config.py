@@ -117,8 +117,10 @@ def test_not_yaml_and_not_a_mapping(tmp_path):
 
 def test_network_name_of_older_files_is_refused_with_what_to_do():
     message = problem(lambda d: d["network"].update(name="labnet"))
-    assert message == ("lab.yaml: network.name: not used: the lab's bridge and libvirt network are named after "
-                       "the lab's `name` (<name>-br, <name>-net); remove network.name")
+    assert message == (
+        "lab.yaml: network.name: not used: the lab's bridge and libvirt network are named after "
+        "the lab's `name` (<name>-br, <name>-net); remove network.name"
+    )
 
 
 def readme_table_rows() -> list[str]:

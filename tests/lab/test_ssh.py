@@ -45,7 +45,9 @@ def test_a_hang_up_during_the_handshake_is_retried_then_reported(tmp_path):
     thread.start()
     key = paramiko.RSAKey.generate(2048)
     key.write_private_key_file(str(tmp_path / "id_rsa"))
-    node = Node("fake", ("agents",), ADDRESS, "admin", tmp_path / "id_rsa", f"ssh-rsa {key.get_base64()}", "nspawn", "container")
+    node = Node(
+        "fake", ("agents",), ADDRESS, "admin", tmp_path / "id_rsa", f"ssh-rsa {key.get_base64()}", "nspawn", "container"
+    )
     attempts = []
     try:
         expected = r"fake \(127\.0\.0\.1\) did not answer SSH within 3 s \(last: EOFError\)"
@@ -82,8 +84,9 @@ class ReadyNode(paramiko.ServerInterface):
         return True
 
 
-def serve_ssh(server: socket.socket, host_key: paramiko.PKey, login: paramiko.PKey, stop: threading.Event,
-              answers: bool = True) -> None:
+def serve_ssh(
+    server: socket.socket, host_key: paramiko.PKey, login: paramiko.PKey, stop: threading.Event, answers: bool = True
+) -> None:
     transports = []
     while not stop.is_set():
         try:
@@ -116,8 +119,9 @@ def test_a_node_on_any_port_is_ready_with_its_pinned_host_key_only(tmp_path, pin
     thread = threading.Thread(target=serve_ssh, args=(server, host_key, login, stop), daemon=True)
     thread.start()
     key = host_key if pinned == "served" else other
-    node = Node("fake", ("agents",), ADDRESS, "admin", files[2], f"ssh-ed25519 {key.get_base64()}", "nspawn",
-                "container")
+    node = Node(
+        "fake", ("agents",), ADDRESS, "admin", files[2], f"ssh-ed25519 {key.get_base64()}", "nspawn", "container"
+    )
     try:
         if pinned == "served":
             assert wait_ready(node, timeout=10, port=server.getsockname()[1]) < 10
@@ -138,8 +142,9 @@ def test_a_command_that_hangs_times_out_instead_of_hanging_the_caller(tmp_path):
     stop = threading.Event()
     thread = threading.Thread(target=serve_ssh, args=(server, host_key, login, stop, False), daemon=True)
     thread.start()
-    node = Node("fake", ("agents",), ADDRESS, "admin", files[1], f"ssh-ed25519 {host_key.get_base64()}", "nspawn",
-                "container")
+    node = Node(
+        "fake", ("agents",), ADDRESS, "admin", files[1], f"ssh-ed25519 {host_key.get_base64()}", "nspawn", "container"
+    )
     started = time.monotonic()
     try:
         with pytest.raises(TimeoutError, match="gave no exit status within 1 s"):

@@ -11,7 +11,14 @@ import pytest
 class SysfsTree:
     """/sys with PCI devices, IOMMU groups, drivers and framebuffers, as symlinks like the real one."""
 
-    GPU, AUDIO, BRIDGE, SATA, NIC, GPU2 = "0000:41:00.0", "0000:41:00.1", "0000:40:01.1", "0000:00:17.0", "0000:42:00.0", "0000:43:00.0"
+    GPU, AUDIO, BRIDGE, SATA, NIC, GPU2 = (
+        "0000:41:00.0",
+        "0000:41:00.1",
+        "0000:40:01.1",
+        "0000:00:17.0",
+        "0000:42:00.0",
+        "0000:43:00.0",
+    )
 
     def __init__(self, root: Path, iommu: bool = True, vfio_loaded: bool = True):
         self.root = root
@@ -27,13 +34,17 @@ class SysfsTree:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def device(self, address: str, pci_class: int, group: int | None, driver: str | None = None, boot_vga: bool = False) -> Path:
+    def device(
+        self, address: str, pci_class: int, group: int | None, driver: str | None = None, boot_vga: bool = False
+    ) -> Path:
         real = self.root / "devices" / "pci0000:00" / address
         real.mkdir(parents=True)
         (real / "class").write_text(f"{pci_class:#08x}\n")
         if pci_class >> 16 == 0x03:
             (real / "boot_vga").write_text("1\n" if boot_vga else "0\n")
-        (self.root / "bus" / "pci" / "devices" / address).symlink_to(os.path.relpath(real, self.root / "bus" / "pci" / "devices"))
+        (self.root / "bus" / "pci" / "devices" / address).symlink_to(
+            os.path.relpath(real, self.root / "bus" / "pci" / "devices")
+        )
         if group is not None:
             members = self.root / "kernel" / "iommu_groups" / str(group) / "devices"
             members.mkdir(parents=True, exist_ok=True)

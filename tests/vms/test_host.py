@@ -37,8 +37,14 @@ def test_another_processs_zombie_counts_as_stopped():
 
 
 def test_a_process_that_ignores_sigterm_is_killed_after_the_grace():
-    child = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
-                                                    "print(1, flush=True); time.sleep(300)"], stdout=subprocess.PIPE)
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print(1, flush=True); time.sleep(300)",
+        ],
+        stdout=subprocess.PIPE,
+    )
     child.stdout.readline()
     assert host.stop_process(child.pid, grace=0.5) is True
     assert not host.alive(child.pid)

@@ -26,8 +26,10 @@ time.sleep(float(os.environ["FAKE_MMDEBSTRAP_SECONDS"]))
 for name in ("vmlinuz-6.1.0-test", "initrd.img-6.1.0-test"):
     open(f"{target}/boot/{name}", "w").close()
 """
-BUILD = ("from lab.config import Image; from vms import image; "
-         "built, new = image.build(Image(), log=lambda _: None); print(built.root, new)")
+BUILD = (
+    "from lab.config import Image; from vms import image; "
+    "built, new = image.build(Image(), log=lambda _: None); print(built.root, new)"
+)
 
 
 @pytest.fixture
@@ -57,8 +59,11 @@ def pids() -> Iterator[tuple[int, int]]:
 def test_two_builds_of_one_recipe_at_once_both_get_the_image(cache: Path):
     builds = []
     for _ in range(2):
-        builds.append(subprocess.Popen([sys.executable, "-c", BUILD], cwd=REPO, text=True,
-                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+        builds.append(
+            subprocess.Popen(
+                [sys.executable, "-c", BUILD], cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            )
+        )
         subprocess.run(["sleep", "0.5"], check=True)  # the second starts while the first builds
     results = [(b.wait(timeout=60), *b.communicate()) for b in builds]
     assert [r[0] for r in results] == [0, 0], [r[2][-2000:] for r in results]

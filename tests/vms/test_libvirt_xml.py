@@ -44,7 +44,14 @@ def make_lab(directory: Path, llm_node: dict | None = None, **top: object) -> La
         "nodes": [
             {"name": "agent-a", "groups": ["agents"], "address": "10.78.0.11", "memory_mb": 512},
             {"name": "agent-b", "groups": ["agents", "tools"], "address": "10.78.0.12", "memory_mb": 512},
-            {"name": "llm", "groups": ["llm"], "address": "10.78.0.13", "vcpus": 2, "memory_mb": 768, **(llm_node or {})},
+            {
+                "name": "llm",
+                "groups": ["llm"],
+                "address": "10.78.0.13",
+                "vcpus": 2,
+                "memory_mb": 768,
+                **(llm_node or {}),
+            },
         ],
         **top,
     }
@@ -60,9 +67,13 @@ def validate(tmp_path: Path, kind: str, xml: str) -> None:
     assert result.returncode == 0, f"{kind} XML does not validate:\n{result.stderr}\n{xml}"
 
 
-def domains(lab: LabConfig, hostdevs: dict[str, tuple[str, ...]], accelerator: str = "tcg", media=MEDIA) -> dict[str, str]:
+def domains(
+    lab: LabConfig, hostdevs: dict[str, tuple[str, ...]], accelerator: str = "tcg", media=MEDIA
+) -> dict[str, str]:
     return {
-        spec.name: domain_xml(provider.LibvirtProvider._spec(lab, spec, accelerator, media, hostdevs.get(spec.name, ())))
+        spec.name: domain_xml(
+            provider.LibvirtProvider._spec(lab, spec, accelerator, media, hostdevs.get(spec.name, ()))
+        )
         for spec in lab.nodes
     }
 
@@ -161,7 +172,11 @@ def test_macs_are_stable_distinct_and_matched_by_the_seed(tmp_path):
     spec = lab.node("agent-b")
     seed = make_seed(lab, spec, login, host_key, provider.LibvirtProvider._interface(lab, spec))
     network = yaml.safe_load(seed.network_config)
-    assert network["ethernets"]["lab0"] == {"match": {"macaddress": macs[1]}, "set-name": "lab0", "addresses": ["10.78.0.12/24"]}
+    assert network["ethernets"]["lab0"] == {
+        "match": {"macaddress": macs[1]},
+        "set-name": "lab0",
+        "addresses": ["10.78.0.12/24"],
+    }
 
 
 def test_accelerator_follows_the_hardware_unless_lab_yaml_forces_it(tmp_path, monkeypatch):
@@ -177,8 +192,14 @@ def test_accelerator_follows_the_hardware_unless_lab_yaml_forces_it(tmp_path, mo
 
 def test_llm_backend_follows_the_gpu(tmp_path):
     assert provider.llm_backend(make_lab(tmp_path))[0] == "llamacpp"
-    assert provider.llm_backend(make_lab(tmp_path, llm_node={"gpu": {"pci": "0000:41:00.0"}})) == ("vllm", "llm has GPU 0000:41:00.0")
-    assert provider.llm_backend(make_lab(tmp_path, llm={"backend": "vllm"})) == ("vllm", "llm.backend: vllm in lab.yaml")
+    assert provider.llm_backend(make_lab(tmp_path, llm_node={"gpu": {"pci": "0000:41:00.0"}})) == (
+        "vllm",
+        "llm has GPU 0000:41:00.0",
+    )
+    assert provider.llm_backend(make_lab(tmp_path, llm={"backend": "vllm"})) == (
+        "vllm",
+        "llm.backend: vllm in lab.yaml",
+    )
 
 
 def test_a_refused_gpu_names_the_node_field(tmp_path, sysfs):

@@ -20,8 +20,10 @@ def test_every_step_runs_last_first_and_a_failing_one_is_said_and_named_in_the_e
     raised = undo.failed(LabError("agent-a did not answer SSH within 5 s"), said.append)
     assert done == ["container", "bridge"]  # the failing step did not stop the bridge's removal
     assert isinstance(raised, LabError)
-    assert str(raised) == ("agent-a did not answer SSH within 5 s; undo could not remove volume v "
-                           "(OSError: device busy): run `lab teardown`")
+    assert str(raised) == (
+        "agent-a did not answer SSH within 5 s; undo could not remove volume v "
+        "(OSError: device busy): run `lab teardown`"
+    )
     assert said == ["up failed; removing what this run created", "could not remove volume v (OSError: device busy)"]
 
 

@@ -18,7 +18,10 @@ def refused(tree, addresses: list[str], load_module=lambda: None) -> str:
 def test_a_gpu_takes_its_audio_function_and_leaves_the_root_port(sysfs):
     tree = sysfs()
     tree.gpu_with_audio()
-    assert vfio.preflight([tree.GPU], tree.root, load_module=lambda: pytest.fail("vfio-pci is loaded")) == [tree.GPU, tree.AUDIO]
+    assert vfio.preflight([tree.GPU], tree.root, load_module=lambda: pytest.fail("vfio-pci is loaded")) == [
+        tree.GPU,
+        tree.AUDIO,
+    ]
 
 
 def test_a_gpu_alone_in_its_group_loads_vfio_pci_when_needed(sysfs):

@@ -60,8 +60,16 @@ MCP_ACCEPT = {"accept": "application/json, text/event-stream"}
 
 
 def _initialize(http: httpx.Client, path: str) -> httpx.Response:
-    body = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
-            "params": {"protocolVersion": LATEST_PROTOCOL_VERSION, "capabilities": {}, "clientInfo": {"name": "test", "version": "1"}}}
+    body = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": LATEST_PROTOCOL_VERSION,
+            "capabilities": {},
+            "clientInfo": {"name": "test", "version": "1"},
+        },
+    }
     return http.post(path, json=body, headers=MCP_ACCEPT)
 
 
@@ -87,9 +95,13 @@ def test_every_mcp_server_answers_stateless_json_and_stateful_sse_at_once(stack:
 def test_a_tool_error_inside_an_sse_answer_marks_the_servers_record(stack: LocalStack) -> None:
     """A failed tool inside an HTTP 200 marks the server's record as failed, whether the answer was
     JSON or an SSE stream."""
+
     def failed() -> list[dict]:
-        return [e for e in read_events(stack.telemetry_dir)
-                if e["service"] == "tool-db" and e["op"] == "tools/call get_order" and e["status"] == "error"]
+        return [
+            e
+            for e in read_events(stack.telemetry_dir)
+            if e["service"] == "tool-db" and e["op"] == "tools/call get_order" and e["status"] == "error"
+        ]
 
     before = len(failed())
     for endpoint in ("/mcp", "/mcp-sse"):
@@ -120,8 +132,9 @@ def _task_events(events: list[dict], result: driver.TaskResult) -> list[dict]:
 
 
 @pytest.mark.parametrize("scenario", ["simple", "multihop"])
-def test_agentic_tasks_decide_tool_calls_with_the_llm(stack: LocalStack, runs: dict, events: list[dict],
-                                                    scenario: str) -> None:
+def test_agentic_tasks_decide_tool_calls_with_the_llm(
+    stack: LocalStack, runs: dict, events: list[dict], scenario: str
+) -> None:
     for result in runs[scenario]:
         assert result.ok, result.error
         assert result.answer
@@ -142,8 +155,9 @@ def test_agentic_tasks_decide_tool_calls_with_the_llm(stack: LocalStack, runs: d
 
 
 @pytest.mark.parametrize("scenario", ["baseline", "simple", "multihop"])
-def test_every_hop_logs_the_task_with_linked_ids_and_sockets(stack: LocalStack, postgres: LocalPostgres, runs: dict,
-                                                             events: list[dict], scenario: str) -> None:
+def test_every_hop_logs_the_task_with_linked_ids_and_sockets(
+    stack: LocalStack, postgres: LocalPostgres, runs: dict, events: list[dict], scenario: str
+) -> None:
     llm_addr = f"127.0.0.1:{stack.ports['llm']}"
     for result in runs[scenario]:
         mine = _task_events(events, result)
@@ -198,8 +212,11 @@ def test_dead_peer_fails_the_task_fast_with_an_error_event(stack: LocalStack, ta
     [result] = driver.run("simple", tasks[:1], entry, telemetry_dir=stack.telemetry_dir)
     assert time.monotonic() - start < 30
     assert not result.ok and result.error.startswith(f"{dead}: "), result.error
-    wanted = {("driver", "client", "task"), ("agent-a", "server", "task"),
-              ("agent-a", "client", "llm" if dead == "llm" else "tool")}
+    wanted = {
+        ("driver", "client", "task"),
+        ("agent-a", "server", "task"),
+        ("agent-a", "client", "llm" if dead == "llm" else "tool"),
+    }
     deadline = time.monotonic() + 10  # a server logs its side once the response has gone out
     while True:
         failed = [e for e in _task_events(read_events(stack.telemetry_dir), result) if e["status"] == "error"]
@@ -211,15 +228,17 @@ def test_dead_peer_fails_the_task_fast_with_an_error_event(stack: LocalStack, ta
 
 
 @pytest.mark.parametrize(("hop", "scenario", "where"), [("llm", "simple", "llm"), ("agent", "multihop", "agent-b")])
-def test_the_callers_timeouts_reach_every_hop(stack: LocalStack, tasks: list[Task], hop: str, scenario: str,
-                                              where: str) -> None:
+def test_the_callers_timeouts_reach_every_hop(
+    stack: LocalStack, tasks: list[Task], hop: str, scenario: str, where: str
+) -> None:
     """A scenario's timeouts travel with the task (x-lab-timeouts) through Agent A and over MCP to
     Agent B: a tiny one fails that hop with the timeout named, though the services were started
     with their own (60 s and 120 s)."""
     entry = driver.Entry(agent_a=stack.url("agent-a"))
     hop_timeouts = {"llm": 120.0, "tool": 60.0, "agent": 300.0, hop: 0.01}
-    [result] = asyncio.run(driver.run_tasks(scenario, tasks[:1], entry, telemetry_dir=stack.telemetry_dir,
-                                            hop_timeouts=hop_timeouts))
+    [result] = asyncio.run(
+        driver.run_tasks(scenario, tasks[:1], entry, telemetry_dir=stack.telemetry_dir, hop_timeouts=hop_timeouts)
+    )
     assert not result.ok and f"within 0.01 s ({hop} timeout)" in result.error, result.error
     assert result.error.startswith(f"{where}: ") or f"{where}: " in result.error, result.error
 
@@ -236,11 +255,17 @@ def _run_with(stack: LocalStack, scenario: str, tasks: list[Task], knobs: Knobs)
 
 
 def _connections(events: list[dict], service: str, kind: str) -> set[tuple[str, str]]:
-    return {tuple(c) for e in events if e["side"] == "client" and e["service"] == service and e["kind"] == kind
-            for c in e["conns"]}
+    return {
+        tuple(c)
+        for e in events
+        if e["side"] == "client" and e["service"] == service and e["kind"] == kind
+        for c in e["conns"]
+    }
 
 
-def test_a_persistent_mcp_session_is_initialised_once_and_keeps_its_connection(stack: LocalStack, tasks: list[Task]) -> None:
+def test_a_persistent_mcp_session_is_initialised_once_and_keeps_its_connection(
+    stack: LocalStack, tasks: list[Task]
+) -> None:
     """mcp_session per_call (langchain-mcp-adapters' default) initialises a session for every tool
     call; persistent once for the agent's life, and against a stateless JSON server its tool calls
     share a pooled connection. Every call is still tagged and measured (its JSON-RPC _meta names it)."""
@@ -252,10 +277,13 @@ def test_a_persistent_mcp_session_is_initialised_once_and_keeps_its_connection(s
 
     assert [initializes(t) for t in per_call] == [1, 1, 1]
     assert sum(initializes(t) for t in persistent) <= 1  # at most the first task opens it
-    tool_calls = [e for t in persistent for e in t if e["side"] == "client" and e["kind"] == "tool" and e["op"] != "initialize"]
+    tool_calls = [
+        e for t in persistent for e in t if e["side"] == "client" and e["kind"] == "tool" and e["op"] != "initialize"
+    ]
     assert len(tool_calls) == 3 and all(e["conns"] and e["req_bytes"] > 0 and e["resp_bytes"] > 0 for e in tool_calls)
-    assert len(set().union(*(_connections(t, "agent-a", "tool") for t in persistent))) < \
-        len(set().union(*(_connections(t, "agent-a", "tool") for t in per_call)))
+    assert len(set().union(*(_connections(t, "agent-a", "tool") for t in persistent))) < len(
+        set().union(*(_connections(t, "agent-a", "tool") for t in per_call))
+    )
 
 
 def test_per_task_sessions_close_with_their_task(stack: LocalStack, tasks: list[Task]) -> None:
@@ -265,7 +293,9 @@ def test_per_task_sessions_close_with_their_task(stack: LocalStack, tasks: list[
 
 
 @pytest.mark.parametrize("policy", ["per_call", "per_task", "persistent"])
-def test_a_task_runs_with_either_mcp_server_mode_and_its_calls_join(stack: LocalStack, tasks: list[Task], policy: str) -> None:
+def test_a_task_runs_with_either_mcp_server_mode_and_its_calls_join(
+    stack: LocalStack, tasks: list[Task], policy: str
+) -> None:
     """The agents send to the endpoint of the run's mcp_server knob, over tool servers and Agent B
     alike. stateful_sse sessions add their GET event stream and a DELETE (but a persistent one,
     which may have been opened by an earlier task and is never closed); stateless_json ones have
@@ -274,7 +304,9 @@ def test_a_task_runs_with_either_mcp_server_mode_and_its_calls_join(stack: Local
     sockets = {}
     for mode in ("stateless_json", "stateful_sse"):
         [task] = _run_with(stack, "multihop", tasks[:1], Knobs(mcp_session=policy, mcp_server=mode))
-        served = [e for e in task if e["side"] == "server" and e["kind"] in ("tool", "agent")]  # not tool-synth's fan-out
+        served = [
+            e for e in task if e["side"] == "server" and e["kind"] in ("tool", "agent")
+        ]  # not tool-synth's fan-out
         assert {e["call_id"] for e in served} <= {e["call_id"] for e in task if e["side"] == "client"}
         assert {e["service"] for e in served if e["op"].startswith("tools/call")} == set(MCP_SERVERS)
         assert all(e["status"] == "ok" for e in served), [e for e in served if e["status"] != "ok"]
@@ -293,7 +325,9 @@ def test_the_llm_hop_keeps_its_connection_as_vllms_does(stack: LocalStack, tasks
     Agent A's two LLM calls of a task share one pooled connection; with http_reuse per_call
     each has its own."""
     pooled = _run_with(stack, "simple", tasks[:2], Knobs())
-    assert all(len(_connections(t, "agent-a", "llm")) == 1 for t in pooled), [_connections(t, "agent-a", "llm") for t in pooled]
+    assert all(len(_connections(t, "agent-a", "llm")) == 1 for t in pooled), [
+        _connections(t, "agent-a", "llm") for t in pooled
+    ]
     fresh = _run_with(stack, "simple", tasks[:2], Knobs(http_reuse="per_call"))
     assert all(len(_connections(t, "agent-a", "llm")) == 2 for t in fresh)
 
@@ -303,7 +337,12 @@ def _ports_of_streamed_requests(base_url: str, count: int) -> list[int]:
     ports = []
     with httpx.Client(timeout=120) as client:
         for _ in range(count):
-            body = {"model": "lab-model", "max_tokens": 4, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+            body = {
+                "model": "lab-model",
+                "max_tokens": 4,
+                "stream": True,
+                "messages": [{"role": "user", "content": "hi"}],
+            }
             with client.stream("POST", f"{base_url}/v1/chat/completions", json=body) as response:
                 ports.append(response.extensions["network_stream"].get_extra_info("client_addr")[1])
                 response.read()
@@ -316,8 +355,10 @@ def test_llama_cpp_closes_after_a_streamed_answer_and_the_front_does_not(stack: 
     """What the front is for, measured on the real servers: three streamed answers in a row take
     three connections from llama.cpp's own server and one through the front."""
     port = free_port()
-    proc = stack.spawn("llm-no-front", [sys.executable, "-m", "workload.llm", "serve", "--no-front",
-                                        "--host", "127.0.0.1", "--port", str(port)])
+    proc = stack.spawn(
+        "llm-no-front",
+        [sys.executable, "-m", "workload.llm", "serve", "--no-front", "--host", "127.0.0.1", "--port", str(port)],
+    )
     try:
         wait_http(f"http://127.0.0.1:{port}/health", 300, proc)
         assert len(set(_ports_of_streamed_requests(f"http://127.0.0.1:{port}", 3))) == 3

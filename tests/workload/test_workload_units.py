@@ -55,9 +55,20 @@ def test_config_errors_name_the_field(tmp_path: Path) -> None:
 
 
 def test_ids_round_trip_through_headers() -> None:
-    event = CallEvent(node="n", service="agent-a", agent_id="agent-a", task_id="t1", call_id="ab" * 8,
-                      parent_id="cd" * 8, trace_id="ef" * 16, kind="tool", side="client", peer="tool-db",
-                      op="get_order", start_ns=1)
+    event = CallEvent(
+        node="n",
+        service="agent-a",
+        agent_id="agent-a",
+        task_id="t1",
+        call_id="ab" * 8,
+        parent_id="cd" * 8,
+        trace_id="ef" * 16,
+        kind="tool",
+        side="client",
+        peer="tool-db",
+        op="get_order",
+        start_ns=1,
+    )
     headers = outgoing_headers(event)
     assert headers["traceparent"] == f"00-{'ef' * 16}-{'ab' * 8}-01"
     ctx = context_from_headers(headers)
@@ -83,4 +94,6 @@ def test_gpu_backend_is_vllm_with_tool_calling() -> None:
     assert "--enable-auto-tool-choice" in argv and argv[argv.index("--tool-call-parser") + 1] == "llama3_json"
     qwen = vllm_argv("/models/qwen", "0.0.0.0", 8000, "lab-model", 8192, 0.9, [], "hermes")
     assert qwen[qwen.index("--tool-call-parser") + 1] == "hermes"
-    assert qwen[qwen.index("--max-model-len") + 1] == "8192" and qwen[qwen.index("--gpu-memory-utilization") + 1] == "0.9"
+    assert (
+        qwen[qwen.index("--max-model-len") + 1] == "8192" and qwen[qwen.index("--gpu-memory-utilization") + 1] == "0.9"
+    )

@@ -28,14 +28,33 @@ def has_gpu() -> bool:
     return Path("/dev/nvidia0").exists() or shutil.which("nvidia-smi") is not None
 
 
-def vllm_argv(model: str, host: str, port: int, served_name: str, max_model_len: int | None = None,
-              gpu_memory_utilization: float | None = None, extra: list[str] | None = None,
-              tool_call_parser: str = "llama3_json") -> list[str]:
+def vllm_argv(
+    model: str,
+    host: str,
+    port: int,
+    served_name: str,
+    max_model_len: int | None = None,
+    gpu_memory_utilization: float | None = None,
+    extra: list[str] | None = None,
+    tool_call_parser: str = "llama3_json",
+) -> list[str]:
     """vLLM's OpenAI-compatible server with tool calling enabled. The tool parser must match the
     model's chat template: `llama3_json` for Llama 3.x, `hermes` for Qwen2.5 (with llama3_json
     every Qwen chat request failed on an H200: "could not locate the bot token")."""
-    argv = ["vllm", "serve", model, "--host", host, "--port", str(port), "--served-model-name", served_name,
-            "--enable-auto-tool-choice", "--tool-call-parser", tool_call_parser]
+    argv = [
+        "vllm",
+        "serve",
+        model,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--served-model-name",
+        served_name,
+        "--enable-auto-tool-choice",
+        "--tool-call-parser",
+        tool_call_parser,
+    ]
     if max_model_len is not None:
         argv += ["--max-model-len", str(max_model_len)]
     if gpu_memory_utilization is not None:
@@ -43,8 +62,9 @@ def vllm_argv(model: str, host: str, port: int, served_name: str, max_model_len:
     return argv + list(extra or [])
 
 
-def serve_cpu(model_path: Path, host: str, port: int, threads: int, ctx: int, parallel: int, served_name: str,
-              front: bool = True) -> None:
+def serve_cpu(
+    model_path: Path, host: str, port: int, threads: int, ctx: int, parallel: int, served_name: str, front: bool = True
+) -> None:
     """Run llama.cpp's OpenAI-compatible server (xllamacpp) until SIGTERM/SIGINT: behind the
     keep-alive front on host:port (workload/llm/front.py), or itself on host:port (`front=False`)."""
     import xllamacpp
@@ -66,8 +86,13 @@ def serve_cpu(model_path: Path, host: str, port: int, threads: int, ctx: int, pa
         from workload.llm.front import KEEP_ALIVE_S, app
 
         print(f"llm: keep-alive front ({KEEP_ALIVE_S} s, as vLLM's) on {host}:{port}", flush=True)
-        uvicorn.run(app(f"http://127.0.0.1:{params.port}"), host=host, port=port, log_level="warning",
-                    timeout_keep_alive=KEEP_ALIVE_S)
+        uvicorn.run(
+            app(f"http://127.0.0.1:{params.port}"),
+            host=host,
+            port=port,
+            log_level="warning",
+            timeout_keep_alive=KEEP_ALIVE_S,
+        )
         return
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -93,9 +118,13 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--ctx", type=int, default=4096, help="context tokens per parallel slot")
     serve.add_argument("--parallel", type=int, default=2)
     serve.add_argument("--served-name", default=SERVED_NAME)
-    serve.add_argument("--no-front", dest="front", action="store_false",
-                       help="CPU: llama.cpp's own HTTP server on --port, without the keep-alive front "
-                            "(it closes a connection after each streamed answer)")
+    serve.add_argument(
+        "--no-front",
+        dest="front",
+        action="store_false",
+        help="CPU: llama.cpp's own HTTP server on --port, without the keep-alive front "
+        "(it closes a connection after each streamed answer)",
+    )
     serve.add_argument("--max-model-len", type=int, help="vLLM: context length (default: the model's own)")
     serve.add_argument("--gpu-memory-utilization", type=float, help="vLLM: share of GPU memory to take")
     serve.add_argument("--tool-call-parser", default="llama3_json", help="vLLM: the tool parser of the model's family")
@@ -109,12 +138,28 @@ def main(argv: list[str] | None = None) -> int:
             path = materialise(args.model, args.cache_dir)
             print(f"{path} sha256={sha256_of(path)}")
         elif args.backend == "vllm" or (args.backend == "auto" and has_gpu()):
-            argv_ = vllm_argv(args.model, args.host, args.port, args.served_name, args.max_model_len,
-                              args.gpu_memory_utilization, args.vllm_arg, args.tool_call_parser)
+            argv_ = vllm_argv(
+                args.model,
+                args.host,
+                args.port,
+                args.served_name,
+                args.max_model_len,
+                args.gpu_memory_utilization,
+                args.vllm_arg,
+                args.tool_call_parser,
+            )
             os.execvp(argv_[0], argv_)
         else:
-            serve_cpu(materialise(args.model), args.host, args.port, args.threads, args.ctx, args.parallel,
-                      args.served_name, args.front)
+            serve_cpu(
+                materialise(args.model),
+                args.host,
+                args.port,
+                args.threads,
+                args.ctx,
+                args.parallel,
+                args.served_name,
+                args.front,
+            )
     except (ModelError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -35,20 +35,23 @@ def app(upstream: str) -> Starlette:
 
     async def forward(request: Request) -> StreamingResponse | JSONResponse:
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP]
-        sent = client.build_request(request.method, request.url.path, params=request.query_params, headers=headers,
-                                    content=await request.body())
+        sent = client.build_request(
+            request.method, request.url.path, params=request.query_params, headers=headers, content=await request.body()
+        )
         try:
             answer = await client.send(sent, stream=True)
         except httpx.TransportError as exc:
             return JSONResponse({"error": f"llama.cpp's server did not answer: {exc!r}"}, status_code=503)
         kept = {k: v for k, v in answer.headers.items() if k.lower() not in HOP_BY_HOP}
-        return StreamingResponse(answer.aiter_raw(), status_code=answer.status_code, headers=kept,
-                                 background=BackgroundTask(answer.aclose))
+        return StreamingResponse(
+            answer.aiter_raw(), status_code=answer.status_code, headers=kept, background=BackgroundTask(answer.aclose)
+        )
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         yield
         await client.aclose()
 
-    return Starlette(routes=[Route("/{path:path}", forward, methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"])],
-                     lifespan=lifespan)
+    return Starlette(
+        routes=[Route("/{path:path}", forward, methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"])], lifespan=lifespan
+    )

@@ -14,19 +14,25 @@ import httpx
 AGENT_SYSTEM = (
     "You are Agent A, an order-support agent. Pick the one tool that helps most with the request, and its "
     "arguments.\nTools:\n"
-    + "\n".join(f"- {name}: {what}" for name, what in (
-        ("get_order", "Look up one order by its id (status, amount, dates, customer)."),
-        ("get_shipment", "Look up the shipment of an order: carrier, tracking number, hub, estimated delivery."),
-        ("get_customer", "Look up a customer by id: name, tier, contact and their recent orders."),
-        ("list_orders", "List a customer's orders with their statuses and amounts, newest first."),
-        ("check_parcel", "Ask the carrier for a parcel's current position and delay risk."),
-        ("carrier_status", "The carrier's network status: hubs with delays and their causes.")))
-    + "\nReply as JSON {\"tool\": ..., \"arguments\": {...}}. Then answer the customer in one or two sentences, "
-      "using only the records for statuses, dates, amounts and carriers; copy them exactly."
+    + "\n".join(
+        f"- {name}: {what}"
+        for name, what in (
+            ("get_order", "Look up one order by its id (status, amount, dates, customer)."),
+            ("get_shipment", "Look up the shipment of an order: carrier, tracking number, hub, estimated delivery."),
+            ("get_customer", "Look up a customer by id: name, tier, contact and their recent orders."),
+            ("list_orders", "List a customer's orders with their statuses and amounts, newest first."),
+            ("check_parcel", "Ask the carrier for a parcel's current position and delay risk."),
+            ("carrier_status", "The carrier's network status: hubs with delays and their causes."),
+        )
+    )
+    + '\nReply as JSON {"tool": ..., "arguments": {...}}. Then answer the customer in one or two sentences, '
+    "using only the records for statuses, dates, amounts and carriers; copy them exactly."
 )
-AGENT_REQUEST = ("Hello, I ordered a standing desk last week (order ORD-00042) and the tracking page has not "
-                 "changed for three days. Where is my parcel now, which carrier has it, and when will it arrive? "
-                 "Please also tell me whether the delay is on your side or the carrier's.")
+AGENT_REQUEST = (
+    "Hello, I ordered a standing desk last week (order ORD-00042) and the tracking page has not "
+    "changed for three days. Where is my parcel now, which carrier has it, and when will it arrive? "
+    "Please also tell me whether the delay is on your side or the carrier's."
+)
 
 
 @dataclass(frozen=True)
@@ -47,18 +53,25 @@ class SpeedError(RuntimeError):
     """The server did not stream an answer that could be timed; the message says what happened."""
 
 
-def measure(base_url: str, model: str, max_tokens: int, timeout_s: float,
-            system: str = AGENT_SYSTEM, user: str = AGENT_REQUEST) -> Speed:
+def measure(
+    base_url: str, model: str, max_tokens: int, timeout_s: float, system: str = AGENT_SYSTEM, user: str = AGENT_REQUEST
+) -> Speed:
     """One streamed completion of up to `max_tokens` tokens, none of it allowed past `timeout_s`."""
-    body = {"model": model, "stream": True, "max_tokens": max_tokens, "temperature": 0,
-            "stream_options": {"include_usage": True},
-            "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}]}
+    body = {
+        "model": model,
+        "stream": True,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream_options": {"include_usage": True},
+        "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
+    }
     start = time.perf_counter()
     first = last = None
     tokens = 0
     try:
-        with httpx.stream("POST", f"{base_url.rstrip('/')}/v1/chat/completions", json=body,
-                          timeout=httpx.Timeout(timeout_s)) as response:
+        with httpx.stream(
+            "POST", f"{base_url.rstrip('/')}/v1/chat/completions", json=body, timeout=httpx.Timeout(timeout_s)
+        ) as response:
             response.raise_for_status()
             for line in response.iter_lines():
                 if time.perf_counter() - start > timeout_s:
