@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -121,6 +122,9 @@ def experiment(
     from experiments.controller import run_named
     from experiments.progress import Reporter
 
+    # A shell starts a background job (`cmd &` in a script) with SIGINT ignored, and Python keeps an
+    # ignored SIGINT: such a run went on through all its tasks after a Ctrl-C. A run always stops.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         run_dirs = run_named(ctx.obj.lab, scenario, Reporter(console), tasks, warmup)
     except KeyboardInterrupt:

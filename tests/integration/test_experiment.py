@@ -61,6 +61,7 @@ def lines(path: Path) -> list[dict]:
 
 
 def start_experiment(config: Path, path: Path) -> subprocess.Popen[str]:
+    """`lab experiment` started as a script's background job (`cmd &`) is: with SIGINT ignored."""
     return subprocess.Popen(
         [sys.executable, "-m", "lab", "--config", str(config), "experiment", str(path)],
         cwd=config.parent,
@@ -68,6 +69,7 @@ def start_experiment(config: Path, path: Path) -> subprocess.Popen[str]:
         stderr=subprocess.STDOUT,
         text=True,
         env={**os.environ, "COLUMNS": "200"},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
 
 
