@@ -18,7 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TextIO
 
-from experiments import drive, services
+from experiments import drive, node_script, services
 from experiments.manifest import (
     Faults,
     Manifest,
@@ -97,7 +97,12 @@ def connect(current: LabState, lab: LabConfig, run_id: str) -> list[NodeSession]
 def preflight(sessions: list[NodeSession], lab: LabConfig, scenario: Scenario) -> dict[str, dict]:
     """Every node answers, every service is deployed and healthy, every probe the scenario wants can attach."""
     answers = parallel(
-        lambda s: s.step("preflight", **services.preflight_args(s.node.name, s.node.address, lab)), sessions
+        lambda s: s.step(
+            "preflight",
+            timeout=node_script.DETECT_TIMEOUT_S + 120,
+            **services.preflight_args(s.node.name, s.node.address, lab),
+        ),
+        sessions,
     )
     problems = [f"{node}: {answer}" for node, answer in answers.items() if isinstance(answer, Exception)]
     checks: dict[str, dict] = {n: a for n, a in answers.items() if not isinstance(a, Exception)}

@@ -23,12 +23,14 @@ from pathlib import Path
 FINAL_STATES = ("running", "stopped", "failed")
 START_TIMEOUT_S = 330.0  # the runner's own attach timeout (collectors.runner.ATTACH_TIMEOUT_S) and then some
 STOP_TIMEOUT_S = 30.0
+# detect compiles a bpftrace dry run per probe: over 60 s on a TCG guest while the host is busy
+DETECT_TIMEOUT_S = 300.0
 STOP_STEP_S = 60.0  # one stop step waits this long at most; the controller asks again while the runner decodes
 UNSHAPED = "10gbit"
 
 
-def _run(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False, **kwargs)  # type: ignore[call-overload]
+def _run(argv: list[str], timeout: float = 60, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False, **kwargs)  # type: ignore[call-overload]
 
 
 def _first_line(text: str) -> str:
@@ -135,7 +137,7 @@ def placed_services(config_dir: str, address: str, known: dict[str, int]) -> dic
 
 def _detect(collectors: str) -> tuple[dict | None, str | None]:
     try:
-        result = _run([collectors, "detect"])
+        result = _run([collectors, "detect"], timeout=DETECT_TIMEOUT_S)
     except OSError as exc:
         return None, str(exc)
     if result.returncode != 0:
