@@ -115,5 +115,5 @@ def run(
     node: str = "controller",
     timeout_s: float = 300.0,
 ) -> list[TaskResult]:
-    """Synchronous wrapper of `run_tasks` for the experiment controller."""
+    """Synchronous wrapper of `run_tasks` for tests and benchmarks (the controller uses experiments.drive)."""
     return asyncio.run(run_tasks(scenario, tasks, entry, concurrency, telemetry_dir, node, timeout_s))
