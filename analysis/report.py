@@ -243,6 +243,21 @@ JOIN_NOTE = (
 )
 
 
+BURSTINESS_NOTE = (
+    "<p>During the measured tasks, per link (a node's interface, from its own capture), per node and for "
+    "the whole lab (each packet once): the Hurst estimate from the variance-time curve (index of dispersion "
+    "of packet counts over windows of 1 ms to 10 s; 0.5 = no long-range dependence), the busiest window's "
+    "packets over the mean at 10 ms and 1 s, and ON/OFF periods (ON while packets follow within 1 ms). "
+    "Definitions and sources: analysis/timescales.py.</p>"
+)
+
+
+def burstiness(result: RunAnalysis) -> str:
+    if result.burstiness.empty:
+        return "<p>No packets captured during the measured tasks.</p>"
+    return BURSTINESS_NOTE + _table(result.burstiness.set_index("group").round(3))
+
+
 def write_run_report(result: RunAnalysis) -> Path:
     directory = result.run.path / "plots"
     figures = [_figure(stem, fig, caption, directory) for stem, fig, caption in plots.run_plots(result)]
@@ -262,6 +277,8 @@ def write_run_report(result: RunAnalysis) -> Path:
         _table(join_quality(result)),
         "<h2>Per hop kind</h2>",
         _table(hops(result)),
+        "<h2>Burstiness across timescales</h2>",
+        burstiness(result),
         "<h2>Plots</h2>",
         *figures,
         "<h2>Per task</h2>",
@@ -287,6 +304,8 @@ def write_comparison(results: list[RunAnalysis], out: Path) -> Path:
         spread(results),
         "<h2>Per hop kind</h2>",
         *[f"<h3>{html.escape(r.label)}</h3>" + _table(hops(r)) for r in results],
+        "<h2>Burstiness across timescales</h2>",
+        *[f"<h3>{html.escape(r.label)}</h3>" + burstiness(r) for r in results],
         "<h2>Plots</h2>",
         *figures,
     ]

@@ -70,7 +70,7 @@ def test_lab_traffic_is_joined_to_calls(analysed: dict[str, RunAnalysis], scenar
 
 def test_run_outputs_are_written_and_the_report_is_self_contained(analysed: dict[str, RunAnalysis]) -> None:
     path = analysed["multihop"].run.path
-    for table in ("tasks", "calls", "connections", "packets", "rtt", "hops"):
+    for table in ("tasks", "calls", "connections", "packets", "rtt", "hops", "timescales"):
         assert len(pd.read_parquet(path / "tables" / f"{table}.parquet")) > 0, table
     summary = json.loads((path / "analysis.json").read_text())
     assert summary["scenario"] == "multihop" and summary["problems"] == []
@@ -80,8 +80,11 @@ def test_run_outputs_are_written_and_the_report_is_self_contained(analysed: dict
     assert (
         len(re.findall(r'<img [^>]*src="data:image/png;base64,', page))
         == len(list((path / "plots").glob("*.png")))
-        == 7
+        == 8
     )
+    burstiness = pd.read_parquet(path / "tables" / "burstiness.parquet").set_index("group")
+    assert "link agent-b/lo" in burstiness.index and "lab (each packet once)" in burstiness.index
+    assert burstiness["hurst"].notna().any()
     assert not re.search(r'(src|href)="(?!data:)', page)
 
 
