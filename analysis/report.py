@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from analysis import metrics, plots, stats
+from analysis import metrics, plots, published, stats, validation
 from analysis.cells import Cell, CellResult, effects, measure
 from analysis.rundir import facts
 
@@ -252,10 +252,35 @@ BURSTINESS_NOTE = (
 )
 
 
+PUBLISHED_NOTE = (
+    "<p>The measured tasks' lab connections, measured as published studies of AI traffic measured theirs "
+    "(sources and definitions: analysis/published.py). Those studies saw WAN traffic to hosted models; the "
+    "lab's hops are a LAN's, so read the direction of each difference, not its size.</p>"
+)
+
+
 def burstiness(result: RunAnalysis) -> str:
     if result.burstiness.empty:
         return "<p>No packets captured during the measured tasks.</p>"
     return BURSTINESS_NOTE + _table(result.burstiness.set_index("group").round(3))
+
+
+def checks(result: RunAnalysis, full: bool) -> str:
+    """The validation of one run: its warnings, then the handshake cross-check (and, in full, the
+    probes' losses and the clocks' error budget)."""
+    found = validation.warnings(result)
+    verdict = (
+        '<div class="warn"><ul>' + "".join(f"<li>{html.escape(w)}</li>" for w in found) + "</ul></div>"
+        if found
+        else '<p class="ok">Every captured handshake joined a probe connection; no probe record lost; '
+        "every clock known within the join window.</p>"
+    )
+    parts = [verdict, _table(validation.handshakes(result))]
+    if full:
+        parts += [_table(validation.probe_losses(result.run).set_index("node"))]
+        clocks = validation.clock_budget(result.run)
+        parts += [_table(clocks.set_index("node")) if len(clocks) else "<p>No clock offsets in the manifest.</p>"]
+    return "".join(parts)
 
 
 def write_run_report(result: RunAnalysis) -> Path:
@@ -266,6 +291,8 @@ def write_run_report(result: RunAnalysis) -> Path:
         _table(facts_table([result])),
         "<h2>What was missing</h2>",
         problems(result),
+        "<h2>Validation</h2>",
+        checks(result, full=True),
         "<h2>Headline metrics</h2>",
         HEADLINE_NOTE,
         _table(headline([result])),
@@ -279,6 +306,9 @@ def write_run_report(result: RunAnalysis) -> Path:
         _table(hops(result)),
         "<h2>Burstiness across timescales</h2>",
         burstiness(result),
+        "<h2>Beside published figures</h2>",
+        PUBLISHED_NOTE,
+        _table(published.table([result])),
         "<h2>Plots</h2>",
         *figures,
         "<h2>Per task</h2>",
@@ -298,6 +328,8 @@ def write_comparison(results: list[RunAnalysis], out: Path) -> Path:
         _table(facts_table(results)),
         "<h2>What was missing</h2>",
         *[problems(r) for r in results],
+        "<h2>Validation</h2>",
+        *[f"<h3>{html.escape(r.label)}</h3>" + checks(r, full=False) for r in results],
         "<h2>Headline metrics, side by side</h2>",
         HEADLINE_NOTE,
         _table(headline(results)),
@@ -306,6 +338,9 @@ def write_comparison(results: list[RunAnalysis], out: Path) -> Path:
         *[f"<h3>{html.escape(r.label)}</h3>" + _table(hops(r)) for r in results],
         "<h2>Burstiness across timescales</h2>",
         *[f"<h3>{html.escape(r.label)}</h3>" + burstiness(r) for r in results],
+        "<h2>Beside published figures</h2>",
+        PUBLISHED_NOTE,
+        _table(published.table(results)),
         "<h2>Plots</h2>",
         *figures,
     ]

@@ -37,6 +37,12 @@ class RunDir:
         name = scenario.get("name") if isinstance(scenario, dict) else scenario
         return str(name or "unknown")
 
+    @property
+    def workload(self) -> str:
+        """What ran (baseline, simple, multihop): the scenario's `workload`, else its name (older runs)."""
+        config = _dict(_dict(self.manifest.get("scenario")).get("config"))
+        return str(config.get("workload") or self.scenario)
+
     def note(self, where: Path | str, what: str) -> None:
         self.problems.append(Problem(str(where), what))
 

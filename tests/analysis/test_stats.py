@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import metrics, stats, timescales
+from analysis import metrics, published, stats, timescales
 
 MS = 1_000_000
 
@@ -103,3 +103,17 @@ def test_on_off_trains_are_bursty_across_timescales_and_split_into_periods() -> 
     on, off = periods[periods["state"] == "on"], periods[periods["state"] == "off"]
     assert len(on) == 200 and (on["duration_ns"] == 9 * MS // 10).all()
     assert len(off) == 199 and (off["duration_ns"] == 500 * MS - 9 * MS // 10).all()
+
+
+def test_upstream_bytes_come_from_the_side_that_connected() -> None:
+    flows = pd.DataFrame(
+        {
+            "conn_id": [0, 0, 1, 2],
+            "direction": ["accept", "connect", "connect", "connect"],
+            "tx_bytes": [200.0, 900.0, 50.0, np.nan],  # conn 2 still open: no byte counts
+            "rx_bytes": [900.0, 200.0, 400.0, np.nan],
+        }
+    )
+    sized = published.directions(flows, pd.Series([0, 1, 2]))
+    assert sized.loc[0].tolist() == [900.0, 200.0]  # the server's end: what it received went up
+    assert sized.loc[1].tolist() == [50.0, 400.0] and 2 not in sized.index
