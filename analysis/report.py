@@ -273,13 +273,19 @@ def checks(result: RunAnalysis, full: bool) -> str:
         '<div class="warn"><ul>' + "".join(f"<li>{html.escape(w)}</li>" for w in found) + "</ul></div>"
         if found
         else '<p class="ok">Every captured handshake joined a probe connection; no probe record lost; '
-        "every clock known within the join window.</p>"
+        "every clock known within the join window; no CPU steal, saturation or overcommit seen.</p>"
     )
     parts = [verdict, _table(validation.handshakes(result))]
     if full:
         parts += [_table(validation.probe_losses(result.run).set_index("node"))]
         clocks = validation.clock_budget(result.run)
         parts += [_table(clocks.set_index("node")) if len(clocks) else "<p>No clock offsets in the manifest.</p>"]
+        hosts = validation.conditions(result.run)
+        parts += [
+            _table(hosts.set_index("node").round(3))
+            if len(hosts)
+            else "<p>CPU and offload conditions not recorded (a run from before they were).</p>"
+        ]
     return "".join(parts)
 
 

@@ -118,6 +118,9 @@ def facts(run: RunDir) -> dict[str, str]:
         if _dict(config).get("knobs")
         else "not recorded (run before knobs existed)",
         "timeouts": _timeouts(config),
+        "offloads": {"off": "GSO/TSO/GRO off on the lab interfaces: wire-sized packets"}.get(
+            str(config.get("offload")), "as the provider set them (see Validation: captured segments may be coalesced)"
+        ),
         "LLM speed (preflight)": _speed(m.get("llm_speed")),
     }
 

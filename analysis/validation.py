@@ -87,6 +87,43 @@ def clock_budget(run: RunDir) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+STEAL_WARN = 0.02  # steal above this share of CPU time: the hypervisor delayed the node often enough to show in timing
+BUSY_WARN = 0.9  # a node this busy queues its own work: latency includes waiting for a CPU
+
+
+def conditions(run: RunDir) -> pd.DataFrame:
+    """Per node and the controller's host, between the probes' start and the end of the tasks: the share
+    of CPU time busy and stolen (from /proc/stat), CPUs, load, and the lab interface's offloads at the
+    start; for VMs, the vCPUs given to the nodes over the host's CPUs (overcommit)."""
+    rows = []
+    for node, measured in sorted((run.manifest.get("conditions") or {}).items()):
+        start, end = measured.get("start") or {}, measured.get("end") or {}
+        spent = {k: end["cpu"][k] - start["cpu"][k] for k in start.get("cpu", {})} if "cpu" in end else {}
+        total = sum(spent.values())
+        offload = start.get("offload") or {}
+        rows.append(
+            {
+                "node": node,
+                "CPUs": start.get("cpus"),
+                "busy": 1 - (spent["idle"] + spent["iowait"]) / total if total else None,
+                "steal": spent["steal"] / total if total else None,
+                "load (1 min) at start": start.get("loadavg"),
+                "load (1 min) at end": end.get("loadavg"),
+                "offloads (GSO/TSO/GRO)": "/".join(offload.get(k, "–") for k in ("gso", "tso", "gro")) or "–",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def overcommit(run: RunDir) -> float | None:
+    """VMs only: the nodes' vCPUs over the controller host's CPUs (containers share the host's)."""
+    host = ((run.manifest.get("conditions") or {}).get("controller") or {}).get("start") or {}
+    nodes = (run.manifest.get("lab") or {}).get("nodes") or []
+    if run.manifest.get("provider") != "libvirt" or not host.get("cpus"):
+        return None
+    return sum(n.get("vcpus", 1) for n in nodes) / host["cpus"]
+
+
 def _us(ns: float | None) -> str:
     return "–" if ns is None else f"{ns / 1000:.1f}"
 
@@ -106,6 +143,19 @@ def warnings(result: RunAnalysis) -> list[str]:
         found.append(f"the probes lost {lost:.0f} record(s) (see the table)")
     failed = losses[losses["state"] != "stopped"].groupby(["node", "state"])["probe"].agg(", ".join)
     found += [f"on {node} the probes ended {state}, not stopped: {names}" for (node, state), names in failed.items()]
+    found += [
+        f"{c['node']}: {c['steal']:.1%} of CPU time stolen by the hypervisor during the run: timing may be distorted"
+        for c in conditions(result.run).to_dict("records")
+        if c["steal"] is not None and c["steal"] > STEAL_WARN
+    ]
+    found += [
+        f"{c['node']}: CPU {c['busy']:.0%} busy during the run: latencies include waiting for a CPU"
+        for c in conditions(result.run).to_dict("records")
+        if c["busy"] is not None and c["busy"] > BUSY_WARN
+    ]
+    share = overcommit(result.run)
+    if share is not None and share > 1:
+        found.append(f"the VMs have {share:.1f}x the host's CPUs: they compete for them")
     clocks = clock_budget(result.run)
     if len(clocks):
         late = clocks.loc[clocks["within the join window"] != "yes", "node"]

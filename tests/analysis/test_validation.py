@@ -6,6 +6,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pandas as pd
+import pytest
 
 from analysis import validation
 from analysis.pcap import ACK, SYN
@@ -68,3 +69,33 @@ def test_losses_failed_probes_and_clocks_outside_the_join_window_are_warned_abou
     assert "the probes lost 7 record(s) (see the table)" in found
     assert "on agent-a the probes ended failed, not stopped: pcap:lo" in found
     assert "the clock of llm is not known within the join window" in found
+
+
+def test_cpu_steal_saturation_and_overcommit_are_warned_about() -> None:
+    def cpu(idle: int, steal: int, busy: int) -> dict:
+        return {"user": busy, "nice": 0, "system": 0, "idle": idle, "iowait": 0, "irq": 0, "softirq": 0, "steal": steal}
+
+    offload = {"gso": "on", "tso": "on", "gro": "off"}
+    manifest = {
+        **MANIFEST,
+        "provider": "libvirt",
+        "lab": {"nodes": [{"vcpus": 2}, {"vcpus": 2}, {"vcpus": 1}]},
+        "conditions": {
+            "agent-a": {
+                "start": {"cpu": cpu(0, 0, 0), "cpus": 2, "offload": offload},
+                "end": {"cpu": cpu(900, 50, 50)},
+            },
+            "llm": {"start": {"cpu": cpu(0, 0, 0), "cpus": 1}, "end": {"cpu": cpu(40, 0, 960)}},
+            "controller": {"start": {"cpu": cpu(0, 0, 0), "cpus": 2}, "end": {"cpu": cpu(1000, 0, 0)}},
+        },
+    }
+    table = validation.conditions(RunDir(Path("run"), manifest)).set_index("node")
+    assert table.loc["agent-a", "steal"] == 0.05 and table.loc["agent-a", "busy"] == pytest.approx(0.1)
+    assert table.loc["agent-a", "offloads (GSO/TSO/GRO)"] == "on/on/off"
+    packets = pd.DataFrame({"key": [1], "conn_id": [0], "hop": ["agent→llm"], "flags": [SYN]})
+    found = validation.warnings(result(CONNS, packets, manifest))
+    assert found == [
+        "agent-a: 5.0% of CPU time stolen by the hypervisor during the run: timing may be distorted",
+        "llm: CPU 96% busy during the run: latencies include waiting for a CPU",
+        "the VMs have 2.5x the host's CPUs: they compete for them",
+    ]
