@@ -128,7 +128,13 @@ def tasks_table(calls: pd.DataFrame, results: pd.DataFrame, scenario: str) -> pd
         tasks = roots.merge(extra, on="call_id", how="left")
     else:
         tasks = roots.assign(
-            scenario=None, ok=roots["status"] == "ok", repetition=0, warmup=False, answer=None, error=None
+            scenario=None,
+            ok=roots["status"] == "ok",
+            correct=np.nan,
+            repetition=0,
+            warmup=False,
+            answer=None,
+            error=None,
         )
     tasks["scenario"] = tasks["scenario"].fillna(tasks["op"]).fillna(scenario)
     tasks["warmup"] = tasks["warmup"].astype("boolean").fillna(False).astype(bool)

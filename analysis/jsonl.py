@@ -91,6 +91,7 @@ RESULTS_SCHEMA = pa.schema(
         ("task_id", pa.string()),
         ("scenario", pa.string()),
         ("ok", pa.bool_()),
+        ("correct", pa.bool_()),
         ("answer", pa.string()),
         ("error", pa.string()),
         ("start_ns", pa.int64()),

@@ -193,6 +193,8 @@ def scenario_summary(
     summary = {
         "tasks": float(len(counted)),
         "ok_share": float(counted["ok"].mean()) if len(counted) else float("nan"),
+        # runs from before answers were checked have no `correct`: unknown, not wrong
+        "correct_share": float(counted["correct"].astype("float64").mean()) if "correct" in counted else float("nan"),
         "task_s_mean": float(counted["duration_ns"].mean() / 1e9),
         "task_s_p50": float(counted["duration_ns"].median() / 1e9),
         "task_s_p90": float(counted["duration_ns"].quantile(0.9) / 1e9),

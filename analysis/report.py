@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 # summary key -> (label, format)
 HEADLINE: dict[str, tuple[str, str]] = {
     "tasks": ("tasks measured (warm-up excluded)", "{:.0f}"),
-    "ok_share": ("tasks answered ok", "{:.0%}"),
+    "ok_share": ("tasks answered (the agent or service replied)", "{:.0%}"),
+    "correct_share": ("tasks answered correctly (every expected fact stated)", "{:.0%}"),
     "task_s_mean": ("task duration, mean (s)", "{:.3f}"),
     "task_s_p50": ("task duration p50 (s)", "{:.3f}"),
     "task_s_p90": ("task duration p90 (s)", "{:.3f}"),
@@ -196,6 +197,7 @@ def tasks(result: RunAnalysis) -> pd.DataFrame:
     columns = [
         "task_id",
         "ok",
+        "correct",
         "duration_ns",
         "flows",
         "new_flows",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from experiments.scenario import Scenario
 from workload.driver import Entry, TaskResult, run_tasks
-from workload.tasks import Task, make_dataset, make_tasks
+from workload.tasks import Task, answer_is_correct, make_dataset, make_tasks
 
 
 @dataclass(frozen=True)
@@ -34,8 +34,14 @@ class Outcome:
     result: TaskResult
 
     def record(self) -> dict:
-        """One line of results.jsonl."""
-        return {**asdict(self.result), "repetition": self.planned.repetition, "warmup": self.planned.warmup}
+        """One line of results.jsonl: `ok` when the task answered, `correct` when the answer states every
+        fact the task expects (workload.tasks.answer_is_correct)."""
+        return {
+            **asdict(self.result),
+            "correct": self.result.ok and answer_is_correct(self.planned.task, self.result.answer),
+            "repetition": self.planned.repetition,
+            "warmup": self.planned.warmup,
+        }
 
 
 def arrivals(count: int, rate_per_s: float, seed: int) -> list[float]:

@@ -18,12 +18,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from experiments.drive import Outcome, Planned
 from experiments.manifest import checksums
 from workload import driver
 from workload.db import seed_database
@@ -102,9 +102,10 @@ def run_scenario(stack: LocalStack, out: Path, scenario: str, seed: int) -> Path
     runner = start_probes(run_id, probes)
     before = telemetry_sizes(stack.telemetry_dir)
     try:
+        tasks = make_tasks(seed, count)
         results = driver.run(
             scenario,
-            make_tasks(seed, count),
+            tasks,
             stack.entry,
             concurrency,  # type: ignore[arg-type]
             telemetry_dir=run_dir / "telemetry",
@@ -114,7 +115,8 @@ def run_scenario(stack: LocalStack, out: Path, scenario: str, seed: int) -> Path
         stop_probes(runner)
     copy_new_telemetry(stack.telemetry_dir, before, run_dir / "nodes" / NODE / "telemetry")
     with open(run_dir / "results.jsonl", "w") as f:
-        f.writelines(json.dumps({**asdict(result), "repetition": 0, "warmup": False}) + "\n" for result in results)
+        outcomes = [Outcome(Planned(task, 1, None), result) for task, result in zip(tasks, results, strict=True)]
+        f.writelines(json.dumps(outcome.record()) + "\n" for outcome in outcomes)
     status = json.loads((probes / "status.json").read_text())
     manifest = {
         "run_id": run_id,

@@ -37,6 +37,7 @@ def test_baseline_flows_per_task_match_the_fixed_call_graph(analysed: dict[str, 
     assert len(result.per_task) == 6
     assert_baseline_matches_the_call_graph(result)
     assert result.summary["flows_per_task"] == 5.0
+    assert result.summary["correct_share"] == 1.0  # the baseline states the dataset's facts
 
 
 @pytest.mark.parametrize("scenario", ["baseline", "simple", "multihop"])

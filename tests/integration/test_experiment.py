@@ -187,6 +187,7 @@ def test_telemetry_holds_every_task(multihop):
     results = lines(run / "results.jsonl")
     tasks = {r["task_id"] for r in results}
     assert len(results) == 3 and all(r["repetition"] == 1 and r["warmup"] is False for r in results)
+    assert all(isinstance(r["correct"], bool) for r in results)  # checked against the task's facts
     for node, service in (("agent-a", "agent-a"), ("agent-b", "agent-b"), ("agent-b", "tool-db")):
         seen = {e["task_id"] for e in lines(run / "nodes" / node / "telemetry" / f"{service}.jsonl")}
         assert tasks <= seen, (service, tasks - seen)
