@@ -4,9 +4,6 @@ holds, and the column registry's own consistency (test_export.py holds it to rea
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +14,7 @@ from analysis import schema
 from analysis.codeversion import code_digest
 from analysis.export import export, sweep_runs, tables_stale
 from lab.errors import ColumnTypeError, ExportTargetError, NotARunError, SweepFileError
+from tests.conftest import lab_cli
 
 
 def _run(root: Path, run_id: str, answer: Any = "42") -> Path:
@@ -107,13 +105,6 @@ def test_the_registry_uses_known_units_and_describes_every_column() -> None:
 
 
 def test_the_command_prints_one_line_naming_the_path(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "lab", "export", str(tmp_path / "nowhere"), str(tmp_path / "out")],
-        capture_output=True,
-        text=True,
-        check=False,
-        env={**os.environ, "COLUMNS": "300"},
-        timeout=120,
-    )
+    result = lab_cli(tmp_path / "lab.yaml", "export", str(tmp_path / "nowhere"), str(tmp_path / "out"), check=False)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert f"error: {tmp_path / 'nowhere'} is not a run directory" in result.stderr
