@@ -68,7 +68,7 @@ MAINTENANCE = (
 
 def build(exported: list[Exported], tables: dict[str, pa.Table]) -> dict[str, Any]:
     runs = [_run(item) for item in exported]
-    sheet_tables = {name: _table(name, table) for name, table in tables.items()}
+    sheet_tables = {name: _table(name, table, [run["run_id"] for run in runs]) for name, table in tables.items()}
     undescribed = [
         f"{name}.{c['name']}" for name, t in sheet_tables.items() for c in t["columns"] if c["unit"] == "unknown"
     ]
@@ -108,15 +108,15 @@ def build(exported: list[Exported], tables: dict[str, pa.Table]) -> dict[str, An
     }
 
 
-def _table(name: str, table: pa.Table) -> dict[str, Any]:
+def _table(name: str, table: pa.Table, run_ids: list[str]) -> dict[str, Any]:
     spec = schema.TABLES[name]
-    counts = pc.value_counts(table["run_id"]).to_pylist() if table.num_rows else []
+    counts = {c["values"]: c["counts"] for c in pc.value_counts(table["run_id"]).to_pylist()}
     return {
         "file": f"tables/{name}.parquet",
         "row": spec.row,
         "source": spec.source,
         "rows": table.num_rows,
-        "rows_per_run": {c["values"]: c["counts"] for c in counts},
+        "rows_per_run": {run_id: counts.get(run_id, 0) for run_id in run_ids},
         "columns": [_column(spec, field) for field in table.schema],
     }
 
@@ -177,11 +177,13 @@ def _run_limitations(run: dict[str, Any]) -> list[str]:
 
 def markdown(sheet: dict[str, Any]) -> str:
     made = sheet["exported_by"]
+    git = made["git"] or {}
     parts = [
         f"# Datasheet: {sheet['title']}",
         f"Written after *Datasheets for Datasets*: {sheet['model']}.",
         f"Created {sheet['created_at']} by {made['package']} {made['version']} "
-        f"(git {_text((made['git'] or {}).get('commit'))}): {len(sheet['runs'])} run(s), "
+        f"(git {_text(git.get('commit'))}{', uncommitted changes' if git.get('dirty') else ''}): "
+        f"{len(sheet['runs'])} run(s), "
         f"{len(sheet['tables'])} tables. The same as JSON: `datasheet.json`.",
         "## Motivation",
         sheet["motivation"],

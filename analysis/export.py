@@ -86,13 +86,13 @@ def resolve_inputs(paths: list[Path], lab_dir: Path) -> list[Path]:
     return runs
 
 
-def check_target(out: Path, runs: list[Path], force: bool) -> None:
-    """Refuse a DIR that is a file, is not empty (unless `force`), or holds a run being exported."""
+def check_target(out: Path, inputs: list[Path], force: bool) -> None:
+    """Refuse a DIR that is a file, is not empty (unless `force`), or holds a run or sweep being exported."""
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise ExportTargetError(f"{out} exists and is not a directory: name a new or empty directory")
-    for run in runs:
-        if run.resolve().is_relative_to(out.resolve()):
-            raise ExportTargetError(f"{out} holds the run {run}, which replacing it would delete: name another DIR")
+    for path in inputs:
+        if path.resolve().is_relative_to(out.resolve()):
+            raise ExportTargetError(f"{out} holds {path}, which replacing it would delete: name another DIR")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise ExportTargetError(f"{out} exists and is not empty: name a new or empty directory, or pass --force")
 
@@ -107,9 +107,10 @@ def export(
 ) -> dict[str, Any]:
     """Write the dataset of `paths` (run or sweep directories) into `out`; returns the datasheet."""
     runs = resolve_inputs(paths, lab_dir)
-    check_target(out, runs, force)
-    exported = [_prepare(run, reanalyse, log) for run in runs]
-    _unique_ids(exported)
+    check_target(out, [*paths, *runs], force)
+    opened = [_open(run) for run in runs]
+    _unique_ids(opened)
+    exported = [_analysed(run, reanalyse, log) for run in opened]
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
@@ -123,7 +124,7 @@ def export(
         (tmp / "DATASHEET.md").write_text(datasheet.markdown(sheet))
         write_checksums(tmp)
         tmp.chmod(0o755)
-        _publish(tmp, out, runs, force)
+        _publish(tmp, out, [*paths, *runs], force)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -131,14 +132,23 @@ def export(
     return sheet
 
 
-def _prepare(path: Path, reanalyse: bool, log: Callable[[str], None]) -> Exported:
-    stale = reanalyse or tables_stale(path)
+def _open(path: Path) -> RunDir:
+    manifest = path / "manifest.json"
+    try:
+        facts = json.loads(manifest.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise NotARunError(f"{manifest} is not JSON ({exc}): restore it from a copy of the run") from exc
+    if not isinstance(facts, dict):
+        raise NotARunError(f"{manifest} is not a JSON object: restore it from a copy of the run")
+    return RunDir(path, facts)
+
+
+def _analysed(run: RunDir, reanalyse: bool, log: Callable[[str], None]) -> Exported:
+    stale = reanalyse or tables_stale(run.path)
     if stale:
-        log(f"analysing {path}")
-        analyze_run(path)
-    manifest = json.loads((path / "manifest.json").read_text())
-    run = RunDir(path, manifest if isinstance(manifest, dict) else {})
-    summary = json.loads((path / "analysis.json").read_text())
+        log(f"analysing {run.path}")
+        analyze_run(run.path)
+    summary = json.loads((run.path / "analysis.json").read_text())
     return Exported(run, list(summary.get("problems") or []), stale)
 
 
@@ -153,19 +163,19 @@ def tables_stale(run: Path) -> bool:
     return not isinstance(summary, dict) or summary.get("code") != code_digest()
 
 
-def _unique_ids(exported: list[Exported]) -> None:
+def _unique_ids(runs: list[RunDir]) -> None:
     owner: dict[str, Path] = {}
-    for item in exported:
-        run_id = item.run.run_id
+    for run in runs:
+        run_id = run.run_id
         if not _SAFE_ID.fullmatch(run_id):
             raise NotARunError(
-                f"{item.run.path / 'manifest.json'}: run_id {run_id!r} is not a plain name (letters, digits, . _ -)"
+                f"{run.path / 'manifest.json'}: run_id {run_id!r} is not a plain name (letters, digits, . _ -)"
             )
         if run_id in owner:
             raise NotARunError(
-                f"{item.run.path} and {owner[run_id]} have the same run_id {run_id!r} (a copy?): export one of them"
+                f"{run.path} and {owner[run_id]} have the same run_id {run_id!r} (a copy?): export one of them"
             )
-        owner[run_id] = item.run.path
+        owner[run_id] = run.path
 
 
 def _write_table(name: str, exported: list[Exported], tmp: Path) -> pa.Table:
@@ -206,9 +216,9 @@ def _sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def _publish(tmp: Path, out: Path, runs: list[Path], force: bool) -> None:
+def _publish(tmp: Path, out: Path, inputs: list[Path], force: bool) -> None:
     """Rename the finished `tmp` to `out`; an existing `out` (empty, or any with `force`) is replaced."""
-    check_target(out, runs, force)  # again: something may have appeared there meanwhile
+    check_target(out, inputs, force)  # again: something may have appeared there meanwhile
     if not out.exists():
         os.rename(tmp, out)
         return

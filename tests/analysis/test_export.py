@@ -132,6 +132,6 @@ def test_a_run_given_twice_or_a_dir_holding_the_runs_is_refused(loop_runs: dict[
     run = loop_runs["baseline"]
     with pytest.raises(NotARunError, match="given twice"):
         export([run, run.parent / ".." / run.parent.name / run.name], run.parent / "x", run.parent)
-    with pytest.raises(ExportTargetError, match="holds the run"):
+    with pytest.raises(ExportTargetError, match=f"{run.parent} holds {run}, which replacing it would delete"):
         export([run], run.parent, run.parent, force=True)
     assert (run / "manifest.json").is_file()

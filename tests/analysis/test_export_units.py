@@ -57,6 +57,22 @@ def test_a_directory_without_a_manifest_is_refused_naming_it(tmp_path: Path) -> 
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(("content", "message"), [("{", "is not JSON"), ("[]", "is not a JSON object")])
+def test_a_broken_manifest_is_refused_naming_it(tmp_path: Path, content: str, message: str) -> None:
+    run = _run(tmp_path, "r1")
+    (run / "manifest.json").write_text(content)
+    with pytest.raises(NotARunError, match=f"{run / 'manifest.json'} {message}"):
+        export([run], tmp_path / "out", tmp_path)
+
+
+def test_a_sweep_inside_dir_is_refused(tmp_path: Path) -> None:
+    sweep = tmp_path / "out" / "sweep"
+    sweep.mkdir(parents=True)
+    (sweep / "sweep.json").write_text(json.dumps({"runs": [{"run_dir": str(_run(tmp_path, "r1"))}]}))
+    with pytest.raises(ExportTargetError, match=f"{tmp_path / 'out'} holds {sweep}"):
+        export([sweep], tmp_path / "out", tmp_path, force=True)
+
+
 def test_a_file_as_dir_is_refused(tmp_path: Path) -> None:
     (tmp_path / "out").write_text("x")
     with pytest.raises(ExportTargetError, match="exists and is not a directory"):
