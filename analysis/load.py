@@ -19,6 +19,7 @@ from analysis.pcap import PcapError, empty_packets, read_pcap
 from analysis.rundir import CONTROLLER, RunDir
 
 PROBES = tuple(PROBE_SCHEMAS)
+EVENTS_SCHEMA = TELEMETRY_SCHEMA.append(pa.field("node_dir", pa.string()))  # where each event was found
 TIME_COLUMNS = {"lifetime": ("ts_ns", "start_ns"), "rtt": ("ts_ns", "first_ns"), "telemetry": ("start_ns", "end_ns")}
 
 
@@ -58,14 +59,13 @@ def load_run(run: RunDir) -> RunData:
         for node, s in status.items()
         if s.get("stopped_at_ns")
     }
-    return RunData(results, _concat(events, TELEMETRY_SCHEMA), probes, packets, stops)
+    return RunData(results, _concat(events, EVENTS_SCHEMA), probes, packets, stops)
 
 
 def _concat(frames: list[pd.DataFrame], schema: pa.Schema) -> pd.DataFrame:
     frames = [f for f in frames if len(f)]
     if not frames:
-        empty = schema.empty_table().to_pandas()
-        return empty.assign(node_dir=pd.Series(dtype=object)) if "node_dir" not in empty else empty
+        return schema.empty_table().to_pandas()
     return pd.concat(frames, ignore_index=True)
 
 

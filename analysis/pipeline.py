@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import metrics, report, timescales
+from analysis.codeversion import code_digest
 from analysis.join import Joined, join
 from analysis.load import load_run
 from analysis.rundir import RunDir, open_run
@@ -63,6 +64,7 @@ def analyze_run(path: Path) -> RunAnalysis:
         "run_id": result.run.run_id,
         "scenario": result.run.scenario,
         "analysed_at_ns": time.time_ns(),
+        "code": code_digest(),
         "summary": result.summary,
         "problems": [p.__dict__ for p in result.run.problems],
         "tables": tables,

@@ -171,6 +171,26 @@ def _report(runs: list[Path], table: bool, comparison: bool) -> None:
 
 
 @app.command()
+def export(
+    ctx: typer.Context,
+    inputs: list[Path] = typer.Argument(..., help="run directories or sweep directories (holding sweep.json)"),
+    out: Path = typer.Argument(..., help="the dataset directory to write (new or empty)"),
+    force: bool = typer.Option(False, "--force", help="replace DIR even when it is not empty"),
+    reanalyse: bool = typer.Option(False, "--reanalyse", help="analyse every run again, even with fresh tables"),
+) -> None:
+    """One dataset of runs: tables as parquet with a run_id column, manifests, DATASHEET.md and SHA256SUMS."""
+    from analysis.export import export as write_dataset
+
+    lab_dir = ctx.obj.config_path.resolve().parent  # a sweep's run_dir entries are relative to it
+    sheet = write_dataset(inputs, out, lab_dir, force=force, reanalyse=reanalyse, log=_progress)
+    rows = Table("table", "rows", "columns")
+    for name, table in sheet["tables"].items():
+        rows.add_row(name, str(table["rows"]), str(len(table["columns"])))
+    console.print(rows)
+    console.print(f"dataset: {out}   datasheet: {out / 'DATASHEET.md'}   verify: cd {out} && sha256sum -c SHA256SUMS")
+
+
+@app.command()
 def teardown(ctx: typer.Context) -> None:
     """Remove every node, network, mount, process and file the lab made; says what it removed."""
     lab = ctx.obj.lab
