@@ -18,6 +18,8 @@ APT_PACKAGES=(
   libvirt-dev pkg-config gcc libxml2-utils genisoimage dosfstools mtools
   # probes and captures on the host (tests run the collectors here too)
   bpftrace libbpf-tools bpfcc-tools python3-bpfcc tcpdump nftables ethtool
+  # the report layout test renders reports headless
+  chromium
   # NTP for the lab network (vms/timeserver.py)
   chrony
   # the workload's database, for tests on loopback

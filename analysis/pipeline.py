@@ -33,9 +33,24 @@ class RunAnalysis:
     burstiness: pd.DataFrame
     """Per link and node: Hurst estimate, peak-to-mean at 10 ms and 1 s, ON/OFF period medians and p90s."""
 
-    @property
-    def label(self) -> str:
-        return f"{self.run.scenario} ({self.run.run_id})"
+    label: str = ""
+    """What tables and plots call the run: its scenario name, numbered in a comparison that holds it twice
+    (`relabel`); the report's run legend maps each label to its run id."""
+
+    def __post_init__(self) -> None:
+        self.label = self.label or self.run.scenario
+
+
+def relabel(results: list[RunAnalysis]) -> None:
+    """Short labels that tell the runs apart: the scenario, with #1, #2, ... where it repeats."""
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r.run.scenario] = counts.get(r.run.scenario, 0) + 1
+    seen: dict[str, int] = {}
+    for r in results:
+        name = r.run.scenario
+        seen[name] = seen.get(name, 0) + 1
+        r.label = f"{name} #{seen[name]}" if counts[name] > 1 else name
 
 
 def analyse(path: Path) -> RunAnalysis:
@@ -107,7 +122,8 @@ def compare_results(results: list[RunAnalysis], out: Path | None = None) -> Path
     default beside the first run; returns its path."""
     order = {name: i for i, name in enumerate(SCENARIO_ORDER)}
     first = results[0].run.path
-    results = sorted(results, key=lambda r: order.get(r.run.scenario, len(order)))
+    results = sorted(results, key=lambda r: order.get(r.run.workload, len(order)))
+    relabel(results)
     if out is None:
         digest = hashlib.sha256("\n".join(r.run.run_id for r in results).encode()).hexdigest()[:8]
         out = first.resolve().parent / f"comparison-{digest}"

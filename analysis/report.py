@@ -16,7 +16,7 @@ import pandas as pd
 
 from analysis import metrics, plots, published, stats, validation
 from analysis.cells import Cell, CellResult, effects, measure
-from analysis.rundir import facts
+from analysis.rundir import facts, versions
 
 if TYPE_CHECKING:
     from analysis.pipeline import RunAnalysis
@@ -60,7 +60,7 @@ table{border-collapse:collapse;margin:1em 0;font-size:.9em}
 th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right}th:first-child,td:first-child{text-align:left}
 th{background:#f2f2f2}.warn{background:#fff3cd;border:1px solid #e0b000;padding:.6em 1em}
 .ok{color:#176c2c}figure{margin:1.5em 0}figcaption{font-size:.9em;color:#444;max-width:800px}
-img{max-width:100%}"""
+img{max-width:100%}.scroll{overflow-x:auto;max-width:100%}"""
 
 
 def _fmt(value: float, pattern: str) -> str:
@@ -73,7 +73,7 @@ def _table(frame: pd.DataFrame) -> str:
         "<tr>" + f"<td>{html.escape(str(i))}</td>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>"
         for i, row in zip(frame.index, frame.itertuples(index=False), strict=True)
     )
-    return f"<table><tr>{head}</tr>{rows}</table>"
+    return f'<div class="scroll"><table><tr>{head}</tr>{rows}</table></div>'
 
 
 def headline(results: list[RunAnalysis]) -> pd.DataFrame:
@@ -152,8 +152,15 @@ def left_out(result: RunAnalysis) -> pd.DataFrame:
 
 
 def facts_table(results: list[RunAnalysis]) -> pd.DataFrame:
+    """One column per run label (its run directory in the `run` row): the legend of every table and plot."""
     frame = pd.DataFrame({r.label: facts(r.run) for r in results})
     frame.index.name = "fact"
+    return frame
+
+
+def versions_table(results: list[RunAnalysis]) -> pd.DataFrame:
+    frame = pd.DataFrame({r.label: versions(r.run) for r in results}).fillna("–")
+    frame.index.name = "software"
     return frame
 
 
@@ -297,6 +304,8 @@ def write_run_report(result: RunAnalysis) -> Path:
     body = [
         "<h2>What was measured</h2>",
         _table(facts_table([result])),
+        "<h3>Versions</h3>",
+        _table(versions_table([result])),
         "<h2>What was missing</h2>",
         problems(result),
         "<h2>Validation</h2>",
@@ -334,6 +343,8 @@ def write_comparison(results: list[RunAnalysis], out: Path) -> Path:
         mixed_setups(results),
         "<h2>What was measured</h2>",
         _table(facts_table(results)),
+        "<h3>Versions</h3>",
+        _table(versions_table(results)),
         "<h2>What was missing</h2>",
         *[problems(r) for r in results],
         "<h2>Validation</h2>",
@@ -379,6 +390,8 @@ def write_sweep(cells: list[CellResult], found: pd.DataFrame, out: Path) -> Path
         _table(grid),
         "<h2>What was measured</h2>",
         _table(facts_table([c.results[0] for c in cells])),
+        "<h3>Versions</h3>",
+        _table(versions_table([c.results[0] for c in cells])),
         "<h2>What was missing</h2>",
         *[problems(r) for r in runs],
         f"<h2>Headline metrics: mean and {stats.LEVEL:.0%} bootstrap interval across repetitions</h2>",

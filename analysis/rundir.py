@@ -109,9 +109,7 @@ def facts(run: RunDir) -> dict[str, str]:
         "model": _model(served, llm),
         "llm backend": str(_dict(served).get("backend") or llm.get("backend") or "unknown"),
         "image": _short(m.get("image")),
-        "versions": ", ".join(f"{k} {v}" for k, v in versions.items())
-        if isinstance(versions, dict)
-        else _short(versions),
+        "versions": "in the versions table" if isinstance(versions, dict) else _short(versions),
         "git": _short(git.get("commit") if isinstance(git, dict) else git),
         "impairments": _short(m.get("impairments_applied")) if m.get("impairments_applied") else "none",
         "knobs": _short(_dict(config).get("knobs"))
@@ -123,6 +121,32 @@ def facts(run: RunDir) -> dict[str, str]:
         ),
         "LLM speed (preflight)": _speed(m.get("llm_speed")),
     }
+
+
+def versions(run: RunDir) -> dict[str, str]:
+    """The manifest's versions, flattened to a few rows: the controller's, the nodes' (one value where
+    every node has the same, else per node) and each library the nodes' workload imports."""
+    found = _dict(run.manifest.get("versions"))
+    controller, nodes = _dict(found.get("controller")), _dict(found.get("nodes"))
+    rows = {f"controller {k}": str(controller[k]) for k in ("python", "kernel") if k in controller}
+    rows["controller packages"] = ", ".join(f"{k} {v}" for k, v in _dict(controller.get("packages")).items())
+    for key in ("kernel", "python", "bpftrace", "tcpdump", "workload"):
+        rows[f"nodes: {key}"] = _across({n: _dict(v).get(key) for n, v in nodes.items()})
+    libraries = sorted({lib for v in nodes.values() for lib in _dict(_dict(v).get("libraries"))})
+    for lib in libraries:
+        rows[f"library {lib}"] = _across({n: _dict(_dict(v).get("libraries")).get(lib) for n, v in nodes.items()})
+    llm = _dict(found.get("llm"))
+    if llm:
+        rows["LLM server"] = f"{llm.get('backend', 'unknown')} on {llm.get('node', 'unknown')}"
+    return {k: v for k, v in rows.items() if v}
+
+
+def _across(by_node: dict[str, Any]) -> str:
+    """One value where every node that has it agrees, else `node: value` per node."""
+    present = {node: str(value) for node, value in by_node.items() if value}
+    if len(set(present.values())) <= 1:
+        return next(iter(present.values()), "")
+    return "; ".join(f"{node}: {value}" for node, value in sorted(present.items()))
 
 
 def _timeouts(config: dict) -> str:

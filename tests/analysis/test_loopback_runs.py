@@ -11,10 +11,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
 
 import analysis
+from analysis import plots
 from analysis.pipeline import RunAnalysis
 from analysis.sweep import Cell, write_sweep_report
 from tests.analysis.checks import (
@@ -23,6 +25,7 @@ from tests.analysis.checks import (
     assert_flows_agree_with_handshakes,
     hops_per_task,
 )
+from tests.analysis.layout import layout_problems, rendered, text_overlaps
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1500)]
 
@@ -103,6 +106,17 @@ def test_comparison_report_puts_the_scenarios_side_by_side(loop_runs: dict[str, 
         assert "different set-ups" in analysis.compare(runs, tmp_path / "mixed").read_text()
     finally:
         (runs[0] / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_reports_render_without_overlaps_or_sideways_scrolling(loop_runs: dict[str, Path], tmp_path: Path) -> None:
+    results = [analysis.analyze_run(loop_runs[s]) for s in ("baseline", "simple", "multihop")]
+    comparison = analysis.compare_results(results, tmp_path / "comparison")
+    for page in (comparison, results[2].run.path / "report.html"):
+        assert layout_problems(rendered(page, tmp_path)) == [], page
+    for stem, fig, _ in [*plots.comparison_plots(results), *plots.run_plots(results[2])]:
+        assert text_overlaps(fig) == [], stem
+        plt.close(fig)
+    assert [r.label for r in results] == ["baseline", "simple", "multihop"]  # short labels; the facts give run ids
 
 
 def test_a_sweep_report_gives_intervals_and_the_effect_against_the_baseline(
