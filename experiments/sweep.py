@@ -454,14 +454,14 @@ def run_sweep(
 ) -> SweepState:
     """`lab sweep FILE`: every cell validated, the runs not yet complete run through the controller,
     then the sweep report over every cell's complete runs (its path in the returned state's `report`)."""
-    from analysis.sweep import Cell as ReportCell
-    from analysis.sweep import write_sweep_report
-
     sweep = load_sweep(file, lab)
     root = controller.runs_root(lab)
     outcome = execute(
         sweep, root, lambda scenario, path: controller.run(lab, scenario, path, reporter), progress, fresh
     )
+    from analysis.sweep import Cell as ReportCell  # pandas and the plots: only once the runs are done
+    from analysis.sweep import write_sweep_report
+
     state = outcome.state
     cells = []
     for cell in state.cells:
