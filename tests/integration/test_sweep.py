@@ -5,10 +5,7 @@ interrupted one recorded as superseded, every run complete and one sweep report 
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,24 +13,11 @@ import pytest
 import yaml
 
 from experiments.sweep import finished, run_dirs_of
-from tests.conftest import lab_cli
+from tests.conftest import lab_cli, start_lab_cli
 
 pytestmark = pytest.mark.integration
 
 NAME = "sweep-it"
-
-
-def start_sweep(config: Path, path: Path) -> subprocess.Popen[str]:
-    """`lab sweep` started as a script's background job (`cmd &`) is: with SIGINT ignored."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "lab", "--config", str(config), "sweep", str(path)],
-        cwd=config.parent,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "COLUMNS": "200"},
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
-    )
 
 
 def sweep_runs(runs: Path) -> list[Path]:
@@ -65,7 +49,7 @@ def test_a_sweep_interrupted_after_its_first_run_resumes_and_completes(deployed_
         )
     )
     started = time.monotonic()
-    sweep = start_sweep(config, path)
+    sweep = start_lab_cli(config, "sweep", str(path))
     wait_for(lambda: any(finished(p) for p in sweep_runs(runs)), "no run of the sweep finished")
     wait_for(lambda: len(sweep_runs(runs)) == 2, "the sweep's second run did not start")
     sweep.send_signal(signal.SIGINT)
