@@ -125,7 +125,6 @@ def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
 def load_sweep(path: Path, lab: LabConfig) -> Sweep:
     """The sweep file with every cell's scenario validated; the first problem is a ConfigError naming
     the file, the cell and the key."""
-    content = path.read_bytes() if path.is_file() else b""
     data = read_yaml(path, "pass the path of a sweep .yaml file (see experiments/sweeps/)")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping (scenario, overrides, grid, repetitions, seed)")
@@ -139,8 +138,8 @@ def load_sweep(path: Path, lab: LabConfig) -> Sweep:
     cells = []
     for index, params in enumerate(combinations, start=1):
         label = f"c{index:0{width}d}"
-        cells.append(Cell(label, params, _cell_scenario(spec, path, lab, f"{name}-{label}", params)))
-    return Sweep(name, path, hashlib.sha256(content).hexdigest(), spec.seed, spec.repetitions, cells)
+        cells.append(Cell(label, params, _cell_scenario(spec, path, lab, f"{name}-{label}", label, params)))
+    return Sweep(name, path, hashlib.sha256(path.read_bytes()).hexdigest(), spec.seed, spec.repetitions, cells)
 
 
 def _check_keys(spec: SweepFile, path: Path) -> None:
@@ -153,15 +152,17 @@ def _check_keys(spec: SweepFile, path: Path) -> None:
                 raise ConfigError(
                     f"{path}: {section}.{key}: the base scenario is the sweep's `scenario` (or the grid key `scenario`)"
                 )
-    if spec.scenario is None and BASE_KEY not in spec.grid and "workload" not in spec.overrides:
+    if spec.scenario is None and BASE_KEY not in spec.grid and "workload" not in {*spec.overrides, *spec.grid}:
         raise ConfigError(
             f"{path}: no base scenario; add `scenario: baseline` (a name or a .yaml path) or give every "
             "scenario key a run needs (workload, tasks) under `overrides`"
         )
 
 
-def _cell_scenario(spec: SweepFile, path: Path, lab: LabConfig, name: str, params: dict[str, Any]) -> Scenario:
-    where = f"{path}: cell {name.rsplit('-', 1)[1]} ({describe(params) or 'no grid'})"
+def _cell_scenario(
+    spec: SweepFile, path: Path, lab: LabConfig, name: str, label: str, params: dict[str, Any]
+) -> Scenario:
+    where = f"{path}: cell {label} ({describe(params) or 'no grid'})"
     base = params.get(BASE_KEY, spec.scenario)
     data = _base_scenario(base, path, where) if base is not None else {}
     for key, value in [*spec.overrides.items(), *((k, v) for k, v in params.items() if k != BASE_KEY)]:
