@@ -207,9 +207,9 @@ def seen_only(obs: pd.DataFrame, records: list[pd.DataFrame]) -> pd.DataFrame:
         daddr=("daddr", "first"),
         dport=("dport", "first"),
     )
-    return out.astype({"start_ns": "int64", "end_ns": "int64", "sport": "int64", "dport": "int64"}).assign(
-        closed=False, direction="seen"
-    )
+    return out.astype(
+        {"key": "int64", "start_ns": "int64", "end_ns": "int64", "sport": "int64", "dport": "int64"}
+    ).assign(closed=False, direction="seen")
 
 
 def connections(obs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -180,14 +180,20 @@ def scenario_summary(
     retrans: pd.DataFrame,
     burst_sizes: pd.Series,
 ) -> dict[str, float]:
-    """The headline figures of one run (warm-up tasks excluded from per-task means)."""
+    """The headline figures of one run: the measured tasks' traffic only (warm-up tasks, SSH, connections
+    from before the run and traffic no call made are left out: `excluded` counts them)."""
     counted = per_task[~per_task["warmup"]]
+    measured = counted["trace_id"]
     lab = conns[conns["lab"]]
-    retx = retrans_rate(retrans.assign(all=1), packets.assign(all=1), ["all"])
+    rtt = rtt[rtt["trace_id"].isin(measured)]
+    conns = conns[conns["trace_id"].isin(measured)]
+    task_packets = packets[packets["trace_id"].isin(measured)]
+    retx = retrans_rate(retrans[retrans["trace_id"].isin(measured)].assign(all=1), task_packets.assign(all=1), ["all"])
     total_ns = counted[[f"{p}_ns" for p in BREAKDOWN]].sum()
     summary = {
         "tasks": float(len(counted)),
         "ok_share": float(counted["ok"].mean()) if len(counted) else float("nan"),
+        "task_s_mean": float(counted["duration_ns"].mean() / 1e9),
         "task_s_p50": float(counted["duration_ns"].median() / 1e9),
         "task_s_p90": float(counted["duration_ns"].quantile(0.9) / 1e9),
         "flows_per_task": float(counted["flows"].mean()),
@@ -214,3 +220,29 @@ def scenario_summary(
     shares = total_ns / total_ns.sum() if total_ns.sum() > 0 else total_ns * np.nan
     summary.update({f"share_{p}": float(shares[f"{p}_ns"]) for p in BREAKDOWN})
     return summary
+
+
+def excluded(per_task: pd.DataFrame, conns: pd.DataFrame, packets: pd.DataFrame, rtt: pd.DataFrame) -> pd.DataFrame:
+    """What the headline leaves out, by why: connections, packets and RTT windows of warm-up tasks, of
+    calls outside any task (a session opened before the first one), and of connections no call made
+    (SSH, the controller, connections older than the run: their join labels)."""
+    warmup = per_task.loc[per_task["warmup"], "trace_id"]
+    measured = per_task.loc[~per_task["warmup"], "trace_id"]
+    reason = pd.Series(
+        np.select(
+            [conns["trace_id"].isin(measured), conns["trace_id"].isin(warmup), conns["call_id"].notna()],
+            ["measured tasks", "warm-up tasks", "calls outside a task"],
+            conns["label"],
+        ),
+        index=conns["conn_id"],
+    )
+    out = pd.DataFrame(
+        {
+            "connections": reason.value_counts(),
+            "packets": packets["conn_id"].map(reason).fillna("no connection").value_counts(),
+            "rtt windows": rtt["conn_id"].map(reason).fillna("no connection").value_counts(),
+        }
+    )
+    out = out.fillna(0).astype(np.int64)
+    out.index.name = "traffic of"
+    return out

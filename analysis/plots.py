@@ -14,9 +14,11 @@ import seaborn as sns
 from matplotlib.figure import Figure
 
 from analysis.metrics import BREAKDOWN, WINDOW_NS
+from analysis.stats import concurrent_flows
 
 if TYPE_CHECKING:
     from analysis.pipeline import RunAnalysis
+    from analysis.sweep import CellResult
 
 Plot = tuple[str, Figure, str]  # file stem, figure, caption
 sns.set_theme(style="whitegrid", context="notebook")
@@ -31,11 +33,17 @@ def _empty(ax: plt.Axes, what: str) -> None:
     ax.text(0.5, 0.5, f"no {what} in the data", ha="center", va="center", transform=ax.transAxes)
 
 
-def _ecdf(data: pd.DataFrame, column: str, what: str, xlabel: str, ylabel: str) -> Figure:
-    """A log-scale CDF of `column`, one line per run, or a note that there is nothing to plot."""
+def _ecdf(data: pd.DataFrame, column: str, what: str, xlabel: str, ylabel: str, complementary: bool = False) -> Figure:
+    """A log-scale CDF (or CCDF, log-log) of `column`, one line per run (a `weight` column weighs the
+    values), or a note that there is nothing to plot."""
     fig, ax = plt.subplots(figsize=(7, 4))
     if len(data):
-        sns.ecdfplot(data=data, x=column, hue="run", log_scale=True, ax=ax)
+        weights = "weight" if "weight" in data else None
+        sns.ecdfplot(
+            data=data, x=column, hue="run", weights=weights, complementary=complementary, log_scale=True, ax=ax
+        )
+        if complementary:
+            ax.set_yscale("log")
     else:
         _empty(ax, what)
     ax.set(xlabel=xlabel, ylabel=ylabel)
@@ -255,3 +263,79 @@ def comparison_plots(results: list[RunAnalysis]) -> list[Plot]:
         retransmissions(results),
         *per_run,
     ]
+
+
+# --- sweeps: distributions pooled over each cell's repetitions ------------------------------------
+
+
+def _pooled_conns(cells: list[CellResult]) -> pd.DataFrame:
+    """The lab connections (opened during the run, to a lab service) of every repetition, by cell."""
+    parts = [
+        r.joined.conns.loc[r.joined.conns["lab"], ["conn_id", "bytes", "lifetime_ns"]].assign(run=c.cell.label)
+        for c in cells
+        for r in c.results
+    ]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["bytes", "lifetime_ns", "run"])
+
+
+def flow_size_ccdf(cells: list[CellResult]) -> Plot:
+    data = _pooled_conns(cells)
+    fig = _ecdf(
+        data[data["bytes"] > 0], "bytes", "flow sizes", "bytes per connection (log)", "share larger", complementary=True
+    )
+    return (
+        "flow_size_ccdf",
+        fig,
+        "CCDF of lab connection sizes (payload bytes both ways), every repetition of each cell pooled.",
+    )
+
+
+def flow_duration_ccdf(cells: list[CellResult]) -> Plot:
+    data = _pooled_conns(cells).assign(lifetime_ms=lambda d: d["lifetime_ns"] / 1e6)
+    fig = _ecdf(
+        data[data["lifetime_ms"] > 0],
+        "lifetime_ms",
+        "flow durations",
+        "connection lifetime, ms (log)",
+        "share longer",
+        complementary=True,
+    )
+    return (
+        "flow_duration_ccdf",
+        fig,
+        (
+            "CCDF of lab connection lifetimes (SYN to close; a connection still open at the stop counts "
+            "until then), every repetition of each cell pooled."
+        ),
+    )
+
+
+def concurrency_ccdf(cells: list[CellResult]) -> Plot:
+    parts = []
+    for cell in cells:
+        for r in cell.results:
+            lab = r.joined.conns.loc[r.joined.conns["lab"], "conn_id"]
+            ends = r.joined.flows[r.joined.flows["conn_id"].isin(lab)]
+            held = concurrent_flows(ends)
+            parts.append(pd.DataFrame({"open": held["open"], "weight": held["duration_ns"], "run": cell.cell.label}))
+    data = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["open", "weight", "run"])
+    fig = _ecdf(
+        data[data["open"] > 0],
+        "open",
+        "open connections",
+        "lab connections open at once on a node (log)",
+        "share of time above",
+        complementary=True,
+    )
+    return (
+        "concurrency_ccdf",
+        fig,
+        (
+            "CCDF over time of the number of lab connections open at once on a node (each node's ends, "
+            "weighted by how long each count held while any was open), repetitions pooled."
+        ),
+    )
+
+
+def sweep_plots(cells: list[CellResult]) -> list[Plot]:
+    return [flow_size_ccdf(cells), flow_duration_ccdf(cells), concurrency_ccdf(cells)]

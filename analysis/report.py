@@ -7,13 +7,15 @@ import base64
 import html
 import io
 import math
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from analysis import plots
+from analysis import metrics, plots, stats
+from analysis.cells import Cell, CellResult, effects, measure
 from analysis.rundir import facts
 
 if TYPE_CHECKING:
@@ -23,6 +25,7 @@ if TYPE_CHECKING:
 HEADLINE: dict[str, tuple[str, str]] = {
     "tasks": ("tasks measured (warm-up excluded)", "{:.0f}"),
     "ok_share": ("tasks answered ok", "{:.0%}"),
+    "task_s_mean": ("task duration, mean (s)", "{:.3f}"),
     "task_s_p50": ("task duration p50 (s)", "{:.3f}"),
     "task_s_p90": ("task duration p90 (s)", "{:.3f}"),
     "flows_per_task": ("TCP connections used per task", "{:.2f}"),
@@ -31,11 +34,11 @@ HEADLINE: dict[str, tuple[str, str]] = {
     "llm_calls_per_task": ("LLM calls per task", "{:.2f}"),
     "packets_per_task": ("packets per task", "{:.0f}"),
     "bytes_per_task": ("bytes on the wire per task", "{:,.0f}"),
-    "rtt_us_p50": ("RTT p50 (µs)", "{:.0f}"),
-    "rtt_us_p90": ("RTT p90 (µs)", "{:.0f}"),
-    "rtt_us_p99": ("RTT p99 (µs)", "{:.0f}"),
-    "rtt_us_p99.9": ("RTT p99.9 (µs)", "{:.0f}"),
-    "rtt_us_max": ("RTT max, any segment (µs)", "{:.0f}"),
+    "rtt_us_p50": ("smoothed RTT at window ends, p50 (µs)", "{:.0f}"),
+    "rtt_us_p90": ("smoothed RTT at window ends, p90 (µs)", "{:.0f}"),
+    "rtt_us_p99": ("smoothed RTT at window ends, p99 (µs)", "{:.0f}"),
+    "rtt_us_p99.9": ("smoothed RTT at window ends, p99.9 (µs)", "{:.0f}"),
+    "rtt_us_max": ("smoothed RTT max, any segment (µs)", "{:.0f}"),
     "retrans_rate": ("retransmission rate (per data segment)", "{:.4f}"),
     "lifetime_ms_p50": ("connection lifetime p50 (ms)", "{:.1f}"),
     "lifetime_ms_p90": ("connection lifetime p90 (ms)", "{:.1f}"),
@@ -83,6 +86,68 @@ def headline(results: list[RunAnalysis]) -> pd.DataFrame:
     )
     frame.index.name = "metric"
     return frame
+
+
+HEADLINE_NOTE = (
+    "<p>Counted: the measured tasks' traffic only. Warm-up tasks, calls outside a task, SSH, the "
+    "controller and connections older than the run are left out of these figures and counted in "
+    "<i>Left out of the headline</i>. RTT is the kernel's smoothed RTT (srtt) at the end of each "
+    "rtt-probe window of a socket, and its highest value within the window for the max.</p>"
+)
+
+
+def intervals(cells: list[CellResult], keys: Iterable[str] = HEADLINE) -> pd.DataFrame:
+    """Each headline metric (of `keys`) per cell: mean [95 % bootstrap interval] over the cell's units."""
+    shown = {key: HEADLINE[key] for key in keys}
+    frame = pd.DataFrame(
+        {
+            f"{c.cell.label} (n = {c.intervals['flows_per_task'].n} {c.unit})": {
+                label: c.intervals[key].format(pattern) if key in c.intervals else "–"
+                for key, (label, pattern) in shown.items()
+            }
+            for c in cells
+        }
+    )
+    frame.index.name = f"metric: mean [{stats.LEVEL:.0%} interval]"
+    return frame
+
+
+def effects_table(found: pd.DataFrame) -> pd.DataFrame:
+    """Agentic minus baseline per metric, the ratio, and whether the cells' intervals overlap."""
+    if found.empty:
+        return pd.DataFrame({"": ["no baseline at the same setting: no effect to report"]}).set_index("")
+    pattern = {key: p for key, (_, p) in HEADLINE.items()}
+    rows = pd.DataFrame(
+        {
+            "metric": found["metric"].map(lambda k: HEADLINE[k][0] if k in HEADLINE else k),
+            "agentic vs baseline": found["agentic cell"] + " vs " + found["baseline cell"],
+            "units": found["unit"],
+            "difference": [
+                d.format(pattern.get(k, "{:.3g}")) for d, k in zip(found["difference"], found["metric"], strict=True)
+            ],
+            "ratio": [r.format("{:.2f}") for r in found["ratio"]],
+            "intervals overlap": found["overlap"].map({True: "yes: no clear difference", False: "no"}),
+        }
+    )
+    return rows.set_index("metric")
+
+
+def spread(results: list[RunAnalysis]) -> str:
+    """The comparison's intervals (each run's tasks as units) and each agentic run against the baseline run."""
+    cells = [measure(Cell(r.label, {}, [r.run.path]), [r]) for r in results]
+    spread = (
+        f"<h2>Spread: mean and {stats.LEVEL:.0%} bootstrap interval</h2>"
+        f"<p>{stats.RESAMPLES} resamples of each run's units (its tasks, or its repetitions when it has "
+        "several); percentile intervals.</p>" + _table(intervals(cells, stats.TASK_MEANS))
+    )
+    if len(cells) < 2:
+        return spread
+    return spread + "<h2>Agentic vs baseline</h2>" + _table(effects_table(effects(cells)))
+
+
+def left_out(result: RunAnalysis) -> pd.DataFrame:
+    j = result.joined
+    return metrics.excluded(result.per_task, j.conns, j.packets, j.rtt)
 
 
 def facts_table(results: list[RunAnalysis]) -> pd.DataFrame:
@@ -187,7 +252,11 @@ def write_run_report(result: RunAnalysis) -> Path:
         "<h2>What was missing</h2>",
         problems(result),
         "<h2>Headline metrics</h2>",
+        HEADLINE_NOTE,
         _table(headline([result])),
+        spread([result]),
+        "<h2>Left out of the headline</h2>",
+        _table(left_out(result)),
         "<h2>Join quality</h2>",
         JOIN_NOTE,
         _table(join_quality(result)),
@@ -213,7 +282,9 @@ def write_comparison(results: list[RunAnalysis], out: Path) -> Path:
         "<h2>What was missing</h2>",
         *[problems(r) for r in results],
         "<h2>Headline metrics, side by side</h2>",
+        HEADLINE_NOTE,
         _table(headline(results)),
+        spread(results),
         "<h2>Per hop kind</h2>",
         *[f"<h3>{html.escape(r.label)}</h3>" + _table(hops(r)) for r in results],
         "<h2>Plots</h2>",
@@ -221,4 +292,45 @@ def write_comparison(results: list[RunAnalysis], out: Path) -> Path:
     ]
     path = out / "report.html"
     path.write_text(_page("Comparison: " + " vs ".join(r.run.scenario for r in results), body))
+    return path
+
+
+def write_sweep(cells: list[CellResult], found: pd.DataFrame, out: Path) -> Path:
+    """The sweep report: the grid, facts, each cell's intervals across repetitions, effects, pooled CCDFs."""
+    runs = [r for c in cells for r in c.results]
+    grid = pd.DataFrame(
+        [
+            {
+                "cell": c.cell.label,
+                **{k: str(v) for k, v in c.cell.params.items()},
+                "workload": c.workload,
+                "repetitions": len(c.results),
+                "runs": ", ".join(r.run.run_id for r in c.results),
+            }
+            for c in cells
+        ]
+    ).set_index("cell")
+    figures = [_figure(stem, fig, caption, out / "plots") for stem, fig, caption in plots.sweep_plots(cells)]
+    body = [
+        mixed_setups(runs),
+        "<h2>The grid</h2>",
+        _table(grid),
+        "<h2>What was measured</h2>",
+        _table(facts_table([c.results[0] for c in cells])),
+        "<h2>What was missing</h2>",
+        *[problems(r) for r in runs],
+        f"<h2>Headline metrics: mean and {stats.LEVEL:.0%} bootstrap interval across repetitions</h2>",
+        HEADLINE_NOTE,
+        f"<p>{stats.RESAMPLES} resamples of the cell's repetitions (of its tasks when it has one); percentile "
+        "intervals.</p>",
+        _table(intervals(cells)),
+        "<h2>Agentic vs baseline at the same setting</h2>",
+        "<p>Difference and ratio of means (agentic over baseline) with their bootstrap intervals; "
+        "<i>intervals overlap</i> flags the metrics where the two cells' own intervals overlap.</p>",
+        _table(effects_table(found)),
+        "<h2>Distributions, repetitions pooled</h2>",
+        *figures,
+    ]
+    path = out / "report.html"
+    path.write_text(_page(f"Sweep: {len(cells)} cells, {len(runs)} runs", body))
     return path

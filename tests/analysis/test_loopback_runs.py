@@ -16,6 +16,7 @@ import pytest
 
 import analysis
 from analysis.pipeline import RunAnalysis
+from analysis.sweep import Cell, write_sweep_report
 from tests.analysis.checks import (
     assert_baseline_matches_the_call_graph,
     assert_every_agentic_task_has_an_llm_flow,
@@ -75,6 +76,7 @@ def test_run_outputs_are_written_and_the_report_is_self_contained(analysed: dict
     assert summary["scenario"] == "multihop" and summary["problems"] == []
     page = (path / "report.html").read_text()
     assert "loopback" in page and "container" in page and "Headline metrics" in page
+    assert "Left out of the headline" in page and "bootstrap interval" in page
     assert (
         len(re.findall(r'<img [^>]*src="data:image/png;base64,', page))
         == len(list((path / "plots").glob("*.png")))
@@ -88,12 +90,34 @@ def test_comparison_report_puts_the_scenarios_side_by_side(loop_runs: dict[str, 
     page = analysis.compare(runs, tmp_path).read_text()
     assert "baseline vs simple vs multihop" in page
     assert "different set-ups" not in page
+    assert "bootstrap interval" in page and "Agentic vs baseline" in page and "Left out of the headline" not in page
     manifest = json.loads((runs[0] / "manifest.json").read_text())
     (runs[0] / "manifest.json").write_text(json.dumps({**manifest, "provider": "libvirt", "accelerator": "kvm"}))
     try:
         assert "different set-ups" in analysis.compare(runs, tmp_path / "mixed").read_text()
     finally:
         (runs[0] / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_a_sweep_report_gives_intervals_and_the_effect_against_the_baseline(
+    loop_runs: dict[str, Path], tmp_path: Path
+) -> None:
+    repeated = [shutil.copytree(loop_runs["baseline"], tmp_path / f"baseline-r{i}") for i in (1, 2)]
+    cells = [
+        Cell("c1", {"workload": "baseline", "load.concurrency": 1}, repeated),
+        Cell("c2", {"workload": "multihop", "load.concurrency": 1}, [loop_runs["multihop"]]),
+        Cell("c3", {"workload": "simple", "load.concurrency": 2}, [loop_runs["simple"]]),  # no baseline at 2
+    ]
+    page = write_sweep_report(cells, tmp_path / "sweep").read_text()
+    assert "The grid" in page and "Agentic vs baseline at the same setting" in page
+    summary = json.loads((tmp_path / "sweep" / "sweep-summary.json").read_text())
+    by_cell = {c["label"]: c for c in summary["cells"]}
+    assert by_cell["c1"]["unit"] == "repetitions" and by_cell["c1"]["metrics"]["flows_per_task"]["n"] == 2
+    assert by_cell["c2"]["unit"] == "tasks" and by_cell["c2"]["workload"] == "multihop"
+    assert {e["agentic cell"] for e in summary["effects"]} == {"c2"}
+    flows = next(e for e in summary["effects"] if e["metric"] == "flows_per_task")
+    assert flows["difference"]["mean"] > 0 and flows["ratio"]["mean"] > 1
+    assert len(list((tmp_path / "sweep" / "plots").glob("*_ccdf.png"))) == 3
 
 
 def test_a_damaged_run_is_analysed_as_far_as_the_data_allows(loop_runs: dict[str, Path], tmp_path: Path) -> None:

@@ -311,6 +311,10 @@ def test_runners_left_by_a_killed_controller_are_stopped_by_the_next_run(deploye
     assert f"pid {left}" in stale["agent-b"] and "baseline-orphaned" in stale["agent-b"]
     assert lab_cli(config, "ssh", "agent-b", "--", "sudo", "kill", "-0", str(left), check=False).returncode != 0
     assert m["tasks"]["ok"] == 3
+    killed = analysis.analyze_run(run_dir(config, "baseline-orphaned"))  # no node data: reported, not a crash
+    assert (
+        any(p.where.startswith("nodes/") for p in killed.run.problems) and (killed.run.path / "report.html").is_file()
+    )
 
 
 def test_an_impairment_is_applied_recorded_and_removed(deployed_lab, tmp_path):
