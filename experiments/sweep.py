@@ -22,6 +22,8 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from analysis.sweep import Cell as ReportCell
+from analysis.sweep import write_sweep_report
 from experiments import controller
 from experiments.manifest import MANIFEST
 from experiments.progress import Reporter
@@ -32,9 +34,11 @@ from lab.validation import read_yaml, validate
 
 STATE = "sweep.json"
 STATE_VERSION = 1
-BASE_KEY = "scenario"
-"""The grid key that picks each cell's base scenario (a name or a .yaml path) instead of setting a key."""
-RESERVED = {"name": "the sweep names its runs", "repetitions": "use the sweep's own `repetitions`"}
+RESERVED = {
+    "name": "the sweep names its runs",
+    "repetitions": "use the sweep's own `repetitions`",
+    "scenario": "the base scenario is the sweep's own `scenario`; vary the grid key `workload` instead",
+}
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}")
 RUN_ID_STAMP = r"\d{8}T\d{6}Z"  # experiments.controller.new_run_id
 
@@ -148,11 +152,7 @@ def _check_keys(spec: SweepFile, path: Path) -> None:
             top = key.split(".")[0]
             if top in RESERVED:
                 raise ConfigError(f"{path}: {section}.{key}: {RESERVED[top]}; remove it from {section}")
-            if top == BASE_KEY and (section == "overrides" or key != BASE_KEY):
-                raise ConfigError(
-                    f"{path}: {section}.{key}: the base scenario is the sweep's `scenario` (or the grid key `scenario`)"
-                )
-    if spec.scenario is None and BASE_KEY not in spec.grid and "workload" not in {*spec.overrides, *spec.grid}:
+    if spec.scenario is None and "workload" not in {*spec.overrides, *spec.grid}:
         raise ConfigError(
             f"{path}: no base scenario; add `scenario: baseline` (a name or a .yaml path) or give every "
             "scenario key a run needs (workload, tasks) under `overrides`"
@@ -163,9 +163,8 @@ def _cell_scenario(
     spec: SweepFile, path: Path, lab: LabConfig, name: str, label: str, params: dict[str, Any]
 ) -> Scenario:
     where = f"{path}: cell {label} ({describe(params) or 'no grid'})"
-    base = params.get(BASE_KEY, spec.scenario)
-    data = _base_scenario(base, path, where) if base is not None else {}
-    for key, value in [*spec.overrides.items(), *((k, v) for k, v in params.items() if k != BASE_KEY)]:
+    data = _base_scenario(spec.scenario, path, where) if spec.scenario is not None else {}
+    for key, value in [*spec.overrides.items(), *params.items()]:
         try:
             set_dotted(data, key, value)
         except ValueError as exc:
@@ -460,9 +459,6 @@ def run_sweep(
     outcome = execute(
         sweep, root, lambda scenario, path: controller.run(lab, scenario, path, reporter), progress, fresh
     )
-    from analysis.sweep import Cell as ReportCell  # pandas and the plots: only once the runs are done
-    from analysis.sweep import write_sweep_report
-
     state = outcome.state
     cells = []
     for cell in state.cells:

@@ -80,17 +80,17 @@ def test_a_dotted_key_sets_one_value_and_creates_what_is_missing():
         set_dotted({"workload": "baseline"}, "workload.kind", 1)
 
 
-def test_the_shipped_sweep_has_nine_cells_each_with_its_base_scenario():
+def test_the_shipped_sweep_has_nine_cells_over_workload_and_load():
     sweep = load_sweep(REPO / "experiments" / "sweeps" / "load.yaml", LAB)
     assert sweep.name == "load" and sweep.repetitions == 3 and len(sweep.cells) == 9
     assert [c.label for c in sweep.cells[:2]] == ["c01", "c02"]
     first, last = sweep.cells[0], sweep.cells[-1]
-    assert first.params == {"scenario": "baseline", "load.concurrency": 1}
+    assert first.params == {"workload": "baseline", "load.concurrency": 1}
     assert first.scenario.name == "load-c01" and first.scenario.workload == "baseline"
-    assert first.scenario.task_timeout_s == 30 and first.scenario.tasks.count == 20 and first.scenario.warmup == 2
+    assert first.scenario.tasks.count == 20 and first.scenario.warmup == 2 and first.scenario.timeouts.llm_s == 60
     assert last.scenario.workload == "multihop" and last.scenario.load.concurrency == 4
-    assert last.scenario.task_timeout_s == 300 and last.scenario.repetitions == 1
-    assert first.summary == "scenario=baseline, load.concurrency=1"
+    assert last.scenario.repetitions == 1
+    assert first.summary == "workload=baseline, load.concurrency=1"
 
 
 def test_a_base_scenario_path_is_relative_to_the_sweep_file(tmp_path):
@@ -121,6 +121,9 @@ def test_a_node_that_is_not_in_the_lab(tmp_path):
 def test_keys_of_the_sweep_itself(tmp_path):
     assert "grid.repetitions: use the sweep's own `repetitions`" in problem(
         tmp_path, **{**SMALL, "grid": {"repetitions": [1, 2]}}
+    )
+    assert "grid.scenario: the base scenario is the sweep's own `scenario`; vary the grid key `workload`" in problem(
+        tmp_path, **{**SMALL, "grid": {"scenario": ["baseline", "simple"]}}
     )
     assert "no values; give at least one" in problem(tmp_path, **{**SMALL, "grid": {"warmup": []}})
     assert "a value appears twice" in problem(tmp_path, **{**SMALL, "grid": {"warmup": [1, 1]}})

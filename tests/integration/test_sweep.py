@@ -79,3 +79,8 @@ def test_a_sweep_interrupted_after_its_first_run_resumes_and_completes(deployed_
         (("load.concurrency", 2),),
     }
     assert state["report"] and Path(state["report"]).is_file() and f"sweep report: {state['report']}" in result.stdout
+    summary = json.loads((Path(state["report"]).parent / "sweep-summary.json").read_text())
+    by_cell = {c["label"]: c for c in summary["cells"]}
+    for cell in state["cells"]:
+        ran = sorted(Path(r["run_dir"]).name for r in state["runs"] if r["cell"] == cell["label"])
+        assert sorted(by_cell[cell["label"]]["runs"]) == ran and by_cell[cell["label"]]["params"] == cell["params"]
