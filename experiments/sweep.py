@@ -209,7 +209,7 @@ class RunEntry:
     """pending | complete | incomplete (a run directory that did not finish) | failed (stopped before one existed)"""
     run_dir: str | None = None
     superseded: list[str] = field(default_factory=list)
-    """Earlier run directories of this run that did not finish; kept, never deleted."""
+    """The run's other directories (attempts that did not finish): kept, never deleted."""
     duration_s: float | None = None
     error: str | None = None
 
