@@ -17,7 +17,7 @@ APT_PACKAGES=(
   libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils
   libvirt-dev pkg-config gcc libxml2-utils genisoimage dosfstools mtools
   # probes and captures on the host (tests run the collectors here too)
-  bpftrace libbpf-tools bpfcc-tools python3-bpfcc tcpdump nftables
+  bpftrace libbpf-tools bpfcc-tools python3-bpfcc tcpdump nftables ethtool
   # NTP for the lab network (vms/timeserver.py)
   chrony
   # the workload's database, for tests on loopback

@@ -50,8 +50,7 @@ class CellResult:
 
     @property
     def workload(self) -> str:
-        config = (self.results[0].run.manifest.get("scenario") or {}).get("config") or {}
-        return str(self.cell.params.get("workload") or config.get("workload") or "unknown")
+        return str(self.cell.params.get("workload") or self.results[0].run.workload)
 
     def setting(self) -> tuple[tuple[str, str], ...]:
         """The cell's grid values other than the workload: cells with the same setting are compared."""

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis import metrics, report
+from analysis import metrics, report, timescales
 from analysis.join import Joined, join
 from analysis.load import load_run
 from analysis.rundir import RunDir, open_run
@@ -27,6 +27,10 @@ class RunAnalysis:
     hops: pd.DataFrame
     bursts: pd.DataFrame
     summary: dict[str, float]
+    timescales: pd.DataFrame
+    """Variance-time curves: per link and node, IDC and peak-to-mean at each timescale (analysis/timescales.py)."""
+    burstiness: pd.DataFrame
+    """Per link and node: Hurst estimate, peak-to-mean at 10 ms and 1 s, ON/OFF period medians and p90s."""
 
     @property
     def label(self) -> str:
@@ -36,7 +40,8 @@ class RunAnalysis:
 def analyse(path: Path) -> RunAnalysis:
     """Load, join and measure one run (no files written)."""
     run = open_run(path)
-    joined = join(load_run(run), run.scenario)
+    data = load_run(run)
+    joined = join(data, run.scenario)
     per_task = metrics.task_metrics(joined.tasks, joined.calls, joined.used, joined.packets, joined.retrans)
     counted = per_task.loc[~per_task["warmup"], "trace_id"]
     bursts = metrics.bursts(joined.packets[joined.packets["trace_id"].isin(counted)], "trace_id")
@@ -44,7 +49,9 @@ def analyse(path: Path) -> RunAnalysis:
     summary = metrics.scenario_summary(
         per_task, joined.conns, joined.packets, joined.rtt, joined.retrans, bursts["size"]
     )
-    return RunAnalysis(run, joined, per_task, hops, bursts, summary)
+    # every capture point's own packets: the joined table keeps one copy of a packet seen at two nodes
+    curve, burstiness = timescales.summary(data.packets, joined.packets, joined.tasks)
+    return RunAnalysis(run, joined, per_task, hops, bursts, summary, curve, burstiness)
 
 
 def analyze_run(path: Path) -> RunAnalysis:
@@ -80,6 +87,8 @@ def write_tables(result: RunAnalysis) -> list[str]:
         "retrans": j.retrans,
         "hops": result.hops,
         "bursts": result.bursts,
+        "timescales": result.timescales,
+        "burstiness": result.burstiness,
     }
     for name, frame in tables.items():
         frame.to_parquet(out / f"{name}.parquet", index=False)

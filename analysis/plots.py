@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 
 from analysis.metrics import BREAKDOWN, WINDOW_NS
 from analysis.stats import concurrent_flows
+from analysis.timescales import LAB
 
 if TYPE_CHECKING:
     from analysis.pipeline import RunAnalysis
@@ -236,6 +237,35 @@ def _impairment(result: RunAnalysis) -> str:
     return str(applied) if applied else "none"
 
 
+def variance_time(results: list[RunAnalysis], groups: str) -> Plot:
+    """IDC of packet counts against the window length, log-log: per link of one run (`groups` "link") or
+    for the whole lab of each run (`groups` "lab")."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    parts = [r.timescales.assign(run=r.label) for r in results if len(r.timescales)]
+    data = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["group", "run"])
+    data = data[data["group"].str.startswith("link ") if groups == "link" else data["group"] == LAB]
+    if len(data):
+        sns.lineplot(
+            data=data, x="timescale_ms", y="idc_pkts", hue="group" if groups == "link" else "run", marker="o", ax=ax
+        )
+        ax.set(xscale="log", yscale="log")
+        ax.axhline(1, color="grey", linestyle=":", linewidth=1)
+        sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1))
+    else:
+        _empty(ax, "captured packets during the measured tasks")
+    ax.set(xlabel="window length T (ms, log)", ylabel="IDC of packets, Var/mean (log)")
+    what = "each link (node/interface), from its own capture" if groups == "link" else "all lab traffic of each run"
+    return (
+        f"variance_time_{groups}",
+        fig,
+        (
+            f"Variance-time curve of {what}, during the measured tasks: the index of dispersion of packet "
+            "counts in windows of length T. Poisson arrivals stay at 1 (dotted); a curve rising with T is "
+            "bursty across timescales, its slope s giving the Hurst estimate H = (1 + s) / 2."
+        ),
+    )
+
+
 def run_plots(result: RunAnalysis) -> list[Plot]:
     both = [result]
     return [
@@ -246,6 +276,7 @@ def run_plots(result: RunAnalysis) -> list[Plot]:
         burst_timeline(result),
         call_sequence(result),
         retransmissions(both),
+        variance_time(both, "link"),
     ]
 
 
@@ -261,6 +292,7 @@ def comparison_plots(results: list[RunAnalysis]) -> list[Plot]:
         flows_per_task(results),
         latency_breakdown(results),
         retransmissions(results),
+        variance_time(results, "lab"),
         *per_run,
     ]
 

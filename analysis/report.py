@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from analysis import metrics, plots, stats
+from analysis import metrics, plots, published, stats, validation
 from analysis.cells import Cell, CellResult, effects, measure
 from analysis.rundir import facts
 
@@ -243,6 +243,52 @@ JOIN_NOTE = (
 )
 
 
+BURSTINESS_NOTE = (
+    "<p>During the measured tasks, per link (a node's interface, from its own capture), per node and for "
+    "the whole lab (each packet once): the Hurst estimate from the variance-time curve (index of dispersion "
+    "of packet counts over windows of 1 ms to 10 s; 0.5 = no long-range dependence), the busiest window's "
+    "packets over the mean at 10 ms and 1 s, and ON/OFF periods (ON while packets follow within 1 ms). "
+    "Definitions and sources: analysis/timescales.py.</p>"
+)
+
+
+PUBLISHED_NOTE = (
+    "<p>The measured tasks' lab connections, measured as published studies of AI traffic measured theirs "
+    "(sources and definitions: analysis/published.py). Those studies saw WAN traffic to hosted models; the "
+    "lab's hops are a LAN's, so read the direction of each difference, not its size.</p>"
+)
+
+
+def burstiness(result: RunAnalysis) -> str:
+    if result.burstiness.empty:
+        return "<p>No packets captured during the measured tasks.</p>"
+    return BURSTINESS_NOTE + _table(result.burstiness.set_index("group").round(3))
+
+
+def checks(result: RunAnalysis, full: bool) -> str:
+    """The validation of one run: its warnings, then the handshake cross-check (and, in full, the
+    probes' losses and the clocks' error budget)."""
+    found = validation.warnings(result)
+    verdict = (
+        '<div class="warn"><ul>' + "".join(f"<li>{html.escape(w)}</li>" for w in found) + "</ul></div>"
+        if found
+        else '<p class="ok">Every captured handshake joined a probe connection; no probe record lost; '
+        "every clock known within the join window; no CPU steal, saturation or overcommit seen.</p>"
+    )
+    parts = [verdict, _table(validation.handshakes(result))]
+    if full:
+        parts += [_table(validation.probe_losses(result.run).set_index("node"))]
+        clocks = validation.clock_budget(result.run)
+        parts += [_table(clocks.set_index("node")) if len(clocks) else "<p>No clock offsets in the manifest.</p>"]
+        hosts = validation.conditions(result.run)
+        parts += [
+            _table(hosts.set_index("node").round(3))
+            if len(hosts)
+            else "<p>CPU and offload conditions not recorded (a run from before they were).</p>"
+        ]
+    return "".join(parts)
+
+
 def write_run_report(result: RunAnalysis) -> Path:
     directory = result.run.path / "plots"
     figures = [_figure(stem, fig, caption, directory) for stem, fig, caption in plots.run_plots(result)]
@@ -251,6 +297,8 @@ def write_run_report(result: RunAnalysis) -> Path:
         _table(facts_table([result])),
         "<h2>What was missing</h2>",
         problems(result),
+        "<h2>Validation</h2>",
+        checks(result, full=True),
         "<h2>Headline metrics</h2>",
         HEADLINE_NOTE,
         _table(headline([result])),
@@ -262,6 +310,11 @@ def write_run_report(result: RunAnalysis) -> Path:
         _table(join_quality(result)),
         "<h2>Per hop kind</h2>",
         _table(hops(result)),
+        "<h2>Burstiness across timescales</h2>",
+        burstiness(result),
+        "<h2>Beside published figures</h2>",
+        PUBLISHED_NOTE,
+        _table(published.table([result])),
         "<h2>Plots</h2>",
         *figures,
         "<h2>Per task</h2>",
@@ -281,12 +334,19 @@ def write_comparison(results: list[RunAnalysis], out: Path) -> Path:
         _table(facts_table(results)),
         "<h2>What was missing</h2>",
         *[problems(r) for r in results],
+        "<h2>Validation</h2>",
+        *[f"<h3>{html.escape(r.label)}</h3>" + checks(r, full=False) for r in results],
         "<h2>Headline metrics, side by side</h2>",
         HEADLINE_NOTE,
         _table(headline(results)),
         spread(results),
         "<h2>Per hop kind</h2>",
         *[f"<h3>{html.escape(r.label)}</h3>" + _table(hops(r)) for r in results],
+        "<h2>Burstiness across timescales</h2>",
+        *[f"<h3>{html.escape(r.label)}</h3>" + burstiness(r) for r in results],
+        "<h2>Beside published figures</h2>",
+        PUBLISHED_NOTE,
+        _table(published.table(results)),
         "<h2>Plots</h2>",
         *figures,
     ]

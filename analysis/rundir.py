@@ -37,6 +37,12 @@ class RunDir:
         name = scenario.get("name") if isinstance(scenario, dict) else scenario
         return str(name or "unknown")
 
+    @property
+    def workload(self) -> str:
+        """What ran (baseline, simple, multihop): the scenario's `workload`, else its name (older runs)."""
+        config = _dict(_dict(self.manifest.get("scenario")).get("config"))
+        return str(config.get("workload") or self.scenario)
+
     def note(self, where: Path | str, what: str) -> None:
         self.problems.append(Problem(str(where), what))
 
@@ -112,6 +118,9 @@ def facts(run: RunDir) -> dict[str, str]:
         if _dict(config).get("knobs")
         else "not recorded (run before knobs existed)",
         "timeouts": _timeouts(config),
+        "offloads": {"off": "GSO/TSO/GRO off on the lab interfaces: wire-sized packets"}.get(
+            str(config.get("offload")), "as the provider set them (see Validation: captured segments may be coalesced)"
+        ),
         "LLM speed (preflight)": _speed(m.get("llm_speed")),
     }
 

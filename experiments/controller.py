@@ -8,6 +8,7 @@ manifest as a fault; whatever the other nodes measured is still pulled and kept.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import threading
 import time
@@ -254,8 +255,10 @@ class Experiment:
         interrupted = False
         try:
             self._clock("start")
+            self._offload()
             self._impair()
             self._start_probes()
+            self._conditions("start")
             interrupted = self._drive()
         except KeyboardInterrupt:
             interrupted = True
@@ -287,6 +290,46 @@ class Experiment:
     def _clock(self, when: str) -> None:
         for node, offset in self._each(f"clock offset ({when})", lambda s: s.clock()).items():
             self.manifest.clock_offsets.setdefault(node, {})[when] = asdict(offset)
+
+    def _conditions(self, when: str) -> None:
+        """CPU counters, load and offloads of every node and of the controller's host (manifest `conditions`)."""
+        answers = self._each(
+            f"conditions not read ({when})", lambda s: s.step("conditions", timeout=60, address=s.node.address)
+        )
+        host = {"cpu": node_script.cpu_times(), "cpus": os.cpu_count(), "loadavg": os.getloadavg()[0]}
+        for node, answer in {**answers, "controller": host}.items():
+            self.manifest.conditions.setdefault(node, {})[when] = answer
+
+    def _offload(self) -> None:
+        """`offload: off`: GSO/TSO/GRO off on every node's lab interface (features fixed by the driver stay)."""
+        if self.scenario.offload == "keep":
+            return
+        self.reporter.phase("offloads: GSO, TSO and GRO off on every lab interface")
+        read = self._each("offloads not read", lambda s: s.step("conditions", address=s.node.address))
+        before = {node: answer["offload"] for node, answer in read.items()}
+        changed = self._each(
+            "offloads not turned off",
+            lambda s: s.step("set_offload", address=s.node.address, state=_settable(before[s.node.name], "off")),
+            [s for s in self.sessions if s.node.name in before],
+        )
+        for node, after in changed.items():
+            self.manifest.offload[node] = {"before": before[node], "after": after}
+        if len(changed) < len(self.sessions):
+            raise LabError(
+                "offloads could not be turned off on every node (see the faults above); nothing was measured"
+            )
+
+    def _restore_offload(self) -> None:
+        changed = [s for s in self.sessions if s.node.name in self.manifest.offload]
+        restored = self._each(
+            "offloads not restored",
+            lambda s: s.step(
+                "set_offload", address=s.node.address, state=_settable(self.manifest.offload[s.node.name]["before"])
+            ),
+            changed,
+        )
+        for node, now in restored.items():
+            self.manifest.offload[node]["restored"] = now
 
     def _impair(self) -> None:
         links: dict[str, list[dict]] = defaultdict(list)
@@ -392,6 +435,7 @@ class Experiment:
 
     def _finish(self) -> None:
         if self.probes_started:
+            self._conditions("end")
             self.reporter.phase("stopping probes")
         stopped = (
             self._each(f"probes did not stop; their data stays on the node in {self.sessions[0].run_dir}", self._stop)
@@ -400,6 +444,7 @@ class Experiment:
         )
         if self.impaired:
             self._each("impairment not removed", lambda s: s.step("unimpair", address=s.node.address), self.impaired)
+        self._restore_offload()
         if stopped:
             self.reporter.phase("pulling files")
             parallel(
@@ -435,6 +480,11 @@ class Experiment:
                 session.step("cleanup", run_dir=session.run_dir)
         except NodeError as exc:
             self.fault(node, f"{exc}; what was not pulled stays on the node in {session.run_dir}")
+
+
+def _settable(features: dict[str, str], to: str | None = None) -> dict[str, str]:
+    """The offloads a driver lets change ("on [fixed]" stays), each set `to` or back to its value."""
+    return {k: to or v.split()[0] for k, v in features.items() if "fixed" not in v and not v.startswith("unknown")}
 
 
 def _versions(checks: dict[str, dict], workload: str) -> dict[str, Any]:

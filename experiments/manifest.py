@@ -62,6 +62,8 @@ class Manifest:
     probes: dict[str, dict[str, Any]] = field(default_factory=dict)
     probe_cpu_s: dict[str, dict[str, float | None]] = field(default_factory=dict)  # node -> probe_cpu()
     impairments_applied: list[dict[str, Any]] = field(default_factory=list)
+    conditions: dict[str, dict[str, Any]] = field(default_factory=dict)  # node|controller -> start|end -> conditions
+    offload: dict[str, dict[str, Any]] = field(default_factory=dict)  # node -> {before, after, restored}
     llm_speed: dict[str, Any] | None = None  # controller.check_llm_speed, agentic runs only
     tasks: dict[str, int] = field(default_factory=dict)
     faults: list[Fault] = field(default_factory=list)

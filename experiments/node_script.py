@@ -187,6 +187,55 @@ def preflight(
     }
 
 
+CPU_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+OFFLOADS = {
+    "gso": "generic-segmentation-offload",
+    "tso": "tcp-segmentation-offload",
+    "gro": "generic-receive-offload",
+}
+
+
+def cpu_times() -> dict[str, int]:
+    """The kernel's CPU time counters over all CPUs (USER_HZ ticks; /proc/stat's `cpu` line)."""
+    with open("/proc/stat") as stat:
+        values = stat.readline().split()[1:]
+    return {name: int(value) for name, value in zip(CPU_FIELDS, values[: len(CPU_FIELDS)], strict=True)}
+
+
+def offloads(iface: str) -> dict[str, str]:
+    """GSO, TSO and GRO of `iface` as ethtool reports them ("on", "off", "on [fixed]", ...): with any
+    on, the capture holds packets larger than the wire's (coalesced before or after tcpdump sees them)."""
+    try:
+        shown = _run(["ethtool", "-k", iface], timeout=20)
+    except OSError:
+        return {key: "unknown: no ethtool" for key in OFFLOADS}
+    features = dict(line.strip().split(": ", 1) for line in shown.stdout.splitlines() if ": " in line)
+    return {key: features.get(name, f"unknown: {_first_line(shown.stderr)}") for key, name in OFFLOADS.items()}
+
+
+def conditions(address: str) -> dict:
+    """What can distort this node's timing and capture: its CPU counters (the steal column is time a
+    hypervisor ran something else), CPUs, load and the lab interface's offloads."""
+    iface = lab_interface(address)
+    return {
+        "cpu": cpu_times(),
+        "cpus": os.cpu_count(),
+        "loadavg": os.getloadavg()[0],
+        "iface": iface,
+        "offload": offloads(iface),
+    }
+
+
+def set_offload(address: str, state: dict[str, str]) -> dict:
+    """Turn GSO/TSO/GRO of the lab interface on or off ({"gso": "off", ...}); returns them as they are now."""
+    iface = lab_interface(address)
+    args = [word for key, value in state.items() if key in OFFLOADS for word in (key, value.split()[0])]
+    result = _run(["ethtool", "-K", iface, *args], timeout=20)
+    if result.returncode != 0:
+        raise RuntimeError(f"ethtool -K {iface}: {_first_line(result.stderr) or f'exit {result.returncode}'}")
+    return offloads(iface)
+
+
 def telemetry_sizes(telemetry: str) -> dict[str, int]:
     directory = Path(telemetry)
     return {p.name: p.stat().st_size for p in sorted(directory.glob("*.jsonl"))} if directory.is_dir() else {}
@@ -491,7 +540,7 @@ def cleanup(run_dir: str) -> dict:
     return {"removed": not Path(run_dir).exists()}
 
 
-STEPS = {f.__name__: f for f in (preflight, start, status, stop, impair, unimpair, cleanup)}
+STEPS = {f.__name__: f for f in (preflight, start, status, stop, impair, unimpair, cleanup, conditions, set_offload)}
 
 
 def main(argv: list[str]) -> int:

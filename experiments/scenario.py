@@ -115,6 +115,11 @@ class Scenario(Model):
     """Measure the kernel's time in the probes' BPF programs (manifest `probe_cpu_s.*.bpf`). It costs
     two clock reads per BPF program run: ~1.5 % more host CPU in the baseline, so it is off by default."""
     impairments: list[Impairment] = []
+    offload: Literal["keep", "off"] = "keep"
+    """The lab interfaces' segmentation and receive offloads (GSO, TSO, GRO) during the run. `keep`: as
+    the provider set them (the capture then holds segments coalesced up to 64 KB, not wire packets);
+    `off`: turned off on every node for the run and restored after, so packets are wire-sized, at some
+    CPU cost. Their state at the start is recorded either way (manifest `offload`)."""
 
     @model_validator(mode="after")
     def _distinct_links(self) -> Scenario:

@@ -56,6 +56,7 @@ BASE_PACKAGES = (
     "python3-bpfcc",
     "tcpdump",
     "nftables",
+    "ethtool",
     # the tools node's database
     "postgresql",
     # the LLM node's CPU server (xllamacpp links OpenMP)

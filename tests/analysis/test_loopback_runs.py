@@ -70,18 +70,21 @@ def test_lab_traffic_is_joined_to_calls(analysed: dict[str, RunAnalysis], scenar
 
 def test_run_outputs_are_written_and_the_report_is_self_contained(analysed: dict[str, RunAnalysis]) -> None:
     path = analysed["multihop"].run.path
-    for table in ("tasks", "calls", "connections", "packets", "rtt", "hops"):
+    for table in ("tasks", "calls", "connections", "packets", "rtt", "hops", "timescales"):
         assert len(pd.read_parquet(path / "tables" / f"{table}.parquet")) > 0, table
     summary = json.loads((path / "analysis.json").read_text())
     assert summary["scenario"] == "multihop" and summary["problems"] == []
     page = (path / "report.html").read_text()
     assert "loopback" in page and "container" in page and "Headline metrics" in page
-    assert "Left out of the headline" in page and "bootstrap interval" in page
+    assert "<h2>Left out of the headline</h2>" in page and "bootstrap interval" in page
     assert (
         len(re.findall(r'<img [^>]*src="data:image/png;base64,', page))
         == len(list((path / "plots").glob("*.png")))
-        == 7
+        == 8
     )
+    burstiness = pd.read_parquet(path / "tables" / "burstiness.parquet").set_index("group")
+    assert "link agent-b/lo" in burstiness.index and "lab (each packet once)" in burstiness.index
+    assert burstiness["hurst"].notna().any()
     assert not re.search(r'(src|href)="(?!data:)', page)
 
 
@@ -90,7 +93,9 @@ def test_comparison_report_puts_the_scenarios_side_by_side(loop_runs: dict[str, 
     page = analysis.compare(runs, tmp_path).read_text()
     assert "baseline vs simple vs multihop" in page
     assert "different set-ups" not in page
-    assert "bootstrap interval" in page and "Agentic vs baseline" in page and "Left out of the headline" not in page
+    assert "bootstrap interval" in page and "<h2>Agentic vs baseline</h2>" in page and "yes: no clear" in page
+    assert "Beside published figures" in page and "over the baseline" in page and "Cisco 2026" in page
+    assert "<h2>Validation</h2>" in page and "handshakes joined to a probe connection" in page
     manifest = json.loads((runs[0] / "manifest.json").read_text())
     (runs[0] / "manifest.json").write_text(json.dumps({**manifest, "provider": "libvirt", "accelerator": "kvm"}))
     try:

@@ -6,8 +6,9 @@ import math
 
 import numpy as np
 import pandas as pd
+import pytest
 
-from analysis import metrics, stats
+from analysis import metrics, published, stats, timescales
 
 MS = 1_000_000
 
@@ -77,3 +78,42 @@ def test_the_headline_leaves_out_warmup_sessions_and_unmatched_traffic_and_count
     assert out.loc["calls outside a task"].tolist() == [1, 0, 1]
     assert out.loc["unmatched: ssh"].tolist() == [1, 3, 0]
     assert out.loc["no connection", "packets"] == 1
+
+
+def test_poisson_arrivals_have_unit_dispersion_and_no_long_range_dependence() -> None:
+    rng = np.random.default_rng(3)
+    ts = np.cumsum(rng.exponential(MS, 200_000)).astype(np.int64)  # 1000 packets/s for ~200 s
+    packets = pd.DataFrame({"ts_ns": ts, "wire_len": 100, "group": "poisson"})
+    curve = timescales.dispersion(packets, "group", 0, int(ts[-1]))
+    assert curve.loc[curve["windows"] >= 100, "idc_pkts"].between(0.85, 1.15).all(), curve
+    assert abs(timescales.hurst(curve, "group")["poisson"] - 0.5) < 0.05
+    assert curve["windows"].iloc[0] == int(ts[-1]) // MS and curve["timescale_ms"].max() <= ts[-1] / MS / 10
+
+
+def test_on_off_trains_are_bursty_across_timescales_and_split_into_periods() -> None:
+    # 10 packets 0.1 ms apart every 500 ms for 100 s: within a train the counts disperse like batches of
+    # 10 (IDC ~ 10); a window of the period or a multiple holds exactly one train or two: no dispersion
+    ts = np.array([t * 500 * MS + k * MS // 10 for t in range(200) for k in range(10)], dtype=np.int64)
+    packets = pd.DataFrame({"ts_ns": ts, "wire_len": 1500, "group": "trains"})
+    curve = timescales.dispersion(packets, "group", 0, 100_000 * MS).set_index("timescale_ms")
+    assert curve.loc[1, "idc_pkts"] == pytest.approx(10, rel=0.01)
+    assert curve.loc[500, "idc_pkts"] == curve.loc[1000, "idc_pkts"] == 0
+    assert curve.loc[1, "peak_to_mean"] == pytest.approx(10 / (2000 / 100_000))
+    periods = timescales.on_off(packets, "group")
+    on, off = periods[periods["state"] == "on"], periods[periods["state"] == "off"]
+    assert len(on) == 200 and (on["duration_ns"] == 9 * MS // 10).all()
+    assert len(off) == 199 and (off["duration_ns"] == 500 * MS - 9 * MS // 10).all()
+
+
+def test_upstream_bytes_come_from_the_side_that_connected() -> None:
+    flows = pd.DataFrame(
+        {
+            "conn_id": [0, 0, 1, 2],
+            "direction": ["accept", "connect", "connect", "connect"],
+            "tx_bytes": [200.0, 900.0, 50.0, np.nan],  # conn 2 still open: no byte counts
+            "rx_bytes": [900.0, 200.0, 400.0, np.nan],
+        }
+    )
+    sized = published.directions(flows, pd.Series([0, 1, 2]))
+    assert sized.loc[0].tolist() == [900.0, 200.0]  # the server's end: what it received went up
+    assert sized.loc[1].tolist() == [50.0, 400.0] and 2 not in sized.index

@@ -25,6 +25,7 @@ from experiments.manifest import (
     probe_summary,
 )
 from experiments.scenario import Scenario
+from tests.conftest import require_root
 
 
 def test_offset_comes_from_the_sample_with_the_shortest_round_trip():
@@ -328,3 +329,35 @@ def test_a_runner_that_makes_no_progress_stopping_is_killed(tmp_path, monkeypatc
     answer = node_script.stop(str(tmp_path / "run"), str(tmp_path / "telemetry"), {}, wait_s=10)
     assert answer["runner"].startswith("killed (made no progress")
     assert child.wait(timeout=5) == -9
+
+
+def test_a_nodes_conditions_and_offloads_are_read_and_set_on_a_real_interface(tmp_path):
+    require_root("offload steps", ["ip", "ethtool"])
+    script = Path(node_script.__file__).read_text()
+    ns = f"lab-offload-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        for command in (
+            "link add v0 type veth peer name v1",
+            "addr add 10.250.0.1/24 dev v0",
+            "link set v0 up",
+            "link set v1 up",
+        ):
+            subprocess.run(["ip", "-n", ns, *command.split()], check=True)
+
+        def step(name: str, **args: object) -> dict:
+            argv = ["ip", "netns", "exec", ns, sys.executable, "-c", script, name, json.dumps(args)]
+            answer = json.loads(subprocess.run(argv, capture_output=True, text=True, check=True).stdout)
+            assert answer["ok"], answer
+            return answer["result"]
+
+        found = step("conditions", address="10.250.0.1")
+        assert found["iface"] == "v0" and found["cpus"] == os.cpu_count()
+        assert set(found["cpu"]) == set(node_script.CPU_FIELDS) and found["cpu"]["idle"] > 0
+        assert found["offload"]["gso"] == "on" and found["offload"]["tso"] == "on"  # a veth's defaults
+        off = step("set_offload", address="10.250.0.1", state={"gso": "off", "tso": "off", "gro": "off"})
+        assert off == {"gso": "off", "tso": "off", "gro": "off"}
+        back = step("set_offload", address="10.250.0.1", state={"gso": "on", "tso": "on"})
+        assert back["gso"] == back["tso"] == "on"
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)

@@ -123,6 +123,32 @@ def test_every_probe_on_every_node_started_and_recorded(multihop):
     assert not [f for f in manifest(run)["faults"] if "probe" in f["what"]]
 
 
+def test_each_nodes_cpu_and_offloads_are_recorded_and_left_alone_by_default(multihop):
+    _, run, _, _ = multihop
+    m = manifest(run)
+    assert set(m["conditions"]) == {*NODES, "controller"} and m["offload"] == {}
+    for node in NODES:
+        start, end = m["conditions"][node]["start"], m["conditions"][node]["end"]
+        assert start["iface"] == "host0" and start["offload"]["gso"] in ("on", "off")
+        assert sum(end["cpu"].values()) > sum(start["cpu"].values())
+    assert "<h2>Validation</h2>" in (run / "report.html").read_text()
+
+
+def test_offloads_turned_off_for_a_run_give_wire_sized_packets_and_are_restored(deployed_lab, tmp_path):
+    config = deployed_lab.config
+    path = scenario(tmp_path, "baseline-wire", workload="baseline", tasks={"count": 4, "seed": 6}, offload="off")
+    lab_cli(config, "experiment", str(path), timeout=300)
+    run = run_dir(config, "baseline-wire")
+    m = manifest(run)
+    assert set(m["offload"]) == set(NODES), m["faults"]
+    for node, changed in m["offload"].items():
+        assert all(value.startswith("off") or "fixed" in value for value in changed["after"].values()), changed
+        assert changed["restored"] == changed["before"], node
+        assert m["conditions"][node]["start"]["offload"] == changed["after"]
+    packets = analysis.analyze_run(run).joined.packets
+    assert packets.loc[packets["iface"] == "host0", "wire_len"].max() <= 1514
+
+
 def test_clock_offsets_at_start_and_end(multihop):
     _, run, _, _ = multihop
     offsets = manifest(run)["clock_offsets"]

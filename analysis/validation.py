@@ -1,0 +1,163 @@
+"""What a reader needs before trusting a run's numbers, checked in every report: the probes'
+connections against the handshakes in the packet capture (per hop kind), what the probes
+lost, and the clocks' error against the window the joins allow."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from analysis.join import SLACK_NS
+from analysis.pcap import ACK, SYN
+
+if TYPE_CHECKING:
+    from analysis.pipeline import RunAnalysis
+    from analysis.rundir import RunDir
+
+NO_HOP = "no call (SSH, controller, before the run)"
+
+
+def handshakes(result: RunAnalysis) -> pd.DataFrame:
+    """Per hop kind: the connections the probes saw open during the run, the distinct connections whose
+    SYN (without ACK) the captures hold, and the share of those SYNs that joined a probe connection."""
+    conns, packets = result.joined.conns, result.joined.packets
+    opened = conns[~conns["before_run"]].assign(hop=lambda c: c["hop"].fillna(NO_HOP))
+    syn = packets[(packets["flags"] & (SYN | ACK)) == SYN].assign(hop=lambda p: p["hop"].fillna(NO_HOP))
+    syn = syn.drop_duplicates(["key", "conn_id"])  # a retransmitted SYN is the same handshake
+    joined = syn["conn_id"].isin(opened["conn_id"])
+    out = pd.DataFrame(
+        {
+            "connections (probes)": opened.groupby("hop").size(),
+            "handshakes (capture)": syn.groupby("hop").size(),
+            "handshakes joined to a probe connection": syn[joined].groupby("hop").size(),
+        }
+    )
+    out = out.fillna(0).astype("int64")
+    out.loc["all"] = out.sum()
+    out["share joined"] = (out["handshakes joined to a probe connection"] / out["handshakes (capture)"]).map(
+        lambda share: f"{share:.1%}" if pd.notna(share) else "–"
+    )
+    out.index.name = "hop kind"
+    return out
+
+
+def probe_losses(run: RunDir) -> pd.DataFrame:
+    """Per node and probe: its state at the stop, records written, records lost (a full buffer), values
+    out of range; a probe that never started or failed says why."""
+    rows = [
+        {
+            "node": node,
+            "probe": name,
+            "state": str(probe.get("state")),
+            "records": probe.get("records"),
+            "lost": probe.get("lost"),
+            "invalid values": probe.get("invalid_values"),
+            "error": probe.get("error") or "",
+        }
+        for node, probes in sorted((run.manifest.get("probes") or {}).items())
+        for name, probe in sorted(probes.items())
+        if isinstance(probe, dict)
+    ]
+    return pd.DataFrame(rows, columns=["node", "probe", "state", "records", "lost", "invalid values", "error"])
+
+
+def clock_budget(run: RunDir) -> pd.DataFrame:
+    """Per node: the offset to the controller at the start and the end, the drift between them, and the
+    error of the timestamps moved to the controller's clock (the larger uncertainty: offsets are
+    interpolated between the two measurements) against the join window."""
+    rows = []
+    for node, measured in sorted((run.manifest.get("clock_offsets") or {}).items()):
+        start, end = measured.get("start") or {}, measured.get("end") or {}
+        known = [m["uncertainty_ns"] for m in (start, end) if "uncertainty_ns" in m]
+        error = max(known) if known else None
+        drift = end["offset_ns"] - start["offset_ns"] if "offset_ns" in start and "offset_ns" in end else None
+        rows.append(
+            {
+                "node": node,
+                "offset at start (µs)": _us(start.get("offset_ns")),
+                "offset at end (µs)": _us(end.get("offset_ns")),
+                "drift (µs)": _us(drift),
+                "timestamp error (µs)": _us(error),
+                "within the join window": "unknown"
+                if error is None
+                else ("yes" if error < SLACK_NS / 2 else f"no: over half of the {SLACK_NS / 1e6:.0f} ms window"),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+STEAL_WARN = 0.02  # steal above this share of CPU time: the hypervisor delayed the node often enough to show in timing
+BUSY_WARN = 0.9  # a node this busy queues its own work: latency includes waiting for a CPU
+
+
+def conditions(run: RunDir) -> pd.DataFrame:
+    """Per node and the controller's host, between the probes' start and the end of the tasks: the share
+    of CPU time busy and stolen (from /proc/stat), CPUs, load, and the lab interface's offloads at the
+    start; for VMs, the vCPUs given to the nodes over the host's CPUs (overcommit)."""
+    rows = []
+    for node, measured in sorted((run.manifest.get("conditions") or {}).items()):
+        start, end = measured.get("start") or {}, measured.get("end") or {}
+        spent = {k: end["cpu"][k] - start["cpu"][k] for k in start.get("cpu", {})} if "cpu" in end else {}
+        total = sum(spent.values())
+        offload = start.get("offload") or {}
+        rows.append(
+            {
+                "node": node,
+                "CPUs": start.get("cpus"),
+                "busy": 1 - (spent["idle"] + spent["iowait"]) / total if total else None,
+                "steal": spent["steal"] / total if total else None,
+                "load (1 min) at start": start.get("loadavg"),
+                "load (1 min) at end": end.get("loadavg"),
+                "offloads (GSO/TSO/GRO)": "/".join(offload.get(k, "–") for k in ("gso", "tso", "gro")) or "–",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def overcommit(run: RunDir) -> float | None:
+    """VMs only: the nodes' vCPUs over the controller host's CPUs (containers share the host's)."""
+    host = ((run.manifest.get("conditions") or {}).get("controller") or {}).get("start") or {}
+    nodes = (run.manifest.get("lab") or {}).get("nodes") or []
+    if run.manifest.get("provider") != "libvirt" or not host.get("cpus"):
+        return None
+    return sum(n.get("vcpus", 1) for n in nodes) / host["cpus"]
+
+
+def _us(ns: float | None) -> str:
+    return "–" if ns is None else f"{ns / 1000:.1f}"
+
+
+def warnings(result: RunAnalysis) -> list[str]:
+    """The findings a reader must see before the numbers."""
+    found = []
+    checked = handshakes(result).loc["all"]
+    if (
+        checked["handshakes (capture)"]
+        and checked["handshakes joined to a probe connection"] < 0.99 * checked["handshakes (capture)"]
+    ):
+        found.append(f"only {checked['share joined']} of the captured handshakes joined a probe connection")
+    losses = probe_losses(result.run)
+    lost = pd.to_numeric(losses["lost"], errors="coerce").fillna(0).sum()
+    if lost:
+        found.append(f"the probes lost {lost:.0f} record(s) (see the table)")
+    failed = losses[losses["state"] != "stopped"].groupby(["node", "state"])["probe"].agg(", ".join)
+    found += [f"on {node} the probes ended {state}, not stopped: {names}" for (node, state), names in failed.items()]
+    found += [
+        f"{c['node']}: {c['steal']:.1%} of CPU time stolen by the hypervisor during the run: timing may be distorted"
+        for c in conditions(result.run).to_dict("records")
+        if c["steal"] is not None and c["steal"] > STEAL_WARN
+    ]
+    found += [
+        f"{c['node']}: CPU {c['busy']:.0%} busy during the run: latencies include waiting for a CPU"
+        for c in conditions(result.run).to_dict("records")
+        if c["busy"] is not None and c["busy"] > BUSY_WARN
+    ]
+    share = overcommit(result.run)
+    if share is not None and share > 1:
+        found.append(f"the VMs have {share:.1f}x the host's CPUs: they compete for them")
+    clocks = clock_budget(result.run)
+    if len(clocks):
+        late = clocks.loc[clocks["within the join window"] != "yes", "node"]
+        found += [f"the clock of {node} is not known within the join window" for node in late]
+    return found
