@@ -48,11 +48,16 @@ def new_run_id(scenario: str, now_s: float | None = None) -> str:
     return f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(now_s))}-{scenario}"
 
 
+def runs_root(lab: LabConfig) -> Path:
+    """runs/ beside lab.yaml: every run directory, and the sweeps' state under runs/sweeps/."""
+    return lab.path.parent.resolve() / "runs"
+
+
 def run(lab: LabConfig, scenario: Scenario, scenario_file: Path, reporter: Reporter) -> Path:
     """One scenario end to end; returns the run directory. Re-raises Ctrl-C after the data is safe."""
     current = state.require(lab)
     run_id = new_run_id(scenario.name)
-    run_dir = lab.path.parent.resolve() / "runs" / run_id
+    run_dir = runs_root(lab) / run_id
     if run_dir.exists():
         raise LabError(f"{run_dir} already exists; wait a second and run again")
     reporter.phase(f"[bold]{scenario.name}[/bold]: connecting to {len(current.nodes)} nodes")

@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import (
@@ -20,6 +21,9 @@ from rich.table import Table
 
 from experiments.drive import Outcome
 from experiments.manifest import Manifest
+
+if TYPE_CHECKING:
+    from experiments.sweep import Cell, RunEntry
 
 
 class Reporter:
@@ -96,3 +100,33 @@ class Reporter:
         for fault in manifest.faults:
             self.console.print(f"  [yellow]fault[/yellow] {fault.node}: {fault.what}", highlight=False)
         self.console.print(f"run directory: [bold]{run_dir}[/bold]")
+
+
+class SweepReporter:
+    """A sweep's progress, printed between its runs (each run shows its own task bar): runs done of
+    all, the cell, elapsed time and an estimate of the time left."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self._started = time.monotonic()
+
+    def starting(self, index: int, total: int, run: RunEntry, cell: Cell, eta_s: float | None) -> None:
+        left = "estimate after the first run" if eta_s is None else f"~{_duration(eta_s)} left"
+        self.console.rule(
+            f"[bold]run {index}/{total}[/bold]: {run.name}  cell {cell.label} ({cell.summary}), "
+            f"repetition {run.repetition}  [dim]{_duration(time.monotonic() - self._started)} elapsed, {left}",
+            align="left",
+        )
+
+    def finished(self, run: RunEntry, done: int, total: int) -> None:
+        colour = "green" if run.status == "complete" else "yellow"
+        self.console.print(
+            f"[dim]{time.strftime('%H:%M:%S')}[/dim] {run.name}: [{colour}]{run.status}[/{colour}] "
+            f"in {_duration(run.duration_s or 0)}; {done}/{total} runs complete"
+        )
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"

@@ -135,8 +135,8 @@ class Scenario(Model):
             seen.append(item.to)
         return self
 
-    def check_nodes(self, lab: LabConfig, path: Path) -> None:
-        """Impairments must name nodes of this lab."""
+    def check_nodes(self, lab: LabConfig, path: Path | str) -> None:
+        """Impairments must name nodes of this lab; an error starts with `path` (the file, and where in it)."""
         names = [n.name for n in lab.nodes]
         for index, item in enumerate(self.impairments):
             for key in ("node", "to"):

@@ -136,6 +136,31 @@ def experiment(
 
 
 @app.command()
+def sweep(
+    ctx: typer.Context,
+    file: Path = typer.Argument(..., help="a sweep .yaml: base scenario, grid, repetitions, seed"),
+    fresh: bool = typer.Option(False, help="start a new sweep directory beside the last one instead of resuming it"),
+) -> None:
+    """Run a grid of scenarios with repetitions in a seeded random order; resumable; one sweep report."""
+    from experiments.progress import Reporter, SweepReporter
+    from experiments.sweep import SweepInterrupted, run_sweep
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as `lab experiment`: a background job's Ctrl-C stops it
+    try:
+        done = run_sweep(ctx.obj.lab, file, Reporter(console), SweepReporter(console), fresh)
+    except SweepInterrupted as exc:
+        errors.print(f"[red]interrupted[/red]: the current run's data is safe; {exc}", highlight=False, soft_wrap=True)
+        sys.exit(130)
+    missing = [run.name for run in done.runs if run.status != "complete"]
+    if missing:
+        console.print(
+            f"[yellow]{len(missing)} run(s) did not complete[/yellow] ({', '.join(missing)}; see their manifests' "
+            f"faults): run `lab sweep {file}` again to run them again"
+        )
+    console.print(f"sweep report: {done.report}")
+
+
+@app.command()
 def analyze(
     ctx: typer.Context, runs: list[Path] = typer.Argument(..., help="run directories"), compare: bool = False
 ) -> None:

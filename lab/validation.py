@@ -46,7 +46,8 @@ def _utf8_text(path: Path) -> str:
         raise ConfigError(f"{path}: line {line}: not UTF-8 text (byte 0x{byte:02x}); save the file as UTF-8") from None
 
 
-def validate(model: type[M], data: Any, path: Path) -> M:
+def validate(model: type[M], data: Any, path: Path | str) -> M:
+    """The model, or a ConfigError that starts with `path` (a file, or a file and where in it)."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterable
@@ -73,3 +74,17 @@ def lab_cli(config: Path, *args: str, check: bool = True, timeout: float = 600) 
     if check and result.returncode != 0:
         raise AssertionError(f"lab {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
     return result
+
+
+def start_lab_cli(config: Path, *args: str) -> subprocess.Popen[str]:
+    """The command line started as a script's background job (`cmd &`) is: with SIGINT ignored,
+    which `lab experiment` and `lab sweep` must undo for Ctrl-C to stop them."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "lab", "--config", str(config), *args],
+        cwd=config.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )

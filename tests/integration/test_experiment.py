@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,7 +20,7 @@ from tests.analysis.checks import (
     assert_every_agentic_task_has_an_llm_flow,
     assert_flows_agree_with_handshakes,
 )
-from tests.conftest import lab_cli
+from tests.conftest import lab_cli, start_lab_cli
 
 pytestmark = pytest.mark.integration
 
@@ -61,16 +59,7 @@ def lines(path: Path) -> list[dict]:
 
 
 def start_experiment(config: Path, path: Path) -> subprocess.Popen[str]:
-    """`lab experiment` started as a script's background job (`cmd &`) is: with SIGINT ignored."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "lab", "--config", str(config), "experiment", str(path)],
-        cwd=config.parent,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "COLUMNS": "200"},
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
-    )
+    return start_lab_cli(config, "experiment", str(path))
 
 
 def remote_status(config: Path, node: str) -> dict | None:
