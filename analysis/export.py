@@ -49,9 +49,10 @@ class Exported:
 
 
 def sweep_runs(sweep: Path, lab_dir: Path) -> list[Path]:
-    """The run directories a sweep lists: the `run_dir` of every entry of sweep.json's `runs` (a list,
-    or a mapping of cell to entry), relative to the lab's directory (lab.yaml's) unless absolute.
-    Entries without one (cells not run yet) are left out."""
+    """The run directories a sweep lists: the `run_dir` of every complete entry of sweep.json's `runs`
+    (a list, or a mapping of cell to entry; experiments/sweep.py writes it), relative to the lab's
+    directory (lab.yaml's) unless absolute. Runs not run yet or unfinished (`status` other than
+    complete) are left out."""
     path = sweep / SWEEP_FILE
     try:
         data = json.loads(path.read_text())
@@ -62,7 +63,11 @@ def sweep_runs(sweep: Path, lab_dir: Path) -> list[Path]:
         entries = list(entries.values())
     if not isinstance(entries, list):
         raise SweepFileError(f"{path} has no `runs` list: is it a sweep that `lab sweep` wrote?")
-    dirs = [entry["run_dir"] for entry in entries if isinstance(entry, dict) and entry.get("run_dir")]
+    dirs = [
+        entry["run_dir"]
+        for entry in entries
+        if isinstance(entry, dict) and entry.get("run_dir") and entry.get("status", "complete") == "complete"
+    ]
     if not dirs:
         raise SweepFileError(f"{path}: no entry of `runs` has a run_dir yet; run (or resume) the sweep first")
     return [lab_dir / d for d in dirs]

@@ -32,7 +32,12 @@ def _run(root: Path, run_id: str, answer: Any = "42") -> Path:
 def test_a_sweep_lists_its_runs_relative_to_the_lab_or_absolute(tmp_path: Path) -> None:
     sweep = tmp_path / "runs" / "sweeps" / "load"
     sweep.mkdir(parents=True)
-    entries = {"a": {"run_dir": "runs/r1"}, "b": {"run_dir": "/data/r2"}, "c": {"status": "pending"}}
+    entries = {
+        "a": {"run_dir": "runs/r1", "status": "complete"},
+        "b": {"run_dir": "/data/r2"},
+        "c": {"status": "pending"},
+        "d": {"run_dir": "runs/r3", "status": "incomplete"},  # an attempt that did not finish: not exported
+    }
     (sweep / "sweep.json").write_text(json.dumps({"runs": entries}))
     assert sweep_runs(sweep, tmp_path) == [tmp_path / "runs" / "r1", Path("/data/r2")]
     (sweep / "sweep.json").write_text(json.dumps({"runs": list(entries.values())}))
