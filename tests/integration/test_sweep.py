@@ -9,6 +9,7 @@ import signal
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -84,3 +85,7 @@ def test_a_sweep_interrupted_after_its_first_run_resumes_and_completes(deployed_
     for cell in state["cells"]:
         ran = sorted(Path(r["run_dir"]).name for r in state["runs"] if r["cell"] == cell["label"])
         assert sorted(by_cell[cell["label"]]["runs"]) == ran and by_cell[cell["label"]]["params"] == cell["params"]
+    exported = tmp_path / "dataset"
+    lab_cli(config, "export", str(state_file.parent), str(exported), timeout=600)
+    tables = pd.read_parquet(exported / "tables" / "tasks.parquet")
+    assert sorted(tables["run_id"].unique()) == sorted(Path(r["run_dir"]).name for r in state["runs"])  # no cut run
