@@ -8,7 +8,6 @@ manifest as a fault; whatever the other nodes measured is still pulled and kept.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import threading
 import time
@@ -41,6 +40,7 @@ from workload.config import AGENT_B_LLM_CALLS, LLM_CALLS_PER_TASK, LLM_MAX_TOKEN
 from workload.llm.speed import SpeedError, measure
 
 MONITOR_INTERVAL_S = 5.0
+CONTROLLER = "controller"  # the host the controller runs on, in the manifest's per-node records
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -226,6 +226,7 @@ class Experiment:
     ) -> None:
         self.lab, self.scenario, self.run_dir, self.sessions, self.reporter = lab, scenario, run_dir, sessions, reporter
         self.entry = services.entry(checks, scenario.workload)
+        self.host_address = lab.network.host_address.exploded
         self.faults = Faults()
         self.offsets: dict[str, dict[str, int]] = {}
         self.impaired: list[NodeSession] = []
@@ -296,15 +297,19 @@ class Experiment:
         answers = self._each(
             f"conditions not read ({when})", lambda s: s.step("conditions", timeout=60, address=s.node.address)
         )
-        host = {"cpu": node_script.cpu_times(), "cpus": os.cpu_count(), "loadavg": os.getloadavg()[0]}
-        for node, answer in {**answers, "controller": host}.items():
+        try:
+            answers[CONTROLLER] = node_script.conditions(self.host_address)
+        except (OSError, RuntimeError) as exc:
+            self.fault(CONTROLLER, f"conditions not read ({when}): {exc}")
+        for node, answer in answers.items():
             self.manifest.conditions.setdefault(node, {})[when] = answer
 
     def _offload(self) -> None:
-        """`offload: off`: GSO/TSO/GRO off on every node's lab interface (features fixed by the driver stay)."""
+        """`offload: off`: GSO/TSO/GRO off on every node's lab interface and on the host's (the controller's
+        SSH and the driver's requests leave from it); features fixed by a driver stay as they are."""
         if self.scenario.offload == "keep":
             return
-        self.reporter.phase("offloads: GSO, TSO and GRO off on every lab interface")
+        self.reporter.phase("offloads: GSO, TSO and GRO off on every lab interface and the host's")
         read = self._each("offloads not read", lambda s: s.step("conditions", address=s.node.address))
         before = {node: answer["offload"] for node, answer in read.items()}
         changed = self._each(
@@ -314,10 +319,14 @@ class Experiment:
         )
         for node, after in changed.items():
             self.manifest.offload[node] = {"before": before[node], "after": after}
-        if len(changed) < len(self.sessions):
-            raise LabError(
-                "offloads could not be turned off on every node (see the faults above); nothing was measured"
-            )
+        try:
+            host = node_script.offloads(node_script.lab_interface(self.host_address))
+            after = node_script.set_offload(self.host_address, _settable(host, "off"))
+            self.manifest.offload[CONTROLLER] = {"before": host, "after": after}
+        except (OSError, RuntimeError) as exc:
+            self.fault(CONTROLLER, f"offloads not turned off on the host's lab interface: {exc}")
+        if len(self.manifest.offload) < len(self.sessions) + 1:
+            raise LabError("offloads could not be turned off everywhere (see the faults above); nothing was measured")
 
     def _restore_offload(self) -> None:
         changed = [s for s in self.sessions if s.node.name in self.manifest.offload]
@@ -328,6 +337,12 @@ class Experiment:
             ),
             changed,
         )
+        if CONTROLLER in self.manifest.offload:
+            try:
+                before = _settable(self.manifest.offload[CONTROLLER]["before"])
+                restored[CONTROLLER] = node_script.set_offload(self.host_address, before)
+            except (OSError, RuntimeError) as exc:
+                self.fault(CONTROLLER, f"offloads not restored on the host's lab interface: {exc}")
         for node, now in restored.items():
             self.manifest.offload[node]["restored"] = now
 
