@@ -27,3 +27,11 @@ class ExportTargetError(ExportError):
 
 class ColumnTypeError(ExportError):
     """One column has types in two runs that no common type holds, so the runs cannot share one table."""
+
+
+class ManifestError(LabError):
+    """A run directory's manifest.json cannot be read; the message names the file and the fix."""
+
+
+class ManifestMissingError(ManifestError):
+    """A directory holds no manifest.json."""
