@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 from analysis import schema
 from analysis.rundir import facts
 from experiments.manifest import git_info
+from lab import runlayout
 
 if TYPE_CHECKING:
     from analysis.export import Exported
@@ -83,8 +84,8 @@ def build(exported: list[Exported], tables: dict[str, pa.Table]) -> dict[str, An
         },
         "motivation": MOTIVATION,
         "files": {
-            "tables/<table>.parquet": "every run's rows of that table, with a run_id column",
-            "runs/<run_id>/manifest.json": "each run's manifest as the controller wrote it",
+            runlayout.table_relpath("<table>"): "every run's rows of that table, with a run_id column",
+            runlayout.exported_manifest_relpath("<run_id>"): "each run's manifest as the controller wrote it",
             "DATASHEET.md, datasheet.json": "this datasheet, as Markdown and as JSON",
             "SHA256SUMS": "sha256 of every other file (sha256sum -c SHA256SUMS)",
         },
@@ -112,7 +113,7 @@ def _table(name: str, table: pa.Table, run_ids: list[str]) -> dict[str, Any]:
     spec = schema.TABLES[name]
     counts = {c["values"]: c["counts"] for c in pc.value_counts(table["run_id"]).to_pylist()}
     return {
-        "file": f"tables/{name}.parquet",
+        "file": runlayout.table_relpath(name),
         "row": spec.row,
         "source": spec.source,
         "rows": table.num_rows,
@@ -128,33 +129,27 @@ def _column(spec: schema.Table, field: pa.Field) -> dict[str, str]:
 
 
 def _run(item: Exported) -> dict[str, Any]:
-    m = item.run.manifest
-    scenario = m.get("scenario")
-    probes = m.get("probes") if isinstance(m.get("probes"), dict) else {}
+    m = item.run.manifest.model_dump(mode="json")
     return {
         "run_id": item.run.run_id,
+        "layout_version": m["layout_version"],
         "scenario": item.run.scenario,
-        "manifest": f"runs/{item.run.run_id}/manifest.json",
+        "manifest": runlayout.exported_manifest_relpath(item.run.run_id),
         "facts": {k: v for k, v in facts(item.run).items() if k != "versions"},  # in full below
-        "started_at_ns": m.get("started_at_ns"),
-        "ended_at_ns": m.get("ended_at_ns"),
-        "scenario_config": scenario.get("config") if isinstance(scenario, dict) else None,
-        "lab": m.get("lab"),
-        "versions": m.get("versions"),
-        "git": m.get("git"),
-        "impairments_applied": m.get("impairments_applied") or [],
-        "clock_offsets": m.get("clock_offsets") or {},
+        "started_at_ns": m["started_at_ns"],
+        "ended_at_ns": m["ended_at_ns"],
+        "scenario_config": m["scenario"]["config"] if m["scenario"] else None,
+        "lab": m["lab"],
+        "versions": m["versions"],
+        "git": m["git"],
+        "impairments_applied": m["impairments_applied"],
+        "clock_offsets": m["clock_offsets"],
         "probes": {
-            node: {
-                name: {k: p.get(k) for k in ("state", "source", "records", "lost")}
-                for name, p in by_probe.items()
-                if isinstance(p, dict)
-            }
-            for node, by_probe in probes.items()
-            if isinstance(by_probe, dict)
+            node: {name: {k: p[k] for k in ("state", "source", "records", "lost")} for name, p in by_probe.items()}
+            for node, by_probe in m["probes"].items()
         },
-        "tasks": m.get("tasks"),
-        "faults": m.get("faults") or [],
+        "tasks": m["tasks"],
+        "faults": m["faults"],
         "analysis_problems": item.problems,
         "reanalysed_for_export": item.reanalysed,
     }

@@ -32,7 +32,8 @@ from analysis import datasheet, schema
 from analysis.codeversion import code_digest
 from analysis.pipeline import analyze_run
 from analysis.rundir import RunDir
-from lab.errors import ColumnTypeError, ExportTargetError, NotARunError, SweepFileError
+from lab import runlayout
+from lab.errors import ColumnTypeError, ExportTargetError, ManifestError, NotARunError, SweepFileError
 
 SWEEP_FILE = "sweep.json"
 CHECKSUMS = "SHA256SUMS"
@@ -80,7 +81,7 @@ def resolve_inputs(paths: list[Path], lab_dir: Path) -> list[Path]:
         runs.extend(sweep_runs(path, lab_dir) if (path / SWEEP_FILE).is_file() else [path])
     seen: dict[Path, Path] = {}
     for run in runs:
-        if not (run / "manifest.json").is_file():
+        if not runlayout.manifest_path(run).is_file():
             raise NotARunError(
                 f"{run} is not a run directory (no manifest.json): name the runs/<run-id>/ directories "
                 f"`lab experiment` wrote, or a sweep directory holding {SWEEP_FILE}"
@@ -121,9 +122,9 @@ def export(
     try:
         tables = {name: _write_table(name, exported, tmp) for name in schema.TABLES}
         for item in exported:
-            target = tmp / "runs" / item.run.run_id / "manifest.json"
+            target = tmp / runlayout.exported_manifest_relpath(item.run.run_id)
             target.parent.mkdir(parents=True)
-            shutil.copyfile(item.run.path / "manifest.json", target)
+            shutil.copyfile(runlayout.manifest_path(item.run.path), target)
         sheet = datasheet.build(exported, tables)
         (tmp / "datasheet.json").write_text(json.dumps(sheet, indent=2, ensure_ascii=False, default=str) + "\n")
         (tmp / "DATASHEET.md").write_text(datasheet.markdown(sheet))
@@ -138,14 +139,14 @@ def export(
 
 
 def _open(path: Path) -> RunDir:
-    manifest = path / "manifest.json"
     try:
-        facts = json.loads(manifest.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise NotARunError(f"{manifest} is not JSON ({exc}): restore it from a copy of the run") from exc
-    if not isinstance(facts, dict):
-        raise NotARunError(f"{manifest} is not a JSON object: restore it from a copy of the run")
-    return RunDir(path, facts)
+        read = runlayout.read_manifest(path)
+    except ManifestError as exc:
+        raise NotARunError(str(exc)) from exc
+    run = RunDir(path, read.manifest)
+    for note in read.notes:
+        run.note(runlayout.MANIFEST, note)
+    return run
 
 
 def _analysed(run: RunDir, reanalyse: bool, log: Callable[[str], None]) -> Exported:
@@ -153,16 +154,16 @@ def _analysed(run: RunDir, reanalyse: bool, log: Callable[[str], None]) -> Expor
     if stale:
         log(f"analysing {run.path}")
         analyze_run(run.path)
-    summary = json.loads((run.path / "analysis.json").read_text())
+    summary = json.loads(runlayout.analysis_path(run.path).read_text())
     return Exported(run, list(summary.get("problems") or []), stale)
 
 
 def tables_stale(run: Path) -> bool:
     """True when a table or analysis.json is missing, or analysis.json names other analysis code."""
-    if not all((run / "tables" / f"{name}.parquet").is_file() for name in schema.TABLES):
+    if not all(runlayout.table_path(run, name).is_file() for name in schema.TABLES):
         return True
     try:
-        summary = json.loads((run / "analysis.json").read_text())
+        summary = json.loads(runlayout.analysis_path(run).read_text())
     except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
         return True
     return not isinstance(summary, dict) or summary.get("code") != code_digest()
@@ -174,7 +175,7 @@ def _unique_ids(runs: list[RunDir]) -> None:
         run_id = run.run_id
         if not _SAFE_ID.fullmatch(run_id):
             raise NotARunError(
-                f"{run.path / 'manifest.json'}: run_id {run_id!r} is not a plain name (letters, digits, . _ -)"
+                f"{runlayout.manifest_path(run.path)}: run_id {run_id!r} is not a plain name (letters, digits, . _ -)"
             )
         if run_id in owner:
             raise NotARunError(
@@ -191,16 +192,16 @@ def _write_table(name: str, exported: list[Exported], tmp: Path) -> pa.Table:
         table = pa.concat_tables(parts, promote_options="permissive")
     except (pa.ArrowTypeError, pa.ArrowInvalid) as exc:
         raise ColumnTypeError(
-            f"table {name}: {exc}; the runs' tables/{name}.parquet were written by different analysis code: "
+            f"table {name}: {exc}; the runs' {runlayout.table_relpath(name)} were written by different analysis code: "
             "export again with --reanalyse"
         ) from exc
-    (tmp / "tables").mkdir(exist_ok=True)
-    pq.write_table(table, tmp / "tables" / f"{name}.parquet")
+    runlayout.tables_dir(tmp).mkdir(exist_ok=True)
+    pq.write_table(table, runlayout.table_path(tmp, name))
     return table
 
 
 def _read(run: RunDir, name: str) -> pa.Table:
-    table = pq.read_table(run.path / "tables" / f"{name}.parquet").replace_schema_metadata(None)
+    table = pq.read_table(runlayout.table_path(run.path, name)).replace_schema_metadata(None)
     if "run_id" in table.column_names:  # the probe records' own run_id (rtt, retrans)
         table = table.drop_columns(["run_id"])
     return table.add_column(0, "run_id", pa.array([run.run_id] * table.num_rows, pa.string()))

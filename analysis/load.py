@@ -17,6 +17,7 @@ import pyarrow as pa
 from analysis.jsonl import PROBE_SCHEMAS, RESULTS_SCHEMA, TELEMETRY_SCHEMA, read_jsonl
 from analysis.pcap import PcapError, empty_packets, read_pcap
 from analysis.rundir import CONTROLLER, RunDir
+from lab import runlayout
 
 PROBES = tuple(PROBE_SCHEMAS)
 EVENTS_SCHEMA = TELEMETRY_SCHEMA.append(pa.field("node_dir", pa.string()))  # where each event was found
@@ -37,20 +38,20 @@ class RunData:
 def load_run(run: RunDir) -> RunData:
     nodes = run.nodes()
     if not nodes:
-        run.note("nodes/", "no node directories: no probe data, no service telemetry")
+        run.note(f"{runlayout.NODES}/", "no node directories: no probe data, no service telemetry")
     status = {node: _status(run, node) for node in nodes}
-    unknown = [n for n in nodes if n not in (run.manifest.get("clock_offsets") or {})]
+    unknown = [n for n in nodes if n not in run.manifest.clock_offsets]
     if unknown:
-        run.note("manifest.json", f"no clock offset for {', '.join(unknown)}: their times are used as recorded")
+        run.note(runlayout.MANIFEST, f"no clock offset for {', '.join(unknown)}: their times are used as recorded")
     probes = {
         probe: _concat([_probe(run, node, probe, status[node]) for node in nodes], PROBE_SCHEMAS[probe])
         for probe in PROBES
     }
-    events = [_events(run, run.path / "telemetry" / "driver.jsonl", CONTROLLER)]
+    events = [_events(run, runlayout.driver_telemetry(run.path), CONTROLLER)]
     for node in nodes:
-        for path in sorted((run.path / "nodes" / node / "telemetry").glob("*.jsonl")):
+        for path in runlayout.node_telemetry_files(run.path, node):
             events.append(_events(run, path, node))
-    results = read_jsonl(run.path / "results.jsonl", RESULTS_SCHEMA, run).to_pandas()
+    results = read_jsonl(runlayout.results_path(run.path), RESULTS_SCHEMA, run).to_pandas()
     packets = pd.concat(
         [_packets(run, node) for node in nodes] or [_with_node(empty_packets(), "", "")], ignore_index=True
     )
@@ -70,7 +71,7 @@ def _concat(frames: list[pd.DataFrame], schema: pa.Schema) -> pd.DataFrame:
 
 
 def _status(run: RunDir, node: str) -> dict:
-    path = run.path / "nodes" / node / "probes" / "status.json"
+    path = runlayout.status_file(run.path, node)
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
@@ -81,8 +82,8 @@ def _status(run: RunDir, node: str) -> dict:
 
 
 def _probe(run: RunDir, node: str, probe: str, status: dict) -> pd.DataFrame:
-    path = run.path / "nodes" / node / "probes" / f"{probe}.jsonl"
-    state = (status.get("probes") or {}).get(probe) or (run.manifest.get("probes") or {}).get(node, {}).get(probe) or {}
+    path = runlayout.probe_file(run.path, node, probe)
+    state = (status.get("probes") or {}).get(probe) or _summary(run, node, probe)
     if not path.exists() and state.get("state") == "unavailable":
         run.note(run.rel(path), f"probe unavailable on {node}: {state.get('unavailable_reason') or state.get('error')}")
         return pd.DataFrame()
@@ -99,6 +100,12 @@ def _probe(run: RunDir, node: str, probe: str, status: dict) -> pd.DataFrame:
     return frame
 
 
+def _summary(run: RunDir, node: str, probe: str) -> dict:
+    """The manifest's summary of a probe, for a node whose status.json is missing ({} when none)."""
+    summary = run.manifest.probes.get(node, {}).get(probe)
+    return summary.model_dump() if summary else {}
+
+
 def _events(run: RunDir, path: Path, node: str) -> pd.DataFrame:
     frame = read_jsonl(path, TELEMETRY_SCHEMA, run).to_pandas()
     frame["node_dir"] = node
@@ -108,8 +115,8 @@ def _events(run: RunDir, path: Path, node: str) -> pd.DataFrame:
 
 def _packets(run: RunDir, node: str) -> pd.DataFrame:
     frames = []
-    for path in sorted((run.path / "nodes" / node / "probes").glob("pcap-*.pcap")):
-        iface = path.stem.removeprefix("pcap-")
+    for path in runlayout.capture_files(run.path, node):
+        iface = runlayout.capture_iface(path)
         try:
             capture = read_pcap(path.read_bytes())
         except PcapError as exc:
@@ -121,8 +128,12 @@ def _packets(run: RunDir, node: str) -> pd.DataFrame:
             run.note(run.rel(path), "holds no TCP packet: packet, byte and burst figures lack this interface")
         _to_controller_clock(run, node, capture.packets, ("ts_ns",))
         frames.append(_with_node(capture.packets, node, iface))
-    if not frames and (run.path / "nodes" / node / "probes").is_dir():
-        run.note(f"nodes/{node}/probes/pcap-*.pcap", "no packet capture: packet, byte and burst figures lack this node")
+    probes = runlayout.probes_dir(run.path, node)
+    if not frames and probes.is_dir():
+        run.note(
+            run.rel(runlayout.capture_file(run.path, node, "*")),
+            "no packet capture: packet, byte and burst figures lack this node",
+        )
     return pd.concat(frames, ignore_index=True) if frames else _with_node(empty_packets(), node, "")
 
 
@@ -137,16 +148,16 @@ def _to_controller_clock(run: RunDir, node: str, frame: pd.DataFrame, columns: t
 
 def _offset(run: RunDir, node: str, at_ns: np.ndarray) -> np.ndarray:
     """node clock - controller clock at each node time (0 for the controller or when unknown)."""
-    offsets = (run.manifest.get("clock_offsets") or {}).get(node)
-    if node == CONTROLLER or not offsets:
-        return np.zeros(len(at_ns), np.int64)
-    start, end = offsets.get("start"), offsets.get("end")
+    offsets = run.manifest.clock_offsets.get(node)
+    start, end = (offsets.get("start"), offsets.get("end")) if offsets else (None, None)
     first = start or end
-    if not (start and end) or start["offset_ns"] == end["offset_ns"]:
-        return np.full(len(at_ns), int(first["offset_ns"]), np.int64)
-    t0 = start.get("measured_at_ns", run.manifest.get("started_at_ns"))
-    t1 = end.get("measured_at_ns", run.manifest.get("ended_at_ns"))
+    if node == CONTROLLER or first is None:
+        return np.zeros(len(at_ns), np.int64)
+    if start is None or end is None or start.offset_ns == end.offset_ns:
+        return np.full(len(at_ns), first.offset_ns, np.int64)
+    t0 = start.measured_at_ns or run.manifest.started_at_ns
+    t1 = end.measured_at_ns or run.manifest.ended_at_ns
     if not t0 or not t1 or t1 <= t0:
-        return np.full(len(at_ns), int(start["offset_ns"]), np.int64)
+        return np.full(len(at_ns), start.offset_ns, np.int64)
     share = np.clip((at_ns.astype(np.float64) - t0) / (t1 - t0), 0.0, 1.0)
-    return (start["offset_ns"] + share * (end["offset_ns"] - start["offset_ns"])).astype(np.int64)
+    return (start.offset_ns + share * (end.offset_ns - start.offset_ns)).astype(np.int64)

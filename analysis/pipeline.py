@@ -16,6 +16,7 @@ from analysis.codeversion import code_digest
 from analysis.join import Joined, join
 from analysis.load import load_run
 from analysis.rundir import RunDir, open_run
+from lab import runlayout
 
 SCENARIO_ORDER = ("baseline", "simple", "multihop")  # comparison columns, then any other scenario
 
@@ -83,15 +84,14 @@ def analyze_run(path: Path) -> RunAnalysis:
         "summary": result.summary,
         "problems": [p.__dict__ for p in result.run.problems],
         "tables": tables,
-        "report": "report.html",
+        "report": runlayout.REPORT,
     }
-    (path / "analysis.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    runlayout.analysis_path(path).write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return result
 
 
 def write_tables(result: RunAnalysis) -> list[str]:
-    out = result.run.path / "tables"
-    out.mkdir(exist_ok=True)
+    runlayout.tables_dir(result.run.path).mkdir(exist_ok=True)
     j = result.joined
     tables = {
         "tasks": result.per_task,
@@ -108,8 +108,8 @@ def write_tables(result: RunAnalysis) -> list[str]:
         "burstiness": result.burstiness,
     }
     for name, frame in tables.items():
-        frame.to_parquet(out / f"{name}.parquet", index=False)
-    return [f"tables/{name}.parquet" for name in tables]
+        frame.to_parquet(runlayout.table_path(result.run.path, name), index=False)
+    return [runlayout.table_relpath(name) for name in tables]
 
 
 def compare(paths: list[Path], out: Path | None = None) -> Path:

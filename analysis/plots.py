@@ -14,6 +14,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 
 from analysis.metrics import BREAKDOWN, WINDOW_NS
+from analysis.rundir import impairments
 from analysis.stats import concurrent_flows
 from analysis.timescales import LAB
 
@@ -233,8 +234,7 @@ def retransmissions(results: list[RunAnalysis]) -> Plot:
 
 
 def _impairment(result: RunAnalysis) -> str:
-    applied = result.run.manifest.get("impairments_applied")
-    return str(applied) if applied else "none"
+    return impairments(result.run.manifest) or "none"
 
 
 def variance_time(results: list[RunAnalysis], groups: str) -> Plot:

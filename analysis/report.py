@@ -17,6 +17,7 @@ import pandas as pd
 from analysis import metrics, plots, published, stats, validation
 from analysis.cells import Cell, CellResult, effects, measure
 from analysis.rundir import facts, versions
+from lab import runlayout
 
 if TYPE_CHECKING:
     from analysis.pipeline import RunAnalysis
@@ -178,7 +179,7 @@ def mixed_setups(results: list[RunAnalysis]) -> str:
 
 def problems(result: RunAnalysis) -> str:
     if not result.run.problems:
-        files = len(result.run.manifest.get("files") or {})
+        files = len(result.run.manifest.files)
         return f'<p class="ok">Nothing missing: {files} file(s) listed in the manifest, all present and intact.</p>'
     items = "".join(f"<li><code>{html.escape(p.where)}</code>: {html.escape(p.what)}</li>" for p in result.run.problems)
     return (
@@ -299,7 +300,7 @@ def checks(result: RunAnalysis, full: bool) -> str:
 
 
 def write_run_report(result: RunAnalysis) -> Path:
-    directory = result.run.path / "plots"
+    directory = runlayout.plots_dir(result.run.path)
     figures = [_figure(stem, fig, caption, directory) for stem, fig, caption in plots.run_plots(result)]
     body = [
         "<h2>What was measured</h2>",
@@ -332,13 +333,15 @@ def write_run_report(result: RunAnalysis) -> Path:
         _table(tasks(result)),
         "<p>Tables: <code>tables/*.parquet</code>; summary: <code>analysis.json</code>.</p>",
     ]
-    path = result.run.path / "report.html"
+    path = runlayout.report_path(result.run.path)
     path.write_text(_page(f"Run {result.run.run_id}: {result.run.scenario}", body))
     return path
 
 
 def write_comparison(results: list[RunAnalysis], out: Path) -> Path:
-    figures = [_figure(stem, fig, caption, out / "plots") for stem, fig, caption in plots.comparison_plots(results)]
+    figures = [
+        _figure(stem, fig, caption, runlayout.plots_dir(out)) for stem, fig, caption in plots.comparison_plots(results)
+    ]
     body = [
         mixed_setups(results),
         "<h2>What was measured</h2>",
@@ -363,7 +366,7 @@ def write_comparison(results: list[RunAnalysis], out: Path) -> Path:
         "<h2>Plots</h2>",
         *figures,
     ]
-    path = out / "report.html"
+    path = runlayout.report_path(out)
     path.write_text(_page("Comparison: " + " vs ".join(r.run.scenario for r in results), body))
     return path
 
@@ -383,7 +386,7 @@ def write_sweep(cells: list[CellResult], found: pd.DataFrame, out: Path) -> Path
             for c in cells
         ]
     ).set_index("cell")
-    figures = [_figure(stem, fig, caption, out / "plots") for stem, fig, caption in plots.sweep_plots(cells)]
+    figures = [_figure(stem, fig, caption, runlayout.plots_dir(out)) for stem, fig, caption in plots.sweep_plots(cells)]
     body = [
         mixed_setups(runs),
         "<h2>The grid</h2>",
@@ -406,6 +409,6 @@ def write_sweep(cells: list[CellResult], found: pd.DataFrame, out: Path) -> Path
         "<h2>Distributions, repetitions pooled</h2>",
         *figures,
     ]
-    path = out / "report.html"
+    path = runlayout.report_path(out)
     path.write_text(_page(f"Sweep: {len(cells)} cells, {len(runs)} runs", body))
     return path

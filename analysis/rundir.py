@@ -5,10 +5,13 @@ can say what was missing instead of failing."""
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from lab import runlayout
+from lab.errors import ManifestError, ManifestMissingError
+from lab.runlayout import LlmSpeed, Manifest
 
 CONTROLLER = "controller"
 
@@ -24,24 +27,26 @@ class Problem:
 @dataclass
 class RunDir:
     path: Path
-    manifest: dict[str, Any]
+    manifest: Manifest = field(default_factory=Manifest)
     problems: list[Problem] = field(default_factory=list)
 
     @property
     def run_id(self) -> str:
-        return str(self.manifest.get("run_id") or self.path.name)
+        return self.manifest.run_id or self.path.name
 
     @property
     def scenario(self) -> str:
-        scenario = self.manifest.get("scenario")
-        name = scenario.get("name") if isinstance(scenario, dict) else scenario
-        return str(name or "unknown")
+        return (self.manifest.scenario.name if self.manifest.scenario else None) or "unknown"
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The scenario as run, {} where the manifest does not hold it."""
+        return self.manifest.scenario.config if self.manifest.scenario else {}
 
     @property
     def workload(self) -> str:
         """What ran (baseline, simple, multihop): the scenario's `workload`, else its name (older runs)."""
-        config = _dict(_dict(self.manifest.get("scenario")).get("config"))
-        return str(config.get("workload") or self.scenario)
+        return str(self.config.get("workload") or self.scenario)
 
     def note(self, where: Path | str, what: str) -> None:
         self.problems.append(Problem(str(where), what))
@@ -51,40 +56,40 @@ class RunDir:
 
     def nodes(self) -> list[str]:
         """Nodes with a directory, plus nodes the manifest names (their absence is noted later)."""
-        on_disk = {p.name for p in (self.path / "nodes").glob("*") if p.is_dir()}
-        return sorted(on_disk | set(self.manifest.get("probes") or {}))
+        on_disk = {p.name for p in runlayout.nodes_dir(self.path).glob("*") if p.is_dir()}
+        return sorted(on_disk | set(self.manifest.probes))
 
 
 def open_run(path: Path) -> RunDir:
-    """Read the manifest (a missing or broken one is a problem, not an error) and check every file it lists."""
+    """Read the manifest (a missing or broken one, or an older layout's, is noted, not an error) and
+    check every file it lists."""
     if not path.is_dir():
         raise FileNotFoundError(f"{path} is not a run directory")
-    run = RunDir(path, {})
-    manifest = path / "manifest.json"
+    run = RunDir(path)
     try:
-        run.manifest = json.loads(manifest.read_text())
-    except FileNotFoundError:
-        run.note("manifest.json", "missing: facts, clock offsets and checksums unknown")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        run.note("manifest.json", f"unreadable ({exc}): facts, clock offsets and checksums unknown")
-    if not isinstance(run.manifest, dict):
-        run.note("manifest.json", "not a JSON object")
-        run.manifest = {}
+        read = runlayout.read_manifest(path)
+    except ManifestMissingError:
+        run.note(runlayout.MANIFEST, "missing: facts, clock offsets and checksums unknown")
+    except ManifestError as exc:
+        run.note(runlayout.MANIFEST, f"unreadable ({exc}): facts, clock offsets and checksums unknown")
+    else:
+        run.manifest = read.manifest
+        for note in read.notes:
+            run.note(runlayout.MANIFEST, note)
     check_files(run)
     return run
 
 
 def check_files(run: RunDir) -> None:
-    files = run.manifest.get("files") or {}
-    for relpath, expected in sorted(files.items()):
+    for relpath, expected in sorted(run.manifest.files.items()):
         path = run.path / relpath
         if not path.is_file():
             run.note(relpath, "missing (listed in the manifest)")
             continue
         size = path.stat().st_size
-        if "bytes" in expected and size != expected["bytes"]:
-            run.note(relpath, f"size {size} B, the manifest says {expected['bytes']} B (truncated or changed)")
-        elif "sha256" in expected and _sha256(path) != expected["sha256"]:
+        if expected.bytes is not None and size != expected.bytes:
+            run.note(relpath, f"size {size} B, the manifest says {expected.bytes} B (truncated or changed)")
+        elif expected.sha256 is not None and _sha256(path) != expected.sha256:
             run.note(relpath, "sha256 differs from the manifest (changed after the run)")
 
 
@@ -96,38 +101,39 @@ def _sha256(path: Path) -> str:
 def facts(run: RunDir) -> dict[str, str]:
     """What a reader must know to trust the numbers: where and with what it was measured."""
     m = run.manifest
-    llm = _dict(_dict(m.get("lab")).get("llm"))
-    versions = m.get("versions") or {}
-    served = _dict(versions).get("llm")
-    git = m.get("git")
-    config = _dict(_dict(m.get("scenario")).get("config"))
+    llm = _dict(m.lab.get("llm"))
+    served = m.versions.llm
+    config = run.config
     return {
         "run": run.run_id,
         "scenario": run.scenario,
-        "provider": str(m.get("provider", "unknown")),
-        "accelerator": str(m.get("accelerator", "unknown")),
+        "provider": m.provider or "unknown",
+        "accelerator": m.accelerator or "unknown",
         "model": _model(served, llm),
         "llm backend": str(_dict(served).get("backend") or llm.get("backend") or "unknown"),
-        "image": _short(m.get("image")),
-        "versions": "in the versions table" if isinstance(versions, dict) else _short(versions),
-        "git": _short(git.get("commit") if isinstance(git, dict) else git),
-        "impairments": _short(m.get("impairments_applied")) if m.get("impairments_applied") else "none",
-        "knobs": _short(_dict(config).get("knobs"))
-        if _dict(config).get("knobs")
-        else "not recorded (run before knobs existed)",
+        "image": _short(m.image),
+        "versions": "in the versions table",
+        "git": _short(m.git.commit),
+        "impairments": impairments(m) or "none",
+        "knobs": _short(config.get("knobs")) if config.get("knobs") else "not recorded (run before knobs existed)",
         "timeouts": _timeouts(config),
         "offloads": {"off": "GSO/TSO/GRO off on the lab interfaces: wire-sized packets"}.get(
             str(config.get("offload")), "as the provider set them (see Validation: captured segments may be coalesced)"
         ),
-        "LLM speed (preflight)": _speed(m.get("llm_speed")),
+        "LLM speed (preflight)": _speed(m.llm_speed),
     }
+
+
+def impairments(m: Manifest) -> str:
+    """The impairments applied, as the manifest holds them ("" for none)."""
+    return str([i.model_dump(mode="json") for i in m.impairments_applied]) if m.impairments_applied else ""
 
 
 def versions(run: RunDir) -> dict[str, str]:
     """The manifest's versions, flattened to a few rows: the controller's, the nodes' (one value where
     every node has the same, else per node) and each library the nodes' workload imports."""
-    found = _dict(run.manifest.get("versions"))
-    controller, nodes = _dict(found.get("controller")), _dict(found.get("nodes"))
+    found = run.manifest.versions
+    controller, nodes = found.controller, found.nodes
     rows = {f"controller {k}": str(controller[k]) for k in ("python", "kernel") if k in controller}
     rows["controller packages"] = ", ".join(f"{k} {v}" for k, v in _dict(controller.get("packages")).items())
     for key in ("kernel", "python", "bpftrace", "tcpdump", "workload"):
@@ -135,7 +141,7 @@ def versions(run: RunDir) -> dict[str, str]:
     libraries = sorted({lib for v in nodes.values() for lib in _dict(_dict(v).get("libraries"))})
     for lib in libraries:
         rows[f"library {lib}"] = _across({n: _dict(_dict(v).get("libraries")).get(lib) for n, v in nodes.items()})
-    llm = _dict(found.get("llm"))
+    llm = found.llm or {}
     if llm:
         rows["LLM server"] = f"{llm.get('backend', 'unknown')} on {llm.get('node', 'unknown')}"
     return {k: v for k, v in rows.items() if v}
@@ -159,13 +165,13 @@ def _timeouts(config: dict) -> str:
     )
 
 
-def _speed(speed: Any) -> str:
+def _speed(speed: LlmSpeed | None) -> str:
     """The LLM's speed as the preflight measured it (agentic runs only)."""
-    if not isinstance(speed, dict):
+    if speed is None:
         return "not measured"
     return (
-        f"{speed.get('ttft_s')} s to first token, {speed.get('tokens_per_s')} tokens/s "
-        f"({speed.get('prompt_chars')}-character prompt, on {speed.get('node')})"
+        f"{speed.ttft_s} s to first token, {speed.tokens_per_s} tokens/s "
+        f"({speed.prompt_chars}-character prompt, on {speed.node})"
     )
 
 

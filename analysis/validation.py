@@ -10,6 +10,8 @@ import pandas as pd
 
 from analysis.join import SLACK_NS
 from analysis.pcap import ACK, SYN
+from analysis.rundir import CONTROLLER
+from lab.runlayout import Conditions
 
 if TYPE_CHECKING:
     from analysis.pipeline import RunAnalysis
@@ -49,15 +51,14 @@ def probe_losses(run: RunDir) -> pd.DataFrame:
         {
             "node": node,
             "probe": name,
-            "state": str(probe.get("state")),
-            "records": probe.get("records"),
-            "lost": probe.get("lost"),
-            "invalid values": probe.get("invalid_values"),
-            "error": probe.get("error") or "",
+            "state": str(probe.state),
+            "records": probe.records,
+            "lost": probe.lost,
+            "invalid values": probe.invalid_values,
+            "error": probe.error or "",
         }
-        for node, probes in sorted((run.manifest.get("probes") or {}).items())
+        for node, probes in sorted(run.manifest.probes.items())
         for name, probe in sorted(probes.items())
-        if isinstance(probe, dict)
     ]
     return pd.DataFrame(rows, columns=["node", "probe", "state", "records", "lost", "invalid values", "error"])
 
@@ -67,16 +68,16 @@ def clock_budget(run: RunDir) -> pd.DataFrame:
     error of the timestamps moved to the controller's clock (the larger uncertainty: offsets are
     interpolated between the two measurements) against the join window."""
     rows = []
-    for node, measured in sorted((run.manifest.get("clock_offsets") or {}).items()):
-        start, end = measured.get("start") or {}, measured.get("end") or {}
-        known = [m["uncertainty_ns"] for m in (start, end) if "uncertainty_ns" in m]
+    for node, measured in sorted(run.manifest.clock_offsets.items()):
+        start, end = measured.get("start"), measured.get("end")
+        known = [m.uncertainty_ns for m in (start, end) if m is not None]
         error = max(known) if known else None
-        drift = end["offset_ns"] - start["offset_ns"] if "offset_ns" in start and "offset_ns" in end else None
+        drift = end.offset_ns - start.offset_ns if start and end else None
         rows.append(
             {
                 "node": node,
-                "offset at start (µs)": _us(start.get("offset_ns")),
-                "offset at end (µs)": _us(end.get("offset_ns")),
+                "offset at start (µs)": _us(start.offset_ns if start else None),
+                "offset at end (µs)": _us(end.offset_ns if end else None),
                 "drift (µs)": _us(drift),
                 "timestamp error (µs)": _us(error),
                 "within the join window": "unknown"
@@ -96,20 +97,19 @@ def conditions(run: RunDir) -> pd.DataFrame:
     of CPU time busy and stolen (from /proc/stat), CPUs, load, and the lab interface's offloads at the
     start; for VMs, the vCPUs given to the nodes over the host's CPUs (overcommit)."""
     rows = []
-    for node, measured in sorted((run.manifest.get("conditions") or {}).items()):
-        start, end = measured.get("start") or {}, measured.get("end") or {}
-        spent = {k: end["cpu"][k] - start["cpu"][k] for k in start.get("cpu", {})} if "cpu" in end else {}
+    for node, measured in sorted(run.manifest.conditions.items()):
+        start, end = measured.get("start") or Conditions(), measured.get("end") or Conditions()
+        spent = {k: end.cpu[k] - start.cpu[k] for k in start.cpu} if end.cpu else {}
         total = sum(spent.values())
-        offload = start.get("offload") or {}
         rows.append(
             {
                 "node": node,
-                "CPUs": start.get("cpus"),
+                "CPUs": start.cpus,
                 "busy": 1 - (spent["idle"] + spent["iowait"]) / total if total else None,
                 "steal": spent["steal"] / total if total else None,
-                "load (1 min) at start": start.get("loadavg"),
-                "load (1 min) at end": end.get("loadavg"),
-                "offloads (GSO/TSO/GRO)": "/".join(offload.get(k, "–") for k in ("gso", "tso", "gro")) or "–",
+                "load (1 min) at start": start.loadavg,
+                "load (1 min) at end": end.loadavg,
+                "offloads (GSO/TSO/GRO)": "/".join(start.offload.get(k, "–") for k in ("gso", "tso", "gro")) or "–",
             }
         )
     return pd.DataFrame(rows)
@@ -117,11 +117,11 @@ def conditions(run: RunDir) -> pd.DataFrame:
 
 def overcommit(run: RunDir) -> float | None:
     """VMs only: the nodes' vCPUs over the controller host's CPUs (containers share the host's)."""
-    host = ((run.manifest.get("conditions") or {}).get("controller") or {}).get("start") or {}
-    nodes = (run.manifest.get("lab") or {}).get("nodes") or []
-    if run.manifest.get("provider") != "libvirt" or not host.get("cpus"):
+    host = run.manifest.conditions.get(CONTROLLER, {}).get("start")
+    nodes = run.manifest.lab.get("nodes") or []
+    if run.manifest.provider != "libvirt" or host is None or not host.cpus:
         return None
-    return sum(n.get("vcpus", 1) for n in nodes) / host["cpus"]
+    return sum(n.get("vcpus", 1) for n in nodes) / host.cpus
 
 
 def _us(ns: float | None) -> str:

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import paramiko
 
+from lab.runlayout import ClockOffset
+
 ECHO_LOOP = "import sys,time\nprint('ready',flush=True)\nfor _ in sys.stdin: print(time.time_ns(),flush=True)"
 SAMPLES = 15
 
@@ -26,15 +28,6 @@ class Sample:
     @property
     def rtt_ns(self) -> int:
         return self.received_ns - self.sent_ns
-
-
-@dataclass(frozen=True)
-class ClockOffset:
-    offset_ns: int
-    """node clock - controller clock"""
-    uncertainty_ns: int
-    samples: int
-    measured_at_ns: int
 
 
 def best_offset(samples: list[Sample]) -> ClockOffset:

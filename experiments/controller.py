@@ -14,14 +14,12 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TextIO
 
 from experiments import drive, node_script, services
 from experiments.manifest import (
     Faults,
-    Manifest,
     checksums,
     controller_versions,
     git_info,
@@ -32,9 +30,10 @@ from experiments.manifest import (
 from experiments.progress import Reporter
 from experiments.remote import NodeError, NodeSession, open_session, parallel
 from experiments.scenario import ALL, Scenario, load_scenario
-from lab import inventory, state
+from lab import inventory, runlayout, state
 from lab.config import LabConfig
 from lab.errors import LabError
+from lab.runlayout import Conditions, Impairment, LlmSpeed, Manifest, Offload, ProbeSummary, ScenarioRecord, Tasks
 from lab.state import LabState
 from workload.config import AGENT_B_LLM_CALLS, LLM_CALLS_PER_TASK, LLM_MAX_TOKENS
 from workload.llm.speed import SpeedError, measure
@@ -50,7 +49,7 @@ def new_run_id(scenario: str, now_s: float | None = None) -> str:
 
 def runs_root(lab: LabConfig) -> Path:
     """runs/ beside lab.yaml: every run directory, and the sweeps' state under runs/sweeps/."""
-    return lab.path.parent.resolve() / "runs"
+    return lab.path.parent.resolve() / runlayout.RUNS
 
 
 def run(lab: LabConfig, scenario: Scenario, scenario_file: Path, reporter: Reporter) -> Path:
@@ -154,7 +153,7 @@ SLOW_LLM_ADVICE = (
 )
 
 
-def check_llm_speed(checks: dict[str, dict], scenario: Scenario, scenario_file: Path) -> dict[str, Any] | None:
+def check_llm_speed(checks: dict[str, dict], scenario: Scenario, scenario_file: Path) -> LlmSpeed | None:
     """For an agentic workload: one cold streamed completion of an agent-sized prompt from here to
     the LLM, and a refusal, before any probe starts, when calls at that speed cannot finish within
     the scenario's timeouts. Returns the measurement for the manifest."""
@@ -182,14 +181,14 @@ def check_llm_speed(checks: dict[str, dict], scenario: Scenario, scenario_file: 
         for key, limit, need, what in limits
         if need > limit
     ]
-    measured = {
-        "node": node,
-        "ttft_s": round(speed.ttft_s, 3),
-        "tokens_per_s": round(speed.tokens_per_s, 2),
-        "prompt_chars": speed.prompt_chars,
-        "max_tokens": LLM_MAX_TOKENS,
-        "call_s_with_margin": round(call, 2),
-    }
+    measured = LlmSpeed(
+        node=node,
+        ttft_s=round(speed.ttft_s, 3),
+        tokens_per_s=round(speed.tokens_per_s, 2),
+        prompt_chars=speed.prompt_chars,
+        max_tokens=LLM_MAX_TOKENS,
+        call_s_with_margin=round(call, 2),
+    )
     if short:
         raise LabError(
             f"preflight: the LLM on {node} takes {speed.ttft_s:.1f} s to the first token of an agent-sized "
@@ -222,7 +221,7 @@ class Experiment:
         sessions: list[NodeSession],
         reporter: Reporter,
         checks: dict[str, dict],
-        llm_speed: dict[str, Any] | None = None,
+        llm_speed: LlmSpeed | None = None,
     ) -> None:
         self.lab, self.scenario, self.run_dir, self.sessions, self.reporter = lab, scenario, run_dir, sessions, reporter
         self.entry = services.entry(checks, scenario.workload)
@@ -234,7 +233,9 @@ class Experiment:
         self.done = 0
         self.manifest = Manifest(
             run_id=run_dir.name,
-            scenario={"name": scenario.name, "file": str(scenario_file), "config": scenario.model_dump(mode="json")},
+            scenario=ScenarioRecord(
+                name=scenario.name, file=str(scenario_file), config=scenario.model_dump(mode="json")
+            ),
             lab=lab.model_dump(mode="json"),
             provider=current.provider,
             accelerator=current.accelerator,
@@ -290,7 +291,7 @@ class Experiment:
 
     def _clock(self, when: str) -> None:
         for node, offset in self._each(f"clock offset ({when})", lambda s: s.clock()).items():
-            self.manifest.clock_offsets.setdefault(node, {})[when] = asdict(offset)
+            self.manifest.clock_offsets.setdefault(node, {})[when] = offset
 
     def _conditions(self, when: str) -> None:
         """CPU counters, load and offloads of every node and of the controller's host (manifest `conditions`)."""
@@ -302,7 +303,7 @@ class Experiment:
         except (OSError, RuntimeError) as exc:
             self.fault(CONTROLLER, f"conditions not read ({when}): {exc}")
         for node, answer in answers.items():
-            self.manifest.conditions.setdefault(node, {})[when] = answer
+            self.manifest.conditions.setdefault(node, {})[when] = Conditions.model_validate(answer)
 
     def _offload(self) -> None:
         """`offload: off`: GSO/TSO/GRO off on every node's lab interface and on the host's (the controller's
@@ -318,11 +319,11 @@ class Experiment:
             [s for s in self.sessions if s.node.name in before],
         )
         for node, after in changed.items():
-            self.manifest.offload[node] = {"before": before[node], "after": after}
+            self.manifest.offload[node] = Offload(before=before[node], after=after)
         try:
             host = node_script.offloads(node_script.lab_interface(self.host_address))
             after = node_script.set_offload(self.host_address, _settable(host, "off"))
-            self.manifest.offload[CONTROLLER] = {"before": host, "after": after}
+            self.manifest.offload[CONTROLLER] = Offload(before=host, after=after)
         except (OSError, RuntimeError) as exc:
             self.fault(CONTROLLER, f"offloads not turned off on the host's lab interface: {exc}")
         if len(self.manifest.offload) < len(self.sessions) + 1:
@@ -333,18 +334,18 @@ class Experiment:
         restored = self._each(
             "offloads not restored",
             lambda s: s.step(
-                "set_offload", address=s.node.address, state=_settable(self.manifest.offload[s.node.name]["before"])
+                "set_offload", address=s.node.address, state=_settable(self.manifest.offload[s.node.name].before)
             ),
             changed,
         )
         if CONTROLLER in self.manifest.offload:
             try:
-                before = _settable(self.manifest.offload[CONTROLLER]["before"])
+                before = _settable(self.manifest.offload[CONTROLLER].before)
                 restored[CONTROLLER] = node_script.set_offload(self.host_address, before)
             except (OSError, RuntimeError) as exc:
                 self.fault(CONTROLLER, f"offloads not restored on the host's lab interface: {exc}")
         for node, now in restored.items():
-            self.manifest.offload[node]["restored"] = now
+            self.manifest.offload[node].restored = now
 
     def _impair(self) -> None:
         links: dict[str, list[dict]] = defaultdict(list)
@@ -384,9 +385,9 @@ class Experiment:
             self._record_probes(node, answer["status"])
             if answer["error"]:
                 self.fault(node, f"probes did not start: {answer['error']}")
-        self.manifest.write(self.run_dir)
+        runlayout.write_manifest(self.manifest, self.run_dir)
 
-    def _record_probes(self, node: str, status: dict | None) -> dict[str, dict]:
+    def _record_probes(self, node: str, status: dict | None) -> dict[str, ProbeSummary]:
         summary = probe_summary(status)
         if summary:
             self.manifest.probes[node] = summary
@@ -401,17 +402,21 @@ class Experiment:
         load = self.scenario.load
         how = f"{load.concurrency} in flight" if load.mode == "closed" else f"{load.rate_per_s}/s Poisson arrivals"
         self.reporter.phase(f"driving {measured} task(s) ({self.scenario.warmup} warm-up first), {how}")
-        self.manifest.tasks = {"planned": measured, "total": 0, "ok": 0, "failed": 0, "warmup": 0}
+        self.manifest.tasks = Tasks(planned=measured)
         stop = threading.Event()
         monitor = threading.Thread(target=self._monitor, args=(stop,), name="probe-monitor", daemon=True)
         with (
-            open(self.run_dir / "results.jsonl", "a", encoding="utf-8") as results,
+            open(runlayout.results_path(self.run_dir), "a", encoding="utf-8") as results,
             self.reporter.tasks(sum(len(p) for p in phases)),
         ):
             monitor.start()
             try:
                 drive.drive(
-                    phases, self.scenario, self.entry, self.run_dir / "telemetry", lambda o: self._done(o, results)
+                    phases,
+                    self.scenario,
+                    self.entry,
+                    runlayout.telemetry_dir(self.run_dir),
+                    lambda o: self._done(o, results),
                 )
             except KeyboardInterrupt:
                 return True
@@ -425,11 +430,13 @@ class Experiment:
         results.flush()
         self.done += 1
         tasks = self.manifest.tasks
+        assert tasks is not None  # set before the first task is driven
         if outcome.planned.warmup:
-            tasks["warmup"] += 1
+            tasks.warmup += 1
+        elif outcome.result.ok:
+            tasks.total, tasks.ok = tasks.total + 1, tasks.ok + 1
         else:
-            tasks["total"] += 1
-            tasks["ok" if outcome.result.ok else "failed"] += 1
+            tasks.total, tasks.failed = tasks.total + 1, tasks.failed + 1
         if not outcome.result.ok:
             r = outcome.result
             self.fault("controller", f"task {r.task_id} (repetition {outcome.planned.repetition}) failed: {r.error}")
@@ -443,7 +450,7 @@ class Experiment:
             records = {}
             for node, answer in answers.items():
                 summary = self._record_probes(node, answer["status"])
-                records[node] = sum(p["records"] for p in summary.values())
+                records[node] = sum(p.records for p in summary.values())
                 if not answer["alive"]:
                     self.fault(node, "the probe runner is not running")
             self.reporter.records(records)
@@ -468,7 +475,7 @@ class Experiment:
         self.manifest.ended_at_ns = time.time_ns()
         self.manifest.faults = self.faults.items
         self.manifest.files = checksums(self.run_dir)
-        self.manifest.write(self.run_dir)
+        runlayout.write_manifest(self.manifest, self.run_dir)
         self.reporter.summary(self.manifest, self.run_dir)
 
     def _stop(self, session: NodeSession) -> dict:
@@ -483,8 +490,8 @@ class Experiment:
         """The end clock offset, then every file over SFTP; the node's copy goes once all matched."""
         node = session.node.name
         try:
-            self.manifest.clock_offsets.setdefault(node, {})["end"] = asdict(session.clock())
-            bad = session.pull(stopped["files"], self.run_dir / "nodes" / node)
+            self.manifest.clock_offsets.setdefault(node, {})["end"] = session.clock()
+            bad = session.pull(stopped["files"], runlayout.node_dir(self.run_dir, node))
             if bad:
                 self.fault(
                     node,
@@ -522,22 +529,22 @@ def _versions(checks: dict[str, dict], workload: str) -> dict[str, Any]:
     }
 
 
-def _applied(node: str, link: dict, answer: dict) -> dict[str, Any]:
+def _applied(node: str, link: dict, answer: dict) -> Impairment:
     wanted = {k: link[k] for k in ("delay_ms", "jitter_ms", "loss_pct", "rate_mbit") if link[k]}
     by = {k: ("netem" if answer["netem"] else None) for k in wanted if k != "rate_mbit"}
     if "rate_mbit" in wanted:
         by["rate_mbit"] = "htb"
     not_applied = [k for k, v in by.items() if v is None]
-    return {
-        "node": node,
-        "to": link["to"],
-        "iface": answer["iface"],
-        "requested": wanted,
-        "applied_by": by,
-        "not_applied": not_applied,
-        "reason": "no netem qdisc in this kernel" if not_applied else None,
-        "qdisc": answer["qdisc"],
-    }
+    return Impairment(
+        node=node,
+        to=link["to"],
+        iface=answer["iface"],
+        requested=wanted,
+        applied_by=by,
+        not_applied=not_applied,
+        reason="no netem qdisc in this kernel" if not_applied else None,
+        qdisc=answer["qdisc"],
+    )
 
 
 def _json_line(record: dict) -> str:

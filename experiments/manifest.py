@@ -1,29 +1,20 @@
-"""manifest.json: everything needed to reproduce and to trust a run, and the faults it met."""
+"""What the controller puts into manifest.json (its shape: lab/runlayout.py): probe summaries and
+their CPU, faults, checksums, versions."""
 
 from __future__ import annotations
 
 import importlib.metadata
-import json
-import os
 import platform
 import subprocess
 import threading
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from experiments import node_script
+from lab.runlayout import MANIFEST, Fault, ProbeCpu, ProbeSummary
 
 CONTROLLER_PACKAGES = ("agentic-lab", "fabric", "paramiko", "pydantic", "httpx", "rich")
-MANIFEST = "manifest.json"
-
-
-@dataclass(frozen=True)
-class Fault:
-    when_ns: int
-    node: str
-    what: str
 
 
 class Faults:
@@ -37,7 +28,7 @@ class Faults:
         with self._lock:
             if any(f.node == node and f.what == what for f in self._items):
                 return False
-            self._items.append(Fault(time.time_ns(), node, what))
+            self._items.append(Fault(when_ns=time.time_ns(), node=node, what=what))
             return True
 
     @property
@@ -46,42 +37,10 @@ class Faults:
             return list(self._items)
 
 
-@dataclass
-class Manifest:
-    run_id: str
-    scenario: dict[str, Any]
-    lab: dict[str, Any]
-    provider: str
-    accelerator: str
-    image: str
-    started_at_ns: int
-    versions: dict[str, Any] = field(default_factory=dict)
-    git: dict[str, Any] = field(default_factory=dict)
-    ended_at_ns: int | None = None
-    clock_offsets: dict[str, dict[str, Any]] = field(default_factory=dict)
-    probes: dict[str, dict[str, Any]] = field(default_factory=dict)
-    probe_cpu_s: dict[str, dict[str, float | None]] = field(default_factory=dict)  # node -> probe_cpu()
-    impairments_applied: list[dict[str, Any]] = field(default_factory=list)
-    conditions: dict[str, dict[str, Any]] = field(default_factory=dict)  # node|controller -> start|end -> conditions
-    offload: dict[str, dict[str, Any]] = field(default_factory=dict)  # node -> {before, after, restored}
-    llm_speed: dict[str, Any] | None = None  # controller.check_llm_speed, agentic runs only
-    tasks: dict[str, int] = field(default_factory=dict)
-    faults: list[Fault] = field(default_factory=list)
-    files: dict[str, dict[str, Any]] = field(default_factory=dict)
-    analysis: dict[str, Any] | None = None
-
-    def write(self, run_dir: Path) -> Path:
-        path = run_dir / MANIFEST
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2, default=str) + "\n")
-        os.replace(tmp, path)
-        return path
-
-
 CPU_PHASES = ("attach", "running", "stopping")
 
 
-def probe_summary(status: dict | None) -> dict[str, dict[str, Any]]:
+def probe_summary(status: dict | None) -> dict[str, ProbeSummary]:
     """{probe: {state, source, started, records, lost, error}} from a runner's status.json;
     a packet capture's records are its packets."""
     if not status:
@@ -89,20 +48,20 @@ def probe_summary(status: dict | None) -> dict[str, dict[str, Any]]:
     return {name: _probe(probe) for name, probe in status.get("probes", {}).items()}
 
 
-def _probe(probe: dict) -> dict[str, Any]:
+def _probe(probe: dict) -> ProbeSummary:
     capture = probe.get("packets") is not None
-    return {
-        "state": probe.get("state"),
-        "source": probe.get("source"),
-        "started": probe.get("started", False),
-        "records": probe["packets"] if capture else probe.get("records", 0),
-        "lost": (probe.get("packets_dropped") if capture else probe.get("lost_events")) or 0,
-        "invalid_values": probe.get("invalid_values", 0),
-        "error": probe.get("attach_error") or probe.get("error") or probe.get("unavailable_reason"),
-    }
+    return ProbeSummary(
+        state=probe.get("state"),
+        source=probe.get("source"),
+        started=probe.get("started", False),
+        records=probe["packets"] if capture else probe.get("records", 0),
+        lost=(probe.get("packets_dropped") if capture else probe.get("lost_events")) or 0,
+        invalid_values=probe.get("invalid_values", 0),
+        error=probe.get("attach_error") or probe.get("error") or probe.get("unavailable_reason"),
+    )
 
 
-def probe_cpu(status: dict | None) -> dict[str, float | None]:
+def probe_cpu(status: dict | None) -> ProbeCpu:
     """CPU seconds spent observing on a node, by phase (collectors.status.CpuSpent: attach, running,
     stopping), summed over the runner and its probe processes (each once: a probe that shares
     another's process reports none), and `bpf`: the kernel's time in
@@ -113,23 +72,23 @@ def probe_cpu(status: dict | None) -> dict[str, float | None]:
     probes = [p for p in status.get("probes", {}).values() if p.get("pid") and not p.get("shared_with")]
     spent = [status.get("cpu_s"), *(p.get("cpu_s") for p in probes)]
     in_bpf = [p["bpf_run_ns"] for p in probes if p.get("bpf_run_ns") is not None]
-    bpf = {"bpf": round(sum(in_bpf) / 1e9, 3) if in_bpf else None}
+    bpf = round(sum(in_bpf) / 1e9, 3) if in_bpf else None
     if None in spent:
-        return dict.fromkeys(CPU_PHASES) | bpf
-    return {phase: round(sum(s[phase] or 0 for s in spent), 3) for phase in CPU_PHASES} | bpf
+        return ProbeCpu(bpf=bpf)
+    return ProbeCpu(bpf=bpf, **{phase: round(sum(s[phase] or 0 for s in spent), 3) for phase in CPU_PHASES})
 
 
-def probe_faults(summary: dict[str, dict[str, Any]]) -> list[str]:
+def probe_faults(summary: dict[str, ProbeSummary]) -> list[str]:
     """One line per probe that did not run to the end or wrote values it could not read."""
     lines = []
     for name, p in summary.items():
-        if p.get("invalid_values"):
+        if p.invalid_values:
             lines.append(
-                f"probe {name} wrote {p['invalid_values']} record(s) with a value it could not read "
+                f"probe {name} wrote {p.invalid_values} record(s) with a value it could not read "
                 "(null there, the reason in the record's `invalid`)"
             )
-        if p["state"] not in ("running", "stopped", "starting"):
-            lines.append(f"probe {name} {p['state']}: {p['error'] or 'no reason given'}")
+        if p.state not in ("running", "stopped", "starting"):
+            lines.append(f"probe {name} {p.state}: {p.error or 'no reason given'}")
     return lines
 
 

@@ -27,6 +27,13 @@ STOP_TIMEOUT_S = 30.0
 DETECT_TIMEOUT_S = 300.0
 STOP_STEP_S = 60.0  # one stop step waits this long at most; the controller asks again while the runner decodes
 UNSHAPED = "10gbit"
+# This node's run directory, the shape of nodes/<node>/ once pulled. The module that says the layout
+# (lab/runlayout.py) cannot be imported here; tests/lab/test_runlayout.py holds these names to it.
+PROBES = "probes"
+STATUS = "status.json"
+RUNNER_PID = "runner.pid"
+RUNNER_LOG = "logs/runner.log"
+TELEMETRY = "telemetry"
 
 
 def _run(argv: list[str], timeout: float = 60, **kwargs: object) -> subprocess.CompletedProcess[str]:
@@ -243,7 +250,7 @@ def telemetry_sizes(telemetry: str) -> dict[str, int]:
 
 def _status(out: Path) -> dict | None:
     try:
-        return json.loads((out / "status.json").read_text())
+        return json.loads((out / STATUS).read_text())
     except (OSError, ValueError):
         return None
 
@@ -292,7 +299,7 @@ def _stop_runner(pid: int, out: Path, within_s: float = math.inf) -> str:
 
 def stop_stale_runners(runs: str) -> list[dict]:
     stale = []
-    for pid_file in sorted(Path(runs).glob("*/probes/runner.pid")):
+    for pid_file in sorted(Path(runs).glob(f"*/{PROBES}/{RUNNER_PID}")):
         pid = _pid(pid_file.parent)
         if pid is not None and _is_runner(pid):
             stale.append(
@@ -303,7 +310,7 @@ def stop_stale_runners(runs: str) -> list[dict]:
 
 def _pid(out: Path) -> int | None:
     try:
-        return int((out / "runner.pid").read_text())
+        return int((out / RUNNER_PID).read_text())
     except (OSError, ValueError):
         return None
 
@@ -323,10 +330,10 @@ def start(
 
     The capture covers the lab interface and loopback: a node's services that call each other
     by the node's own address talk over lo, and their packets belong to the run too."""
-    out = Path(run_dir) / "probes"
-    (out / "logs").mkdir(parents=True, exist_ok=True)
+    out = Path(run_dir) / PROBES
+    (out / RUNNER_LOG).parent.mkdir(parents=True, exist_ok=True)
     offsets = telemetry_sizes(telemetry)
-    with open(out / "logs" / "runner.log", "ab") as log:
+    with open(out / RUNNER_LOG, "ab") as log:
         runner = subprocess.Popen(
             [
                 collectors,
@@ -364,7 +371,7 @@ def start(
     status = _status(out)
     error = None
     if runner.poll() is not None:
-        error = f"the runner exited {runner.returncode}: {_tail(out / 'logs' / 'runner.log')}"
+        error = f"the runner exited {runner.returncode}: {_tail(out / RUNNER_LOG)}"
     elif not status or status.get("state") != "running":
         error = f"the runner did not reach 'running' within {START_TIMEOUT_S:.0f} s"
     return {"pid": runner.pid, "offsets": offsets, "status": status, "error": error}
@@ -379,7 +386,7 @@ def _tail(path: Path) -> str:
 
 
 def status(run_dir: str) -> dict:
-    out = Path(run_dir) / "probes"
+    out = Path(run_dir) / PROBES
     return {"status": _status(out), "alive": alive(_pid(out))}
 
 
@@ -387,12 +394,12 @@ def stop(run_dir: str, telemetry: str, offsets: dict[str, int], wait_s: float = 
     """SIGTERM the runner and wait up to `wait_s` for it to stop (runner "stopping": ask again);
     once it stopped, copy this run's telemetry and list every file with its sha256."""
     root = Path(run_dir)
-    out = root / "probes"
+    out = root / PROBES
     pid = _pid(out)
     outcome = _stop_runner(pid, out, wait_s) if pid is not None and alive(pid) else "not running"
     if outcome == "stopping":
         return {"runner": outcome, "status": _status(out)}
-    copied = copy_telemetry(Path(telemetry), root / "telemetry", offsets)
+    copied = copy_telemetry(Path(telemetry), root / TELEMETRY, offsets)
     _run(["chmod", "-R", "a+rX", str(root)])
     return {"runner": outcome, "status": _status(out), "telemetry": copied, "files": checksums(root)}
 

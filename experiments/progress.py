@@ -20,7 +20,7 @@ from rich.progress import (
 from rich.table import Table
 
 from experiments.drive import Outcome
-from experiments.manifest import Manifest
+from lab.runlayout import Manifest, ProbeCpu, Tasks, node_prefix
 
 if TYPE_CHECKING:
     from experiments.sweep import Cell, RunEntry
@@ -82,20 +82,20 @@ class Reporter:
         )
         for node, probes in manifest.probes.items():
             offset = manifest.clock_offsets.get(node, {}).get("start")
-            clock = f"{offset['offset_ns'] / 1e3:+.0f} ± {offset['uncertainty_ns'] / 1e3:.0f} µs" if offset else "-"
-            stopped = sum(p["state"] == "stopped" for p in probes.values())
-            records = sum(p["records"] for p in probes.values())
-            files = sum(1 for f in manifest.files if f.startswith(f"nodes/{node}/"))
-            cpu = manifest.probe_cpu_s.get(node, {})
-            bpf = "" if cpu.get("bpf") is None else f" + {cpu['bpf']:.2f} s BPF"
-            spent = "-" if cpu.get("running") is None else f"{cpu['running']:.2f} s{bpf}"
+            clock = f"{offset.offset_ns / 1e3:+.0f} ± {offset.uncertainty_ns / 1e3:.0f} µs" if offset else "-"
+            stopped = sum(p.state == "stopped" for p in probes.values())
+            records = sum(p.records for p in probes.values())
+            files = sum(1 for f in manifest.files if f.startswith(node_prefix(node)))
+            cpu = manifest.probe_cpu_s.get(node, ProbeCpu())
+            bpf = "" if cpu.bpf is None else f" + {cpu.bpf:.2f} s BPF"
+            spent = "-" if cpu.running is None else f"{cpu.running:.2f} s{bpf}"
             table.add_row(node, clock, f"{stopped}/{len(probes)}", str(records), spent, str(files))
         self.console.print(table)
-        tasks = manifest.tasks
-        wall = ((manifest.ended_at_ns or 0) - manifest.started_at_ns) / 1e9
+        tasks = manifest.tasks or Tasks(planned=0)
+        wall = ((manifest.ended_at_ns or 0) - (manifest.started_at_ns or 0)) / 1e9
         self.console.print(
-            f"tasks: {tasks.get('ok', 0)} ok, {tasks.get('failed', 0)} failed of {tasks.get('total', 0)} "
-            f"(+{tasks.get('warmup', 0)} warm-up); {len(manifest.faults)} fault(s); {wall:.1f} s"
+            f"tasks: {tasks.ok} ok, {tasks.failed} failed of {tasks.total} "
+            f"(+{tasks.warmup} warm-up); {len(manifest.faults)} fault(s); {wall:.1f} s"
         )
         for fault in manifest.faults:
             self.console.print(f"  [yellow]fault[/yellow] {fault.node}: {fault.what}", highlight=False)

@@ -17,6 +17,7 @@ from invoke.exceptions import CommandTimedOut
 
 from experiments import clock, node_script, services
 from lab.errors import LabError
+from lab.runlayout import ClockOffset
 from lab.ssh import SSH_ERRORS, connection
 from vms.base import Node
 
@@ -88,7 +89,7 @@ class NodeSession:
             if answer["runner"] != "stopping":
                 return answer
 
-    def clock(self) -> clock.ClockOffset:
+    def clock(self) -> ClockOffset:
         try:
             return clock.measure(self.conn.transport)
         except (*SSH_ERRORS, ValueError, RuntimeError) as exc:

@@ -25,11 +25,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from analysis.sweep import Cell as ReportCell
 from analysis.sweep import write_sweep_report
 from experiments import controller
-from experiments.manifest import MANIFEST
 from experiments.progress import Reporter
 from experiments.scenario import Scenario, scenario_path
 from lab.config import LabConfig
-from lab.errors import ConfigError, LabError
+from lab.errors import ConfigError, LabError, ManifestError
+from lab.runlayout import read_manifest
 from lab.validation import read_yaml, validate
 
 STATE = "sweep.json"
@@ -265,20 +265,12 @@ def _planned_cells(sweep: Sweep) -> list[dict[str, Any]]:
 def finished(run_dir: Path) -> bool:
     """A run that drove every planned task and wrote its final manifest, without a Ctrl-C."""
     try:
-        manifest = json.loads((run_dir / MANIFEST).read_text())
-    except (OSError, ValueError):
+        manifest = read_manifest(run_dir).manifest
+    except (OSError, ManifestError):
         return False
-    tasks = manifest.get("tasks") or {}
-    interrupted = any(
-        f.get("node") == "controller" and f.get("what", "").startswith("interrupted")
-        for f in manifest.get("faults", [])
-    )
-    return (
-        manifest.get("ended_at_ns") is not None
-        and "planned" in tasks
-        and tasks.get("total") == tasks["planned"]
-        and not interrupted
-    )
+    interrupted = any(f.node == "controller" and f.what.startswith("interrupted") for f in manifest.faults)
+    tasks = manifest.tasks
+    return manifest.ended_at_ns is not None and tasks is not None and tasks.total == tasks.planned and not interrupted
 
 
 def run_dirs_of(runs_root: Path, name: str) -> list[Path]:

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from lab import inventory, lifecycle, state
+from lab import inventory, lifecycle, runlayout, state
 from lab.config import LabConfig, load_config
 from lab.errors import LabError
 
@@ -165,7 +165,7 @@ def analyze(
     ctx: typer.Context, runs: list[Path] = typer.Argument(..., help="run directories"), compare: bool = False
 ) -> None:
     """Tables, plots and report.html for one or more run directories (--compare: one report across them)."""
-    missing = [str(r) for r in runs if not (r / "manifest.json").is_file() and not (r / "nodes").is_dir()]
+    missing = [str(r) for r in runs if not runlayout.manifest_path(r).is_file() and not runlayout.nodes_dir(r).is_dir()]
     if missing:
         raise LabError(f"not a run directory (no manifest.json, no nodes/): {', '.join(missing)}")
     _report(runs, table=not compare, comparison=compare)

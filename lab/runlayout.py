@@ -33,6 +33,8 @@ LAYOUT_VERSION = 2
 UNVERSIONED = 1
 """The layout of a manifest without `layout_version`: every run directory written before it existed."""
 
+RUNS = "runs"
+"""Beside lab.yaml: every run directory; in an export, one directory per run holding its manifest."""
 MANIFEST = "manifest.json"
 RESULTS = "results.jsonl"
 TELEMETRY = "telemetry"
@@ -143,6 +145,11 @@ def report_path(root: Path) -> Path:
 
 def analysis_path(run_dir: Path) -> Path:
     return run_dir / ANALYSIS
+
+
+def exported_manifest_relpath(run_id: str) -> str:
+    """Where an export (`lab export`) keeps a run's manifest, relative to the export's directory."""
+    return f"{RUNS}/{run_id}/{MANIFEST}"
 
 
 # --- the manifest ----------------------------------------------------------------------------
@@ -265,6 +272,8 @@ class FileEntry(Record):
 class Manifest(Record):
     """manifest.json: everything needed to reproduce and to trust a run, and the faults it met.
     Fields a version-1 manifest may lack have defaults; the reader says which were missing."""
+
+    model_config = ConfigDict(extra="ignore", validate_assignment=True)
 
     layout_version: int = LAYOUT_VERSION
     run_id: str | None = None

@@ -24,7 +24,8 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from experiments.drive import Outcome, Planned
-from experiments.manifest import checksums
+from experiments.manifest import checksums, probe_summary
+from lab import runlayout
 from workload import driver
 from workload.db import seed_database
 from workload.llm import DEFAULT_MODEL
@@ -97,7 +98,7 @@ def run_scenario(stack: LocalStack, out: Path, scenario: str, seed: int) -> Path
     count, concurrency = TASKS[scenario]
     run_id = f"loop-{scenario}-{time.strftime('%Y%m%dT%H%M%S')}"
     run_dir = out / run_id
-    probes = run_dir / "nodes" / NODE / "probes"
+    probes = runlayout.probes_dir(run_dir, NODE)
     started = time.time_ns()
     runner = start_probes(run_id, probes)
     before = telemetry_sizes(stack.telemetry_dir)
@@ -108,42 +109,40 @@ def run_scenario(stack: LocalStack, out: Path, scenario: str, seed: int) -> Path
             tasks,
             stack.entry,
             concurrency,  # type: ignore[arg-type]
-            telemetry_dir=run_dir / "telemetry",
+            telemetry_dir=runlayout.telemetry_dir(run_dir),
         )
         time.sleep(DRAIN_S)
     finally:
         stop_probes(runner)
-    copy_new_telemetry(stack.telemetry_dir, before, run_dir / "nodes" / NODE / "telemetry")
-    with open(run_dir / "results.jsonl", "w") as f:
+    copy_new_telemetry(stack.telemetry_dir, before, runlayout.telemetry_dir(runlayout.node_dir(run_dir, NODE)))
+    with open(runlayout.results_path(run_dir), "w") as f:
         outcomes = [Outcome(Planned(task, 1, None), result) for task, result in zip(tasks, results, strict=True)]
         f.writelines(json.dumps(outcome.record()) + "\n" for outcome in outcomes)
-    status = json.loads((probes / "status.json").read_text())
-    manifest = {
-        "run_id": run_id,
-        "scenario": {"name": scenario, "tasks": count, "concurrency": concurrency, "synth": SYNTH},
-        "lab": {"name": "loopback", "llm": {"backend": "llamacpp", "model": DEFAULT_MODEL}},
-        "provider": "loopback",
-        "accelerator": "container",
-        "image": "host",
-        "versions": {"python": platform.python_version(), "kernel": platform.release()},
-        "git": None,
-        "started_at_ns": started,
-        "ended_at_ns": time.time_ns(),
-        "clock_offsets": {
-            NODE: {"start": {"offset_ns": 0, "uncertainty_ns": 0}, "end": {"offset_ns": 0, "uncertainty_ns": 0}}
-        },
-        "probes": {
+    status = json.loads(runlayout.status_file(run_dir, NODE).read_text())
+    ok = sum(r.ok for r in results)
+    manifest = runlayout.Manifest(
+        run_id=run_id,
+        scenario=runlayout.ScenarioRecord(
+            name=scenario, config={"tasks": count, "concurrency": concurrency, "synth": SYNTH}
+        ),
+        lab={"name": "loopback", "llm": {"backend": "llamacpp", "model": DEFAULT_MODEL}},
+        provider="loopback",
+        accelerator="container",
+        image="host",
+        versions=runlayout.Versions(controller={"python": platform.python_version(), "kernel": platform.release()}),
+        started_at_ns=started,
+        ended_at_ns=time.time_ns(),
+        clock_offsets={
             NODE: {
-                name: {"state": p["state"], "source": p["source"], "records": p["records"], "error": p["error"]}
-                for name, p in status["probes"].items()
+                "start": runlayout.ClockOffset(offset_ns=0, uncertainty_ns=0),
+                "end": runlayout.ClockOffset(offset_ns=0, uncertainty_ns=0),
             }
         },
-        "impairments_applied": [],
-        "tasks": [r.task_id for r in results],
-        "faults": [],
-        "files": checksums(run_dir),
-    }
-    (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        probes={NODE: probe_summary(status)},
+        tasks=runlayout.Tasks(planned=count, total=len(results), ok=ok, failed=len(results) - ok),
+        files=checksums(run_dir),
+    )
+    runlayout.write_manifest(manifest, run_dir)
     return run_dir
 
 

@@ -11,11 +11,12 @@ import pytest
 from analysis import validation
 from analysis.pcap import ACK, SYN
 from analysis.rundir import RunDir
+from lab.runlayout import Manifest
 
 
 def result(conns: pd.DataFrame, packets: pd.DataFrame, manifest: dict) -> SimpleNamespace:
     joined = SimpleNamespace(conns=conns, packets=packets)
-    return SimpleNamespace(joined=joined, run=RunDir(Path("run"), manifest))
+    return SimpleNamespace(joined=joined, run=RunDir(Path("run"), Manifest.model_validate(manifest)))
 
 
 CONNS = pd.DataFrame(
@@ -50,7 +51,7 @@ def test_every_handshake_joined_to_a_probe_connection_is_counted_once_per_hop() 
 def test_losses_failed_probes_and_clocks_outside_the_join_window_are_warned_about() -> None:
     packets = pd.DataFrame({"key": [1], "conn_id": [0], "hop": ["agent→llm"], "flags": [SYN]})
     assert validation.warnings(result(CONNS, packets, MANIFEST)) == []
-    clocks = validation.clock_budget(RunDir(Path("run"), MANIFEST)).iloc[0]
+    clocks = validation.clock_budget(RunDir(Path("run"), Manifest.model_validate(MANIFEST))).iloc[0]
     assert (clocks["drift (µs)"], clocks["timestamp error (µs)"], clocks["within the join window"]) == (
         "4.0",
         "80.0",
@@ -89,7 +90,7 @@ def test_cpu_steal_saturation_and_overcommit_are_warned_about() -> None:
             "controller": {"start": {"cpu": cpu(0, 0, 0), "cpus": 2}, "end": {"cpu": cpu(1000, 0, 0)}},
         },
     }
-    table = validation.conditions(RunDir(Path("run"), manifest)).set_index("node")
+    table = validation.conditions(RunDir(Path("run"), Manifest.model_validate(manifest))).set_index("node")
     assert table.loc["agent-a", "steal"] == 0.05 and table.loc["agent-a", "busy"] == pytest.approx(0.1)
     assert table.loc["agent-a", "offloads (GSO/TSO/GRO)"] == "on/on/off"
     packets = pd.DataFrame({"key": [1], "conn_id": [0], "hop": ["agent→llm"], "flags": [SYN]})

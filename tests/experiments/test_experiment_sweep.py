@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 import yaml
 
-from experiments.manifest import Fault, Manifest
 from experiments.scenario import Scenario
 from experiments.sweep import (
     STATE,
@@ -31,6 +30,7 @@ from experiments.sweep import (
 )
 from lab.config import load_config
 from lab.errors import ConfigError, LabError
+from lab.runlayout import Fault, Manifest, write_manifest
 from tests.conftest import REPO, write_lab
 
 LAB = load_config(REPO / "lab.yaml")
@@ -154,8 +154,12 @@ def fake_run(runs: Path, name: str, stamp: str, complete: bool = True, interrupt
     run_dir = runs / f"{stamp}-{name}"
     run_dir.mkdir(parents=True)
     total = 4 if complete else 1
-    faults = [Fault(1, "controller", "interrupted (Ctrl-C) after 1 task(s); stopping")] if interrupted else []
-    Manifest(
+    faults = (
+        [Fault(when_ns=1, node="controller", what="interrupted (Ctrl-C) after 1 task(s); stopping")]
+        if interrupted
+        else []
+    )
+    manifest = Manifest(
         run_id=run_dir.name,
         scenario={"name": name},
         lab={},
@@ -166,7 +170,8 @@ def fake_run(runs: Path, name: str, stamp: str, complete: bool = True, interrupt
         ended_at_ns=2,
         tasks={"planned": 4, "total": total, "ok": total, "failed": 0, "warmup": 0},
         faults=faults,
-    ).write(run_dir)
+    )
+    write_manifest(manifest, run_dir)
     return run_dir
 
 

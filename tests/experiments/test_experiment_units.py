@@ -18,13 +18,13 @@ from experiments.controller import new_run_id
 from experiments.drive import arrivals, plan
 from experiments.manifest import (
     Faults,
-    Manifest,
     checksums,
     probe_cpu,
     probe_faults,
     probe_summary,
 )
 from experiments.scenario import Scenario
+from lab.runlayout import LAYOUT_VERSION, Manifest, write_manifest
 from tests.conftest import require_root
 
 
@@ -137,7 +137,7 @@ STATUS = {
 
 def test_probe_summary_and_faults():
     summary = probe_summary(STATUS)
-    assert summary["rtt"] == {
+    assert summary["rtt"].model_dump() == {
         "state": "stopped",
         "source": "bpftrace tracepoint:tcp:tcp_probe",
         "started": True,
@@ -146,7 +146,7 @@ def test_probe_summary_and_faults():
         "invalid_values": 2,
         "error": None,
     }
-    assert summary["pcap:host0"]["records"] == 817 and summary["pcap:host0"]["lost"] == 2
+    assert summary["pcap:host0"].records == 817 and summary["pcap:host0"].lost == 2
     assert probe_faults(summary) == [
         "probe rtt wrote 2 record(s) with a value it could not read (null there, the reason in the record's `invalid`)",
         "probe lifetime exited: killed by SIGKILL",
@@ -164,10 +164,10 @@ def test_probe_cpu_sums_the_runner_and_its_probe_processes_by_phase():
             "retrans": {"pid": None, "cpu_s": None},  # unavailable: never spawned
         },
     }
-    assert probe_cpu(status) == {"attach": 2.0, "running": 1.5, "stopping": 0.75, "bpf": 0.25}
+    assert probe_cpu(status).model_dump() == {"attach": 2.0, "running": 1.5, "stopping": 0.75, "bpf": 0.25}
     status["probes"]["rtt"]["cpu_s"] = None  # still running: its CPU is not known yet
-    assert probe_cpu(status) == {"attach": None, "running": None, "stopping": None, "bpf": 0.25}
-    assert probe_cpu(None) == {"attach": None, "running": None, "stopping": None, "bpf": None}
+    assert probe_cpu(status).model_dump() == {"attach": None, "running": None, "stopping": None, "bpf": 0.25}
+    assert probe_cpu(None).model_dump() == {"attach": None, "running": None, "stopping": None, "bpf": None}
 
 
 def test_faults_are_recorded_once():
@@ -253,8 +253,9 @@ def test_manifest_is_written_whole(tmp_path):
         image="i",
         started_at_ns=1,
     )
-    data = json.loads(manifest.write(tmp_path).read_text())
+    data = json.loads(write_manifest(manifest, tmp_path).read_text())
     assert data["run_id"] == "r" and data["analysis"] is None and data["faults"] == []
+    assert data["layout_version"] == LAYOUT_VERSION
     assert not list(tmp_path.glob("*.tmp"))
 
 
