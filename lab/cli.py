@@ -188,7 +188,7 @@ def _report(runs: list[Path], table: bool, comparison: bool) -> None:
                 f"{s['rtt_us_p99']:.0f}",
                 f"{s['matched_lab_flows']:.1%}",
                 str(len(result.run.problems)),
-                str(result.run.path / "report.html"),
+                str(runlayout.report_path(result.run.path)),
             )
         console.print(rows)
     if comparison:

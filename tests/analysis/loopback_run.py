@@ -64,7 +64,7 @@ def start_probes(run_id: str, out: Path) -> subprocess.Popen:
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         try:
-            if json.loads((out / "status.json").read_text()).get("state") == "running":
+            if json.loads((out / runlayout.STATUS).read_text()).get("state") == "running":
                 return proc
         except (OSError, ValueError):
             pass
