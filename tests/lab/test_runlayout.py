@@ -5,9 +5,11 @@ import json
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
-from experiments import node_script
+from experiments import controller, node_script
 from experiments.manifest import Faults, checksums, controller_versions, git_info, probe_cpu, probe_summary
+from experiments.progress import Reporter
 from lab import runlayout
 from lab.errors import ManifestError, ManifestMissingError
 from lab.runlayout import (
@@ -195,3 +197,15 @@ def test_a_manifest_that_cannot_be_read_names_the_file_and_the_fix(
     with pytest.raises(error, match=message) as raised:
         read_manifest(tmp_path)
     assert str(runlayout.manifest_path(tmp_path)) in str(raised.value)
+
+
+def test_the_controllers_summary_and_impairment_records_use_the_typed_manifest(tmp_path: Path) -> None:
+    console = Console(record=True, width=200)
+    manifest = _controller_manifest(tmp_path)
+    Reporter(console).summary(manifest, tmp_path)
+    shown = console.export_text()
+    assert "+0 ± 0 µs" in shown and "2 ok, 1 failed of 3" in shown and "fault agent-a: probe rtt exited" in shown
+    Reporter(console).summary(Manifest(run_id="r"), tmp_path)  # stopped before any task: no tasks recorded
+    link = {"to": "llm", "delay_ms": 5.0, "jitter_ms": None, "loss_pct": None, "rate_mbit": 50.0}
+    applied = controller._applied("agent-b", link, {"netem": False, "iface": "host0", "qdisc": "htb"})
+    assert applied.not_applied == ["delay_ms"] and applied.applied_by == {"delay_ms": None, "rate_mbit": "htb"}
