@@ -77,14 +77,22 @@ def measure(cell: Cell, results: list[RunAnalysis]) -> CellResult:
     return result
 
 
+def baselines(cells: list[CellResult]) -> dict[str, CellResult]:
+    """Each agentic cell's label -> the baseline cell of the same setting (cells without one are left out)."""
+    by_setting = {c.setting(): c for c in cells if c.workload == BASELINE}
+    return {
+        c.cell.label: by_setting[c.setting()] for c in cells if c.workload != BASELINE and c.setting() in by_setting
+    }
+
+
 def effects(cells: list[CellResult]) -> pd.DataFrame:
     """Each agentic cell against the baseline cell of the same setting: per metric, the difference and
     ratio of means with their intervals, and whether the two cells' own intervals overlap."""
-    baselines = {c.setting(): c for c in cells if c.workload == BASELINE}
+    controls = baselines(cells)
     rows = []
     for cell in cells:
-        control = baselines.get(cell.setting())
-        if cell.workload == BASELINE or control is None:
+        control = controls.get(cell.cell.label)
+        if control is None:
             continue
         for key in EFFECTS:
             (treated, unit), (base, _) = cell.values(key), control.values(key)

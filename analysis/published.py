@@ -82,27 +82,31 @@ def figures(result: RunAnalysis) -> dict[str, float]:
     }
 
 
-def table(results: list[RunAnalysis]) -> pd.DataFrame:
-    """One column per run and the published value; with a baseline run, each agentic run's ratio to it."""
-    measured = {r.label: figures(r) for r in results}
+def table(groups: dict[str, list[RunAnalysis]], baselines: dict[str, str]) -> pd.DataFrame:
+    """One column per group of runs (a run, or a sweep cell's repetitions: each figure's mean over them)
+    and the published value; each agentic group named in `baselines` also gets its ratio to that
+    baseline group."""
+    measured = {label: pd.DataFrame([figures(r) for r in runs]).mean().to_dict() for label, runs in groups.items()}
     frame = pd.DataFrame(
         {label: {FIGURES[k][0]: _fmt(v, FIGURES[k][1]) for k, v in found.items()} for label, found in measured.items()}
     )
     frame["published"] = [FIGURES[k][2] for k in FIGURES]
-    baseline = next((r for r in results if r.run.workload == "baseline"), None)
-    if baseline is not None:
-        for r in results:
-            if r is baseline:
-                continue
-            for key, published in RATIOS.items():
-                base = measured[baseline.label][key]
-                ratio = measured[r.label][key] / base if base else np.nan
-                frame.loc[f"{FIGURES[key][0]}: {r.label} over the baseline", [r.label, "published"]] = [
-                    _fmt(ratio, "{:.2f}"),
-                    published,
-                ]
+    for label, base_label in baselines.items():
+        for key, published in RATIOS.items():
+            base = measured[base_label][key]
+            ratio = measured[label][key] / base if base else np.nan
+            frame.loc[f"{FIGURES[key][0]}: {label} over {base_label}", [label, "published"]] = [
+                _fmt(ratio, "{:.2f}"),
+                published,
+            ]
     frame.index.name = "figure"
     return frame.fillna("")
+
+
+def against_baseline(results: list[RunAnalysis]) -> dict[str, str]:
+    """Each agentic run's label -> the first baseline run's label (none without a baseline run)."""
+    baseline = next((r for r in results if r.run.workload == "baseline"), None)
+    return {r.label: baseline.label for r in results if baseline is not None and r is not baseline}
 
 
 def _fmt(value: float, pattern: str) -> str:

@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from analysis import metrics, plots, published, stats, validation
-from analysis.cells import Cell, CellResult, effects, measure
+from analysis.cells import Cell, CellResult, baselines, effects, measure
 from analysis.rundir import facts, versions
 from lab import runlayout
 
@@ -326,7 +326,7 @@ def write_run_report(result: RunAnalysis) -> Path:
         burstiness(result),
         "<h2>Beside published figures</h2>",
         PUBLISHED_NOTE,
-        _table(published.table([result])),
+        _table(published.table({result.label: [result]}, {})),
         "<h2>Plots</h2>",
         *figures,
         "<h2>Per task</h2>",
@@ -362,13 +362,39 @@ def write_comparison(results: list[RunAnalysis], out: Path) -> Path:
         *[f"<h3>{html.escape(r.label)}</h3>" + burstiness(r) for r in results],
         "<h2>Beside published figures</h2>",
         PUBLISHED_NOTE,
-        _table(published.table(results)),
+        _table(published.table({r.label: [r] for r in results}, published.against_baseline(results))),
         "<h2>Plots</h2>",
         *figures,
     ]
     path = runlayout.report_path(out)
     path.write_text(_page("Comparison: " + " vs ".join(r.run.scenario for r in results), body))
     return path
+
+
+def sweep_checks(cells: list[CellResult]) -> pd.DataFrame:
+    """Every run's validation in one row: handshakes joined, the highest steal and busy share of any node,
+    and its warnings (each run's own report has the tables)."""
+    rows = []
+    for cell in cells:
+        for r in cell.results:
+            joined = validation.handshakes(r).loc["all", "share joined"]
+            hosts = validation.conditions(r.run)
+            rows.append(
+                {
+                    "run": r.run.run_id,
+                    "cell": cell.cell.label,
+                    "handshakes joined": joined,
+                    "steal, highest node": _share(hosts, "steal"),
+                    "busy, highest node": _share(hosts, "busy"),
+                    "warnings": "; ".join(validation.warnings(r)) or "none",
+                }
+            )
+    return pd.DataFrame(rows).set_index("run")
+
+
+def _share(hosts: pd.DataFrame, column: str) -> str:
+    values = pd.to_numeric(hosts[column], errors="coerce").dropna() if column in hosts else pd.Series(dtype=float)
+    return f"{values.max():.1%}" if len(values) else "not recorded"
 
 
 def write_sweep(cells: list[CellResult], found: pd.DataFrame, out: Path) -> Path:
@@ -406,6 +432,15 @@ def write_sweep(cells: list[CellResult], found: pd.DataFrame, out: Path) -> Path
         "<p>Difference and ratio of means (agentic over baseline) with their bootstrap intervals; "
         "<i>intervals overlap</i> flags the metrics where the two cells' own intervals overlap.</p>",
         _table(effects_table(found)),
+        "<h2>Beside published figures</h2>",
+        PUBLISHED_NOTE + "<p>Each figure is the mean over the cell's repetitions.</p>",
+        _table(
+            published.table(
+                {c.cell.label: c.results for c in cells}, {k: v.cell.label for k, v in baselines(cells).items()}
+            )
+        ),
+        "<h2>Validation</h2>",
+        _table(sweep_checks(cells)),
         "<h2>Distributions, repetitions pooled</h2>",
         *figures,
     ]

@@ -177,7 +177,7 @@ def check_llm_speed(checks: dict[str, dict], scenario: Scenario, scenario_file: 
     if scenario.workload == "multihop":
         limits.append(("timeouts.agent_s", t.agent_s, AGENT_B_LLM_CALLS * call, f"Agent B's {AGENT_B_LLM_CALLS} calls"))
     short = [
-        f"{what} need ~{need:.0f} s, more than {key} ({limit:g} s; set it to at least {need:.0f})"
+        f"{what}: ~{need:.0f} s, more than {key} ({limit:g} s; set it to at least {need:.0f})"
         for key, limit, need, what in limits
         if need > limit
     ]

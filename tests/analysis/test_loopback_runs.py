@@ -130,6 +130,7 @@ def test_a_sweep_report_gives_intervals_and_the_effect_against_the_baseline(
     ]
     page = write_sweep_report(cells, tmp_path / "sweep").read_text()
     assert "The grid" in page and "Agentic vs baseline at the same setting" in page
+    assert "Beside published figures" in page and "c2 over c1" in page and "<h2>Validation</h2>" in page
     summary = json.loads((tmp_path / "sweep" / "sweep-summary.json").read_text())
     by_cell = {c["label"]: c for c in summary["cells"]}
     assert by_cell["c1"]["unit"] == "repetitions" and by_cell["c1"]["metrics"]["flows_per_task"]["n"] == 2

@@ -80,6 +80,8 @@ def test_a_sweep_interrupted_after_its_first_run_resumes_and_completes(deployed_
         (("load.concurrency", 2),),
     }
     assert state["report"] and Path(state["report"]).is_file() and f"sweep report: {state['report']}" in result.stdout
+    page = Path(state["report"]).read_text()
+    assert "bootstrap interval" in page and "<h2>Validation</h2>" in page and "Beside published figures" in page
     summary = json.loads((Path(state["report"]).parent / "sweep-summary.json").read_text())
     by_cell = {c["label"]: c for c in summary["cells"]}
     for cell in state["cells"]:
