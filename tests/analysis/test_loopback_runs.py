@@ -98,7 +98,7 @@ def test_comparison_report_puts_the_scenarios_side_by_side(loop_runs: dict[str, 
     assert "baseline vs simple vs multihop" in page
     assert "different set-ups" not in page
     assert "bootstrap interval" in page and "<h2>Agentic vs baseline</h2>" in page and "yes: no clear" in page
-    assert "Beside published figures" in page and "over the baseline" in page and "Cisco 2026" in page
+    assert "Beside published figures" in page and "simple over baseline" in page and "Cisco 2026" in page
     assert "<h2>Validation</h2>" in page and "handshakes joined to a probe connection" in page
     manifest = json.loads((runs[0] / "manifest.json").read_text())
     (runs[0] / "manifest.json").write_text(json.dumps({**manifest, "provider": "libvirt", "accelerator": "kvm"}))
