@@ -16,7 +16,6 @@ import pyarrow.compute as pc
 
 from analysis import schema
 from analysis.rundir import facts
-from experiments.manifest import git_info
 from lab import runlayout
 
 if TYPE_CHECKING:
@@ -80,7 +79,7 @@ def build(exported: list[Exported], tables: dict[str, pa.Table]) -> dict[str, An
         "exported_by": {
             "package": "agentic-lab",
             "version": importlib.metadata.version("agentic-lab"),
-            "git": git_info(Path(__file__).resolve().parents[1]),
+            "git": runlayout.Git.of(Path(__file__).resolve().parents[1]).model_dump(),
         },
         "motivation": MOTIVATION,
         "files": {

@@ -22,7 +22,6 @@ from experiments.manifest import (
     Faults,
     checksums,
     controller_versions,
-    git_info,
     probe_cpu,
     probe_faults,
     probe_summary,
@@ -241,7 +240,7 @@ class Experiment:
             accelerator=current.accelerator,
             image=current.image,
             started_at_ns=time.time_ns(),
-            git=git_info(REPO),
+            git=runlayout.Git.of(REPO),
             versions=_versions(checks, scenario.workload),
             llm_speed=llm_speed,
         )

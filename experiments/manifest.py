@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import platform
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -97,16 +96,6 @@ def checksums(run_dir: Path) -> dict[str, dict[str, Any]]:
     files = node_script.checksums(run_dir)
     files.pop(MANIFEST, None)
     return files
-
-
-def git_info(repo: Path) -> dict[str, Any]:
-    def git(*args: str) -> str | None:
-        result = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=False)
-        return result.stdout.strip() if result.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain")
-    return {"commit": commit, "dirty": bool(status) if status is not None else None}
 
 
 def controller_versions() -> dict[str, Any]:

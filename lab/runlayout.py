@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -171,6 +172,17 @@ class ScenarioRecord(Record):
 class Git(Record):
     commit: str | None = None
     dirty: bool | None = None
+
+    @classmethod
+    def of(cls, repo: Path) -> Git:
+        """The checkout's HEAD and whether it has uncommitted changes (None where git cannot tell)."""
+
+        def git(*args: str) -> str | None:
+            result = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=False)
+            return result.stdout.strip() if result.returncode == 0 else None
+
+        status = git("status", "--porcelain")
+        return cls(commit=git("rev-parse", "HEAD"), dirty=bool(status) if status is not None else None)
 
 
 class Versions(Record):

@@ -8,7 +8,7 @@ import pytest
 from rich.console import Console
 
 from experiments import controller, node_script
-from experiments.manifest import Faults, checksums, controller_versions, git_info, probe_cpu, probe_summary
+from experiments.manifest import Faults, checksums, controller_versions, probe_cpu, probe_summary
 from experiments.progress import Reporter
 from lab import runlayout
 from lab.errors import ManifestError, ManifestMissingError
@@ -122,7 +122,7 @@ def _controller_manifest(tmp_path: Path) -> Manifest:
         accelerator="kvm",
         image="debian-12",
         started_at_ns=1,
-        git=git_info(Path(__file__).parent),
+        git=runlayout.Git.of(Path(__file__).parent),
         versions={"controller": controller_versions(), "nodes": {"agent-a": {"kernel": "6.1", "libraries": {}}}},
         llm_speed=LlmSpeed(
             node="llm", ttft_s=0.1, tokens_per_s=20.0, prompt_chars=1073, max_tokens=96, call_s_with_margin=5.0
