@@ -392,7 +392,7 @@ def test_a_persistent_mcp_session_opens_fewer_connections_per_task(by_session_po
     call (langchain-mcp-adapters' default) opens a session, and a connection, for every tool call."""
     per_call, persistent = by_session_policy["per_call"], by_session_policy["persistent"]
     for policy, result in by_session_policy.items():
-        assert result.run.manifest["scenario"]["config"]["knobs"]["mcp_session"] == policy
+        assert result.run.manifest.scenario.config["knobs"]["mcp_session"] == policy
         assert f"mcp_session={policy}" in (result.run.path / "report.html").read_text()
         assert result.per_task.loc[~result.per_task["warmup"], "ok"].all()
     assert persistent.summary["new_flows_per_task"] < per_call.summary["new_flows_per_task"], (
