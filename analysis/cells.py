@@ -104,7 +104,7 @@ def effects(cells: list[CellResult]) -> pd.DataFrame:
                     "unit": unit,
                     "difference": stats.difference(treated, base),
                     "ratio": stats.ratio(treated, base),
-                    "overlap": stats.interval(treated).overlaps(stats.interval(base)),
+                    "overlap": cell.intervals[key].overlaps(control.intervals[key]),
                 }
             )
     return pd.DataFrame(rows)

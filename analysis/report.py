@@ -278,19 +278,19 @@ def burstiness(result: RunAnalysis) -> str:
 def checks(result: RunAnalysis, full: bool) -> str:
     """The validation of one run: its warnings, then the handshake cross-check (and, in full, the
     probes' losses and the clocks' error budget)."""
-    found = validation.warnings(result)
+    checked = validation.check(result)
+    found = checked.warnings()
     verdict = (
         '<div class="warn"><ul>' + "".join(f"<li>{html.escape(w)}</li>" for w in found) + "</ul></div>"
         if found
         else '<p class="ok">Every captured handshake joined a probe connection; no probe record lost; '
         "every clock known within the join window; no CPU steal, saturation or overcommit seen.</p>"
     )
-    parts = [verdict, _table(validation.handshakes(result))]
+    parts = [verdict, _table(checked.handshakes)]
     if full:
-        parts += [_table(validation.probe_losses(result.run).set_index("node"))]
-        clocks = validation.clock_budget(result.run)
+        parts += [_table(checked.losses.set_index("node"))]
+        clocks, hosts = checked.clocks, checked.hosts
         parts += [_table(clocks.set_index("node")) if len(clocks) else "<p>No clock offsets in the manifest.</p>"]
-        hosts = validation.conditions(result.run)
         parts += [
             _table(hosts.set_index("node").round(3))
             if len(hosts)
@@ -377,16 +377,15 @@ def sweep_checks(cells: list[CellResult]) -> pd.DataFrame:
     rows = []
     for cell in cells:
         for r in cell.results:
-            joined = validation.handshakes(r).loc["all", "share joined"]
-            hosts = validation.conditions(r.run)
+            checked = validation.check(r)
             rows.append(
                 {
                     "run": r.run.run_id,
                     "cell": cell.cell.label,
-                    "handshakes joined": joined,
-                    "steal, highest node": _share(hosts, "steal"),
-                    "busy, highest node": _share(hosts, "busy"),
-                    "warnings": "; ".join(validation.warnings(r)) or "none",
+                    "handshakes joined": checked.handshakes.loc["all", "share joined"],
+                    "steal, highest node": _share(checked.hosts, "steal"),
+                    "busy, highest node": _share(checked.hosts, "busy"),
+                    "warnings": "; ".join(checked.warnings()) or "none",
                 }
             )
     return pd.DataFrame(rows).set_index("run")

@@ -4,6 +4,7 @@ lost, and the clocks' error against the window the joins allow."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import pandas as pd
@@ -17,15 +18,13 @@ if TYPE_CHECKING:
     from analysis.pipeline import RunAnalysis
     from analysis.rundir import RunDir
 
-NO_HOP = "no call (SSH, controller, before the run)"
-
 
 def handshakes(result: RunAnalysis) -> pd.DataFrame:
     """Per hop kind: the connections the probes saw open during the run, the distinct connections whose
     SYN (without ACK) the captures hold, and the share of those SYNs that joined a probe connection."""
     conns, packets = result.joined.conns, result.joined.packets
-    opened = conns[~conns["before_run"]].assign(hop=lambda c: c["hop"].fillna(NO_HOP))
-    syn = packets[(packets["flags"] & (SYN | ACK)) == SYN].assign(hop=lambda p: p["hop"].fillna(NO_HOP))
+    opened = conns[~conns["before_run"]]
+    syn = packets[(packets["flags"] & (SYN | ACK)) == SYN]
     syn = syn.drop_duplicates(["key", "conn_id"])  # a retransmitted SYN is the same handshake
     joined = syn["conn_id"].isin(opened["conn_id"])
     out = pd.DataFrame(
@@ -128,36 +127,52 @@ def _us(ns: float | None) -> str:
     return "–" if ns is None else f"{ns / 1000:.1f}"
 
 
-def warnings(result: RunAnalysis) -> list[str]:
-    """The findings a reader must see before the numbers."""
-    found = []
-    checked = handshakes(result).loc["all"]
-    if (
-        checked["handshakes (capture)"]
-        and checked["handshakes joined to a probe connection"] < 0.99 * checked["handshakes (capture)"]
-    ):
-        found.append(f"only {checked['share joined']} of the captured handshakes joined a probe connection")
-    losses = probe_losses(result.run)
-    lost = pd.to_numeric(losses["lost"], errors="coerce").fillna(0).sum()
-    if lost:
-        found.append(f"the probes lost {lost:.0f} record(s) (see the table)")
-    failed = losses[losses["state"] != "stopped"].groupby(["node", "state"])["probe"].agg(", ".join)
-    found += [f"on {node} the probes ended {state}, not stopped: {names}" for (node, state), names in failed.items()]
-    found += [
-        f"{c['node']}: {c['steal']:.1%} of CPU time stolen by the hypervisor during the run: timing may be distorted"
-        for c in conditions(result.run).to_dict("records")
-        if c["steal"] is not None and c["steal"] > STEAL_WARN
-    ]
-    found += [
-        f"{c['node']}: CPU {c['busy']:.0%} busy during the run: latencies include waiting for a CPU"
-        for c in conditions(result.run).to_dict("records")
-        if c["busy"] is not None and c["busy"] > BUSY_WARN
-    ]
-    share = overcommit(result.run)
-    if share is not None and share > 1:
-        found.append(f"the VMs have {share:.1f}x the host's CPUs: they compete for them")
-    clocks = clock_budget(result.run)
-    if len(clocks):
-        late = clocks.loc[clocks["within the join window"] != "yes", "node"]
-        found += [f"the clock of {node} is not known within the join window" for node in late]
-    return found
+@dataclass(frozen=True)
+class Checks:
+    """One run's validation, each table computed once for the report and its warnings."""
+
+    handshakes: pd.DataFrame
+    losses: pd.DataFrame
+    clocks: pd.DataFrame
+    hosts: pd.DataFrame
+    overcommit: float | None
+
+    def warnings(self) -> list[str]:
+        """The findings a reader must see before the numbers."""
+        found = []
+        checked = self.handshakes.loc["all"]
+        if (
+            checked["handshakes (capture)"]
+            and checked["handshakes joined to a probe connection"] < 0.99 * checked["handshakes (capture)"]
+        ):
+            found.append(f"only {checked['share joined']} of the captured handshakes joined a probe connection")
+        lost = pd.to_numeric(self.losses["lost"], errors="coerce").fillna(0).sum()
+        if lost:
+            found.append(f"the probes lost {lost:.0f} record(s) (see the table)")
+        failed = self.losses[self.losses["state"] != "stopped"].groupby(["node", "state"])["probe"].agg(", ".join)
+        found += [
+            f"on {node} the probes ended {state}, not stopped: {names}" for (node, state), names in failed.items()
+        ]
+        hosts = self.hosts.to_dict("records")
+        found += [
+            f"{c['node']}: {c['steal']:.1%} of CPU time stolen by the hypervisor during the run: "
+            "timing may be distorted"
+            for c in hosts
+            if c["steal"] is not None and c["steal"] > STEAL_WARN
+        ]
+        found += [
+            f"{c['node']}: CPU {c['busy']:.0%} busy during the run: latencies include waiting for a CPU"
+            for c in hosts
+            if c["busy"] is not None and c["busy"] > BUSY_WARN
+        ]
+        if self.overcommit is not None and self.overcommit > 1:
+            found.append(f"the VMs have {self.overcommit:.1f}x the host's CPUs: they compete for them")
+        if len(self.clocks):
+            late = self.clocks.loc[self.clocks["within the join window"] != "yes", "node"]
+            found += [f"the clock of {node} is not known within the join window" for node in late]
+        return found
+
+
+def check(result: RunAnalysis) -> Checks:
+    run = result.run
+    return Checks(handshakes(result), probe_losses(run), clock_budget(run), conditions(run), overcommit(run))

@@ -20,7 +20,7 @@ def result(conns: pd.DataFrame, packets: pd.DataFrame, manifest: dict) -> Simple
 
 
 CONNS = pd.DataFrame(
-    {"conn_id": [0, 1, 2], "hop": ["agent→llm", "agent→tool", None], "before_run": [False, False, True]}
+    {"conn_id": [0, 1, 2], "hop": ["agent→llm", "agent→tool", "unmatched"], "before_run": [False, False, True]}
 )
 MANIFEST = {
     "probes": {"agent-a": {"rtt": {"state": "stopped", "records": 10, "lost": 0, "invalid_values": 0}}},
@@ -38,19 +38,19 @@ def test_every_handshake_joined_to_a_probe_connection_is_counted_once_per_hop() 
         {
             "key": [1, 1, 1, 2, 3],
             "conn_id": [0, 0, 0, 1, None],
-            "hop": ["agent→llm", "agent→llm", "agent→llm", "agent→tool", None],
+            "hop": ["agent→llm", "agent→llm", "agent→llm", "agent→tool", "unmatched"],
             "flags": [SYN, SYN, SYN | ACK, SYN, SYN],  # a retransmitted SYN, the SYN-ACK, a SYN the probes missed
         }
     )
     checked = validation.handshakes(result(CONNS, packets, MANIFEST))
     assert checked.loc["agent→llm"].tolist() == [1, 1, 1, "100.0%"]
     assert checked.loc["all"].tolist() == [2, 3, 2, "66.7%"]
-    assert "only 66.7% of the captured handshakes" in validation.warnings(result(CONNS, packets, MANIFEST))[0]
+    assert "only 66.7% of the captured handshakes" in validation.check(result(CONNS, packets, MANIFEST)).warnings()[0]
 
 
 def test_losses_failed_probes_and_clocks_outside_the_join_window_are_warned_about() -> None:
     packets = pd.DataFrame({"key": [1], "conn_id": [0], "hop": ["agent→llm"], "flags": [SYN]})
-    assert validation.warnings(result(CONNS, packets, MANIFEST)) == []
+    assert validation.check(result(CONNS, packets, MANIFEST)).warnings() == []
     clocks = validation.clock_budget(RunDir(Path("run"), Manifest.model_validate(MANIFEST))).iloc[0]
     assert (clocks["drift (µs)"], clocks["timestamp error (µs)"], clocks["within the join window"]) == (
         "4.0",
@@ -66,7 +66,7 @@ def test_losses_failed_probes_and_clocks_outside_the_join_window_are_warned_abou
         },
         "clock_offsets": {"llm": {"start": {"offset_ns": 0, "uncertainty_ns": 9_000_000}}},
     }
-    found = validation.warnings(result(CONNS, packets, bad))
+    found = validation.check(result(CONNS, packets, bad)).warnings()
     assert "the probes lost 7 record(s) (see the table)" in found
     assert "on agent-a the probes ended failed, not stopped: pcap:lo" in found
     assert "the clock of llm is not known within the join window" in found
@@ -94,7 +94,7 @@ def test_cpu_steal_saturation_and_overcommit_are_warned_about() -> None:
     assert table.loc["agent-a", "steal"] == 0.05 and table.loc["agent-a", "busy"] == pytest.approx(0.1)
     assert table.loc["agent-a", "offloads (GSO/TSO/GRO)"] == "on/on/off"
     packets = pd.DataFrame({"key": [1], "conn_id": [0], "hop": ["agent→llm"], "flags": [SYN]})
-    found = validation.warnings(result(CONNS, packets, manifest))
+    found = validation.check(result(CONNS, packets, manifest)).warnings()
     assert found == [
         "agent-a: 5.0% of CPU time stolen by the hypervisor during the run: timing may be distorted",
         "llm: CPU 96% busy during the run: latencies include waiting for a CPU",
