@@ -51,13 +51,25 @@ GENERAL_LIMITATIONS = [
     "is this host's, not a production network's (each run's provider and accelerator are listed).",
     "Node times are brought to the controller's clock with the measured offsets: each is uncertain by about the "
     "offset's uncertainty (listed per run).",
-    "Left out: raw probe JSONL, packet captures, telemetry, logs, plots and reports. They stay in the run "
+    "Left out: raw probe JSONL, packet captures, logs, plots and reports, and the telemetry JSONL itself (its "
+    "events are the calls table, and every one of them a span of otlp/<run_id>.json). They stay in the run "
     "directories, whose manifests (runs/<run_id>/manifest.json) list every file with its sha256.",
+    "The OTLP traces (otlp/<run_id>.json) are the lab's telemetry renamed after the OpenTelemetry GenAI, MCP and A2A "
+    "semantic conventions (Development status, so names may still change upstream), not the output of an "
+    "OpenTelemetry SDK: an llm call is one `chat` span per request without message content, an MCP session's "
+    "server side is one span per HTTP request, and times are the controller's clock like the tables'.",
 ]
 USES = (
     "Comparing agentic and non-agentic traffic at L3/L4 (flows per task, fan-out, RTT, retransmissions, "
     "burstiness, latency breakdown) between scenarios, loads, impairments and models run on this lab. Not suited "
     "to claims about production networks' absolute timing or about the quality of the models' answers."
+)
+TRACES = (
+    "each run's telemetry as one OTLP/JSON trace document (ExportTraceServiceRequest; open it in a trace viewer "
+    "such as Jaeger): one span per telemetry event, CLIENT and SERVER sides, one tree per task under the "
+    "driver's task call; names and attributes after the OpenTelemetry GenAI, MCP and A2A semantic conventions "
+    "(`chat {model}` with token usage, `execute_tool {tool}` with gen_ai.tool.call.id, `invoke_agent {agent}`), "
+    "the lab's own fields (ids, bytes, the 5-tuples) as lab.* attributes (analysis/otlp.py)"
 )
 MAINTENANCE = (
     "Regenerate with `lab export RUN|SWEEP... DIR` from the run directories; the column descriptions live in "
@@ -85,6 +97,7 @@ def build(exported: list[Exported], tables: dict[str, pa.Table]) -> dict[str, An
         "files": {
             runlayout.table_relpath("<table>"): "every run's rows of that table, with a run_id column",
             runlayout.exported_manifest_relpath("<run_id>"): "each run's manifest as the controller wrote it",
+            runlayout.exported_traces_relpath("<run_id>"): TRACES,
             "DATASHEET.md, datasheet.json": "this datasheet, as Markdown and as JSON",
             "SHA256SUMS": "sha256 of every other file (sha256sum -c SHA256SUMS)",
         },
@@ -95,7 +108,9 @@ def build(exported: list[Exported], tables: dict[str, pa.Table]) -> dict[str, An
             "Each run analysed by the lab's analysis package (analysis/README.md): node clocks brought to the "
             "controller's, connections assembled from the probes' ends, calls from both sides' telemetry, calls "
             "matched to connections by 4-tuple and time (±10 ms), packets, RTT windows and retransmissions "
-            "attributed to calls and tasks, a packet captured on two nodes kept once."
+            "attributed to calls and tasks, a packet captured on two nodes kept once. The OTLP traces: every "
+            "telemetry event a span, named after the OpenTelemetry GenAI semantic conventions, parented to "
+            "the span that made its call (analysis/otlp.py)."
         ),
         "limitations": {
             "general": GENERAL_LIMITATIONS,
@@ -151,6 +166,7 @@ def _run(item: Exported) -> dict[str, Any]:
         "faults": m["faults"],
         "analysis_problems": item.problems,
         "reanalysed_for_export": item.reanalysed,
+        "traces": {"file": runlayout.exported_traces_relpath(item.run.run_id), **item.traces},
     }
 
 
@@ -231,6 +247,7 @@ def _run_md(run: dict[str, Any]) -> str:
         [
             f"### Run `{run['run_id']}`",
             _rows(["fact", "value"], list(run["facts"].items())),
+            _traces_md(run["traces"]),
             "Clock offsets (node − controller):\n\n"
             + (_rows(["node", "at start", "at end"], offsets) if offsets else "not recorded"),
             "Probes:\n\n"
@@ -240,6 +257,13 @@ def _run_md(run: dict[str, Any]) -> str:
             "Versions:\n\n" + _json(run["versions"]),
         ]
     )
+
+
+def _traces_md(traces: dict[str, Any]) -> str:
+    if "spans" not in traces:
+        return f"Traces: `{traces['file']}`."
+    orphans = f", {traces['extra_roots']} span(s) whose parent call was not logged" if traces["extra_roots"] else ""
+    return f"Traces: `{traces['file']}`, {traces['spans']} spans in {traces['traces']} traces{orphans}."
 
 
 def _specific_limitations_md(limitations: dict[str, Any]) -> list[str]:

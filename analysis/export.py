@@ -1,7 +1,8 @@
 """`lab export RUN|SWEEP... DIR`: the tables of several runs as one reusable dataset.
 
 DIR gets `tables/<table>.parquet` (every run's rows, with a `run_id` column), each run's
-`runs/<run_id>/manifest.json`, a datasheet (`DATASHEET.md` and `datasheet.json`, after Gebru
+`runs/<run_id>/manifest.json` and its telemetry as OTLP/JSON traces (`otlp/<run_id>.json`,
+analysis/otlp.py), a datasheet (`DATASHEET.md` and `datasheet.json`, after Gebru
 et al., "Datasheets for Datasets") and `SHA256SUMS`. Everything is written into a temporary
 sibling of DIR that is renamed to DIR at the end, so DIR is never half-written.
 
@@ -21,14 +22,14 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from analysis import datasheet, schema
+from analysis import datasheet, otlp, schema
 from analysis.codeversion import code_digest
 from analysis.pipeline import analyze_run
 from analysis.rundir import RunDir
@@ -42,11 +43,13 @@ _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 @dataclass
 class Exported:
-    """One run as the export saw it: its manifest and what its analysis found wrong."""
+    """One run as the export saw it: its manifest, what its analysis found wrong and its traces."""
 
     run: RunDir
     problems: list[dict[str, str]]
     reanalysed: bool
+    traces: dict[str, int] = field(default_factory=dict)
+    """What its OTLP document holds (otlp.summary), once written."""
 
 
 def sweep_runs(sweep: Path, lab_dir: Path) -> list[Path]:
@@ -125,6 +128,7 @@ def export(
             target = tmp / runlayout.exported_manifest_relpath(item.run.run_id)
             target.parent.mkdir(parents=True)
             shutil.copyfile(runlayout.manifest_path(item.run.path), target)
+            item.traces = otlp.write(item.run, tmp / runlayout.exported_traces_relpath(item.run.run_id))
         sheet = datasheet.build(exported, tables)
         (tmp / "datasheet.json").write_text(json.dumps(sheet, indent=2, ensure_ascii=False, default=str) + "\n")
         (tmp / "DATASHEET.md").write_text(datasheet.markdown(sheet))

@@ -22,6 +22,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from analysis.genai import call_operations
+from analysis.jsonl import RESULTS_SCHEMA
 from analysis.load import RunData
 
 SLACK_NS = 10_000_000  # clock and probe-timing tolerance when matching intervals
@@ -35,6 +37,9 @@ HOPS = {
 }
 UNMATCHED = "unmatched"
 SSH_PORT = 22
+# results.jsonl fields named otherwise in the tasks table: the task's kind beside the calls' kinds, and
+# the agents' own counts beside the telemetry's (llm_calls, tool_calls: metrics.task_metrics)
+RESULT_RENAMES = {"kind": "task_kind", "llm_calls": "reported_llm_calls", "tool_calls": "reported_tool_calls"}
 
 
 class Codebook:
@@ -89,6 +94,7 @@ def calls_table(events: pd.DataFrame) -> pd.DataFrame:
         "trace_id",
         "task_id",
         "parent_id",
+        "agent_id",
         "kind",
         "peer",
         "op",
@@ -116,26 +122,23 @@ def calls_table(events: pd.DataFrame) -> pd.DataFrame:
     calls["status"] = np.where(calls["error"].notna(), "error", "ok")
     calls["duration_ns"] = calls["end_ns"] - calls["start_ns"]
     calls["hop"] = hop_kind(calls["kind"])
+    calls["gen_ai_operation"] = call_operations(calls)
     return calls.drop(columns=["server_kind", "server_trace", "server_task", "server_parent", "server_error"])
 
 
 def tasks_table(calls: pd.DataFrame, results: pd.DataFrame, scenario: str) -> pd.DataFrame:
-    """One row per submitted task (a trace): the driver's task call joined with results.jsonl."""
+    """One row per submitted task (a trace): the driver's task call joined with results.jsonl. Every
+    field of RESULTS_SCHEMA becomes a column (RESULT_RENAMES), null where results.jsonl lacks the task
+    or the field (a run from before it was recorded)."""
     roots = calls[calls["kind"] == "task"].sort_values("start_ns").drop_duplicates("trace_id")
     roots = roots[["trace_id", "task_id", "call_id", "op", "start_ns", "end_ns", "status"]]
-    if len(results):
-        extra = results.drop(columns=["task_id", "start_ns", "end_ns"], errors="ignore").drop_duplicates("call_id")
-        tasks = roots.merge(extra, on="call_id", how="left")
-    else:
-        tasks = roots.assign(
-            scenario=None,
-            ok=roots["status"] == "ok",
-            correct=np.nan,
-            repetition=0,
-            warmup=False,
-            answer=None,
-            error=None,
-        )
+    extra = (
+        results.reindex(columns=RESULTS_SCHEMA.names)
+        .drop(columns=["task_id", "start_ns", "end_ns"])
+        .drop_duplicates("call_id")
+        .rename(columns=RESULT_RENAMES)
+    )
+    tasks = roots.merge(extra, on="call_id", how="left")
     tasks["scenario"] = tasks["scenario"].fillna(tasks["op"]).fillna(scenario)
     tasks["warmup"] = tasks["warmup"].astype("boolean").fillna(False).astype(bool)
     tasks["ok"] = tasks["ok"].astype("boolean").fillna(tasks["status"] == "ok").astype(bool)

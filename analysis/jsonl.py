@@ -83,6 +83,9 @@ TELEMETRY_SCHEMA = pa.schema(
         ("local", pa.string()),
         ("remote", pa.string()),
         ("conns", pa.list_(pa.list_(pa.string()))),
+        # an llm client call's usage as the LLM server reported it; absent from older runs (null)
+        ("input_tokens", pa.int64()),
+        ("output_tokens", pa.int64()),
     ]
 )
 
@@ -99,6 +102,17 @@ RESULTS_SCHEMA = pa.schema(
         ("call_id", pa.string()),
         ("repetition", pa.int64()),
         ("warmup", pa.bool_()),
+        # the task and its agents' loop (experiments/drive.py Outcome.record): absent from older runs,
+        # null for the baseline's tasks (no LLM)
+        ("kind", pa.string()),
+        ("min_tool_calls", pa.int64()),
+        ("steps", pa.int64()),
+        ("tool_calls", pa.int64()),
+        ("delegations", pa.int64()),
+        ("llm_calls", pa.int64()),
+        ("prompt_tokens", pa.int64()),
+        ("completion_tokens", pa.int64()),
+        ("max_steps_reached", pa.bool_()),
     ]
 )
 

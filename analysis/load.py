@@ -47,10 +47,7 @@ def load_run(run: RunDir) -> RunData:
         probe: _concat([_probe(run, node, probe, status[node]) for node in nodes], PROBE_SCHEMAS[probe])
         for probe in PROBES
     }
-    events = [_events(run, runlayout.driver_telemetry(run.path), CONTROLLER)]
-    for node in nodes:
-        for path in runlayout.node_telemetry_files(run.path, node):
-            events.append(_events(run, path, node))
+    events = load_events(run, nodes)
     results = read_jsonl(runlayout.results_path(run.path), RESULTS_SCHEMA, run).to_pandas()
     packets = pd.concat(
         [_packets(run, node) for node in nodes] or [_with_node(empty_packets(), "", "")], ignore_index=True
@@ -60,7 +57,16 @@ def load_run(run: RunDir) -> RunData:
         for node, s in status.items()
         if s.get("stopped_at_ns")
     }
-    return RunData(results, _concat(events, EVENTS_SCHEMA), probes, packets, stops)
+    return RunData(results, events, probes, packets, stops)
+
+
+def load_events(run: RunDir, nodes: list[str] | None = None) -> pd.DataFrame:
+    """Every telemetry event of the run, the driver's and each node's services' (`nodes`: every node by
+    default), times on the controller's clock; column `node_dir` says where each was found."""
+    events = [_events(run, runlayout.driver_telemetry(run.path), CONTROLLER)]
+    for node in run.nodes() if nodes is None else nodes:
+        events.extend(_events(run, path, node) for path in runlayout.node_telemetry_files(run.path, node))
+    return _concat(events, EVENTS_SCHEMA)
 
 
 def _concat(frames: list[pd.DataFrame], schema: pa.Schema) -> pd.DataFrame:

@@ -14,6 +14,9 @@ BURST_GAP_NS = 1_000_000  # a gap longer than this ends a burst
 QUANTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99, "p99.9": 0.999}
 BREAKDOWN = ("llm", "tools", "handoff", "network", "other")
 _CATEGORY = {"llm": "llm", "tool": "tools", "db": "tools", "service": "tools", "agent": "handoff", "task": "other"}
+# per-task columns of the agents' loops, as they counted them (results.jsonl; null for the baseline's
+# tasks and in runs from before they were recorded): the headline's `<column>_per_task` means
+LOOP = ("steps", "reported_llm_calls", "reported_tool_calls", "delegations", "prompt_tokens", "completion_tokens")
 
 
 def percentiles(values: pd.Series | np.ndarray) -> dict[str, float]:
@@ -140,7 +143,8 @@ def task_metrics(
     # Traces that are not tasks (a session opened before the first task) are dropped from each part
     # first: joined as they are, they would turn the task columns (warmup) into objects.
     out = out.join([part.reindex(out.index) for part in parts])
-    counts = [c for c in out if c.endswith("_calls")] + [
+    # the telemetry's call counts; the agents' own (reported_*, min_tool_calls) stay null where unknown
+    counts = list(kinds.columns) + [
         "flows",
         "new_flows",
         "peers",
@@ -221,7 +225,23 @@ def scenario_summary(
         summary.update(packets_per_task=float("nan"), bytes_per_task=float("nan"))
     shares = total_ns / total_ns.sum() if total_ns.sum() > 0 else total_ns * np.nan
     summary.update({f"share_{p}": float(shares[f"{p}_ns"]) for p in BREAKDOWN})
+    summary.update(loop_summary(counted))
     return summary
+
+
+def task_mean(tasks: pd.DataFrame, column: str) -> float:
+    """The mean of a per-task column over the tasks that have a value (a flag counts as 0 or 1); NaN where
+    none has one or the column is missing (a run from before it was recorded: unknown, not zero)."""
+    if column not in tasks:
+        return float("nan")
+    return float(pd.to_numeric(tasks[column], errors="coerce").mean())
+
+
+def loop_summary(counted: pd.DataFrame) -> dict[str, float]:
+    """The agents' loops in the measured tasks `counted`: each LOOP column's mean per task, and the share
+    of tasks Agent A stopped at its step limit (`max_steps_share`)."""
+    means = {f"{column}_per_task": task_mean(counted, column) for column in LOOP}
+    return {**means, "max_steps_share": task_mean(counted, "max_steps_reached")}
 
 
 def excluded(per_task: pd.DataFrame, conns: pd.DataFrame, packets: pd.DataFrame, rtt: pd.DataFrame) -> pd.DataFrame:

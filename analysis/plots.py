@@ -12,7 +12,9 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
+from analysis.agentloop import pooled_steps
 from analysis.metrics import BREAKDOWN, WINDOW_NS
 from analysis.rundir import impairments
 from analysis.stats import concurrent_flows
@@ -266,6 +268,40 @@ def variance_time(results: list[RunAnalysis], groups: str) -> Plot:
     )
 
 
+def context_growth(groups: dict[str, list[RunAnalysis]]) -> Plot:
+    """The LLM request body by step (agentloop.llm_steps): median and p10-p90 per group and agent."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    parts = [pooled_steps(runs).assign(run=label) for label, runs in groups.items()]
+    data = pd.concat(parts, ignore_index=True).dropna(subset=["req_bytes"])
+    if len(data):
+        sns.lineplot(
+            data=data,
+            x="step",
+            y="req_bytes",
+            hue="run",
+            style="agent",
+            estimator="median",
+            errorbar=("pi", 80),
+            markers=True,
+            ax=ax,
+        )
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylim(bottom=0)
+        sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1))
+    else:
+        _empty(ax, "LLM requests of the measured tasks")
+    ax.set(xlabel="LLM call of the agent in the task (step)", ylabel="request body (bytes)")
+    return (
+        "context_growth",
+        fig,
+        (
+            "Body of each agent's n-th LLM request within a task (Agent B's numbered anew for each hand-off), "
+            "measured tasks, per run (a sweep cell's repetitions pooled) and agent: the median, and the 10th to "
+            "90th percentile shaded. A loop that resends the conversation at every step grows the body step by step."
+        ),
+    )
+
+
 def run_plots(result: RunAnalysis) -> list[Plot]:
     both = [result]
     return [
@@ -273,6 +309,7 @@ def run_plots(result: RunAnalysis) -> list[Plot]:
         flow_size_cdf(both),
         flows_per_task(both),
         latency_breakdown(both),
+        context_growth({result.label: both}),
         burst_timeline(result),
         call_sequence(result),
         retransmissions(both),
@@ -291,6 +328,7 @@ def comparison_plots(results: list[RunAnalysis]) -> list[Plot]:
         flow_size_cdf(results),
         flows_per_task(results),
         latency_breakdown(results),
+        context_growth({r.label: [r] for r in results}),
         retransmissions(results),
         variance_time(results, "lab"),
         *per_run,
@@ -370,4 +408,9 @@ def concurrency_ccdf(cells: list[CellResult]) -> Plot:
 
 
 def sweep_plots(cells: list[CellResult]) -> list[Plot]:
-    return [flow_size_ccdf(cells), flow_duration_ccdf(cells), concurrency_ccdf(cells)]
+    return [
+        flow_size_ccdf(cells),
+        flow_duration_ccdf(cells),
+        concurrency_ccdf(cells),
+        context_growth({c.cell.label: c.results for c in cells}),
+    ]

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from analysis import metrics, plots, published, stats, validation
-from analysis.cells import Cell, CellResult, baselines, effects, measure
+from analysis import agentloop, metrics, plots, published, stats, validation
+from analysis.cells import BASELINE, Cell, CellResult, baselines, effects, measure
 from analysis.rundir import facts, versions
 from lab import runlayout
 
@@ -33,7 +33,14 @@ HEADLINE: dict[str, tuple[str, str]] = {
     "flows_per_task": ("TCP connections used per task", "{:.2f}"),
     "new_flows_per_task": ("TCP connections opened per task", "{:.2f}"),
     "peers_per_task": ("distinct server endpoints per task (fan-out)", "{:.2f}"),
-    "llm_calls_per_task": ("LLM calls per task", "{:.2f}"),
+    "llm_calls_per_task": ("LLM calls per task (telemetry)", "{:.2f}"),
+    "reported_llm_calls_per_task": ("LLM calls per task, as the agents counted them", "{:.2f}"),
+    "steps_per_task": ("agent steps per task (Agent A's LLM decisions)", "{:.2f}"),
+    "reported_tool_calls_per_task": ("tool calls per task (Agent A's, hand-offs included)", "{:.2f}"),
+    "delegations_per_task": ("hand-offs to Agent B per task", "{:.2f}"),
+    "prompt_tokens_per_task": ("prompt tokens per task (every agent)", "{:,.0f}"),
+    "completion_tokens_per_task": ("completion tokens per task (every agent)", "{:,.0f}"),
+    "max_steps_share": ("tasks stopped at Agent A's step limit", "{:.0%}"),
     "packets_per_task": ("packets per task", "{:.0f}"),
     "bytes_per_task": ("bytes on the wire per task", "{:,.0f}"),
     "rtt_us_p50": ("smoothed RTT at window ends, p50 (µs)", "{:.0f}"),
@@ -275,6 +282,118 @@ def burstiness(result: RunAnalysis) -> str:
     return BURSTINESS_NOTE + _table(result.burstiness.set_index("group").round(3))
 
 
+Groups = dict[str, list["RunAnalysis"]]
+"""Label -> runs: one run each in a run or comparison report, a cell's repetitions (pooled) in a sweep's."""
+
+# per-task column -> row label of the loop-depth table
+LOOP_ROWS: dict[str, str] = {
+    "steps": "steps (Agent A's LLM decisions)",
+    "reported_llm_calls": "LLM calls, every agent (as counted)",
+    "llm_calls": "LLM calls, every agent (telemetry)",
+    "reported_tool_calls": "tool calls of Agent A, hand-offs included",
+    "delegations": "hand-offs to Agent B",
+    "prompt_tokens": "prompt tokens, every agent",
+    "completion_tokens": "completion tokens, every agent",
+}
+# column of an agentloop table -> (heading, format)
+LOOP_COLUMNS: dict[str, tuple[str, str]] = {
+    "tasks": ("tasks", "{:.0f}"),
+    "share": ("share of tasks", "{:.0%}"),
+    "correct": ("answered correctly", "{:.0%}"),
+    "mean": ("mean", "{:,.2f}"),
+    **{q: (q, "{:,.1f}") for q in agentloop.QUANTILES},
+    "steps": ("steps", "{:.2f}"),
+    "reported_tool_calls": ("tool calls", "{:.2f}"),
+    "min_tool_calls": ("minimal tool calls", "{:.2f}"),
+    "new_flows": ("connections opened", "{:.2f}"),
+    "bytes": ("bytes on the wire", "{:,.0f}"),
+    "calls": ("LLM requests", "{:.0f}"),
+    "req_bytes_p50": ("request body p50 (bytes)", "{:,.0f}"),
+    "req_bytes_p90": ("request body p90 (bytes)", "{:,.0f}"),
+    "growth": ("p50 over step 1's", "{:.2f}"),
+}
+
+AGENT_LOOP_NOTE = (
+    "<p>Measured tasks only (per workload; a sweep cell's repetitions pooled). Steps, calls, hand-offs and "
+    "tokens as the agents counted them (results.jsonl); LLM calls also as the telemetry saw them. Tool calls "
+    "are Agent A's, its hand-offs to Agent B included. Connections opened, bytes on the wire: the per-task "
+    "traffic of the headline. A task is <i>correct</i> when its answer states every fact the task expects, "
+    "<i>wrong</i> when it answered otherwise, <i>failed</i> without an answer (error or timeout), <i>not "
+    "checked</i> in runs from before answers were checked. A dash: not recorded (the baseline has no agent "
+    "loop, a failed task reports none, older runs lack these fields).</p>"
+)
+CONTEXT_NOTE = (
+    "<p>Each agent's LLM requests in a task numbered in order (Agent B's anew for each hand-off), and the "
+    "size of their bodies (telemetry <code>req_bytes</code>) by step: a loop that resends the conversation at "
+    "every step grows the body step by step.</p>"
+)
+
+
+def _formatted(frame: pd.DataFrame) -> pd.DataFrame:
+    """The LOOP_COLUMNS of an agentloop table formatted and headed; other columns as they are."""
+    shown = frame.copy()
+    for column, (_, pattern) in LOOP_COLUMNS.items():
+        if column in shown:
+            shown[column] = [_fmt(v, pattern) for v in shown[column]]
+    return shown.rename(columns={c: heading for c, (heading, _) in LOOP_COLUMNS.items()})
+
+
+def _by_group(parts: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Every group's table, one under the other: the group's label as the index, its own index first."""
+    frames = [part.reset_index().assign(run=label).set_index("run") for label, part in parts.items() if len(part)]
+    return _formatted(pd.concat(frames)) if frames else pd.DataFrame()
+
+
+def _agentic(groups: Groups) -> Groups:
+    return {label: runs for label, runs in groups.items() if runs[0].run.workload != BASELINE}
+
+
+def _depth(tasks: pd.DataFrame) -> pd.DataFrame:
+    return agentloop.spread(tasks, list(LOOP_ROWS)).rename(index=LOOP_ROWS).rename_axis("per task")
+
+
+def loop_depth(groups: Groups) -> pd.DataFrame:
+    """Per agentic group, each LOOP_ROWS column's spread over the measured tasks."""
+    return _by_group({label: _depth(agentloop.pooled_tasks(runs)) for label, runs in _agentic(groups).items()})
+
+
+def answers(groups: Groups) -> pd.DataFrame:
+    """Per agentic group, the traffic and depth of its tasks by answer outcome."""
+    return _by_group(
+        {label: agentloop.by_answer(agentloop.pooled_tasks(runs)) for label, runs in _agentic(groups).items()}
+    )
+
+
+def kinds(groups: Groups) -> pd.DataFrame:
+    """Per group, its tasks by kind: accuracy, depth against the minimal plan, traffic."""
+    return _by_group({label: agentloop.by_kind(agentloop.pooled_tasks(runs)) for label, runs in groups.items()})
+
+
+def context(groups: Groups) -> pd.DataFrame:
+    """Per group, the LLM request body by agent and step."""
+    return _by_group(
+        {
+            label: agentloop.context_growth(agentloop.pooled_steps(runs)).set_index("agent")
+            for label, runs in groups.items()
+        }
+    )
+
+
+def agent_loop(groups: Groups) -> str:
+    """The agent loop section: its depth per task, traffic by answer and by task kind, context growth."""
+    tables = [
+        ("Depth of the loop per task", "", loop_depth(groups), "agentic run"),
+        ("Traffic by answer", "", answers(groups), "agentic run"),
+        ("Traffic by task kind", "", kinds(groups), "measured task"),
+        ("Context growth: LLM request body by step", CONTEXT_NOTE, context(groups), "LLM request"),
+    ]
+    parts = [AGENT_LOOP_NOTE]
+    for title, note, frame, missing in tables:
+        shown = _table(frame) if len(frame) else f"<p>Nothing to show: no {missing} here.</p>"
+        parts.append(f"<h3>{title}</h3>{note}{shown}")
+    return "".join(parts)
+
+
 def checks(result: RunAnalysis, full: bool) -> str:
     """The validation of one run: its warnings, then the handshake cross-check (and, in full, the
     probes' losses and the clocks' error budget)."""
@@ -317,6 +436,8 @@ def write_run_report(result: RunAnalysis) -> Path:
         spread([result]),
         "<h2>Left out of the headline</h2>",
         _table(left_out(result)),
+        "<h2>Agent loop, accuracy and traffic</h2>",
+        agent_loop({result.label: [result]}),
         "<h2>Join quality</h2>",
         JOIN_NOTE,
         _table(join_quality(result)),
@@ -356,6 +477,8 @@ def write_comparison(results: list[RunAnalysis], out: Path) -> Path:
         HEADLINE_NOTE,
         _table(headline(results)),
         spread(results),
+        "<h2>Agent loop, accuracy and traffic</h2>",
+        agent_loop({r.label: [r] for r in results}),
         "<h2>Per hop kind</h2>",
         *[f"<h3>{html.escape(r.label)}</h3>" + _table(hops(r)) for r in results],
         "<h2>Burstiness across timescales</h2>",
@@ -431,6 +554,8 @@ def write_sweep(cells: list[CellResult], found: pd.DataFrame, out: Path) -> Path
         "<p>Difference and ratio of means (agentic over baseline) with their bootstrap intervals; "
         "<i>intervals overlap</i> flags the metrics where the two cells' own intervals overlap.</p>",
         _table(effects_table(found)),
+        "<h2>Agent loop, accuracy and traffic: repetitions pooled</h2>",
+        agent_loop({c.cell.label: c.results for c in cells}),
         "<h2>Beside published figures</h2>",
         PUBLISHED_NOTE + "<p>Each figure is the mean over the cell's repetitions.</p>",
         _table(

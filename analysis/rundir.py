@@ -60,9 +60,9 @@ class RunDir:
         return sorted(on_disk | set(self.manifest.probes))
 
 
-def open_run(path: Path) -> RunDir:
-    """Read the manifest (a missing or broken one, or an older layout's, is noted, not an error) and
-    check every file it lists."""
+def open_run(path: Path, verify: bool = True) -> RunDir:
+    """Read the manifest (a missing or broken one, or an older layout's, is noted, not an error) and,
+    with `verify`, check every file it lists (sizes and checksums: every capture read once)."""
     if not path.is_dir():
         raise FileNotFoundError(f"{path} is not a run directory")
     run = RunDir(path)
@@ -76,7 +76,8 @@ def open_run(path: Path) -> RunDir:
         run.manifest = read.manifest
         for note in read.notes:
             run.note(runlayout.MANIFEST, note)
-    check_files(run)
+    if verify:
+        check_files(run)
     return run
 
 

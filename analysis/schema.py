@@ -22,6 +22,7 @@ UNITS = {
     "packets": "TCP packets (segments as captured)",
     "segments": "TCP segments of the sender's maximum segment size",
     "count": "a number of things, named in the description",
+    "tokens": "LLM tokens as the LLM server counted them (its usage report)",
     "share": "a fraction between 0 and 1",
     "ratio": "a dimensionless ratio",
     "id": "an identifier",
@@ -106,6 +107,32 @@ _CALL_KINDS = {
         ("task", "task calls (the driver's, one per task)"),
     )
 }
+_AS_COUNTED = "as the agents counted them (results.jsonl); null for the baseline's tasks, failed tasks and older runs"
+_LOOP = {
+    "task_kind": Column(
+        "text",
+        "the task's kind (workload.tasks KINDS: order_status, order_total, ...; results.jsonl `kind`); "
+        "null in runs from before kinds were recorded",
+    ),
+    "min_tool_calls": Column(
+        "count", "tool calls the kind's minimal plan makes (workload.tasks Task.min_tool_calls; results.jsonl)"
+    ),
+    "steps": Column("count", f"Agent A's LLM decisions (steps of its tool loop), {_AS_COUNTED}"),
+    "reported_tool_calls": Column(
+        "count",
+        f"tool calls Agent A made, hand-offs to Agent B included (results.jsonl `tool_calls`), {_AS_COUNTED}; "
+        "tool_calls is the telemetry's count of every agent's MCP calls",
+    ),
+    "delegations": Column("count", f"subtasks Agent A handed to Agent B, {_AS_COUNTED}"),
+    "reported_llm_calls": Column(
+        "count",
+        f"LLM calls of every agent in the task, Agent B's included (results.jsonl `llm_calls`), {_AS_COUNTED}; "
+        "llm_calls is the telemetry's count",
+    ),
+    "prompt_tokens": Column("tokens", f"prompt tokens summed over every agent's LLM calls in the task, {_AS_COUNTED}"),
+    "completion_tokens": Column("tokens", f"completion tokens summed over the same calls, {_AS_COUNTED}"),
+    "max_steps_reached": Column("flag", f"Agent A stopped at its step limit, {_AS_COUNTED}"),
+}
 
 TABLES: dict[str, Table] = {
     "tasks": Table(
@@ -133,6 +160,7 @@ TABLES: dict[str, Table] = {
             "error": Column("text", "the error the driver recorded, null when none"),
             "repetition": Column("count", "repetition of the task set, from 0"),
             "warmup": Column("flag", "a warm-up task: excluded from every per-task mean"),
+            **_LOOP,
             "duration_ns": Column("ns", "end_ns - start_ns"),
             **_CALL_KINDS,
             "flows": Column(
@@ -168,6 +196,9 @@ TABLES: dict[str, Table] = {
             "trace_id": Column("id", "its task (trace)"),
             "task_id": Column("id", "its task in the task set"),
             "parent_id": Column("id", "the call that made it (null for the driver's task call)"),
+            "agent_id": Column(
+                "id", "the agent whose client side logged the call (null outside agents and for server-only calls)"
+            ),
             "kind": Column("text", "llm, tool, agent, service, db or task"),
             "peer": Column("text", "whom the client called, as it named the server"),
             "op": Column("text", "the operation: tool name, route, model request, query"),
@@ -187,6 +218,13 @@ TABLES: dict[str, Table] = {
             "duration_ns": Column("ns", "end_ns - start_ns"),
             "hop": Column(
                 "text", "hop kind from kind: agent→llm, agent→tool, agent→agent, service→service, →db, client→entry"
+            ),
+            "gen_ai_operation": Column(
+                "text",
+                "the call's gen_ai.operation.name in the OpenTelemetry GenAI semantic conventions "
+                "(analysis/genai.py): chat (llm), execute_tool (tool), invoke_agent (agent); null for task, "
+                "service and db calls and for the requests a hop logs as calls of their own (an MCP session's "
+                "initialize and tools/list, an A2A Agent Card read)",
             ),
         },
     ),

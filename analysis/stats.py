@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from analysis.metrics import LOOP
+
 RESAMPLES = 4000
 LEVEL = 0.95
 SEED = 20_261_201
@@ -113,6 +115,7 @@ TASK_MEANS: dict[str, tuple[str, float]] = {
     "llm_calls_per_task": ("llm_calls", 1.0),
     "packets_per_task": ("packets", 1.0),
     "bytes_per_task": ("bytes", 1.0),
+    **{f"{column}_per_task": (column, 1.0) for column in LOOP},
 }
 
 

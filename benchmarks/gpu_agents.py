@@ -61,15 +61,14 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import gpu_llm  # benchmarks/ is no package; gpu_llm puts the repo root on sys.path
-from gpu_llm import EXPECTED_TOOL, BenchError, fraction, percentile, positive_int
+from gpu_llm import BenchError, fraction, percentile, positive_int
 
 from workload import driver
 from workload.db import seed_database
 from workload.local import LocalPostgres, LocalStack, read_events
+from workload.loop import LOOP_FIELDS
 from workload.tasks import Task, answer_is_correct, make_tasks
 
-DECISIONS = {"baseline": 0, "simple": 1, "multihop": 2}
-"""Tool decisions an agent's LLM makes in one task of each scenario."""
 NOT_DECISIONS = ("tools/list", "initialize")
 """Ops of `tool` calls that are MCP housekeeping, not a tool the LLM chose."""
 
@@ -144,7 +143,8 @@ def task_rows(
         decided = [e for e in mine if e["kind"] == "tool" and e["op"] not in NOT_DECISIONS]
         conns = {tuple(c) for e in mine for c in e["conns"]}
         llm_conns = {tuple(c) for e in llm for c in e["conns"]}
-        agent_a_tools = [e["op"] for e in decided if e["service"] == "agent-a"]
+        called = {e["op"] for e in decided if e["status"] == "ok"}
+        loop = result.loop or {}
         rows.append(
             {
                 "task_id": task.task_id,
@@ -157,8 +157,10 @@ def task_rows(
                 "task_ms": (root["end_ns"] - root["start_ns"]) / 1e6,
                 "llm_calls": len(llm),
                 "llm_ms": sum(e["end_ns"] - e["start_ns"] for e in llm) / 1e6,
-                "decisions_valid": sum(e["status"] == "ok" for e in decided),
-                "right_tool": bool(agent_a_tools) and agent_a_tools[0] == EXPECTED_TOOL[task.kind],
+                "tool_calls_ok": sum(e["status"] == "ok" for e in decided),
+                "tool_calls_failed": sum(e["status"] != "ok" for e in decided),
+                "plan_covered": set(sum(task.plan, ())) <= called,
+                **{field: loop.get(field) for field in LOOP_FIELDS},
                 "tools_chosen": [f"{e['service']}:{e['op']}:{e['status']}" for e in decided],
                 "connections": len(conns),
                 "new_connections": sum(first.get(c) == root["trace_id"] for c in conns),
@@ -172,11 +174,12 @@ def task_rows(
 
 def run_figures(scenario: str, concurrency: int, wall_s: float, rows: list[dict[str, Any]]) -> dict[str, Any]:
     n = len(rows)
-    decisions = DECISIONS[scenario] * n
+    agentic = scenario != "baseline"
     llm_requests = sum(r["llm_calls"] for r in rows)
     llm_conns = {c for r in rows for c in r["llm_conn_ids"]}
     task_ms = sum(r["task_ms"] for r in rows)
     errors = Counter((r["error"] or "")[:160] for r in rows if not r["ok"])
+    looped = [r for r in rows if r["steps"] is not None]
     return {
         "scenario": scenario,
         "concurrency": concurrency,
@@ -191,10 +194,12 @@ def run_figures(scenario: str, concurrency: int, wall_s: float, rows: list[dict[
             for kind in sorted({r["kind"] for r in rows})
         },
         "tasks_per_min": round(60 * n / wall_s, 1),
-        "decisions": decisions,
-        "decisions_valid": sum(r["decisions_valid"] for r in rows),
-        "decision_validity": round(sum(r["decisions_valid"] for r in rows) / decisions, 3) if decisions else None,
-        "right_tool": sum(r["right_tool"] for r in rows) if decisions else None,
+        # decision accuracy: the tools the agents called (and the servers accepted) cover the task's minimal plan
+        "plan_covered": sum(r["plan_covered"] for r in rows) if agentic else None,
+        "decision_accuracy": round(sum(r["plan_covered"] for r in rows) / n, 3) if agentic else None,
+        "tool_calls_failed": sum(r["tool_calls_failed"] for r in rows),
+        **{f"{field}_per_task": spread([r[field] for r in looped], 2) for field in SPREAD_FIELDS},
+        "max_steps_reached": sum(bool(r["max_steps_reached"]) for r in looped),
         "task_ms": spread([r["task_ms"] for r in rows]),
         "llm_ms": spread([r["llm_ms"] for r in rows]),
         "llm_share": spread([r["llm_ms"] / r["task_ms"] for r in rows if r["task_ms"] > 0], 3),
@@ -211,6 +216,10 @@ def run_figures(scenario: str, concurrency: int, wall_s: float, rows: list[dict[
     }
 
 
+SPREAD_FIELDS = ("steps", "tool_calls", "delegations", "prompt_tokens", "completion_tokens")
+"""The agents' own per-task figures (workload.loop.LOOP_FIELDS) given with their spread."""
+
+
 def table(report: dict[str, Any]) -> str:
     agents = report["environment"].get("agents", {})
     lines = [
@@ -219,7 +228,8 @@ def table(report: dict[str, Any]) -> str:
             f"server ready after {report['startup_s']} s; the agents' openai {agents.get('openai')}"
         ),
         (
-            f"{'scenario':9} {'conc':>4} {'ok':>6} {'correct':>7} {'valid dec':>9} {'right':>5} {'tasks/min':>9} "
+            f"{'scenario':9} {'conc':>4} {'ok':>6} {'correct':>7} {'plan':>5} {'steps':>5} {'tools':>5} {'hand':>4} "
+            f"{'tasks/min':>9} "
             f"{'task ms p50/p90':>16} {'LLM share p50/p90 (pooled)':>27} {'conns/task':>10} {'new':>5} "
             f"{'LLM req/conn':>12}"
         ),
@@ -228,16 +238,18 @@ def table(report: dict[str, Any]) -> str:
         if "skipped" in r:
             lines.append(f"{r['scenario']:9} {r['concurrency']:>4} skipped: {r['skipped']}")
             continue
-        valid = f"{r['decisions_valid']}/{r['decisions']}" if r["decisions"] else "-"
-        right = str(r["right_tool"]) if r["decisions"] else "-"
+        plan = "-" if r["plan_covered"] is None else str(r["plan_covered"])
+        depth = [r[f"{f}_per_task"]["mean"] for f in ("steps", "tool_calls", "delegations")]
+        steps, tools, hands = ("-" if d is None else str(d) for d in depth)
         share = (
             f"{r['llm_share']['p50']}/{r['llm_share']['p90']} ({r['llm_share_pooled']})"
             if r["llm_calls_per_task"]
             else "-"
         )
         lines.append(
-            f"{r['scenario']:9} {r['concurrency']:>4} {r['ok']:>3}/{r['tasks']:<2} {r['correct']:>7} {valid:>9} "
-            f"{right:>5} {r['tasks_per_min']:>9} {r['task_ms']['p50']:>7}/{r['task_ms']['p90']:<8} "
+            f"{r['scenario']:9} {r['concurrency']:>4} {r['ok']:>3}/{r['tasks']:<2} {r['correct']:>7} {plan:>5} "
+            f"{steps:>5} {tools:>5} {hands:>4} {r['tasks_per_min']:>9} "
+            f"{r['task_ms']['p50']:>7}/{r['task_ms']['p90']:<8} "
             f"{share:>27} {r['connections_per_task']['mean']:>10} {r['new_connections_per_task']['mean']:>5} "
             f"{r['llm_requests_per_connection'] or '-':>12}"
         )

@@ -96,7 +96,13 @@ DUMMY_SHAPES: dict[str, dict[str, Any]] = {
         "use_cache": True,
     },
 }
-EXPECTED_TOOL = {"order_status": "get_order", "order_total": "get_order", "shipment_eta": "get_shipment"}
+
+
+def expected_tool(kind: str) -> str:
+    """The tool a task's first decision should pick: the first step of its minimal plan."""
+    from workload.tasks import KINDS
+
+    return KINDS[kind].plan[0][0]
 
 
 class BenchError(RuntimeError):
@@ -262,7 +268,7 @@ def server_argv(args: argparse.Namespace, model: Path, dummy: bool) -> list[str]
         if dummy:
             argv += ["--vllm-arg=--load-format=dummy"]
     else:
-        argv += ["--ctx", "2048", "--parallel", "8", "--threads", "2"]
+        argv += ["--ctx", "8192", "--parallel", "2", "--threads", "2"]
     return argv
 
 
@@ -547,7 +553,7 @@ async def decisions(client: httpx.AsyncClient, ports: Ports, count: int) -> dict
                 "kind": task.kind,
                 "output": s.text,
                 "ms": ms(s.total_s),
-                **judge(s.text, tools, EXPECTED_TOOL[task.kind], task.order_id),
+                **judge(s.text, tools, expected_tool(task.kind), task.order_id),
             }
         )
     later = [r["ms"] for r in rows[1:]] or [rows[0]["ms"]]

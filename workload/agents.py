@@ -1,11 +1,12 @@
-"""Agent A (on `agent-a`) and Agent B (on `agent-b`), both LangGraph graphs whose LLM
-decides which MCP tool to call. MCP tools enter LangGraph through
-langchain-mcp-adapters; the LLM through its OpenAI-compatible API (ChatOpenAI).
+"""Agent A (on `agent-a`) and Agent B (on `agent-b`): LangGraph tool loops (workload/loop.py) in
+which the LLM decides, step by step, which MCP tools to call and when to answer. MCP tools enter
+through langchain-mcp-adapters; the LLM through its OpenAI-compatible API (ChatOpenAI).
 
-A tool decision is the model's own output, constrained by the server to the JSON schema
-`{"tool": <one of the server's tools>, "arguments": <that tool's input schema>}`, so a
-small model's calls are always well-formed. Agent B is reached over MCP (its
-`handle_subtask` tool): the agent-to-agent hop.
+Which agents a task meets is its workload's topology; the same task set runs in both:
+- simple: Agent A alone, with every tool (tool-db's and tool-synth's);
+- multihop: Agent A with tool-db's tools and a hand-off to Agent B, a logistics agent with
+  tool-synth's: the tool `ask_logistics_agent`, carried over A2A (workload/handoff.py) or MCP as the
+  run's `hand_off` knob says. Whether and when to hand off is the model's decision.
 """
 
 from __future__ import annotations
@@ -14,14 +15,14 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, Protocol
 
 import httpx
-from langchain_core.messages import HumanMessage, SystemMessage
+from langchain_core.messages import BaseMessage
 from langchain_openai import ChatOpenAI
-from langgraph.graph import END, START, StateGraph
 from mcp.server.fastmcp import Context
 from mcp.server.fastmcp.exceptions import ToolError
+from mcp.types import CallToolResult, TextContent
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -29,8 +30,19 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from workload.config import LLM_MAX_TOKENS, ServiceConfig
-from workload.mcp_client import LIBRARY_TIMEOUT_S, HopError, ToolBox, task_sessions
+from workload.handoff import (
+    HAND_OFF_DESCRIPTION,
+    HAND_OFF_TOOL,
+    SUBTASK_FAILURES,
+    A2AHandOff,
+    HandOffRequest,
+    a2a_routes,
+    usage_report,
+)
+from workload.loop import Agent, MalformedDecision, Outcome, Tool, Usage
+from workload.mcp_client import LIBRARY_TIMEOUT_S, USAGE_META, HopError, ToolBox, hop_failures, task_sessions
 from workload.telemetry import (
+    CallEvent,
     LabTransport,
     Telemetry,
     TraceContext,
@@ -76,144 +88,38 @@ class LLM:
                 timeout=LIBRARY_TIMEOUT_S,
                 stream_chunk_timeout=LIBRARY_TIMEOUT_S,
                 streaming=streaming,
+                stream_usage=True,
                 http_async_client=client,
             )
             for streaming in (True, False)
         }
 
     @asynccontextmanager
-    async def _call(self) -> AsyncIterator[None]:
+    async def _call(self) -> AsyncIterator[CallEvent]:
         """One logged LLM request within the caller's LLM timeout."""
         seconds = timeout_for("llm", self.timeout_s)
-        try:
-            async with self.telemetry.call("llm", "llm", self.model), asyncio.timeout(seconds):
-                yield
-        except TimeoutError as exc:
-            raise HopError("llm", TimeoutError(f"no answer within {seconds:g} s (llm timeout)")) from exc
-        except Exception as exc:
-            raise HopError("llm", exc) from exc
+        with hop_failures("llm", "llm", seconds):
+            async with self.telemetry.call("llm", "llm", self.model) as event, asyncio.timeout(seconds):
+                yield event
 
-    async def choose(self, system: str, user: str, schema: dict[str, Any]) -> dict[str, Any]:
-        """The model's tool choice, constrained to `schema`."""
-        response_format = {"type": "json_schema", "json_schema": {"name": "tool_call", "schema": schema}}
+    async def decide(self, messages: list[BaseMessage], schema: dict[str, Any]) -> tuple[str, Usage]:
+        """The model's reply to the conversation, constrained to `schema` (streamed unless the
+        llm_stream knob is off), and its token usage."""
+        response_format = {"type": "json_schema", "json_schema": {"name": "decision", "schema": schema}}
         chat = self.chats[current_knobs().llm_stream]
-        async with self._call():
-            message = await chat.bind(response_format=response_format).ainvoke(
-                [SystemMessage(system), HumanMessage(user)]
-            )
-        try:
-            return json.loads(_text(message.content))
-        except ValueError as exc:
-            raise HopError("llm", exc) from exc
-
-    async def write(self, system: str, user: str) -> str:
-        """Free text from the model, streamed unless the llm_stream knob is off."""
-        messages = [SystemMessage(system), HumanMessage(user)]
-        parts: list[str] = []
-        async with self._call():
-            if current_knobs().llm_stream:
-                async for chunk in self.chats[True].astream(messages):
-                    parts.append(_text(chunk.content))
-            else:
-                parts.append(_text((await self.chats[False].ainvoke(messages)).content))
-        return "".join(parts).strip()
+        async with self._call() as event:
+            message = await chat.bind(response_format=response_format).ainvoke(messages)
+            usage = getattr(message, "usage_metadata", None) or {}
+            event.input_tokens, event.output_tokens = usage.get("input_tokens"), usage.get("output_tokens")
+        return _text(message.content), Usage(1, event.input_tokens or 0, event.output_tokens or 0)
 
 
-DECIDE_PROMPT = (
-    "You are {who}. Pick the one tool that helps most with the request, and its arguments.\n"
-    'Tools:\n{tools}\nReply as JSON {{"tool": ..., "arguments": {{...}}}}.'
-)
-ANSWER_PROMPT = (
-    "You are a customer-support agent. Answer the customer's question in one or two sentences, "
-    "using only the order database record for statuses, dates, amounts and carriers; copy them exactly."
-)
-REPORT_PROMPT = (
-    "You are a logistics assistant. Summarise the tool result for the request in one sentence, "
-    "copying hub names and numbers exactly."
-)
-
-
-REPORT_INPUT_CHARS = 400
-
-
-class AgentState(TypedDict, total=False):
-    question: str
-    scenario: str
-    facts: str
-    choice: dict[str, Any]
-    result: str
-    report: str
-    answer: str
-
-
-def _decide_node(llm: LLM, box: ToolBox, who: str) -> Any:
-    async def decide(state: AgentState) -> AgentState:
-        await box.ensure_loaded()
-        request = state["question"] + (f"\nKnown facts: {state['facts']}" if state.get("facts") else "")
-        choice = await llm.choose(DECIDE_PROMPT.format(who=who, tools=box.describe()), request, box.choice_schema())
-        return {"choice": choice}
-
-    return decide
-
-
-def _tool_node(box: ToolBox) -> Any:
-    async def use_tool(state: AgentState) -> AgentState:
-        return {"result": await box.call(state["choice"]["tool"], state["choice"]["arguments"])}
-
-    return use_tool
-
-
-def build_agent_a_graph(llm: LLM, tool_db: ToolBox, agent_b: ToolBox) -> Any:
-    """decide (LLM) -> tool-db -> [multihop: Agent B] -> answer (LLM, streamed)."""
-
-    async def delegate(state: AgentState) -> AgentState:
-        report = await agent_b.call("handle_subtask", {"question": state["question"], "facts": state["result"]})
-        return {"report": report}
-
-    async def answer(state: AgentState) -> AgentState:
-        note = f"\nLogistics note (hubs and delay risk only): {state['report']}" if state.get("report") else ""
-        facts = f"Question: {state['question']}\nOrder database record: {state['result']}{note}"
-        return {"answer": await llm.write(ANSWER_PROMPT, facts)}
-
-    graph = StateGraph(AgentState)
-    graph.add_node("decide", _decide_node(llm, tool_db, "Agent A, an order-support agent"))
-    graph.add_node("use_tool", _tool_node(tool_db))
-    graph.add_node("delegate", delegate)
-    graph.add_node("answer", answer)
-    graph.add_edge(START, "decide")
-    graph.add_edge("decide", "use_tool")
-    graph.add_conditional_edges(
-        "use_tool", lambda s: "delegate" if s["scenario"] == "multihop" else "answer", ["delegate", "answer"]
-    )
-    graph.add_edge("delegate", "answer")
-    graph.add_edge("answer", END)
-    return graph.compile()
-
-
-def build_agent_b_graph(llm: LLM, tool_synth: ToolBox) -> Any:
-    """decide (LLM) -> tool-synth -> report (LLM, streamed)."""
-
-    async def report(state: AgentState) -> AgentState:
-        # the head of the result: its synthetic padding sizes the traffic, not the prompt
-        text = (
-            f"Request: {state['question']}\n"
-            f"Tool {state['choice']['tool']} returned: {state['result'][:REPORT_INPUT_CHARS]}"
-        )
-        return {"report": await llm.write(REPORT_PROMPT, text)}
-
-    graph = StateGraph(AgentState)
-    graph.add_node("decide", _decide_node(llm, tool_synth, "Agent B, a logistics agent checking carriers and parcels"))
-    graph.add_node("use_tool", _tool_node(tool_synth))
-    graph.add_node("report", report)
-    graph.add_edge(START, "decide")
-    graph.add_edge("decide", "use_tool")
-    graph.add_edge("use_tool", "report")
-    graph.add_edge("report", END)
-    return graph.compile()
+AGENT_A = "Agent A, a customer-support agent for an online shop"
+AGENT_B = "Agent B, a logistics agent who checks parcels and carriers"
 
 
 class AgentTask(BaseModel):
-    """What Agent A takes: the user's words only, plus which scenario to run."""
+    """What Agent A takes: the user's words only, plus which workload (topology) to run."""
 
     model_config = ConfigDict(extra="forbid")
     task_id: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")
@@ -221,42 +127,81 @@ class AgentTask(BaseModel):
     scenario: Literal["simple", "multihop"]
 
 
+class ToolSource(Protocol):
+    async def load(self) -> list[Tool]:
+        """Its tools for the loop, for this task (loaded on first use); HopError if it cannot be reached."""
+        ...
+
+
+class HandOffTo:
+    """A hand-off to another agent as one of the loop's tools, carried as the run's hand_off knob says."""
+
+    def __init__(self, a2a: A2AHandOff, mcp: ToolBox) -> None:
+        self.carriers: dict[str, ToolSource] = {"a2a": a2a, "mcp": mcp}
+
+    async def load(self) -> list[Tool]:
+        return await self.carriers[current_knobs().hand_off].load()
+
+
+class Toolset:
+    """An agent's tool sources (MCP servers, hand-offs), loaded on first use, as the loop's tools."""
+
+    def __init__(self, *sources: ToolSource) -> None:
+        self.sources = sources
+
+    async def tools(self) -> list[Tool]:
+        return [tool for source in self.sources for tool in await source.load()]
+
+    async def problem(self) -> str | None:
+        """For /healthz: None once every server listed its tools, else what failed."""
+        try:
+            await self.tools()
+        except HopError as exc:
+            return str(exc)
+        return None
+
+
+def _adopt_task(task_id: str) -> None:
+    """Make the task the current context when the caller sent no lab headers."""
+    ctx = current_context()
+    if ctx is None or ctx.task_id is None:
+        set_context(TraceContext(task_id, ctx.trace_id if ctx else new_trace_id(), ctx.call_id if ctx else None))
+
+
 def build_agent_a(config: ServiceConfig, telemetry: Telemetry) -> Starlette:
     t = config.timeouts
     llm = LLM(config, telemetry)
     tool_db = ToolBox("tool-db", config.peers["tool-db"], telemetry, t.tool_s)
-    agent_b = ToolBox("agent-b", config.peers["agent-b"], telemetry, t.agent_s, kind="agent")
-    graph = build_agent_a_graph(llm, tool_db, agent_b)
+    tool_synth = ToolBox("tool-synth", config.peers["tool-synth"], telemetry, t.tool_s)
+    agent_b_mcp = ToolBox("agent-b", config.peers["agent-b"], telemetry, t.agent_s, kind="agent")
+    agent_b_a2a = A2AHandOff("agent-b", config.rest_url("agent-b"), telemetry, t.agent_s)
+    toolsets = {
+        "simple": Toolset(tool_db, tool_synth),
+        "multihop": Toolset(tool_db, HandOffTo(agent_b_a2a, agent_b_mcp)),
+    }
 
     async def task(request: Request) -> JSONResponse:
         body = await read_model(request, AgentTask)
         if isinstance(body, JSONResponse):
             return body
-        ctx = current_context()
-        if ctx is None or ctx.task_id is None:  # a caller without lab headers
-            set_context(
-                TraceContext(body.task_id, ctx.trace_id if ctx else new_trace_id(), ctx.call_id if ctx else None)
-            )
+        _adopt_task(body.task_id)
         seconds = timeout_for("task", t.task_s)
         try:
             async with asyncio.timeout(seconds), task_sessions():
-                state = await graph.ainvoke({"question": body.text, "scenario": body.scenario})
+                agent = Agent(AGENT_A, llm, await toolsets[body.scenario].tools())
+                outcome = await agent.run(body.text, current_knobs().max_steps)
         except TimeoutError:
             return error_response(504, f"task timed out after {seconds:g} s (task timeout)", task_id=body.task_id)
         except HopError as exc:
             return error_response(502, str(exc), task_id=body.task_id)
+        except MalformedDecision as exc:
+            return error_response(502, f"llm: {exc}", task_id=body.task_id)
         return JSONResponse(
-            {
-                "ok": True,
-                "task_id": body.task_id,
-                "answer": state["answer"],
-                "error": None,
-                "tool": state["choice"]["tool"],
-            }
+            {"ok": True, "task_id": body.task_id, "answer": outcome.answer, "error": None, **outcome.record()}
         )
 
     async def ready() -> str | None:
-        return await _tools_problem(tool_db, agent_b)
+        return await Toolset(tool_db, tool_synth, agent_b_mcp, agent_b_a2a).problem()
 
     return Starlette(
         routes=[Route("/task", task, methods=["POST"]), Route("/healthz", health_endpoint("agent-a", config, ready))]
@@ -264,32 +209,35 @@ def build_agent_a(config: ServiceConfig, telemetry: Telemetry) -> Starlette:
 
 
 def build_agent_b(config: ServiceConfig, telemetry: Telemetry) -> Starlette:
+    """Agent B, reached by a hand-off over A2A (its card and JSON-RPC endpoint) and over MCP (the tool
+    `ask_logistics_agent`) at once: both run `subtask`."""
     llm = LLM(config, telemetry)
-    tool_synth = ToolBox("tool-synth", config.peers["tool-synth"], telemetry, config.timeouts.tool_s)
-    graph = build_agent_b_graph(llm, tool_synth)
+    toolset = Toolset(ToolBox("tool-synth", config.peers["tool-synth"], telemetry, config.timeouts.tool_s))
     mcp = McpServer("agent-b", "Agent B: a logistics agent that checks parcels and carriers for Agent A.")
 
-    @mcp.tool()
-    async def handle_subtask(question: str, facts: str, ctx: Context) -> str:
-        """Check the parcel or carrier behind a customer question, given the order facts; returns a short report."""
+    async def subtask(request: str) -> Outcome:
+        """Agent B's loop on a handed-off request, in the caller's context, within its agent timeout;
+        raises one of SUBTASK_FAILURES."""
+        seconds = timeout_for("agent", config.timeouts.agent_s)
+        try:
+            async with asyncio.timeout(seconds), task_sessions():
+                agent = Agent(AGENT_B, llm, await toolset.tools())
+                return await agent.run(request, current_knobs().max_steps)
+        except TimeoutError as exc:
+            raise TimeoutError(f"no answer within {seconds:g} s (agent timeout)") from exc
+
+    @mcp.tool(name=HAND_OFF_TOOL, description=HAND_OFF_DESCRIPTION)
+    async def ask_logistics_agent(request: HandOffRequest, ctx: Context) -> CallToolResult:
         adopt_caller_context(ctx)
         try:
-            async with asyncio.timeout(timeout_for("agent", config.timeouts.agent_s)), task_sessions():
-                state = await graph.ainvoke({"question": question, "facts": facts})
-        except (HopError, TimeoutError) as exc:
+            outcome = await subtask(request)
+        except SUBTASK_FAILURES as exc:
             raise ToolError(f"agent-b: {describe_error(exc)}") from exc
-        return state["report"]
+        return CallToolResult(
+            content=[TextContent(type="text", text=outcome.answer)], _meta={USAGE_META: usage_report(outcome)}
+        )
 
-    async def ready() -> str | None:
-        return await _tools_problem(tool_synth)
-
-    return mcp.app(Route("/healthz", health_endpoint("agent-b", config, ready), methods=["GET"]))
-
-
-async def _tools_problem(*boxes: ToolBox) -> str | None:
-    for box in boxes:
-        try:
-            await box.ensure_loaded()
-        except HopError as exc:
-            return str(exc)
-    return None
+    return mcp.app(
+        *a2a_routes(config, subtask),
+        Route("/healthz", health_endpoint("agent-b", config, toolset.problem), methods=["GET"]),
+    )

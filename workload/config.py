@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -24,19 +25,34 @@ DEFAULT_PORTS: dict[str, int] = {
     "baseline-shipping": 8303,
     "postgres": 5432,
 }
-# which peers (by logical name) each service calls
-REQUIRED_PEERS: dict[str, tuple[str, ...]] = {
-    "agent-a": ("tool-db", "agent-b"),
-    "agent-b": ("tool-synth",),
-    "baseline-gateway": ("baseline-order",),
-    "baseline-order": ("baseline-shipping",),
+TOOL_ENDPOINTS: dict[str, tuple[str, str]] = {
+    "get_order": ("baseline-order", "/orders/{order_id}"),
+    "get_customer": ("baseline-order", "/customers/{customer_id}"),
+    "get_shipment": ("baseline-shipping", "/shipments/{order_id}"),
+    "track_parcel": ("tool-synth", "/parcels/{tracking_no}"),
+    "carrier_status": ("tool-synth", "/carriers/{carrier}"),
 }
-LLM_MAX_TOKENS = 96
-"""The most tokens an agent asks the LLM for in one call (workload/agents.py)."""
-AGENT_B_LLM_CALLS = 2
-"""Agent B's LLM calls per subtask (decide, report), as its graph in workload/agents.py makes them."""
-LLM_CALLS_PER_TASK = {"simple": 2, "multihop": 2 + AGENT_B_LLM_CALLS}
-"""LLM calls per task of each agentic workload: Agent A's decide and answer, and Agent B's (multihop)."""
+"""The REST endpoint standing for each MCP tool in the baseline chain: the service that answers it
+and its path, whose one parameter is the tool's one argument (workload/baseline.py)."""
+# which peers (by logical name) each service calls; the baseline gateway calls every TOOL_ENDPOINTS service
+REQUIRED_PEERS: dict[str, tuple[str, ...]] = {
+    "agent-a": ("tool-db", "tool-synth", "agent-b"),
+    "agent-b": ("tool-synth",),
+    "baseline-gateway": tuple(dict.fromkeys(service for service, _ in TOOL_ENDPOINTS.values())),
+}
+
+
+def endpoints_of(service: str) -> dict[str, str]:
+    """{tool: path} of the REST endpoints `service` answers (TOOL_ENDPOINTS)."""
+    return {tool: path for tool, (owner, path) in TOOL_ENDPOINTS.items() if owner == service}
+
+
+LLM_MAX_TOKENS = 160
+"""The most tokens an agent asks the LLM for in one decision (workload/agents.py): room for four
+tool calls, or for an answer of two or three sentences."""
+AGENTS_PER_TASK = {"simple": 1, "multihop": 2}
+"""How many agents' loops a task of each agentic workload may run (multihop: Agent A, then Agent B
+on a hand-off); each makes at most the `max_steps` knob's LLM calls."""
 NEEDS_DB = ("tool-db", "baseline-order", "baseline-shipping")
 NEEDS_LLM = ("agent-a", "agent-b")
 
@@ -81,6 +97,17 @@ class ServiceConfig(BaseModel):
 
     def listen_port(self, service: str) -> int:
         return self.port or DEFAULT_PORTS[service]
+
+    def own_url(self, service: str) -> str:
+        """This service's own base URL, as its peers reach it: its listen address and port (loopback
+        when it listens on every address)."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "", "::") else self.host
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.listen_port(service)}"
+
+    def rest_url(self, peer: str) -> str:
+        """The peer's base URL for REST calls: its peer URL without the path (an MCP server's names /mcp)."""
+        url = urlsplit(self.peers[peer])
+        return f"{url.scheme}://{url.netloc}"
 
     def check_for(self, service: str) -> None:
         """Raise ConfigError unless this config has what `service` needs."""

@@ -7,11 +7,12 @@ import asyncio
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import httpx
 
 from workload.knobs import Knobs
+from workload.loop import LOOP_FIELDS
 from workload.tasks import Task
 from workload.telemetry import Telemetry, describe_error, lab_http_client, set_run
 
@@ -37,6 +38,9 @@ class TaskResult:
     start_ns: int
     end_ns: int
     call_id: str
+    loop: dict[str, Any] | None = None
+    """What the agents' loop reported (workload.loop.Outcome.record: steps, tool calls, hand-offs,
+    LLM calls and tokens); None for the baseline and for a task that failed."""
 
 
 def _request(scenario: str, task: Task, entry: Entry) -> tuple[str, str, dict]:
@@ -54,7 +58,7 @@ async def _submit(
     client: httpx.AsyncClient, telemetry: Telemetry, scenario: str, task: Task, entry: Entry, timeout_s: float
 ) -> TaskResult:
     peer, url, body = _request(scenario, task, entry)
-    answer, error = None, None
+    answer, error, loop = None, None, None
     start = time.time_ns()
     try:
         async with telemetry.call("task", peer, scenario, task_id=task.task_id) as call:
@@ -66,9 +70,10 @@ async def _submit(
             if response.status_code != 200 or not data.get("ok"):
                 raise RuntimeError(data.get("error") or f"{peer}: HTTP {response.status_code}")
             answer = data.get("answer")
+            loop = {k: data[k] for k in LOOP_FIELDS if k in data} or None
     except RuntimeError as exc:
         error = str(exc)
-    return TaskResult(task.task_id, scenario, error is None, answer, error, start, time.time_ns(), call.call_id)
+    return TaskResult(task.task_id, scenario, error is None, answer, error, start, time.time_ns(), call.call_id, loop)
 
 
 async def run_tasks(

@@ -12,6 +12,9 @@ The defaults are what the widely used clients and servers do:
   come; `per_call` sends `Connection: close` so each request has a connection of its own.
 - `llm_stream: true`: agents stream the LLM's answers (langchain-openai with `streaming=True`),
   as chat front ends do.
+- `max_steps: 6`: the agents' step bound. LangGraph's own bound (`recursion_limit`) is 25 graph
+  steps, about 12 LLM decisions of a tool loop; 6 is twice the deepest task's minimal plan (three
+  tool calls in two steps, then the answer) and keeps a CPU LLM's task within its timeout.
 - `mcp_server: stateful_sse`: what the MCP Python SDK's FastMCP does unless its author opts out
   (mcp 1.30.0, `mcp/server/fastmcp/server.py`: `stateless_http=False`, `json_response=False`): a
   session per client (an `mcp-session-id` header from initialize on) and an SSE stream answering
@@ -20,6 +23,11 @@ The defaults are what the widely used clients and servers do:
   `stateless_json` is both opt-outs (`stateless_http=True, json_response=True`): no session, one
   JSON answer per POST. Every MCP server answers both at once (`MCP_PATH_SUFFIX`), so the knob
   needs no redeploy.
+- `hand_off: a2a`: Agent A hands work to Agent B over the A2A protocol (a2a-sdk: Agent B's Agent Card
+  at `/.well-known/agent-card.json`, then JSON-RPC SendStreamingMessage, A2A 0.3's `message/stream`),
+  the protocol made for agent-to-agent calls; `mcp` wraps Agent B as an MCP tool
+  (`ask_logistics_agent`), as langchain users often do with a sub-agent. Agent B answers both at
+  once, so the knob needs no redeploy.
 """
 
 from __future__ import annotations
@@ -51,6 +59,13 @@ class Knobs(BaseModel):
     mcp_server: McpServerMode = "stateful_sse"
     """How the MCP servers answer: stateful with SSE responses (FastMCP's default), or stateless
     with one JSON answer per POST."""
+
+    hand_off: Literal["a2a", "mcp"] = "a2a"
+    """How Agent A reaches Agent B: over A2A (message stream of task events), or as an MCP tool."""
+
+    max_steps: int = Field(default=6, ge=1, le=50)
+    """The most LLM decisions an agent makes for one task (or one handed-off subtask); at the last it
+    must answer. Every step resends the conversation, so the bound caps a task's traffic."""
 
     def header(self) -> str:
         return json.dumps(self.model_dump(), separators=(",", ":"))

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -187,9 +188,10 @@ class LocalStack:
         )
         wait_http(f"{self.url('llm')}/health", timeout_s, proc)
 
-    def start(self, timeout_s: float = 120) -> None:
+    def start(self, timeout_s: float = 120, services: Iterable[str] = START_ORDER) -> None:
+        """Start `services` (every one by default) in that order, each healthy before the next."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        for service in START_ORDER:
+        for service in services:
             proc = self.start_service(service)
             wait_http(f"{self.url(service)}/healthz", timeout_s, proc)
 
@@ -212,3 +214,17 @@ def read_events(directory: Path) -> list[dict[str, Any]]:
     for path in sorted(directory.glob("*.jsonl")):
         events.extend(json.loads(line) for line in path.read_text().splitlines() if line.strip())
     return events
+
+
+def read_served_events(directory: Path, call_ids: Iterable[str], timeout_s: float = 15) -> list[dict[str, Any]]:
+    """Every event in `directory`, once the server side of each of `call_ids` is among them (or after
+    `timeout_s`): a server writes its event after the response went out, so the caller may see the
+    answer first."""
+    wanted = set(call_ids)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        events = read_events(directory)
+        served = {e["call_id"] for e in events if e["side"] == "server"}
+        if wanted <= served or time.monotonic() > deadline:
+            return events
+        time.sleep(0.2)

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import functools
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import httpx
@@ -32,12 +33,16 @@ from mcp import ClientSession
 from mcp.types import CallToolResult
 
 from workload.knobs import MCP_PATH_SUFFIX
+from workload.loop import Tool, ToolFailed, Usage
 from workload.telemetry import META_CALL_ID, Kind, LabTransport, Telemetry, current_knobs, describe_error, timeout_for
 
 # The libraries' own timeouts are set out of the way (langchain-openai's 120 s between streamed
 # chunks, the MCP client's read timeouts): each hop's timeout is the lab's, from the caller's
 # H_TIMEOUTS or the service config, applied around the call.
 LIBRARY_TIMEOUT_S = 86_400.0
+USAGE_META = "lab/usage"
+"""Where an agent reached by a hand-off reports its LLM usage: an MCP tool result's `_meta`, an A2A
+task's final status event's `metadata` (workload/handoff.py)."""
 
 
 class HopError(RuntimeError):
@@ -47,8 +52,16 @@ class HopError(RuntimeError):
         super().__init__(f"{peer}: {describe_error(exc)}")
 
 
-class ToolCallError(RuntimeError):
-    """The server ran the tool and it failed (a CallToolResult with isError)."""
+@contextmanager
+def hop_failures(peer: str, kind: str, seconds: float) -> Iterator[None]:
+    """Whatever fails in the block as a HopError naming `peer`; a TimeoutError (the block's own
+    `asyncio.timeout(seconds)`) as the hop's `kind` timeout."""
+    try:
+        yield
+    except TimeoutError as exc:
+        raise HopError(peer, TimeoutError(f"no answer within {seconds:g} s ({kind} timeout)")) from exc
+    except Exception as exc:
+        raise HopError(peer, exc) from exc
 
 
 def _mcp_http_client(
@@ -124,7 +137,7 @@ class ToolBox:
 
     def __init__(self, peer: str, url: str, telemetry: Telemetry, timeout_s: float, kind: Kind = "tool") -> None:
         self.peer, self.url, self.kind, self.telemetry, self.timeout_s = peer, url, kind, telemetry, timeout_s
-        self.tools: dict[str, BaseTool] = {}
+        self.tools_by_name: dict[str, BaseTool] = {}
         self._lock = asyncio.Lock()
         self._persistent: dict[str, KeptSession] = {}
 
@@ -140,7 +153,7 @@ class ToolBox:
 
     async def ensure_loaded(self) -> None:
         async with self._lock:
-            if self.tools:
+            if self.tools_by_name:
                 return
             try:
                 async with self.telemetry.call(self.kind, self.peer, "tools/list"), asyncio.timeout(self.timeout_s):
@@ -152,41 +165,34 @@ class ToolBox:
                     )
             except Exception as exc:
                 raise HopError(self.peer, exc) from exc
-            self.tools = {t.name: t for t in tools}
+            self.tools_by_name = {t.name: t for t in tools}
 
-    def describe(self) -> str:
-        return "\n".join(f"- {name}: {tool.description}" for name, tool in self.tools.items())
-
-    def choice_schema(self) -> dict[str, Any]:
-        """JSON schema of one call of one of these tools, with that tool's own arguments."""
-        options = []
-        for name, tool in self.tools.items():
-            args = {k: v for k, v in dict(tool.args_schema).items() if k in ("type", "properties", "required")}  # type: ignore[arg-type]
-            options.append(
-                {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "required": ["tool", "arguments"],
-                    "properties": {"tool": {"const": name}, "arguments": {**args, "additionalProperties": False}},
-                }
-            )
-        return {"anyOf": options}
-
-    async def call(self, name: str, arguments: dict[str, Any]) -> str:
+    async def load(self) -> list[Tool]:
+        """The server's tools as the loop's, listed on first use; each hands work off if the server is an agent."""
         await self.ensure_loaded()
-        if name not in self.tools:
-            raise HopError(self.peer, LookupError(f"unknown tool {name!r}"))
+        return self.tools(hand_off=self.kind == "agent")
+
+    def tools(self, hand_off: bool = False) -> list[Tool]:
+        """These tools as the agent loop's (loaded first with `ensure_loaded`); `hand_off`: each call
+        hands work to another agent."""
+        return [
+            Tool(name, tool.description, dict(tool.args_schema), functools.partial(self.call, name), hand_off)  # type: ignore[arg-type]
+            for name, tool in self.tools_by_name.items()
+        ]
+
+    async def call(self, name: str, arguments: dict[str, Any]) -> tuple[str, Usage]:
+        """The tool's result text and the usage an agent behind it reports (USAGE_META). A result
+        marked as an error raises ToolFailed; a failed hop raises HopError."""
+        await self.ensure_loaded()
+        if name not in self.tools_by_name:
+            raise ToolFailed(f"{self.peer} has no tool {name!r}")
         seconds = timeout_for(self.kind, self.timeout_s)
-        try:
+        with hop_failures(self.peer, self.kind, seconds):
             async with asyncio.timeout(seconds):
                 result = await self._call(name, arguments)
-        except TimeoutError as exc:
-            raise HopError(self.peer, TimeoutError(f"no answer within {seconds:g} s ({self.kind} timeout)")) from exc
-        except Exception as exc:
-            raise HopError(self.peer, exc) from exc
         if result.isError:
-            raise HopError(self.peer, ToolCallError(_result_text(result) or "the tool failed without saying why"))
-        return _result_text(result)
+            raise ToolFailed(_result_text(result) or "the tool failed without saying why")
+        return _result_text(result), Usage.of((result.meta or {}).get(USAGE_META))
 
     async def _call(self, name: str, arguments: dict[str, Any]) -> CallToolResult:
         policy = current_knobs().mcp_session

@@ -72,6 +72,9 @@ class CallEvent:
     remote: str | None = None
     # every (local, remote) TCP connection the call used, in order; normally one
     conns: list[list[str]] = field(default_factory=list)
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    """For an `llm` client call: the tokens of its prompt and of its answer, as the server counted them."""
     event: Literal["call", "stream"] = "call"
     """`stream`: the server side of a GET answered with an event stream that the client holds open
     for whatever the server may send (a stateful MCP session's): the server waits on it, it does no work."""
@@ -120,6 +123,13 @@ def set_run(timeouts: dict[str, float] | None = None, knobs: Knobs | None = None
 def adopt_run(headers: Any) -> contextvars.Token:
     """The caller's run settings (request headers with lower-case keys) for this context."""
     return _run.set({h: headers[h] for h in PROPAGATED if headers.get(h)})
+
+
+def adopt_caller(headers: Any) -> None:
+    """Make the caller's ids and run settings (request headers with lower-case keys) this context's,
+    for a handler that runs outside the request's own context (an MCP tool, an A2A executor)."""
+    set_context(context_from_headers(headers))
+    adopt_run(headers)
 
 
 def format_timeouts(timeouts: dict[str, float]) -> str:
@@ -472,7 +482,23 @@ def _message_error(message: Any) -> str | None:
     if isinstance(result, dict) and result.get("isError"):
         texts = [c.get("text", "") for c in result.get("content", []) if isinstance(c, dict)]
         return "tool error: " + (" ".join(texts).strip() or "unknown")
-    return None
+    return _a2a_task_error(result) if isinstance(result, dict) else None
+
+
+_A2A_FAILED = ("TASK_STATE_FAILED", "TASK_STATE_REJECTED", "failed", "rejected")
+"""An A2A task's failed states, as A2A 1.0 and 0.3 spell them."""
+
+
+def _a2a_task_error(result: dict) -> str | None:
+    """For an A2A answer (a SendMessage result or one streamed event; 1.0 wraps the task or event in a
+    field, 0.3 does not), the reason its task failed, if it did."""
+    inner = [result.get(key) for key in ("task", "statusUpdate")]
+    status = next((x["status"] for x in (*inner, result) if isinstance(x, dict) and "status" in x), None)
+    if not isinstance(status, dict) or status.get("state") not in _A2A_FAILED:
+        return None
+    parts = (status.get("message") or {}).get("parts") or []
+    texts = [p.get("text", "") for p in parts if isinstance(p, dict)]
+    return f"task {status['state']}: " + (" ".join(texts).strip() or "unknown")
 
 
 def _mcp_op(body: bytes) -> str | None:

@@ -1,7 +1,8 @@
 """The two MCP tool servers (streamable HTTP, official `mcp` SDK), both on `agent-b`.
 
 tool-db: query tools over the PostgreSQL database. tool-synth: a synthetic microservice
-whose response size, latency and downstream fan-out come from the config (`synth`).
+whose response size, latency and downstream fan-out come from the config (`synth`); it answers
+its tools over plain REST too, for the baseline chain (config.TOOL_ENDPOINTS), with the same work.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import asyncio
 import hashlib
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Annotated, Any, TypeVar
 
@@ -18,21 +19,22 @@ import anyio
 from mcp.server.fastmcp import Context, FastMCP
 from mcp.server.fastmcp.exceptions import ToolError
 from mcp.server.transport_security import TransportSecuritySettings
-from pydantic import Field
+from pydantic import Field, TypeAdapter, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from workload.config import ServiceConfig
+from workload.config import ServiceConfig, endpoints_of
 from workload.db import Database
 from workload.knobs import MCP_PATH_SUFFIX
-from workload.tasks import CUSTOMER_ID_PATTERN, ORDER_ID_PATTERN
-from workload.telemetry import Telemetry, adopt_run, context_from_headers, lab_http_client, set_context
-from workload.web import health_endpoint
+from workload.tasks import CUSTOMER_ID_PATTERN, ORDER_ID_PATTERN, hub_of
+from workload.telemetry import Telemetry, adopt_caller, lab_http_client
+from workload.web import error_response, health_endpoint
 
 OrderId = Annotated[str, Field(pattern=ORDER_ID_PATTERN, description="order id such as ORD-00042")]
 CustomerId = Annotated[str, Field(pattern=CUSTOMER_ID_PATTERN, description="customer id such as C-0007")]
+SynthArgument = Annotated[str, Field(min_length=1, max_length=64)]
 
 
 class _EndedSessionNoise(logging.Filter):
@@ -74,12 +76,12 @@ class McpServer:
             for mode, suffix in MCP_PATH_SUFFIX.items()
         }
 
-    def tool(self) -> Callable[[F], F]:
-        """Register a tool function in every mode (as `FastMCP.tool()` does in one)."""
+    def tool(self, **options: Any) -> Callable[[F], F]:
+        """Register a tool function in every mode (as `FastMCP.tool(**options)` does in one)."""
 
         def register(fn: F) -> F:
             for server in self.modes.values():
-                server.tool()(fn)
+                server.tool(**options)(fn)
             return fn
 
         return register
@@ -103,8 +105,7 @@ def adopt_caller_context(ctx: Context) -> None:
     (the MCP server runs tools in its session's task, not the request's)."""
     request = ctx.request_context.request
     if request is not None:
-        set_context(context_from_headers(request.headers))
-        adopt_run(request.headers)
+        adopt_caller(request.headers)
 
 
 def build_tool_db(config: ServiceConfig, telemetry: Telemetry) -> Starlette:
@@ -142,20 +143,27 @@ def _synthetic(seed: str, size: int, **extra: Any) -> dict[str, Any]:
     digest = hashlib.sha256(seed.encode()).hexdigest()
     body: dict[str, Any] = {
         "ref": seed,
-        "hub": f"HUB-{int(digest[:4], 16) % 97:02d}",
+        "hub": hub_of(seed),
         "delay_risk": round(int(digest[4:8], 16) / 0xFFFF, 3),
         **extra,
     }
     padding = max(0, size - len(json.dumps(body)) - 16)
-    body["padding"] = (digest * (padding // len(digest) + 1))[:padding]
+    words = [_FILLER[int(digest[i % 64], 16)] for i in range(padding // 4 + 1)]
+    body["padding"] = " ".join(words)[:padding]
     return body
+
+
+# Words, not hex: an agent resends tool results to its LLM, and hex costs a tokenizer about three
+# times the tokens of text of the same bytes, which a CPU LLM pays for at every step.
+_FILLER = (
+    "route segment checked sorted loaded scanned depot window lane cleared manifest queued transfer pallet dock gate"
+).split()
 
 
 def build_tool_synth(config: ServiceConfig, telemetry: Telemetry) -> Starlette:
     synth = config.synth
     # by default the fan-out goes to this server's own /backend, at the address it listens on
-    own = "127.0.0.1" if config.host in ("0.0.0.0", "") else config.host
-    downstream = synth.downstream_url or f"http://{own}:{config.listen_port('tool-synth')}/backend"
+    downstream = synth.downstream_url or f"{config.own_url('tool-synth')}/backend"
     client = lab_http_client(config.timeouts.service_s)
     mcp = McpServer("tool-synth", "A synthetic carrier microservice with configurable size, latency and fan-out.")
 
@@ -168,30 +176,54 @@ def build_tool_synth(config: ServiceConfig, telemetry: Telemetry) -> Starlette:
 
         return list(await asyncio.gather(*(one(i) for i in range(synth.fanout))))
 
-    async def work(ctx: Context, ref: str) -> dict[str, Any]:
-        adopt_caller_context(ctx)
+    async def work(ref: str) -> dict[str, Any]:
         await asyncio.sleep(synth.latency_ms / 1000)
         parts = await fan_out(ref)
         return _synthetic(ref, synth.response_bytes, backends=[p["hub"] for p in parts])
 
-    @mcp.tool()
-    async def track_parcel(
-        tracking_no: Annotated[str, Field(min_length=1, max_length=64)], ctx: Context
-    ) -> dict[str, Any]:
-        """Track a parcel by its tracking number: the hub it was last scanned at and its delay risk."""
-        return await work(ctx, f"parcel:{tracking_no}")
+    async def parcel_report(tracking_no: str) -> dict[str, Any]:
+        return await work(f"parcel:{tracking_no}")
+
+    async def carrier_report(name: str) -> dict[str, Any]:
+        return await work(f"carrier:{name}")
 
     @mcp.tool()
-    async def carrier_status(
-        carrier: Annotated[str, Field(min_length=1, max_length=64)], ctx: Context
-    ) -> dict[str, Any]:
+    async def track_parcel(tracking_no: SynthArgument, ctx: Context) -> dict[str, Any]:
+        """Track a parcel by its tracking number: the hub it was last scanned at and its delay risk."""
+        adopt_caller_context(ctx)
+        return await parcel_report(tracking_no)
+
+    @mcp.tool()
+    async def carrier_status(carrier: SynthArgument, ctx: Context) -> dict[str, Any]:
         """Current service status of a carrier (DHL, UPS, FedEx, PostNL, GLS): busiest hub and delay risk."""
-        return await work(ctx, f"carrier:{carrier}")
+        adopt_caller_context(ctx)
+        return await carrier_report(carrier)
 
     async def backend(request: Request) -> JSONResponse:
         return JSONResponse(_synthetic(request.query_params.get("ref", ""), 256))
 
+    rest = {"track_parcel": parcel_report, "carrier_status": carrier_report}
     return mcp.app(
+        *(
+            Route(path, _rest_endpoint(rest[tool]), methods=["GET"])
+            for tool, path in endpoints_of("tool-synth").items()
+        ),
         Route("/backend", backend, methods=["GET"]),
         Route("/healthz", health_endpoint("tool-synth", config), methods=["GET"]),
     )
+
+
+def _rest_endpoint(work: Callable[[str], Awaitable[dict[str, Any]]]) -> Callable[[Request], Awaitable[JSONResponse]]:
+    """The REST form of a tool-synth tool, for the baseline: its one argument from the path, the tool's
+    very work as the body (the MCP tools add only the protocol around it)."""
+    checked = TypeAdapter(SynthArgument)
+
+    async def endpoint(request: Request) -> JSONResponse:
+        (argument,) = request.path_params.values()
+        try:
+            checked.validate_python(argument)
+        except ValidationError as exc:
+            return error_response(400, f"bad argument: {exc.errors()[0]['msg']}")
+        return JSONResponse(await work(argument))
+
+    return endpoint

@@ -28,7 +28,7 @@ from experiments.manifest import checksums, probe_summary
 from lab import runlayout
 from workload import driver
 from workload.db import seed_database
-from workload.llm import DEFAULT_MODEL
+from workload.llm import FAST_MODEL
 from workload.local import LocalPostgres, LocalStack
 from workload.tasks import make_tasks
 
@@ -125,7 +125,7 @@ def run_scenario(stack: LocalStack, out: Path, scenario: str, seed: int) -> Path
         scenario=runlayout.ScenarioRecord(
             name=scenario, config={"tasks": count, "concurrency": concurrency, "synth": SYNTH}
         ),
-        lab={"name": "loopback", "llm": {"backend": "llamacpp", "model": DEFAULT_MODEL}},
+        lab={"name": "loopback", "llm": {"backend": "llamacpp", "model": FAST_MODEL}},
         provider="loopback",
         accelerator="container",
         image="host",
@@ -161,7 +161,7 @@ def main() -> int:
     stack.directory.mkdir()
     try:
         if set(scenarios) - {"baseline"}:
-            stack.start_llm(DEFAULT_MODEL)
+            stack.start_llm(FAST_MODEL)
         stack.start()
         for scenario in scenarios:
             print(run_scenario(stack, args.out, scenario, args.seed), flush=True)

@@ -10,11 +10,13 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from analysis import schema
+from analysis import otlp, schema
 from analysis.codeversion import code_digest
 from analysis.export import export, sweep_runs, tables_stale
+from lab import runlayout
 from lab.errors import ColumnTypeError, ExportTargetError, NotARunError, SweepFileError
 from tests.conftest import lab_cli
+from workload.telemetry import CallEvent, EventWriter
 
 
 def _run(root: Path, run_id: str, answer: Any = "42") -> Path:
@@ -99,6 +101,44 @@ def test_fresh_tables_are_exported_as_they_are_and_an_empty_dir_is_filled(tmp_pa
     tasks = pd.read_parquet(tmp_path / "out" / "tables" / "tasks.parquet")
     assert list(tasks["run_id"]) == ["r1", "r2"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "r1", "r2"]
+
+
+def _task_call(run: Path) -> None:
+    """The driver's telemetry: one task call."""
+    writer = EventWriter(runlayout.driver_telemetry(run))
+    event = CallEvent(
+        "controller", "driver", None, "t1", "1" * 16, None, "a" * 32, "task", "client", "agent-a", "simple", 1
+    )
+    writer.write(event)
+    writer.close()
+
+
+def test_each_runs_traces_are_written_listed_and_described(tmp_path: Path) -> None:
+    runs = [_run(tmp_path, "r1"), _run(tmp_path, "r2")]
+    _task_call(runs[0])
+    sheet = export(runs, tmp_path / "out", tmp_path)
+    out = tmp_path / "out"
+    assert otlp.summary(json.loads((out / "otlp" / "r1.json").read_text())) == {
+        "spans": 1,
+        "traces": 1,
+        "extra_roots": 0,
+    }
+    assert otlp.spans_of(json.loads((out / "otlp" / "r2.json").read_text())) == []  # no telemetry: no span
+    listed = {line.split("  ", 1)[1] for line in (out / "SHA256SUMS").read_text().splitlines()}
+    assert {"otlp/r1.json", "otlp/r2.json"} <= listed
+    assert [r["traces"]["file"] for r in sheet["runs"]] == ["otlp/r1.json", "otlp/r2.json"]
+    assert "otlp/<run_id>.json" in sheet["files"]
+    assert "Traces: `otlp/r1.json`, 1 spans in 1 traces." in (out / "DATASHEET.md").read_text()
+
+
+def test_traces_that_cannot_be_written_leave_no_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*_args: object) -> dict:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(otlp, "run_traces", broken)
+    with pytest.raises(OSError, match="disk full"):
+        export([_run(tmp_path, "r1")], tmp_path / "out", tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r1"]
 
 
 def test_tables_of_other_analysis_code_are_stale(tmp_path: Path) -> None:

@@ -81,10 +81,11 @@ def test_run_outputs_are_written_and_the_report_is_self_contained(analysed: dict
     page = (path / "report.html").read_text()
     assert "loopback" in page and "container" in page and "Headline metrics" in page
     assert "<h2>Left out of the headline</h2>" in page and "bootstrap interval" in page
+    assert "<h2>Agent loop, accuracy and traffic</h2>" in page and "<h3>Traffic by answer</h3>" in page
     assert (
         len(re.findall(r'<img [^>]*src="data:image/png;base64,', page))
         == len(list((path / "plots").glob("*.png")))
-        == 8
+        == 9
     )
     burstiness = pd.read_parquet(path / "tables" / "burstiness.parquet").set_index("group")
     assert "link agent-b/lo" in burstiness.index and "lab (each packet once)" in burstiness.index

@@ -223,8 +223,8 @@ def test_entry_and_missing_services_follow_the_preflight_answers():
     }
     assert services.entry(checks, "simple").agent_a == "http://10.0.0.11:8101"
     assert services.entry(checks, "baseline").baseline == "http://10.0.0.12:8301"
-    assert services.missing(checks, "multihop") == ["tool-db", "agent-b", "tool-synth", "llm"]
-    assert services.missing(checks, "baseline") == ["baseline-order", "baseline-shipping"]
+    assert services.missing(checks, "multihop") == ["tool-db", "tool-synth", "agent-b", "llm"]
+    assert services.missing(checks, "baseline") == ["baseline-order", "baseline-shipping", "tool-synth"]
 
 
 def test_node_script_runs_standalone_and_reports_errors_as_json(tmp_path):

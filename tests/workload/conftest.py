@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,8 +12,8 @@ import pytest
 
 from workload import driver
 from workload.db import seed_database
-from workload.llm import DEFAULT_MODEL
-from workload.local import LocalPostgres, LocalStack, read_events
+from workload.llm import FAST_MODEL
+from workload.local import LocalPostgres, LocalStack, read_served_events
 from workload.tasks import Task, make_tasks
 
 SEED = 7
@@ -48,7 +47,7 @@ def stack(workdir: Path, postgres: LocalPostgres) -> Iterator[LocalStack]:
     services = LocalStack(workdir / "stack", postgres.dsn, synth=SYNTH)
     services.directory.mkdir(parents=True)
     try:
-        services.start_llm(DEFAULT_MODEL)
+        services.start_llm(FAST_MODEL)
         services.start()
         yield services
     finally:
@@ -72,13 +71,5 @@ def runs(stack: LocalStack, tasks: list[Task]) -> dict[str, list[driver.TaskResu
 
 @pytest.fixture(scope="session")
 def events(stack: LocalStack, runs: dict[str, list[driver.TaskResult]]) -> list[dict]:
-    """Every service's events, once each task's entry service logged its side of the root call: a
-    server writes its event after the response went out, so the driver can see the answer first."""
-    roots = {r.call_id for results in runs.values() for r in results}
-    deadline = time.monotonic() + 15
-    while True:
-        events = read_events(stack.telemetry_dir)
-        served = {e["call_id"] for e in events if e["side"] == "server"}
-        if roots <= served or time.monotonic() > deadline:
-            return events
-        time.sleep(0.2)
+    """Every service's events, once each task's entry service logged its side of the root call."""
+    return read_served_events(stack.telemetry_dir, (r.call_id for results in runs.values() for r in results))

@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 from workload import bench
-from workload.llm import DEFAULT_MODEL
+from workload.llm import FAST_MODEL
 from workload.local import LocalStack
 
 
@@ -16,7 +16,7 @@ def test_the_llm_line_names_the_backend_and_threads_that_ran() -> None:
     with tempfile.TemporaryDirectory(prefix="workload-bench-test-") as tmp:
         stack = LocalStack(Path(tmp), db_dsn="postgresql://unused")
         try:
-            stack.start_llm(DEFAULT_MODEL, backend="cpu", threads=1)
+            stack.start_llm(FAST_MODEL, backend="cpu", threads=1)
             label = bench.llm_label(stack.url("llm"), threads=1)
         finally:
             stack.stop()

