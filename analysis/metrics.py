@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from analysis.join import HOPS
+
 WINDOW_NS = 10_000_000  # packets-per-window bins
 BURST_GAP_NS = 1_000_000  # a gap longer than this ends a burst
 QUANTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99, "p99.9": 0.999}
@@ -126,7 +128,8 @@ def task_metrics(
 ) -> pd.DataFrame:
     """One row per task: calls by kind, flows, fan-out, traffic, retransmits, burstiness, latency breakdown."""
     mine = calls[calls["trace_id"].isin(tasks["trace_id"])]
-    kinds = pd.crosstab(mine["trace_id"], mine["kind"]).add_suffix("_calls")
+    # every kind of call a column, 0 where a run made none (a multihop run whose model never handed off)
+    kinds = pd.crosstab(mine["trace_id"], mine["kind"]).reindex(columns=list(HOPS), fill_value=0).add_suffix("_calls")
     breakdown = latency_breakdown(mine.assign(has_client=mine["client_service"].notna()))
     task_packets = packets.dropna(subset=["trace_id"])
     parts = [

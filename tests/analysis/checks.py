@@ -62,7 +62,7 @@ def assert_flows_agree_with_handshakes(result: RunAnalysis, pcaps: list[Path]) -
 
 
 def assert_every_agentic_task_has_an_llm_flow(result: RunAnalysis, multihop: bool) -> None:
-    hops = hops_per_task(result)
+    hops = hops_per_task(result).reindex(columns=["agent→llm", "agent→agent"], fill_value=0)
     assert len(hops) > 0
     assert (hops["agent→llm"] >= 1).all(), hops
     if multihop:  # a task's hand-offs each used an agent→agent connection; its tool calls agent→tool ones
