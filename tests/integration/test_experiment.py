@@ -287,7 +287,7 @@ def baseline(deployed_lab, tmp_path_factory):
     return analysis.analyze_run(run_dir(config, "baseline-small"))
 
 
-def test_baseline_flows_per_task_match_the_fixed_call_graph_on_the_lab(baseline):
+def test_baseline_flows_per_task_follow_each_tasks_plan_on_the_lab(baseline):
     assert len(baseline.per_task[~baseline.per_task["warmup"]]) == 8
     assert_baseline_matches_the_call_graph(baseline)
 
