@@ -97,7 +97,9 @@ def latency_breakdown(calls: pd.DataFrame) -> pd.DataFrame:
     (the entry's own work around the task). Parallel children can make the parts sum to more
     than the task took."""
     children = calls.groupby("parent_id")["duration_ns"].sum()
-    self_ns = (calls["duration_ns"] - calls["call_id"].map(children).fillna(0)).clip(lower=0)
+    # numeric even where no call has a child: mapping ids through an empty Series keeps the ids' string dtype
+    own_children = pd.to_numeric(calls["call_id"].map(children), errors="coerce").fillna(0)
+    self_ns = (calls["duration_ns"] - own_children).clip(lower=0)
     both = calls["has_client"] & calls["server_busy_ns"].notna()
     network = (calls["duration_ns"] - calls["server_busy_ns"]).where(both, 0).clip(lower=0).clip(upper=self_ns)
     parts = pd.DataFrame(
