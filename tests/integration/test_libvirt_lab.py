@@ -151,8 +151,9 @@ def test_rtt_probe_comes_from_a_kprobe_on_the_guest_kernel(lab, tmp_path):
 
 
 # What a baseline run needs on every node (deploy.yml's tags): no LLM, no agents, so CI deploys in
-# minutes on TCG what the whole lab takes a quarter of an hour for.
-BASELINE_TAGS = "common,collectors,ebpf_tools,baseline"
+# minutes on TCG what the whole lab takes a quarter of an hour for. mcp_tools: tool-synth answers the
+# baseline's parcel and carrier lookups (the REST twins of its MCP tools).
+BASELINE_TAGS = "common,collectors,ebpf_tools,mcp_tools,baseline"
 
 
 @pytest.fixture(scope="module")
