@@ -117,12 +117,25 @@ def facts(run: RunDir) -> dict[str, str]:
         "git": _short(m.git.commit),
         "impairments": impairments(m) or "none",
         "knobs": _short(config.get("knobs")) if config.get("knobs") else "not recorded (run before knobs existed)",
+        "decisions": _decisions(run),
         "timeouts": _timeouts(config),
         "offloads": {"off": "GSO/TSO/GRO off on the lab interfaces: wire-sized packets"}.get(
             str(config.get("offload")), "as the provider set them (see Validation: captured segments may be coalesced)"
         ),
         "LLM speed (preflight)": _speed(m.llm_speed),
     }
+
+
+def _decisions(run: RunDir) -> str:
+    """How the agents' model stated its decisions (the tool_calling knob); runs from before the knob
+    used JSON-schema decisions."""
+    if run.workload == "baseline":
+        return "no LLM (baseline)"
+    mode = _dict(run.config.get("knobs")).get("tool_calling")
+    return {
+        "native": "native: OpenAI tool calls parsed by the LLM server",
+        "json_schema": "json_schema: replies constrained to the decision schema",
+    }.get(str(mode), "json_schema (recorded before the tool_calling knob existed)")
 
 
 def impairments(m: Manifest) -> str:

@@ -8,11 +8,11 @@ command of benchmarks/gpu_llm.py). For each scenario (baseline, simple, multihop
 concurrency it submits the same `--tasks` tasks and reads the figures from the task results
 and the telemetry every hop wrote (one JSONL event per call, with the TCP connections it used):
 
-- ok share and answer accuracy (workload.tasks.answer_is_correct);
-- decision validity: each agent decision (Agent A picks a tool-db tool; in multihop Agent B
-  also picks a tool-synth tool) that led to a tool call the tool server accepted, over the
-  decisions the scenario makes (1 a task in simple, 2 in multihop); and Agent A's right tool
-  (get_order for status and total questions, get_shipment for delivery dates);
+- ok share and answer accuracy (workload.tasks.answer_is_correct), by task kind;
+- decision accuracy ("plan covered"): the tools the agents called, and the servers accepted,
+  include every tool of the task's minimal plan; the loop's own figures per task (steps, tool
+  calls, hand-offs, prompt and completion tokens) with their spread, and the tasks that reached
+  the step bound; decisions are stated as `--tool-calling` says (the knob of workload/knobs.py);
 - tasks/min (wall clock of the run), task time p50/p90;
 - the LLM's share of task time: the summed duration of the task's LLM calls over the task's
   duration (per task p50/p90, and pooled: all LLM time over all task time);
@@ -56,7 +56,7 @@ import tempfile
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -65,6 +65,7 @@ from gpu_llm import BenchError, fraction, percentile, positive_int
 
 from workload import driver
 from workload.db import seed_database
+from workload.knobs import Knobs, ToolCalling
 from workload.local import LocalPostgres, LocalStack, read_events
 from workload.loop import LOOP_FIELDS
 from workload.tasks import Task, answer_is_correct, make_tasks
@@ -89,6 +90,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-model-len", type=positive_int, default=8192)
     p.add_argument("--gpu-memory-utilization", type=fraction, default=0.9)
     p.add_argument("--tool-call-parser", default="hermes", help="vLLM tool parser (hermes: Qwen2.5)")
+    p.add_argument(
+        "--tool-calling",
+        choices=get_args(ToolCalling),
+        default=Knobs().tool_calling,
+        help="how the model states decisions (workload/knobs.py): OpenAI tool calls, or JSON-schema output",
+    )
     p.add_argument("--startup-timeout", type=positive_int, default=900, help="seconds to wait for the LLM server")
     p.add_argument(
         "--budget-s",
@@ -147,6 +154,9 @@ def task_rows(
         loop = result.loop or {}
         rows.append(
             {
+                **{
+                    field: loop.get(field) for field in LOOP_FIELDS
+                },  # what the agents reported; the telemetry's counts below win
                 "task_id": task.task_id,
                 "kind": task.kind,
                 "ok": result.ok,
@@ -160,7 +170,6 @@ def task_rows(
                 "tool_calls_ok": sum(e["status"] == "ok" for e in decided),
                 "tool_calls_failed": sum(e["status"] != "ok" for e in decided),
                 "plan_covered": set(sum(task.plan, ())) <= called,
-                **{field: loop.get(field) for field in LOOP_FIELDS},
                 "tools_chosen": [f"{e['service']}:{e['op']}:{e['status']}" for e in decided],
                 "connections": len(conns),
                 "new_connections": sum(first.get(c) == root["trace_id"] for c in conns),
@@ -224,7 +233,8 @@ def table(report: dict[str, Any]) -> str:
     agents = report["environment"].get("agents", {})
     lines = [
         (
-            f"LLM: {report['model']} on {report['backend']} ({report['environment'].get('gpu')}); "
+            f"LLM: {report['model']} on {report['backend']} ({report['environment'].get('gpu')}), "
+            f"{report['tool_calling']} decisions; "
             f"server ready after {report['startup_s']} s; the agents' openai {agents.get('openai')}"
         ),
         (
@@ -298,6 +308,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "server_argv": argv,
         "tasks_per_run": args.tasks,
         "warmup_tasks": args.warmup,
+        "tool_calling": args.tool_calling,
         "runs": [],
     }
     started = time.monotonic()
@@ -311,8 +322,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         gpu_llm.wait_ready(proc, stack.url("llm"), args.startup_timeout, log_path)
         report["startup_s"] = round(time.monotonic() - started, 1)
         print(f"LLM server and services ready after {report['startup_s']} s", flush=True)
+        knobs = Knobs(tool_calling=args.tool_calling)
         if args.warmup > 0:
-            driver.run("multihop", make_tasks(args.seed + 1, args.warmup), stack.entry, 1, stack.telemetry_dir)
+            warmup = make_tasks(args.seed + 1, args.warmup)
+            driver.run("multihop", warmup, stack.entry, 1, stack.telemetry_dir, knobs=knobs)
         tasks = make_tasks(args.seed, args.tasks)
         ready = time.monotonic()
         for concurrency in args.concurrency:
@@ -327,7 +340,14 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                     )
                     continue
                 start, since_ns = time.perf_counter(), time.time_ns()
-                results = driver.run(scenario, tasks, stack.entry, concurrency, stack.telemetry_dir)  # type: ignore[arg-type]
+                results = driver.run(
+                    scenario,  # type: ignore[arg-type]
+                    tasks,
+                    stack.entry,
+                    concurrency,
+                    stack.telemetry_dir,
+                    knobs=knobs,
+                )
                 wall = time.perf_counter() - start
                 events = read_events(stack.telemetry_dir)
                 rows = task_rows(tasks, results, events, first_users(events, since_ns))

@@ -6,10 +6,10 @@ Starts `python -m workload.llm serve --backend vllm --model DIR ...`, waits unti
 - streamed chat completions, `--tokens` tokens out each (`ignore_eos`), at concurrency 1
   and 8: time to first token and inter-token latency, p50 and p90;
 - connection reuse: requests per TCP connection of that one pooled client (distinct local
-  ports it used);
-- the agents' tool decision: the JSON-schema request of `workload.agents` (an anyOf of
-  `{tool: const, arguments: {...}}` over tool-db's tools, with the agents' DECIDE_PROMPT)
-  on order questions from `workload.tasks`: valid, right tool, right order id, ms each.
+  ports it used).
+
+The agents' decisions on this server (their real loop, native tool calls or JSON-schema
+output, with answer accuracy) are measured by benchmarks/gpu_agents.py.
 
 Prints a table and writes the figures as JSON to `--out`.
 
@@ -17,8 +17,7 @@ Prints a table and writes the figures as JSON to `--out`.
     python benchmarks/gpu_llm.py --dummy-shape qwen2.5-7b --tokenizer /models/qwen2.5-0.5b-hf --out gpu-7b.json
 
 `--dummy-shape` serves a config-only model directory with `--load-format dummy` (random
-weights, real compute): timing of a 7B-class model without its weights. Decisions are
-skipped there (random weights give whitespace until max_tokens).
+weights, real compute): timing of a 7B-class model without its weights.
 
 vLLM takes a Hugging Face directory, not a GGUF: `--convert-gguf FILE --model DIR` writes
 the shipped GGUF as bf16 safetensors and exits; it needs transformers 4.x (5.x keeps GGUF
@@ -31,11 +30,9 @@ Where vLLM runs without its optional `flashinfer` package, set VLLM_USE_FLASHINF
 from __future__ import annotations
 
 import argparse
-import ast
 import asyncio
 import json
 import os
-import re
 import shutil
 import signal
 import statistics
@@ -96,13 +93,6 @@ DUMMY_SHAPES: dict[str, dict[str, Any]] = {
         "use_cache": True,
     },
 }
-
-
-def expected_tool(kind: str) -> str:
-    """The tool a task's first decision should pick: the first step of its minimal plan."""
-    from workload.tasks import KINDS
-
-    return KINDS[kind].plan[0][0]
 
 
 class BenchError(RuntimeError):
@@ -170,7 +160,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tokens", type=positive_int, default=128, help="tokens out per streamed request")
     p.add_argument("--requests", type=positive_int, default=16, help="streamed requests per concurrency level")
     p.add_argument("--concurrency", type=positive_int, nargs="+", default=[1, 8])
-    p.add_argument("--decisions", type=positive_int, default=6, help="tool decisions (order questions) to make")
     p.add_argument(
         "--reuse-requests",
         type=positive_int,
@@ -442,133 +431,6 @@ async def streaming_level(
     }
 
 
-# ---------------------------------------------------------------- the agents' tool decision
-
-
-def _module_ast(relative: str) -> ast.Module:
-    return ast.parse((ROOT / relative).read_text())
-
-
-def decide_prompt() -> str:
-    """workload.agents.DECIDE_PROMPT, read from the source (the agents' imports need LangChain)."""
-    for node in _module_ast("workload/agents.py").body:
-        if isinstance(node, ast.Assign) and any(
-            isinstance(t, ast.Name) and t.id == "DECIDE_PROMPT" for t in node.targets
-        ):
-            return str(ast.literal_eval(node.value))
-    raise BenchError("workload/agents.py has no DECIDE_PROMPT")
-
-
-def tool_db_tools() -> list[tuple[str, str, str, str]]:
-    """(name, description, argument, argument type) of each tool of tool-db, read from workload/tools.py."""
-    for node in _module_ast("workload/tools.py").body:
-        if isinstance(node, ast.FunctionDef) and node.name == "build_tool_db":
-            tools = []
-            for inner in node.body:
-                if isinstance(inner, ast.AsyncFunctionDef) and inner.decorator_list:
-                    arg = inner.args.args[0]
-                    kind = arg.annotation.id if isinstance(arg.annotation, ast.Name) else "str"
-                    tools.append((inner.name, ast.get_docstring(inner) or "", arg.arg, kind))
-            return tools
-    raise BenchError("workload/tools.py has no build_tool_db")
-
-
-def argument_schemas() -> dict[str, dict[str, Any]]:
-    from workload.tasks import CUSTOMER_ID_PATTERN, ORDER_ID_PATTERN
-
-    return {
-        "OrderId": {"type": "string", "pattern": ORDER_ID_PATTERN, "description": "order id such as ORD-00042"},
-        "CustomerId": {"type": "string", "pattern": CUSTOMER_ID_PATTERN, "description": "customer id such as C-0007"},
-    }
-
-
-def choice_schema(tools: list[tuple[str, str, str, str]]) -> dict[str, Any]:
-    """The same shape as workload.agents.ToolBox.choice_schema."""
-    types = argument_schemas()
-    options = []
-    for name, _, arg, kind in tools:
-        args = {"type": "object", "properties": {arg: types.get(kind, {"type": "string"})}, "required": [arg]}
-        options.append(
-            {
-                "type": "object",
-                "additionalProperties": False,
-                "required": ["tool", "arguments"],
-                "properties": {"tool": {"const": name}, "arguments": {**args, "additionalProperties": False}},
-            }
-        )
-    return {"anyOf": options}
-
-
-def judge(text: str, tools: list[tuple[str, str, str, str]], expected_tool: str, order_id: str) -> dict[str, bool]:
-    """Whether the decision parses and fits the schema, names the right tool, and the right order."""
-    try:
-        choice = json.loads(text)
-    except ValueError:
-        return {"valid": False, "right_tool": False, "right_order": False}
-    spec = {name: (arg, kind) for name, _, arg, kind in tools}
-    types = argument_schemas()
-    valid = (
-        isinstance(choice, dict)
-        and set(choice) == {"tool", "arguments"}
-        and choice["tool"] in spec
-        and isinstance(choice["arguments"], dict)
-        and set(choice["arguments"]) == {spec[choice["tool"]][0]}
-    )
-    if valid:
-        arg, kind = spec[choice["tool"]]
-        value = choice["arguments"][arg]
-        pattern = types.get(kind, {}).get("pattern")
-        valid = isinstance(value, str) and (pattern is None or re.fullmatch(pattern, value) is not None)
-    right_tool = valid and choice["tool"] == expected_tool
-    return {
-        "valid": valid,
-        "right_tool": right_tool,
-        "right_order": right_tool and choice["arguments"].get("order_id") == order_id,
-    }
-
-
-async def decisions(client: httpx.AsyncClient, ports: Ports, count: int) -> dict[str, Any]:
-    """The agents' schema-constrained tool decision on `count` order questions, one at a time."""
-    from workload.tasks import make_tasks
-
-    tools = tool_db_tools()
-    system = decide_prompt().format(
-        who="Agent A, an order-support agent", tools="\n".join(f"- {name}: {doc}" for name, doc, _, _ in tools)
-    )
-    schema = choice_schema(tools)
-    rows = []
-    for task in make_tasks(seed=1, count=count):
-        body = {
-            "model": SERVED_NAME,
-            "temperature": 0,
-            "max_tokens": 96,
-            "messages": [{"role": "system", "content": system}, {"role": "user", "content": task.text}],
-            "response_format": {"type": "json_schema", "json_schema": {"name": "tool_call", "schema": schema}},
-        }
-        s = await stream_chat(client, body)
-        ports.add("decisions", s.local_port)
-        rows.append(
-            {
-                "question": task.text,
-                "kind": task.kind,
-                "output": s.text,
-                "ms": ms(s.total_s),
-                **judge(s.text, tools, expected_tool(task.kind), task.order_id),
-            }
-        )
-    later = [r["ms"] for r in rows[1:]] or [rows[0]["ms"]]
-    return {
-        "count": len(rows),
-        "valid": sum(r["valid"] for r in rows),
-        "right_tool": sum(r["right_tool"] for r in rows),
-        "right_order": sum(r["right_order"] for r in rows),
-        "first_ms": rows[0]["ms"],
-        "ms_p50_after_first": round(statistics.median(later), 2),
-        "ms_mean_after_first": round(statistics.fmean(later), 2),
-        "rows": rows,
-    }
-
-
 async def reuse_check(client: httpx.AsyncClient, ports: Ports, count: int) -> None:
     """`count` sequential short streamed requests on the pooled client."""
     body = {
@@ -582,7 +444,7 @@ async def reuse_check(client: httpx.AsyncClient, ports: Ports, count: int) -> No
         ports.add("sequential", (await stream_chat(client, body)).local_port)
 
 
-async def measure(args: argparse.Namespace, base: str, with_decisions: bool) -> dict[str, Any]:
+async def measure(args: argparse.Namespace, base: str) -> dict[str, Any]:
     ports = Ports()
     limits = httpx.Limits(
         max_connections=max(args.concurrency) + 2, max_keepalive_connections=max(args.concurrency) + 2
@@ -603,10 +465,6 @@ async def measure(args: argparse.Namespace, base: str, with_decisions: bool) -> 
         await reuse_check(client, ports, args.reuse_requests)
         for level in args.concurrency:
             result["streaming"].append(await streaming_level(client, ports, level, args.requests, args.tokens))
-        if with_decisions:
-            result["decisions"] = await decisions(client, ports, args.decisions)
-        else:
-            result["decisions"] = {"skipped": "random (dummy) weights: schema output is whitespace until max_tokens"}
     result["connections"] = ports.summary()
     return result
 
@@ -652,15 +510,6 @@ def table(report: dict[str, Any]) -> str:
         f"({conn['requests_per_connection']} per connection); sequential: "
         f"{report['connections'].get('sequential', {}).get('requests_per_connection')} per connection"
     )
-    d = report["decisions"]
-    if "skipped" in d:
-        lines.append(f"decisions: skipped ({d['skipped']})")
-    else:
-        lines.append(
-            f"decisions: {d['valid']}/{d['count']} valid, {d['right_tool']}/{d['count']} right tool, "
-            f"{d['right_order']}/{d['count']} right order; first {d['first_ms']} ms, then p50 "
-            f"{d['ms_p50_after_first']} ms (mean {d['ms_mean_after_first']} ms)"
-        )
     return "\n".join(lines)
 
 
@@ -680,7 +529,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         startup = wait_ready(proc, base, args.startup_timeout, log_path)
         print(f"server ready after {startup:.1f} s", flush=True)
-        figures = asyncio.run(measure(args, base, with_decisions=not dummy))
+        figures = asyncio.run(measure(args, base))
     finally:
         stop_server(proc)
     return {

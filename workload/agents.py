@@ -12,13 +12,12 @@ Which agents a task meets is its workload's topology; the same task set runs in 
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Literal, Protocol
 
 import httpx
-from langchain_core.messages import BaseMessage
+from langchain_core.messages import AIMessage, BaseMessage
 from langchain_openai import ChatOpenAI
 from mcp.server.fastmcp import Context
 from mcp.server.fastmcp.exceptions import ToolError
@@ -57,17 +56,6 @@ from workload.tools import McpServer, adopt_caller_context
 from workload.web import error_response, health_endpoint, read_model
 
 
-def _text(result: Any) -> str:
-    """Plain text of a LangChain tool result (a string or a list of content blocks)."""
-    if isinstance(result, str):
-        return result
-    if isinstance(result, (list, tuple)):
-        return "\n".join(_text(part) for part in result)
-    if isinstance(result, dict):
-        return str(result.get("text", json.dumps(result)))
-    return str(result)
-
-
 class LLM:
     """The LLM server behind ChatOpenAI; every request is a logged `llm` hop."""
 
@@ -102,16 +90,15 @@ class LLM:
             async with self.telemetry.call("llm", "llm", self.model) as event, asyncio.timeout(seconds):
                 yield event
 
-    async def decide(self, messages: list[BaseMessage], schema: dict[str, Any]) -> tuple[str, Usage]:
-        """The model's reply to the conversation, constrained to `schema` (streamed unless the
-        llm_stream knob is off), and its token usage."""
-        response_format = {"type": "json_schema", "json_schema": {"name": "decision", "schema": schema}}
+    async def chat(self, messages: list[BaseMessage], bind: dict[str, Any]) -> tuple[AIMessage, Usage]:
+        """The model's reply to the conversation, with `bind`'s fields in the request (tools, or a
+        response format), streamed unless the llm_stream knob is off, and its token usage."""
         chat = self.chats[current_knobs().llm_stream]
         async with self._call() as event:
-            message = await chat.bind(response_format=response_format).ainvoke(messages)
+            message = await chat.bind(**bind).ainvoke(messages)
             usage = getattr(message, "usage_metadata", None) or {}
             event.input_tokens, event.output_tokens = usage.get("input_tokens"), usage.get("output_tokens")
-        return _text(message.content), Usage(1, event.input_tokens or 0, event.output_tokens or 0)
+        return message, Usage(1, event.input_tokens or 0, event.output_tokens or 0)
 
 
 AGENT_A = "Agent A, a customer-support agent for an online shop"
@@ -188,7 +175,7 @@ def build_agent_a(config: ServiceConfig, telemetry: Telemetry) -> Starlette:
         seconds = timeout_for("task", t.task_s)
         try:
             async with asyncio.timeout(seconds), task_sessions():
-                agent = Agent(AGENT_A, llm, await toolsets[body.scenario].tools())
+                agent = Agent(AGENT_A, llm, await toolsets[body.scenario].tools(), current_knobs().tool_calling)
                 outcome = await agent.run(body.text, current_knobs().max_steps)
         except TimeoutError:
             return error_response(504, f"task timed out after {seconds:g} s (task timeout)", task_id=body.task_id)
@@ -221,7 +208,7 @@ def build_agent_b(config: ServiceConfig, telemetry: Telemetry) -> Starlette:
         seconds = timeout_for("agent", config.timeouts.agent_s)
         try:
             async with asyncio.timeout(seconds), task_sessions():
-                agent = Agent(AGENT_B, llm, await toolset.tools())
+                agent = Agent(AGENT_B, llm, await toolset.tools(), current_knobs().tool_calling)
                 return await agent.run(request, current_knobs().max_steps)
         except TimeoutError as exc:
             raise TimeoutError(f"no answer within {seconds:g} s (agent timeout)") from exc

@@ -119,6 +119,7 @@ def run(
     telemetry_dir: Path = Path("telemetry"),
     node: str = "controller",
     timeout_s: float = 300.0,
+    knobs: Knobs | None = None,
 ) -> list[TaskResult]:
     """Synchronous wrapper of `run_tasks` for tests and benchmarks (the controller uses experiments.drive)."""
-    return asyncio.run(run_tasks(scenario, tasks, entry, concurrency, telemetry_dir, node, timeout_s))
+    return asyncio.run(run_tasks(scenario, tasks, entry, concurrency, telemetry_dir, node, timeout_s, knobs=knobs))

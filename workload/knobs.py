@@ -28,6 +28,17 @@ The defaults are what the widely used clients and servers do:
   the protocol made for agent-to-agent calls; `mcp` wraps Agent B as an MCP tool
   (`ask_logistics_agent`), as langchain users often do with a sub-agent. Agent B answers both at
   once, so the knob needs no redeploy.
+- `tool_calling: json_schema`: how the model states its decisions. `native` is OpenAI tool calling
+  as LangChain's `ChatOpenAI.bind_tools` and the OpenAI SDK send it (`tools` with each tool's JSON
+  schema, `parallel_tool_calls: true`, OpenAI's default, which llama.cpp's server needs said
+  explicitly), each result sent back as a `tool` message; the server turns the model's reply into
+  `tool_calls` (vLLM with `--enable-auto-tool-choice --tool-call-parser hermes` for Qwen2.5,
+  llama.cpp through the model's Jinja chat template). It is what deployments with a capable model
+  do, but the shipped small models cannot drive it (README, "Decision modes"): on llama.cpp both
+  write their calls as bare JSON without the template's `<tool_call>` tags, so none is parsed, and
+  on vLLM the 0.5B repeats the same call until the step bound. `json_schema` (the default) lists
+  the tools in the system prompt and constrains each reply to a decision schema
+  (`response_format`), which every backend here serves. Set `native` for a model that calls tools.
 """
 
 from __future__ import annotations
@@ -39,6 +50,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 McpServerMode = Literal["stateless_json", "stateful_sse"]
+ToolCalling = Literal["native", "json_schema"]
 MCP_PATH_SUFFIX: dict[McpServerMode, str] = {"stateless_json": "", "stateful_sse": "-sse"}
 """Where an MCP server answers each mode: stateless JSON at its endpoint (`/mcp`), stateful SSE at
 the same path with this suffix (`/mcp-sse`)."""
@@ -66,6 +78,10 @@ class Knobs(BaseModel):
     max_steps: int = Field(default=6, ge=1, le=50)
     """The most LLM decisions an agent makes for one task (or one handed-off subtask); at the last it
     must answer. Every step resends the conversation, so the bound caps a task's traffic."""
+
+    tool_calling: ToolCalling = "json_schema"
+    """How the model states its decisions: OpenAI tool calls the server parses, or JSON constrained
+    to the lab's decision schema."""
 
     def header(self) -> str:
         return json.dumps(self.model_dump(), separators=(",", ":"))

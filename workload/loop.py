@@ -1,17 +1,25 @@
 """The agent loop both agents run: a LangGraph graph of two nodes, `model` and `tools`.
 
-On every step the model gets the system prompt (with the tool schemas), the user's request and the
-whole conversation so far (each earlier decision and every tool result, in full, resent as real
-agents resend them) and decides: call one or more tools, or answer. The calls of one decision run at
-once; their results join the conversation and the model decides again, until it answers or the
-step bound (the run's `max_steps` knob) is reached, when it must answer with what it has.
+On every step the model gets the system prompt, the tools, the user's request and the whole
+conversation so far (each earlier decision and every tool result, in full, resent as real agents
+resend them) and decides: call one or more tools, or answer. The calls of one decision run at once;
+their results join the conversation and the model decides again, until it answers or the step bound
+(the run's `max_steps` knob) is reached, when it must answer with what it has.
 
-Decisions are the model's own output constrained to a JSON schema (`decision_schema`): the
-lab's CPU server has no tool parser, and a constrained decision is always well-formed JSON, so a
-small model's choice of tools, arguments and when to stop is what varies, not its formatting. A
-decision cut off by the token limit is sent back once with what was wrong; a second one fails the
-task. A tool that ran and failed (unknown order, bad argument) is an observation the model sees;
-a hop that failed (timeout, refused connection) fails the task.
+How the model states a decision is the run's `tool_calling` knob (`DECISIONS`; why the default is
+`json_schema`: workload/knobs.py):
+- `native`: OpenAI tool calling, as LangChain's `bind_tools` and the OpenAI SDK do it: the request
+  carries the tools' schemas (`tools`, `parallel_tool_calls`), the server renders them with the
+  model's chat template and parses its reply into `tool_calls` (vLLM's `--tool-call-parser`,
+  llama.cpp's Jinja templates); results go back as `tool` messages with the call's id.
+- `json_schema`: for a server without a tool parser: the tools are listed in the system prompt and
+  the reply is constrained to the decision's JSON schema (`response_format`), so a small model's
+  choice of tools, arguments and when to stop is what varies, not its formatting.
+
+A decision that cannot be read (cut off by the token limit, an unknown tool, arguments that are not
+JSON) is sent back once with what was wrong; a second one fails the task. A tool that ran and failed
+(unknown order, bad argument) is an observation the model sees; a hop that failed (timeout, refused
+connection) fails the task.
 """
 
 from __future__ import annotations
@@ -22,12 +30,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypedDict
 
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
 
+from workload.knobs import ToolCalling
+
 MAX_PARALLEL_CALLS = 4
-"""The most tool calls one decision may make (they run at once)."""
+"""The most tool calls a `json_schema` decision may make (they run at once); a native decision's
+calls all run, as LangGraph's ToolNode runs them."""
 
 
 class MalformedDecision(ValueError):
@@ -60,8 +71,9 @@ class Usage:
 
 
 class Model(Protocol):
-    async def decide(self, messages: list[BaseMessage], schema: dict[str, Any]) -> tuple[str, Usage]:
-        """The model's raw reply to the conversation, constrained to `schema`, and what it cost."""
+    async def chat(self, messages: list[BaseMessage], bind: dict[str, Any]) -> tuple[AIMessage, Usage]:
+        """The model's reply to the conversation, asked with `bind` (the request's extra fields:
+        `tools`, or a `response_format`), and what it cost."""
         ...
 
 
@@ -112,13 +124,15 @@ LOOP_FIELDS = (
 )
 """The per-task fields of Outcome.record."""
 
-SYSTEM_PROMPT = (
+ROLE_PROMPT = (
     "You are {who}. You know nothing about the shop's orders, customers, parcels or carriers but what "
     "your tools return, so call the tools that find what the request asks, one lookup after another "
-    "where one needs the result of another, and answer once the tool results hold every fact asked for.\n"
-    'Each turn, reply with JSON: either {{"calls": [{{"tool": NAME, "arguments": {{...}}}}, ...]}} to call '
-    'tools (the calls of one turn run at once), or {{"answer": TEXT}} to answer. In the answer, copy ids, '
-    "names, statuses, dates, amounts and hubs exactly as the tools returned them.\nTools:\n{tools}"
+    "where one needs the result of another, and answer once the tool results hold every fact asked for. "
+    "In the answer, copy ids, names, statuses, dates, amounts and hubs exactly as the tools returned them."
+)
+JSON_PROMPT = (
+    '\nEach turn, reply with JSON: either {{"calls": [{{"tool": NAME, "arguments": {{...}}}}, ...]}} to call '
+    'tools (the calls of one turn run at once), or {{"answer": TEXT}} to answer.\nTools:\n{tools}'
 )
 LAST_STEP = "You have no tool calls left: answer now with what the tool results say."
 
@@ -187,22 +201,136 @@ def parse_decision(raw: str, tools: list[Tool], can_call: bool) -> dict[str, Any
     return {"calls": calls}
 
 
+@dataclass(frozen=True)
+class Call:
+    id: str
+    tool: str
+    arguments: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the model decided: an answer, or calls to run; `said` is the decision as it joins the
+    conversation."""
+
+    said: AIMessage
+    answer: str | None = None
+    calls: tuple[Call, ...] = ()
+
+
+class JsonSchemaDecisions:
+    """Decisions as JSON constrained to `decision_schema`; tool results go back as one user message."""
+
+    retry = "Reply with JSON exactly as instructed."
+
+    def system(self, who: str, tools: list[Tool]) -> str:
+        return ROLE_PROMPT.format(who=who) + JSON_PROMPT.format(tools=describe(tools))
+
+    def request(self, tools: list[Tool], can_call: bool) -> dict[str, Any]:
+        schema = decision_schema(tools, can_call)
+        return {"response_format": {"type": "json_schema", "json_schema": {"name": "decision", "schema": schema}}}
+
+    def read(self, reply: AIMessage, tools: list[Tool], can_call: bool, step: int) -> Decision:
+        decision = parse_decision(_text(reply.content), tools, can_call)
+        said = AIMessage(json.dumps(decision))
+        if "answer" in decision:
+            return Decision(said, answer=decision["answer"])
+        calls = (Call(f"call-{step}-{i}", c["tool"], c["arguments"]) for i, c in enumerate(decision["calls"]))
+        return Decision(said, calls=tuple(calls))
+
+    def results(self, calls: tuple[Call, ...], texts: list[str]) -> list[BaseMessage]:
+        lines = (f"{c.tool}({json.dumps(c.arguments)}) returned: {t}" for c, t in zip(calls, texts, strict=True))
+        return [HumanMessage("Tool results:\n" + "\n".join(lines))]
+
+
+class NativeDecisions:
+    """OpenAI tool calling: the tools in the request, the server's parser reads the model's calls,
+    each result goes back as a `tool` message with its call's id. At the last step the request says
+    `tool_choice: none`."""
+
+    retry = "Call a tool by its name with JSON arguments, or answer in plain text."
+
+    def system(self, who: str, tools: list[Tool]) -> str:
+        return ROLE_PROMPT.format(who=who)
+
+    def request(self, tools: list[Tool], can_call: bool) -> dict[str, Any]:
+        specs = [
+            {
+                "type": "function",
+                "function": {
+                    "name": t.name,
+                    "description": t.description,
+                    "parameters": _argument_schema(t.args_schema),
+                },
+            }
+            for t in tools
+        ]
+        if not can_call:
+            return {"tools": specs, "tool_choice": "none"}
+        return {"tools": specs, "tool_choice": "auto", "parallel_tool_calls": True}
+
+    def read(self, reply: AIMessage, tools: list[Tool], can_call: bool, step: int) -> Decision:
+        if reply.invalid_tool_calls:
+            bad = reply.invalid_tool_calls[0]
+            raise ValueError(f"a tool call whose arguments are not JSON: {bad.get('name')}({bad.get('args')})"[:240])
+        if not reply.tool_calls:
+            answer = _text(reply.content).strip()
+            if not answer:
+                raise ValueError("neither tool calls nor an answer")
+            return Decision(reply, answer=answer)
+        if not can_call:
+            raise ValueError("a tool call after the last step; answer instead")
+        names = {t.name for t in tools}
+        unknown = [c["name"] for c in reply.tool_calls if c["name"] not in names]
+        if unknown:
+            raise ValueError(f"a call of {unknown[0]!r}, which is no tool of yours (tools: {', '.join(sorted(names))})")
+        calls = tuple(
+            Call(c.get("id") or f"call-{step}-{i}", c["name"], c["args"]) for i, c in enumerate(reply.tool_calls)
+        )
+        said = reply.model_copy(
+            update={"tool_calls": [{**c, "id": k.id} for c, k in zip(reply.tool_calls, calls, strict=True)]}
+        )
+        return Decision(said, calls=calls)
+
+    def results(self, calls: tuple[Call, ...], texts: list[str]) -> list[BaseMessage]:
+        return [ToolMessage(t, tool_call_id=c.id, name=c.tool) for c, t in zip(calls, texts, strict=True)]
+
+
+DECISIONS: dict[ToolCalling, JsonSchemaDecisions | NativeDecisions] = {
+    "native": NativeDecisions(),
+    "json_schema": JsonSchemaDecisions(),
+}
+
+
+def _text(content: Any) -> str:
+    """Plain text of a message's content (a string or a list of content blocks)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, (list, tuple)):
+        return "".join(_text(part) for part in content)
+    if isinstance(content, dict):
+        return str(content.get("text", ""))
+    return str(content)
+
+
 class LoopState(TypedDict):
     messages: list[BaseMessage]
     steps: int
     tool_calls: int
     delegations: int
     malformed: int
-    pending: list[dict[str, Any]]
+    pending: tuple[Call, ...]
     answer: str | None
     usage: Usage
 
 
 class Agent:
-    """One agent: who it is, its tools and its model, run as a LangGraph tool loop."""
+    """One agent: who it is, its tools and its model, run as a LangGraph tool loop whose decisions
+    take the form `tool_calling` names."""
 
-    def __init__(self, who: str, model: Model, tools: list[Tool]) -> None:
+    def __init__(self, who: str, model: Model, tools: list[Tool], tool_calling: ToolCalling = "json_schema") -> None:
         self.who, self.model, self.tools = who, model, {t.name: t for t in tools}
+        self.decisions = DECISIONS[tool_calling]
         graph = StateGraph(LoopState)
         graph.add_node("model", self._model_step)
         graph.add_node("tools", self._tools_step)
@@ -214,14 +342,14 @@ class Agent:
     async def run(self, request: str, max_steps: int) -> Outcome:
         """Loop on `request` until the model answers; at most `max_steps` LLM decisions (plus one
         retry of a malformed one)."""
-        system = SystemMessage(SYSTEM_PROMPT.format(who=self.who, tools=describe(list(self.tools.values()))))
+        system = SystemMessage(self.decisions.system(self.who, list(self.tools.values())))
         state: LoopState = {
             "messages": [system, HumanMessage(request)],
             "steps": 0,
             "tool_calls": 0,
             "delegations": 0,
             "malformed": 0,
-            "pending": [],
+            "pending": (),
             "answer": None,
             "usage": Usage(),
         }
@@ -243,25 +371,25 @@ class Agent:
         can_call = state["steps"] + 1 < max_steps
         messages = state["messages"] if can_call else [*state["messages"], HumanMessage(LAST_STEP)]
         tools = list(self.tools.values())
-        raw, cost = await self.model.decide(messages, decision_schema(tools, can_call))
+        reply, cost = await self.model.chat(messages, self.decisions.request(tools, can_call))
         usage = Usage(**vars(state["usage"]))
         usage.add(cost)
         try:
-            decision = parse_decision(raw, tools, can_call)
+            decision = self.decisions.read(reply, tools, can_call, state["steps"] + 1)
         except ValueError as exc:
             if state["malformed"]:
                 raise MalformedDecision(f"the model's decision was malformed twice: {exc}") from exc
-            retry = HumanMessage(f"That reply was not valid: {exc}. Reply with JSON exactly as instructed.")
-            return {"messages": [*messages, AIMessage(raw), retry], "malformed": 1, "usage": usage, "answer": None}
+            # the unreadable reply is shown as text: a native call of an unknown tool has no result to pair with
+            said = AIMessage(_text(reply.content) or json.dumps(reply.tool_calls or reply.invalid_tool_calls)[:2000])
+            retry = HumanMessage(f"That reply was not valid: {exc}. {self.decisions.retry}")
+            return {"messages": [*messages, said, retry], "malformed": 1, "usage": usage, "answer": None}
         update: dict[str, Any] = {
-            "messages": [*messages, AIMessage(json.dumps(decision))],
+            "messages": [*messages, decision.said],
             "steps": state["steps"] + 1,
             "malformed": 0,
             "usage": usage,
         }
-        if "answer" in decision:
-            return {**update, "answer": decision["answer"]}
-        return {**update, "pending": decision["calls"], "answer": None}
+        return {**update, "pending": decision.calls, "answer": decision.answer}
 
     async def _tools_step(self, state: LoopState) -> dict[str, Any]:
         if not state["pending"]:  # a malformed decision: back to the model with the note
@@ -269,22 +397,20 @@ class Agent:
         calls = state["pending"]
         results = await asyncio.gather(*(self._run(call) for call in calls))
         usage = Usage(**vars(state["usage"]))
-        lines = []
-        for call, (text, cost) in zip(calls, results, strict=True):
+        for _, cost in results:
             usage.add(cost)
-            lines.append(f"{call['tool']}({json.dumps(call['arguments'])}) returned: {text}")
-        hand_offs = sum(self.tools[c["tool"]].hand_off for c in calls)
+        hand_offs = sum(self.tools[c.tool].hand_off for c in calls)
         return {
-            "messages": [*state["messages"], HumanMessage("Tool results:\n" + "\n".join(lines))],
+            "messages": [*state["messages"], *self.decisions.results(calls, [text for text, _ in results])],
             "tool_calls": state["tool_calls"] + len(calls),
             "delegations": state["delegations"] + hand_offs,
-            "pending": [],
+            "pending": (),
             "usage": usage,
         }
 
-    async def _run(self, call: dict[str, Any]) -> tuple[str, Usage]:
+    async def _run(self, call: Call) -> tuple[str, Usage]:
         try:
-            return await self.tools[call["tool"]].run(call["arguments"])
+            return await self.tools[call.tool].run(call.arguments)
         except ToolFailed as exc:
             return f"error: {exc}", Usage()
 

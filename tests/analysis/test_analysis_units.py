@@ -441,3 +441,20 @@ def test_a_current_run_has_no_manifest_notes(tmp_path: Path) -> None:
     run = open_run(tmp_path)
     assert run.manifest.layout_version == LAYOUT_VERSION
     assert [p for p in run.problems if p.where == MANIFEST] == []
+
+
+@pytest.mark.parametrize(
+    ("workload", "knobs", "said"),
+    [
+        ("simple", {"tool_calling": "native"}, "native: OpenAI tool calls"),
+        ("multihop", {"tool_calling": "json_schema"}, "json_schema: replies constrained"),
+        ("simple", {"max_steps": 6}, "json_schema (recorded before the tool_calling knob existed)"),
+        ("baseline", {"http_reuse": "pooled"}, "no LLM"),
+    ],
+)
+def test_the_facts_say_how_the_model_stated_its_decisions(
+    tmp_path: Path, workload: str, knobs: dict, said: str
+) -> None:
+    record = ScenarioRecord(name=workload, config={"workload": workload, "knobs": knobs})
+    write_manifest(Manifest(run_id="r3", scenario=record), tmp_path)
+    assert facts(open_run(tmp_path))["decisions"].startswith(said)

@@ -115,6 +115,7 @@ def test_multihop_run_directory_describes_the_run(multihop):
     assert libraries["openai"] and libraries["httpx"] and libraries["mcp"] and libraries["langchain-mcp-adapters"]
     assert m["started_at_ns"] < m["ended_at_ns"]
     assert m["tasks"]["total"] == 3 and m["tasks"]["ok"] == 3 and m["tasks"]["failed"] == 0
+    assert m["scenario"]["config"]["knobs"]["tool_calling"] == "json_schema"
     assert str(run) in result.stdout and "tasks" in result.stdout
 
 
@@ -270,6 +271,7 @@ def captures(run: Path) -> list[Path]:
 def test_the_experiment_analysed_its_run(multihop):
     _, run, _, _ = multihop
     assert (run / "report.html").is_file() and (run / "tables" / "connections.parquet").is_file()
+    assert "json_schema: replies constrained to the decision schema" in (run / "report.html").read_text()
     assert_every_agentic_task_has_an_llm_flow(analysis.analyze_run(run), multihop=True)
 
 

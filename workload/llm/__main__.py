@@ -78,6 +78,8 @@ def serve_cpu(
     params.n_ctx = ctx * parallel
     params.n_parallel = parallel
     params.model_alias = {served_name}
+    # the model's own Jinja chat template, which is what lets llama.cpp parse tool calls (`--jinja`)
+    params.use_jinja = True
     server = xllamacpp.Server(params)
     print(f"llm: serving {model_path} as {served_name!r} at {server.listening_address}", flush=True)
     if front:
