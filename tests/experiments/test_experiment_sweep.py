@@ -87,7 +87,7 @@ def test_the_shipped_sweep_has_nine_cells_over_workload_and_load():
     first, last = sweep.cells[0], sweep.cells[-1]
     assert first.params == {"workload": "baseline", "load.concurrency": 1}
     assert first.scenario.name == "load-c01" and first.scenario.workload == "baseline"
-    assert first.scenario.tasks.count == 20 and first.scenario.warmup == 2 and first.scenario.timeouts.llm_s == 60
+    assert first.scenario.tasks.count == 7 and first.scenario.warmup == 1 and first.scenario.timeouts.llm_s == 240
     assert last.scenario.workload == "multihop" and last.scenario.load.concurrency == 4
     assert last.scenario.repetitions == 1
     assert first.summary == "workload=baseline, load.concurrency=1"
