@@ -54,6 +54,13 @@ class NspawnProvider:
     name = "nspawn"
 
     def up(self, lab: LabConfig, progress: Progress) -> list[Node]:
+        for index, node in enumerate(lab.nodes):
+            if node.gpu is not None:
+                raise LabError(
+                    f"{lab.path.name}: nodes[{index}].gpu ({', '.join(node.gpu.pci)}): containers share the host's "
+                    "kernel and cannot take a passed-through GPU; remove the gpu entry, or run the lab as VMs on a "
+                    "host with KVM and an IOMMU (--provider libvirt)"
+                )
         host.require_root("the nspawn provider")
         if shutil.which("systemd-nspawn") is None:
             raise LabError("systemd-nspawn is not installed; run `apt-get install systemd-container`")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import yaml
+
 from tests.conftest import REPO, lab_cli, write_lab
 
 
@@ -46,6 +48,18 @@ def test_unknown_provider_option(tmp_path):
     config = write_lab(tmp_path, "cli", "10.90.0")
     result = lab_cli(config, "up", "--provider", "docker", check=False)
     assert result.returncode == 1 and "unknown provider" in result.stderr
+
+
+def test_a_gpu_on_a_container_lab_is_refused_before_anything_is_made(tmp_path):
+    config = write_lab(tmp_path, "cli", "10.90.0", provider="nspawn")
+    data = yaml.safe_load(config.read_text())
+    data["nodes"][2]["gpu"] = {"pci": "0000:41:00.0"}
+    config.write_text(yaml.safe_dump(data))
+    result = lab_cli(config, "up", check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "nodes[2].gpu (0000:41:00.0): containers share the host's kernel" in result.stderr
+    assert "--provider libvirt" in result.stderr
+    assert not (tmp_path / ".lab").exists()
 
 
 def test_teardown_of_nothing_is_a_no_op(tmp_path):
