@@ -238,6 +238,18 @@ def llm_backend(lab: LabConfig) -> tuple[str, str]:
     return "llamacpp", f"{node.name} has no GPU, so the CPU backend"
 
 
+def refuse_emulated_gpus(lab: LabConfig, hosts: dict[str, LabHost]) -> None:
+    """A GPU is passed through only to a VM that KVM runs: under TCG the guest could not drive it."""
+    for index, spec in enumerate(lab.nodes):
+        host = hosts[spec.libvirt_uri]
+        if spec.gpu is not None and host.accelerator == "tcg":
+            raise LabError(
+                f"{lab.path.name}: nodes[{index}].gpu ({', '.join(spec.gpu.pci)}): {host.uri} would emulate "
+                f"{spec.name} with TCG ({host.why}), and a passed-through GPU needs KVM; use a host with KVM "
+                "(vmx/svm and /dev/kvm), or remove the gpu entry to run the LLM on the CPU"
+            )
+
+
 def gpu_preflight(lab: LabConfig, progress: Progress, sysfs: Path = Path("/sys")) -> dict[str, tuple[str, ...]]:
     """The PCI functions each node gets, checked on sysfs before anything is defined."""
     hostdevs: dict[str, tuple[str, ...]] = {}
@@ -492,6 +504,8 @@ class LibvirtProvider:
     name = "libvirt"
 
     def up(self, lab: LabConfig, progress: Progress) -> list[Node]:
+        hosts = {uri: LabHost(lab, uri, progress) for uri in dict.fromkeys(spec.libvirt_uri for spec in lab.nodes)}
+        refuse_emulated_gpus(lab, hosts)
         hostdevs = gpu_preflight(lab, progress)
         backend, why = llm_backend(lab)
         progress(f"LLM backend: {backend} ({why})")
@@ -501,7 +515,6 @@ class LibvirtProvider:
                 f"warning: nodes[{lab.nodes.index(llm)}].memory_mb is {llm.memory_mb}; "
                 f"vLLM needs at least {VLLM_MIN_MEMORY_MB} for a 7-8B model, raise it in {lab.path.name}"
             )
-        hosts = {uri: LabHost(lab, uri, progress) for uri in dict.fromkeys(spec.libvirt_uri for spec in lab.nodes)}
         for host in hosts.values():
             if host.accelerator == "tcg":
                 progress(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+
+import pytest
 import yaml
 
 from tests.conftest import REPO, lab_cli, write_lab
@@ -50,16 +53,32 @@ def test_unknown_provider_option(tmp_path):
     assert result.returncode == 1 and "unknown provider" in result.stderr
 
 
-def test_a_gpu_on_a_container_lab_is_refused_before_anything_is_made(tmp_path):
-    config = write_lab(tmp_path, "cli", "10.90.0", provider="nspawn")
+@pytest.mark.parametrize(
+    ("provider", "said"),
+    [
+        ("nspawn", "containers share the host's kernel and cannot take a passed-through GPU"),
+        (
+            "libvirt",
+            "qemu:///system would emulate llm with TCG (lab.yaml says accelerator: tcg), "
+            "and a passed-through GPU needs KVM",
+        ),
+    ],
+)
+def test_a_gpu_node_that_cannot_drive_its_gpu_is_refused_before_anything_is_made(tmp_path, provider, said):
+    """On containers, and on VMs emulated with TCG (here forced; libvirtd is started if it is not running)."""
+    config = write_lab(tmp_path, "gp", "10.91.0", provider=provider, accelerator="tcg")
     data = yaml.safe_load(config.read_text())
     data["nodes"][2]["gpu"] = {"pci": "0000:41:00.0"}
     config.write_text(yaml.safe_dump(data))
     result = lab_cli(config, "up", check=False)
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert "nodes[2].gpu (0000:41:00.0): containers share the host's kernel" in result.stderr
-    assert "--provider libvirt" in result.stderr
+    assert f"nodes[2].gpu (0000:41:00.0): {said}" in result.stderr
     assert not (tmp_path / ".lab").exists()
+    if provider == "libvirt":
+        networks = subprocess.run(
+            ["virsh", "-c", "qemu:///system", "net-list", "--all", "--name"], capture_output=True, text=True
+        )
+        assert networks.returncode == 0 and "gp-net" not in networks.stdout.split()
 
 
 def test_teardown_of_nothing_is_a_no_op(tmp_path):
