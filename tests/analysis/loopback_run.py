@@ -161,7 +161,7 @@ def main() -> int:
     stack.directory.mkdir()
     try:
         if set(scenarios) - {"baseline"}:
-            stack.start_llm(FAST_MODEL)
+            stack.start_llm(FAST_MODEL, backend="cpu")  # llama.cpp, whatever the host has
         stack.start()
         for scenario in scenarios:
             print(run_scenario(stack, args.out, scenario, args.seed), flush=True)

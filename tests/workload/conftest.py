@@ -47,7 +47,7 @@ def stack(workdir: Path, postgres: LocalPostgres) -> Iterator[LocalStack]:
     services = LocalStack(workdir / "stack", postgres.dsn, synth=SYNTH)
     services.directory.mkdir(parents=True)
     try:
-        services.start_llm(FAST_MODEL)
+        services.start_llm(FAST_MODEL, backend="cpu")  # llama.cpp, whatever the host has: a GPU host would start vLLM
         services.start()
         yield services
     finally:
