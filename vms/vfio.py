@@ -15,6 +15,8 @@ from pathlib import Path
 from lab.errors import LabError
 
 DISPLAY_CLASS = 0x03
+INTERRUPT_REMAPPING = 1 << 3
+"""VT-d's extended capability register, bit 3 (IR): the unit remaps interrupts."""
 BRIDGE_SUBCLASS = 0x0604
 CLASS_NAMES = {
     0x00: "unclassified device",
@@ -52,10 +54,12 @@ def preflight(addresses: list[str], sysfs: Path = Path("/sys"), load_module: Loa
             "the IOMMU is off (no entries in /sys/kernel/iommu_groups); enable VT-d or AMD-Vi in the "
             "firmware and boot with intel_iommu=on (or amd_iommu=on) iommu=pt"
         )
+    _refuse_unremapped_interrupts(sysfs)
     passed: set[str] = set()
     for address in addresses:
         device = _device(sysfs, address)
         _refuse_console(sysfs, address, device)
+        _refuse_held(sysfs, address, device)
         passed |= _group_members(sysfs, address, device, set(addresses))
     if not (sysfs / "bus" / "pci" / "drivers" / "vfio-pci").is_dir():
         reason = load_module()
@@ -92,6 +96,50 @@ def _refuse_console(sysfs: Path, address: str, device: Path) -> None:
             f"{address} drives the host's console (it is the boot VGA device or has a framebuffer); "
             "pass a GPU the host does not display on, or move the host console to another GPU or the serial port"
         )
+
+
+def _refuse_unremapped_interrupts(sysfs: Path) -> None:
+    """VFIO refuses to assign a device where the IOMMU cannot remap interrupts (a guest could then
+    inject interrupts into the host), unless vfio_iommu_type1's allow_unsafe_interrupts is set. Read
+    from each Intel unit's capabilities; AMD-Vi remaps interrupts wherever it is on."""
+    if _flag(sysfs / "module" / "vfio_iommu_type1" / "parameters" / "allow_unsafe_interrupts"):
+        return
+    for ecap in sorted((sysfs / "class" / "iommu").glob("dmar*/intel-iommu/ecap")):
+        if not int(ecap.read_text().strip(), 16) & INTERRUPT_REMAPPING:
+            raise VfioError(
+                f"the IOMMU unit {ecap.parent.parent.name} cannot remap interrupts (no IR in its capabilities), "
+                "and VFIO refuses to pass a device through without it; use a host whose IOMMU remaps interrupts, "
+                "or, accepting that a guest could then inject interrupts into the host, "
+                "`options vfio_iommu_type1 allow_unsafe_interrupts=1` in /etc/modprobe.d"
+            )
+
+
+def _refuse_held(sysfs: Path, address: str, device: Path) -> None:
+    """The host's nvidia driver does not let go of a card that nvidia-persistenced, a display server
+    or any CUDA process holds, and never with nvidia_drm's modeset on: libvirt's unbind then hangs or
+    fails. Such a card is bound to vfio-pci at boot instead."""
+    if _driver(device) != "nvidia":
+        return
+    why = (
+        "nvidia_drm holds it with modeset=Y"
+        if _flag(sysfs / "module" / "nvidia_drm" / "parameters" / "modeset")
+        else "it lets go only when no nvidia-persistenced, display server or CUDA process holds the card"
+    )
+    ids = f"{_hex_id(device, 'vendor')}:{_hex_id(device, 'device')}"
+    raise VfioError(
+        f"{address} is bound to the host's nvidia driver, which libvirt cannot unbind reliably ({why}); "
+        f"bind it to vfio-pci at boot: add vfio-pci.ids={ids} to the kernel command line "
+        f"(or run `driverctl set-override {address} vfio-pci`) and reboot"
+    )
+
+
+def _flag(parameter: Path) -> bool:
+    return parameter.is_file() and parameter.read_text().strip() in ("Y", "1")
+
+
+def _hex_id(device: Path, name: str) -> str:
+    path = device / name
+    return f"{int(path.read_text().strip(), 16):04x}" if path.is_file() else "????"
 
 
 def _group_members(sysfs: Path, address: str, device: Path, requested: set[str]) -> set[str]:

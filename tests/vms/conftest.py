@@ -54,6 +54,21 @@ class SysfsTree:
             (real / "driver").symlink_to(os.path.relpath(self.driver(driver), real))
         return real
 
+    def ids(self, device: Path, vendor: int, product: int) -> None:
+        (device / "vendor").write_text(f"{vendor:#06x}\n")
+        (device / "device").write_text(f"{product:#06x}\n")
+
+    def module_parameter(self, module: str, parameter: str, value: str) -> None:
+        path = self.root / "module" / module / "parameters"
+        path.mkdir(parents=True, exist_ok=True)
+        (path / parameter).write_text(value + "\n")
+
+    def intel_iommu(self, unit: str, ecap: int) -> None:
+        """An Intel IOMMU unit as /sys/class/iommu shows it, with its extended capabilities."""
+        path = self.root / "class" / "iommu" / unit / "intel-iommu"
+        path.mkdir(parents=True)
+        (path / "ecap").write_text(f"{ecap:x}\n")
+
     def framebuffer(self, device: Path) -> None:
         fb = self.root / "class" / "graphics" / "fb0"
         fb.mkdir(parents=True)

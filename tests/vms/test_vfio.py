@@ -90,5 +90,34 @@ def test_refuses_when_vfio_pci_cannot_be_loaded(sysfs):
     assert "vfio-pci cannot be loaded (modprobe: FATAL: Module vfio-pci not found)" in message
 
 
+def test_refuses_a_gpu_the_host_nvidia_driver_holds(sysfs):
+    tree = sysfs()
+    tree.ids(tree.device(tree.GPU, 0x030200, group=7, driver="nvidia"), 0x10DE, 0x2335)
+    message = refused(tree, [tree.GPU])
+    assert f"{tree.GPU} is bound to the host's nvidia driver" in message
+    assert "no nvidia-persistenced, display server or CUDA process" in message
+    assert "vfio-pci.ids=10de:2335" in message and f"driverctl set-override {tree.GPU} vfio-pci" in message
+    tree.module_parameter("nvidia_drm", "modeset", "Y")
+    assert "nvidia_drm holds it with modeset=Y" in refused(tree, [tree.GPU])
+
+
+def test_a_gpu_already_on_vfio_pci_passes(sysfs):
+    tree = sysfs()
+    tree.device(tree.GPU, 0x030200, group=7, driver="vfio-pci")
+    assert vfio.preflight([tree.GPU], tree.root) == [tree.GPU]
+
+
+def test_refuses_an_iommu_that_cannot_remap_interrupts_unless_unsafe_interrupts_are_allowed(sysfs):
+    tree = sysfs()
+    tree.device(tree.GPU, 0x030200, group=7)
+    tree.intel_iommu("dmar0", 0xF050DA)  # IR (bit 3) set
+    assert vfio.preflight([tree.GPU], tree.root) == [tree.GPU]
+    tree.intel_iommu("dmar1", 0xF050D2)  # the same without IR
+    message = refused(tree, [tree.GPU])
+    assert "dmar1 cannot remap interrupts" in message and "allow_unsafe_interrupts=1" in message
+    tree.module_parameter("vfio_iommu_type1", "allow_unsafe_interrupts", "Y")
+    assert vfio.preflight([tree.GPU], tree.root) == [tree.GPU]
+
+
 def test_pci_parts_are_libvirt_address_attributes():
     assert vfio.pci_parts("0000:41:00.1") == {"domain": "0x0000", "bus": "0x41", "slot": "0x00", "function": "0x1"}
