@@ -16,6 +16,8 @@ APT_PACKAGES=(
   # the libvirt provider
   libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils
   libvirt-dev pkg-config gcc libxml2-utils genisoimage dosfstools mtools
+  # UEFI firmware, which a GPU node's VM boots with (big 64-bit BARs)
+  ovmf
   # probes and captures on the host (tests run the collectors here too)
   bpftrace libbpf-tools bpfcc-tools python3-bpfcc tcpdump nftables ethtool
   # the report layout test renders reports headless

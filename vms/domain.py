@@ -21,6 +21,13 @@ Accelerator = Literal["kvm", "tcg"]
 ET.register_namespace("lab", METADATA_NS)
 
 
+PCI_HOLE64_GIB = 1024
+"""The guest's 64-bit PCI window on a GPU node: room for the BARs of data-centre cards, which map
+their whole memory (80-141 GiB on H100/H200) or more; QEMU's q35 default is sized for small cards."""
+LOCKED_OVERHEAD_MB = 1024
+"""Locked memory beyond the guest's own: QEMU's, as libvirt allows a VFIO guest (memory + 1 GiB)."""
+
+
 @dataclass(frozen=True)
 class DomainSpec:
     """Everything a node's domain XML is made from; stored in the domain to detect changes."""
@@ -129,13 +136,13 @@ def domain_xml(spec: DomainSpec) -> str:
             _sub(backing, "hugepages")
         if spec.lock_memory:
             _sub(backing, "locked")
+    if spec.lock_memory:  # libvirt needs a hard limit with <locked/>: what it allows a VFIO guest itself
+        _sub(_sub(root, "memtune"), "hard_limit", str(spec.memory_mb + LOCKED_OVERHEAD_MB), unit="MiB")
     _os(root, spec)
     features = _sub(root, "features")
     _sub(features, "acpi")
     _sub(features, "apic")
-    # TCG's default qemu64 CPU lacks AVX/AVX2, which prebuilt inference engines (llama.cpp) use;
-    # 'maximum' gives the guest everything QEMU can emulate (AVX2 since QEMU 7.2).
-    _sub(root, "cpu", mode="host-model" if spec.accelerator == "kvm" else "maximum")
+    _sub(root, "cpu", mode=_cpu_mode(spec))
     _sub(root, "clock", offset="utc")
     _sub(root, "on_poweroff", "destroy")
     _sub(root, "on_reboot", "restart")
@@ -144,8 +151,17 @@ def domain_xml(spec: DomainSpec) -> str:
     return _render(root)
 
 
+def _cpu_mode(spec: DomainSpec) -> str:
+    if spec.hostdevs:  # the GPU's driver and CUDA see the host CPU's own features and address bits
+        return "host-passthrough"
+    # TCG's default qemu64 CPU lacks AVX/AVX2, which prebuilt inference engines (llama.cpp) use;
+    # 'maximum' gives the guest everything QEMU can emulate (AVX2 since QEMU 7.2).
+    return "host-model" if spec.accelerator == "kvm" else "maximum"
+
+
 def _os(root: ET.Element, spec: DomainSpec) -> None:
-    os_element = _sub(root, "os")
+    # UEFI for a GPU node: SeaBIOS cannot map the 64-bit BARs of cards with tens of GiB of memory
+    os_element = _sub(root, "os", firmware="efi") if spec.hostdevs else _sub(root, "os")
     _sub(os_element, "type", "hvm", arch="x86_64", machine="q35")
     if spec.kernel:
         _sub(os_element, "kernel", spec.kernel)
@@ -171,6 +187,9 @@ def _devices(devices: ET.Element, spec: DomainSpec) -> None:
     _sub(rng, "backend", "/dev/urandom", model="random")
     _sub(devices, "controller", type="usb", model="none")
     _sub(devices, "memballoon", model="none")
+    if spec.hostdevs:
+        root_port = _sub(devices, "controller", type="pci", index="0", model="pcie-root")
+        _sub(root_port, "pcihole64", str(PCI_HOLE64_GIB), unit="GiB")
     for address in spec.hostdevs:
         hostdev = _sub(devices, "hostdev", mode="subsystem", type="pci", managed="yes")
         _sub(_sub(hostdev, "source"), "address", **pci_parts(address))

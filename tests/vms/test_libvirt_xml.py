@@ -19,7 +19,9 @@ from lab.errors import LabError
 from lab.keys import ensure_keypair
 from vms import libvirt as provider
 from vms.domain import (
+    LOCKED_OVERHEAD_MB,
     METADATA_NS,
+    PCI_HOLE64_GIB,
     DomainSpec,
     domain_xml,
     network_xml,
@@ -109,11 +111,18 @@ def test_every_domain_validates_with_and_without_a_gpu(tmp_path, sysfs, case):
     lab = make_lab(tmp_path, llm_node={"gpu": {"pci": tree.GPU}} if case != "no-gpu" else None)
     messages: list[str] = []
     hostdevs = provider.gpu_preflight(lab, messages.append, sysfs=tree.root)
-    rendered = domains(lab, hostdevs)
+    accelerator = "tcg" if case == "no-gpu" else "kvm"  # a GPU node under TCG is refused before any XML
+    rendered = domains(lab, hostdevs, accelerator=accelerator)
     for name, xml in rendered.items():
         validate(tmp_path, "domain", xml)
         root = ET.fromstring(xml)
-        assert root.get("type") == "qemu" and root.find("cpu").get("mode") == "maximum"
+        gpu_node = name == "llm" and case != "no-gpu"
+        cpu = "host-passthrough" if gpu_node else {"tcg": "maximum", "kvm": "host-model"}[accelerator]
+        assert root.get("type") == {"tcg": "qemu", "kvm": "kvm"}[accelerator] and root.find("cpu").get("mode") == cpu
+        # a GPU node: UEFI and a 64-bit PCI window wide enough for a big card's BARs
+        assert root.find("os").get("firmware") == ("efi" if gpu_node else None)
+        hole = root.find("devices/controller[@model='pcie-root']/pcihole64")
+        assert (hole.text, hole.get("unit")) == (str(PCI_HOLE64_GIB), "GiB") if gpu_node else hole is None
         assert root.findtext("os/cmdline") == provider.KERNEL_CMDLINE
         assert root.find("devices/serial/log").get("file") == str(tmp_path / ".lab" / "logs" / f"{name}.console.log")
         assert [d.get("bus") for d in root.iterfind("devices/disk/target")] == ["virtio", "virtio"]
@@ -135,7 +144,10 @@ def test_kvm_domain_has_host_model_cpu_and_the_configured_memory_backing(tmp_pat
     assert root.get("type") == "kvm" and root.find("cpu").get("mode") == "host-model"
     assert root.find("memoryBacking/hugepages") is not None and root.find("memoryBacking/locked") is not None
     assert root.findtext("memory") == "16384" and root.findtext("vcpu") == "2"
+    limit = root.find("memtune/hard_limit")  # libvirt needs one with locked memory
+    assert (limit.text, limit.get("unit")) == (str(16384 + LOCKED_OVERHEAD_MB), "MiB")
     assert ET.fromstring(rendered["agent-a"]).find("memoryBacking") is None
+    assert ET.fromstring(rendered["agent-a"]).find("memtune") is None
 
 
 def test_a_users_cloud_image_boots_from_its_own_disk(tmp_path):
