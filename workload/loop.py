@@ -231,7 +231,7 @@ class JsonSchemaDecisions:
         return {"response_format": {"type": "json_schema", "json_schema": {"name": "decision", "schema": schema}}}
 
     def read(self, reply: AIMessage, tools: list[Tool], can_call: bool, step: int) -> Decision:
-        decision = parse_decision(_text(reply.content), tools, can_call)
+        decision = parse_decision(reply.text, tools, can_call)
         said = AIMessage(json.dumps(decision))
         if "answer" in decision:
             return Decision(said, answer=decision["answer"])
@@ -274,7 +274,7 @@ class NativeDecisions:
             bad = reply.invalid_tool_calls[0]
             raise ValueError(f"a tool call whose arguments are not JSON: {bad.get('name')}({bad.get('args')})"[:240])
         if not reply.tool_calls:
-            answer = _text(reply.content).strip()
+            answer = reply.text.strip()
             if not answer:
                 raise ValueError("neither tool calls nor an answer")
             return Decision(reply, answer=answer)
@@ -300,17 +300,6 @@ DECISIONS: dict[ToolCalling, JsonSchemaDecisions | NativeDecisions] = {
     "native": NativeDecisions(),
     "json_schema": JsonSchemaDecisions(),
 }
-
-
-def _text(content: Any) -> str:
-    """Plain text of a message's content (a string or a list of content blocks)."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, (list, tuple)):
-        return "".join(_text(part) for part in content)
-    if isinstance(content, dict):
-        return str(content.get("text", ""))
-    return str(content)
 
 
 class LoopState(TypedDict):
@@ -380,7 +369,7 @@ class Agent:
             if state["malformed"]:
                 raise MalformedDecision(f"the model's decision was malformed twice: {exc}") from exc
             # the unreadable reply is shown as text: a native call of an unknown tool has no result to pair with
-            said = AIMessage(_text(reply.content) or json.dumps(reply.tool_calls or reply.invalid_tool_calls)[:2000])
+            said = AIMessage(reply.text or json.dumps(reply.tool_calls or reply.invalid_tool_calls)[:2000])
             retry = HumanMessage(f"That reply was not valid: {exc}. {self.decisions.retry}")
             return {"messages": [*messages, said, retry], "malformed": 1, "usage": usage, "answer": None}
         update: dict[str, Any] = {
