@@ -152,11 +152,10 @@ def task_rows(
         llm_conns = {tuple(c) for e in llm for c in e["conns"]}
         called = {e["op"] for e in decided if e["status"] == "ok"}
         loop = result.loop or {}
+        reported = {field: loop.get(field) for field in LOOP_FIELDS}
         rows.append(
             {
-                **{
-                    field: loop.get(field) for field in LOOP_FIELDS
-                },  # what the agents reported; the telemetry's counts below win
+                **reported,  # first: where a field is also counted from the telemetry (llm_calls), that count wins
                 "task_id": task.task_id,
                 "kind": task.kind,
                 "ok": result.ok,
