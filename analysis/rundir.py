@@ -116,6 +116,7 @@ def facts(run: RunDir) -> dict[str, str]:
         "versions": "in the versions table",
         "git": _short(m.git.commit),
         "impairments": impairments(m) or "none",
+        "faults injected": "; ".join(f"{i.node}: {i.text()}" for i in m.injected) or "none",
         "knobs": _short(config.get("knobs")) if config.get("knobs") else "not recorded (run before knobs existed)",
         "decisions": _decisions(run),
         "timeouts": _timeouts(config),

@@ -26,7 +26,7 @@ from experiments import drive as tasks
 from experiments.manifest import probe_cpu
 from experiments.remote import NodeSession, parallel
 from experiments.scenario import PROBES, Scenario
-from lab import state
+from lab import inventory, state
 from lab.config import load_config
 from lab.errors import LabError
 from lab.validation import validate
@@ -209,7 +209,8 @@ def main() -> None:
     except LabError as exc:
         raise SystemExit(f"error: {exc}") from None
     try:
-        entry = services.entry(controller.preflight(sessions, lab, scenario), scenario.workload)
+        checks = controller.preflight(sessions, lab, scenario)
+        entry = services.entry(checks, scenario.workload, inventory.api_token(lab))
         # One block's worth of tasks first, not counted: a first block ran ~20 % slower (caches,
         # connection set-up in the services) and, always "off", made the probes look cheaper.
         seconds, results = drive(scenario, entry, seed=99)

@@ -32,7 +32,17 @@ from experiments.scenario import ALL, Scenario, load_scenario
 from lab import inventory, runlayout, state
 from lab.config import LabConfig
 from lab.errors import LabError
-from lab.runlayout import Conditions, Impairment, LlmSpeed, Manifest, Offload, ProbeSummary, ScenarioRecord, Tasks
+from lab.runlayout import (
+    Conditions,
+    Impairment,
+    Injected,
+    LlmSpeed,
+    Manifest,
+    Offload,
+    ProbeSummary,
+    ScenarioRecord,
+    Tasks,
+)
 from lab.state import LabState
 from workload.config import AGENTS_PER_TASK, LLM_MAX_TOKENS
 from workload.llm.speed import SpeedError, measure
@@ -65,7 +75,7 @@ def run(lab: LabConfig, scenario: Scenario, scenario_file: Path, reporter: Repor
         checks = preflight(sessions, lab, scenario)
         if scenario.workload in AGENTS_PER_TASK:
             reporter.phase("preflight: the LLM's speed against the scenario's timeouts")
-        llm_speed = check_llm_speed(checks, scenario, scenario_file)
+        llm_speed = check_llm_speed(checks, scenario, scenario_file, inventory.api_token(lab))
         run_dir.mkdir(parents=True)
         Experiment(lab, current, scenario, scenario_file, run_dir, sessions, reporter, checks, llm_speed).execute()
     finally:
@@ -152,7 +162,7 @@ SLOW_LLM_ADVICE = (
 )
 
 
-def check_llm_speed(checks: dict[str, dict], scenario: Scenario, scenario_file: Path) -> LlmSpeed | None:
+def check_llm_speed(checks: dict[str, dict], scenario: Scenario, scenario_file: Path, token: str) -> LlmSpeed | None:
     """For an agentic workload: one cold streamed completion of an agent-sized prompt from here to
     the LLM, and a refusal, before any probe starts, when calls at that speed cannot finish within
     the scenario's timeouts. Returns the measurement for the manifest."""
@@ -161,7 +171,8 @@ def check_llm_speed(checks: dict[str, dict], scenario: Scenario, scenario_file: 
     node, _ = services.placement(checks)["llm"]
     t = scenario.timeouts
     try:
-        speed = measure(services.url(checks, "llm"), served_model(checks).get("id", ""), LLM_MAX_TOKENS, t.llm_s)
+        model = served_model(checks).get("id", "")
+        speed = measure(services.url(checks, "llm"), model, LLM_MAX_TOKENS, t.llm_s, token=token)
     except SpeedError as exc:
         raise LabError(
             f"preflight: the LLM on {node} did not answer an agent-sized prompt in time: {exc}; "
@@ -224,11 +235,13 @@ class Experiment:
         llm_speed: LlmSpeed | None = None,
     ) -> None:
         self.lab, self.scenario, self.run_dir, self.sessions, self.reporter = lab, scenario, run_dir, sessions, reporter
-        self.entry = services.entry(checks, scenario.workload)
+        self.entry = services.entry(checks, scenario.workload, inventory.api_token(lab))
         self.host_address = lab.network.host_address.exploded
         self.faults = Faults()
         self.offsets: dict[str, dict[str, int]] = {}
         self.impaired: list[NodeSession] = []
+        self.down: set[str] = set()
+        """Nodes an injected fault powered off: no step is sent to them after that."""
         self.probes_started = False
         self.done = 0
         self.manifest = Manifest(
@@ -280,9 +293,11 @@ class Experiment:
             self.reporter.fault(node, what)
 
     def _each(self, what: str, fn: Any, sessions: list[NodeSession] | None = None) -> dict[str, Any]:
-        """`fn` on every node in parallel; a node's exception becomes a fault; the answers of the others."""
+        """`fn` on every node in parallel (but those an injected fault powered off); a node's exception
+        becomes a fault; the answers of the others."""
         answers = {}
-        for node, answer in parallel(fn, self.sessions if sessions is None else sessions).items():
+        chosen = [s for s in (self.sessions if sessions is None else sessions) if s.node.name not in self.down]
+        for node, answer in parallel(fn, chosen).items():
             if isinstance(answer, Exception):
                 self.fault(node, f"{what}: {answer}")
             else:
@@ -405,11 +420,13 @@ class Experiment:
         self.manifest.tasks = Tasks(planned=measured)
         stop = threading.Event()
         monitor = threading.Thread(target=self._monitor, args=(stop,), name="probe-monitor", daemon=True)
+        injector = threading.Thread(target=self._inject, args=(stop,), name="fault-injector", daemon=True)
         with (
             open(runlayout.results_path(self.run_dir), "a", encoding="utf-8") as results,
             self.reporter.tasks(sum(len(p) for p in phases)),
         ):
             monitor.start()
+            injector.start()
             try:
                 drive.drive(
                     phases,
@@ -423,6 +440,7 @@ class Experiment:
             finally:
                 stop.set()
                 monitor.join()
+                injector.join()
         return False
 
     def _done(self, outcome: drive.Outcome, results: TextIO) -> None:
@@ -441,6 +459,41 @@ class Experiment:
             r = outcome.result
             self.fault("controller", f"task {r.task_id} (repetition {outcome.planned.repetition}) failed: {r.error}")
         self.reporter.task_done(outcome)
+
+    def _inject(self, stop: threading.Event) -> None:
+        """Each of the scenario's faults at its time after the tasks began, recorded in the manifest and
+        named among the faults; one still due when the tasks ended is named as not injected."""
+        started = time.monotonic()
+        sessions = {s.node.name: s for s in self.sessions}
+        for item in sorted(self.scenario.inject, key=lambda i: i.at_s):
+            record = Injected.model_validate(item.model_dump())
+            if stop.wait(max(0.0, started + item.at_s - time.monotonic())):
+                record.error = "not injected: the tasks were done before at_s"
+            elif item.node in self.down:
+                record.error = "not injected: an earlier fault powered the node off"
+            else:
+                session = sessions[item.node]
+                record.when_ns = time.time_ns()
+                try:
+                    record.done = session.step(
+                        "inject",
+                        60,
+                        kind=item.kind,
+                        address=session.node.address,
+                        service=item.service,
+                        for_s=item.for_s,
+                    )
+                except NodeError as exc:
+                    record.error = str(exc)
+            self.manifest.injected.append(record)
+            self.fault(item.node, record.text())
+            if item.kind == "stop_node" and record.when_ns and not record.error:
+                self.down.add(item.node)
+                self.fault(
+                    item.node,
+                    f"powered off by an injected fault: nothing more is asked of it or pulled from it; its "
+                    f"records stay on it in {sessions[item.node].run_dir} (`lab up` starts it again)",
+                )
 
     def _monitor(self, stop: threading.Event) -> None:
         """Every few seconds: each node's probe status (record counts, probes that died, nodes that

@@ -34,6 +34,8 @@ STATUS = "status.json"
 RUNNER_PID = "runner.pid"
 RUNNER_LOG = "logs/runner.log"
 TELEMETRY = "telemetry"
+LLM_ENV = "llm.env"
+"""The LLM server's environment file in the config directory (roles/llm_server)."""
 
 
 def _run(argv: list[str], timeout: float = 60, **kwargs: object) -> subprocess.CompletedProcess[str]:
@@ -97,9 +99,10 @@ def _libraries(python: str | None) -> dict[str, str | None]:
         return {}
 
 
-def _get(url: str) -> dict:
+def _get(url: str, token: str | None = None) -> dict:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
     try:
-        with urllib.request.urlopen(url, timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=10) as response:
             return {"ok": True, "status": response.status, "body": json.loads(response.read() or b"null")}
     except urllib.error.HTTPError as exc:
         return {"ok": False, "status": exc.code, "body": exc.read(500).decode(errors="replace")}
@@ -116,6 +119,15 @@ def _health(address: str, port: int, path: str) -> dict:
     if not answer["ok"] and (local := _get(f"http://127.0.0.1:{port}{path}"))["ok"]:
         return local
     return answer
+
+
+def llm_token(config_dir: str) -> str | None:
+    """The lab's bearer token from the LLM server's environment file (deploy writes it, 0600), if any."""
+    try:
+        lines = (Path(config_dir) / LLM_ENV).read_text().splitlines()
+    except OSError:
+        return None
+    return next((line.split("=", 1)[1] for line in lines if line.startswith("LAB_API_TOKEN=")), None)
 
 
 def service_config(path: Path) -> dict[str, str]:
@@ -174,7 +186,7 @@ def preflight(
             "host": address,
             "port": llm_port,
             "health": _health(address, llm_port, "/health"),
-            "models": _get(f"http://{address}:{llm_port}/v1/models"),
+            "models": _get(f"http://{address}:{llm_port}/v1/models", llm_token(config_dir)),
         }
     python = next((v for v in venvs if Path(v).exists()), None)
     return {
@@ -400,8 +412,16 @@ def stop(run_dir: str, telemetry: str, offsets: dict[str, int], wait_s: float = 
     if outcome == "stopping":
         return {"runner": outcome, "status": _status(out)}
     copied = copy_telemetry(Path(telemetry), root / TELEMETRY, offsets)
-    _run(["chmod", "-R", "a+rX", str(root)])
+    hand_to_caller(root)
     return {"runner": outcome, "status": _status(out), "telemetry": copied, "files": checksums(root)}
+
+
+def hand_to_caller(root: Path) -> None:
+    """The run's files to the SSH user who ran this step through sudo (the controller pulls them over
+    SFTP as that user), for nobody else's eyes: the run's traffic, ports and timings stay private."""
+    if owner := os.environ.get("SUDO_USER"):
+        _run(["chown", "-R", f"{owner}:", str(root)])
+    _run(["chmod", "-R", "u+rwX,go-rwx", str(root)])
 
 
 def copy_telemetry(source: Path, target: Path, offsets: dict[str, int]) -> dict[str, dict]:
@@ -542,12 +562,62 @@ def unimpair(address: str) -> dict:
     return {"iface": iface, "removed": result.returncode == 0}
 
 
+FILL = "/var/lib/lab/fault-fill"
+"""fill_disk's file, on the file system that holds the node's lab state and runs."""
+
+
+def inject(kind: str, address: str, service: str | None = None, for_s: float | None = None) -> dict:
+    """One fault (experiments.scenario.Injection), what it did as a dict; one that ends later (the
+    link back up, the disk freed, the power off itself) is a transient systemd unit, so it outlives
+    this SSH session and the link it may take down."""
+    if kind == "kill_service":
+        unit = f"lab-{service}"
+        pid = int(_run(["systemctl", "show", "--property", "MainPID", "--value", unit]).stdout.strip() or 0)
+        if not pid:
+            raise RuntimeError(f"{unit} is not running on this node")
+        _checked(["systemctl", "kill", "--signal", "SIGKILL", "--kill-whom", "main", unit])
+        return {"unit": unit, "pid": pid}
+    if kind == "link_down":
+        iface = lab_interface(address)
+        _later("link-down", f"ip link set dev {iface} down; sleep {for_s}; ip link set dev {iface} up")
+        return {"iface": iface}
+    if kind == "stop_node":
+        _later("stop-node", "systemctl poweroff")
+        return {}
+    if kind == "fill_disk":
+        if _run(["systemd-detect-virt", "--container"]).returncode == 0:
+            raise RuntimeError(
+                "this node is a container: its disk is the host's file system, which fill_disk would fill; "
+                "inject fill_disk on a libvirt node"
+            )
+        disk = os.statvfs(Path(FILL).parent)
+        free = disk.f_bavail * disk.f_frsize
+        _checked(["fallocate", "--length", str(free), FILL])
+        _later("fill-disk", f"sleep {for_s}; rm -f {FILL}")
+        return {"path": FILL, "filled_bytes": free}
+    raise RuntimeError(f"no fault kind {kind!r}")
+
+
+def _checked(argv: list[str]) -> None:
+    result = _run(argv)
+    if result.returncode != 0:
+        raise RuntimeError(f"`{' '.join(argv)}` failed: {_first_line(result.stderr)}")
+
+
+def _later(name: str, script: str) -> None:
+    """`script` in a transient unit of its own, half a second from now (this step answers first)."""
+    unit = f"lab-fault-{name}-{time.time_ns()}"
+    _checked(["systemd-run", "--quiet", "--collect", "--unit", unit, "/bin/sh", "-c", f"sleep 0.5; {script}"])
+
+
 def cleanup(run_dir: str) -> dict:
     _run(["rm", "-rf", "--one-file-system", run_dir])
     return {"removed": not Path(run_dir).exists()}
 
 
-STEPS = {f.__name__: f for f in (preflight, start, status, stop, impair, unimpair, cleanup, conditions, set_offload)}
+STEPS = {
+    f.__name__: f for f in (preflight, start, status, stop, impair, unimpair, inject, cleanup, conditions, set_offload)
+}
 
 
 def main(argv: list[str]) -> int:

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from lab.config import LabConfig
 from lab.errors import ConfigError
 from lab.validation import FieldError, read_yaml, validate
+from workload.config import SERVICES
 from workload.knobs import Knobs
 
 SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
@@ -71,6 +72,44 @@ class Impairment(Model):
         return self
 
 
+SERVICE_UNITS = ("llm", *SERVICES)
+"""The services kill_service may name: each runs as the systemd unit lab-<service> (roles/)."""
+
+
+class Injection(Model):
+    """A fault injected on `node` while the tasks run, `at_s` seconds after the first task (warm-up
+    included) went out; the manifest records it (`injected`) and names it among the run's faults."""
+
+    kind: Literal["kill_service", "link_down", "stop_node", "fill_disk"]
+    """kill_service: SIGKILL to a lab service's main process (systemd restarts it, as in production);
+    link_down: the node's lab interface down for `for_s`, so every packet to and from it is dropped;
+    stop_node: the node powered off (`lab up` starts it again); fill_disk: the file system holding
+    the node's lab state filled for `for_s` (VMs only: a container's disk is the host's)."""
+    node: str
+    at_s: float = Field(ge=0, le=86_400)
+    for_s: float | None = Field(default=None, gt=0, le=3600)
+    service: str | None = None
+    """kill_service: llm, or a workload service placed on `node` (agent-a, tool-db, ...)."""
+
+    @model_validator(mode="after")
+    def _fits_its_kind(self) -> Injection:
+        timed = self.kind in ("link_down", "fill_disk")
+        if timed != (self.for_s is not None):
+            raise ValueError(
+                f"{self.kind} {'needs for_s (seconds it lasts)' if timed else 'takes no for_s'}; "
+                f"{'add' if timed else 'remove'} it"
+            )
+        if (self.kind == "kill_service") != (self.service is not None):
+            raise ValueError(
+                "kill_service needs service (llm, agent-a, ...)"
+                if self.kind == "kill_service"
+                else f"{self.kind} takes no service; remove it"
+            )
+        if self.service is not None and self.service not in SERVICE_UNITS:
+            raise ValueError(f"no lab service {self.service!r}; use one of {', '.join(SERVICE_UNITS)}")
+        return self
+
+
 class Timeouts(Model):
     """How long each hop of an agentic task may take, sent with every task (workload.telemetry.H_TIMEOUTS):
     the CPU LLM in a TCG VM needs far more than one on a GPU. Preflight measures the LLM and refuses
@@ -115,6 +154,8 @@ class Scenario(Model):
     """Measure the kernel's time in the probes' BPF programs (manifest `probe_cpu_s.*.bpf`). It costs
     two clock reads per BPF program run: ~1.5 % more host CPU in the baseline, so it is off by default."""
     impairments: list[Impairment] = []
+    inject: list[Injection] = []
+    """Faults injected while the tasks run (the fault matrix in tests/integration/test_faults.py)."""
     offload: Literal["keep", "off"] = "keep"
     """The lab interfaces' segmentation and receive offloads (GSO, TSO, GRO) during the run. `keep`: as
     the provider set them (the capture then holds segments coalesced up to 64 KB, not wire packets);
@@ -136,16 +177,19 @@ class Scenario(Model):
         return self
 
     def check_nodes(self, lab: LabConfig, path: Path | str) -> None:
-        """Impairments must name nodes of this lab; an error starts with `path` (the file, and where in it)."""
+        """Impairments and injections must name nodes of this lab; an error starts with `path` (the
+        file, and where in it)."""
         names = [n.name for n in lab.nodes]
-        for index, item in enumerate(self.impairments):
-            for key in ("node", "to"):
-                value = getattr(item, key)
-                if value is not None and value not in names:
-                    raise ConfigError(
-                        f"{path}: impairments[{index}].{key}: no node '{value}' in {lab.path.name}; "
-                        f"use one of {', '.join(names)}"
-                    )
+        named = [
+            ("impairments", i, k, getattr(item, k)) for i, item in enumerate(self.impairments) for k in ("node", "to")
+        ]
+        named += [("inject", i, "node", item.node) for i, item in enumerate(self.inject)]
+        for key, index, field, value in named:
+            if value is not None and value not in names:
+                raise ConfigError(
+                    f"{path}: {key}[{index}].{field}: no node '{value}' in {lab.path.name}; "
+                    f"use one of {', '.join(names)}"
+                )
 
 
 def scenario_path(name_or_path: str) -> Path:

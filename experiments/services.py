@@ -59,7 +59,8 @@ def url(checks: dict[str, dict], service: str) -> str:
     return f"http://{where['host']}:{where['port']}"
 
 
-def entry(checks: dict[str, dict], workload: str) -> Entry:
-    """Where the driver submits this workload's tasks, as deployed (the other entry keeps its default)."""
+def entry(checks: dict[str, dict], workload: str, token: str) -> Entry:
+    """Where the driver submits this workload's tasks, as deployed (the other entry keeps its default),
+    with the lab's bearer token."""
     service = ENTRY[workload]
-    return Entry(**{"baseline" if service == "baseline-gateway" else "agent_a": url(checks, service)})
+    return Entry(**{"baseline" if service == "baseline-gateway" else "agent_a": url(checks, service)}, token=token)

@@ -70,12 +70,23 @@ def up(
 
 
 @app.command()
-def status(ctx: typer.Context) -> None:
-    """A table of the nodes: provider, accelerator, address, state, services."""
+def status(
+    ctx: typer.Context,
+    token: bool = typer.Option(False, "--token", help="Print only the lab's API token (for your own clients)."),
+) -> None:
+    """A table of the nodes: provider, accelerator, address, state, services; where the API token is."""
     lab = ctx.obj.lab
+    if token:
+        print(inventory.api_token(lab))  # plain, for $(lab status --token)
+        return
     if state.load(lab) is None:
         console.print("the lab is not up (run `lab up`)")
     _node_table(lifecycle.status(lab))
+    if inventory.api_token_file(lab).is_file():
+        console.print(
+            f"API token: {inventory.api_token_file(lab)} (0600). Clients of the LLM, MCP, agent and baseline "
+            "endpoints send [bold]Authorization: Bearer $(lab status --token)[/bold]"
+        )
 
 
 def _node_table(reports: list[lifecycle.NodeReport]) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 import yaml
 
 from lab.config import GROUPS, LabConfig
+from lab.errors import LabError
 from lab.keys import write_known_hosts
 from lab.state import LabState
 
@@ -25,7 +26,20 @@ def db_password_file(lab: LabConfig) -> Path:
     return lab.state_dir / "secrets" / "db_password"
 
 
-def write(lab: LabConfig, state: LabState, db_password: Path) -> None:
+def api_token_file(lab: LabConfig) -> Path:
+    """The lab's bearer token: every LLM, MCP, agent and baseline endpoint wants it."""
+    return lab.state_dir / "secrets" / "api_token"
+
+
+def api_token(lab: LabConfig) -> str:
+    path = api_token_file(lab)
+    try:
+        return path.read_text().strip()
+    except OSError as exc:
+        raise LabError(f"cannot read the lab's API token {path} ({exc.strerror}); `lab up` makes it") from exc
+
+
+def write(lab: LabConfig, state: LabState, db_password: Path, api_token: Path) -> None:
     hosts = {node.name: {"ansible_host": node.address, "lab_groups": list(node.groups)} for node in state.nodes}
     children = {group: {"hosts": {n.name: None for n in state.nodes if group in n.groups}} for group in GROUPS}
     user = state.nodes[0].ssh_user
@@ -45,8 +59,9 @@ def write(lab: LabConfig, state: LabState, db_password: Path) -> None:
                 "lab_llm_cpu_model": lab.llm.cpu_model,
                 # a GPU reaches the LLM node only as a passed-through PCI device of a VM
                 "lab_llm_gpu": lab.llm_node.gpu is not None and state.provider == "libvirt",
-                # the database password stays in its 0600 file; roles read it there
+                # the database password and the API token stay in their 0600 files; roles read them there
                 "lab_db_password_file": str(db_password),
+                "lab_api_token_file": str(api_token),
                 # pinned host keys wherever ansible-playbook runs from (ansible.cfg names none)
                 "ansible_ssh_common_args": f"-o UserKnownHostsFile={known_hosts_file(lab)}",
             },

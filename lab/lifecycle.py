@@ -35,7 +35,12 @@ def up(lab: LabConfig, provider_override: str | None, progress: Progress) -> Lab
         nodes=nodes,
     )
     state.save(lab, current)
-    inventory.write(lab, current, db_password=ensure_secret(inventory.db_password_file(lab)))
+    inventory.write(
+        lab,
+        current,
+        db_password=ensure_secret(inventory.db_password_file(lab)),
+        api_token=ensure_secret(inventory.api_token_file(lab)),
+    )
     return current
 
 

@@ -241,6 +241,27 @@ class Impairment(Record):
     qdisc: str | None = None
 
 
+class Injected(Record):
+    """A fault the scenario injected (experiments.scenario.Injection): when the node was told, and
+    what it did or why it could not."""
+
+    kind: str
+    node: str
+    at_s: float
+    for_s: float | None = None
+    service: str | None = None
+    when_ns: int | None = None
+    done: dict[str, Any] = Field(default_factory=dict)
+    error: str | None = None
+
+    def text(self) -> str:
+        what = (
+            f"{self.kind}{f' {self.service}' if self.service else ''}{f' for {self.for_s:g} s' if self.for_s else ''}"
+        )
+        outcome = f"failed: {self.error}" if self.error else ", ".join(f"{k} {v}" for k, v in self.done.items())
+        return f"injected {what} at {self.at_s:g} s ({outcome or 'done'})"
+
+
 class Conditions(Record):
     """What can distort a host's timing and capture (experiments.node_script.conditions)."""
 
@@ -311,6 +332,8 @@ class Manifest(Record):
     probes: dict[str, dict[str, ProbeSummary]] = Field(default_factory=dict)
     probe_cpu_s: dict[str, ProbeCpu] = Field(default_factory=dict)
     impairments_applied: list[Impairment] = Field(default_factory=list)
+    injected: list[Injected] = Field(default_factory=list)
+    """The faults the scenario injected while the tasks ran, in the order they were."""
     conditions: dict[str, dict[str, Conditions]] = Field(default_factory=dict)
     """node or `controller` -> start|end -> conditions."""
     offload: dict[str, Offload] = Field(default_factory=dict)

@@ -68,7 +68,7 @@ class LLM:
         self.chats = {
             streaming: ChatOpenAI(
                 base_url=config.llm_url,
-                api_key="not-needed",  # type: ignore[arg-type]
+                api_key=config.api_token or "not-needed",  # type: ignore[arg-type]
                 model=config.llm_model,
                 temperature=0,
                 max_tokens=max_tokens,
@@ -158,10 +158,10 @@ def _adopt_task(task_id: str) -> None:
 def build_agent_a(config: ServiceConfig, telemetry: Telemetry) -> Starlette:
     t = config.timeouts
     llm = LLM(config, telemetry)
-    tool_db = ToolBox("tool-db", config.peers["tool-db"], telemetry, t.tool_s)
-    tool_synth = ToolBox("tool-synth", config.peers["tool-synth"], telemetry, t.tool_s)
-    agent_b_mcp = ToolBox("agent-b", config.peers["agent-b"], telemetry, t.agent_s, kind="agent")
-    agent_b_a2a = A2AHandOff("agent-b", config.rest_url("agent-b"), telemetry, t.agent_s)
+    tool_db = ToolBox("tool-db", config.peers["tool-db"], telemetry, t.tool_s, config.api_token)
+    tool_synth = ToolBox("tool-synth", config.peers["tool-synth"], telemetry, t.tool_s, config.api_token)
+    agent_b_mcp = ToolBox("agent-b", config.peers["agent-b"], telemetry, t.agent_s, config.api_token, kind="agent")
+    agent_b_a2a = A2AHandOff("agent-b", config.rest_url("agent-b"), telemetry, t.agent_s, config.api_token)
     toolsets = {
         "simple": Toolset(tool_db, tool_synth),
         "multihop": Toolset(tool_db, HandOffTo(agent_b_a2a, agent_b_mcp)),
@@ -199,7 +199,9 @@ def build_agent_b(config: ServiceConfig, telemetry: Telemetry) -> Starlette:
     """Agent B, reached by a hand-off over A2A (its card and JSON-RPC endpoint) and over MCP (the tool
     `ask_logistics_agent`) at once: both run `subtask`."""
     llm = LLM(config, telemetry)
-    toolset = Toolset(ToolBox("tool-synth", config.peers["tool-synth"], telemetry, config.timeouts.tool_s))
+    toolset = Toolset(
+        ToolBox("tool-synth", config.peers["tool-synth"], telemetry, config.timeouts.tool_s, config.api_token)
+    )
     mcp = McpServer("agent-b", "Agent B: a logistics agent that checks parcels and carriers for Agent A.")
 
     async def subtask(request: str) -> Outcome:

@@ -32,7 +32,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from workload.config import REQUIRED_PEERS, TOOL_ENDPOINTS, ServiceConfig, endpoints_of
+from workload.config import REQUIRED_PEERS, TOOL_ENDPOINTS, ServiceConfig, bearer, endpoints_of
 from workload.db import Database
 from workload.tasks import KINDS, ORDER_ID_PATTERN, Customer, Order, Shipment, TaskKind, expected_facts, render_answer
 from workload.telemetry import Telemetry, describe_error, lab_http_client
@@ -108,7 +108,7 @@ class Reads:
 
 
 def build_gateway(config: ServiceConfig, telemetry: Telemetry) -> Starlette:
-    client = lab_http_client(config.timeouts.service_s)
+    client = lab_http_client(config.timeouts.service_s, headers=bearer(config.api_token))
     bases = {peer: config.rest_url(peer) for peer in REQUIRED_PEERS["baseline-gateway"]}
 
     async def call(reads: Reads, tool: str, arguments: dict[str, str]) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 
 from workload import driver
+from workload.config import bearer
 from workload.db import seed_database
 from workload.llm import BACKENDS, DEFAULT_MODEL, DEFAULT_THREADS, speed
 from workload.local import LocalPostgres, LocalStack, read_events
@@ -67,21 +68,27 @@ def scenario_figures(
     )
 
 
-def llm_figures(base_url: str, runs: int = 3, max_tokens: int = 128) -> tuple[float, float]:
+def llm_figures(base_url: str, token: str, runs: int = 3, max_tokens: int = 128) -> tuple[float, float]:
     """(mean time to first token in s, mean decode tokens/s) of streamed chat completions."""
     speeds = [
         speed.measure(
-            base_url, "lab-model", max_tokens, 120, "You are a helpful assistant.", f"{LLM_PROMPT} (variant {i})"
+            base_url,
+            "lab-model",
+            max_tokens,
+            120,
+            "You are a helpful assistant.",
+            f"{LLM_PROMPT} (variant {i})",
+            token,
         )
         for i in range(runs)
     ]
     return sum(s.ttft_s for s in speeds) / runs, sum(s.tokens_per_s for s in speeds) / runs
 
 
-def llm_label(base_url: str, threads: int) -> str:
+def llm_label(base_url: str, threads: int, token: str) -> str:
     """The backend of the LLM server at `base_url` as the server itself names it (the owner of its
     model in /v1/models), with the threads it was started with where they apply (llama.cpp)."""
-    response = httpx.get(f"{base_url}/v1/models", timeout=30)
+    response = httpx.get(f"{base_url}/v1/models", timeout=30, headers=bearer(token))
     response.raise_for_status()
     owner = response.json()["data"][0]["owned_by"]
     if owner == "llamacpp":
@@ -109,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         stack.start_llm(args.model, args.backend, args.threads)
         stack.start()
-        label = llm_label(stack.url("llm"), args.threads)
-        ttft, rate = llm_figures(stack.url("llm"))
+        label = llm_label(stack.url("llm"), args.threads, stack.token)
+        ttft, rate = llm_figures(stack.url("llm"), stack.token)
         tasks = make_tasks(args.seed, args.tasks)
         figures = []
         for scenario in driver.SCENARIOS:

@@ -42,6 +42,11 @@ REQUIRED_PEERS: dict[str, tuple[str, ...]] = {
 }
 
 
+def bearer(token: str | None) -> dict[str, str]:
+    """The Authorization header that carries `token` (RFC 6750), or none."""
+    return {"authorization": f"Bearer {token}"} if token else {}
+
+
 def endpoints_of(service: str) -> dict[str, str]:
     """{tool: path} of the REST endpoints `service` answers (TOOL_ENDPOINTS)."""
     return {tool: path for tool, (owner, path) in TOOL_ENDPOINTS.items() if owner == service}
@@ -94,6 +99,10 @@ class ServiceConfig(BaseModel):
     llm_model: str = "lab-model"
     synth: SynthConfig = Field(default_factory=SynthConfig)
     timeouts: Timeouts = Field(default_factory=Timeouts)
+    # The lab's bearer token (made per lab by `lab up`): every request to this service but its
+    # health endpoint and Agent Card must carry it, and the service sends it on each of its own
+    # requests (peers and the LLM). None: the service takes any caller and sends none.
+    api_token: str | None = Field(None, min_length=16, pattern=r"^[A-Za-z0-9._~+/-]+=*$")
 
     def listen_port(self, service: str) -> int:
         return self.port or DEFAULT_PORTS[service]

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import httpx
 
+from workload.config import bearer
 from workload.knobs import Knobs
 from workload.loop import LOOP_FIELDS
 from workload.tasks import Task
@@ -22,10 +23,12 @@ SCENARIOS: tuple[str, ...] = ("baseline", "simple", "multihop")
 
 @dataclass(frozen=True)
 class Entry:
-    """Where tasks enter: the baseline gateway and Agent A (base URLs)."""
+    """Where tasks enter: the baseline gateway and Agent A (base URLs), and the lab's bearer token
+    they want (None: they take any caller)."""
 
     baseline: str = "http://127.0.0.1:8301"
     agent_a: str = "http://127.0.0.1:8101"
+    token: str | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -105,7 +108,7 @@ async def run_tasks(
             return await _submit(client, telemetry, scenario, task, entry, timeout_s)
 
     try:
-        async with lab_http_client(timeout_s) as client:
+        async with lab_http_client(timeout_s, headers=bearer(entry.token)) as client:
             return list(await asyncio.gather(*(one(client, t) for t in tasks)))
     finally:
         telemetry.writer.close()

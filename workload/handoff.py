@@ -33,9 +33,13 @@ from a2a.types import (
     AgentCard,
     AgentInterface,
     AgentSkill,
+    HTTPAuthSecurityScheme,
     Role,
+    SecurityRequirement,
+    SecurityScheme,
     SendMessageRequest,
     StreamResponse,
+    StringList,
     TaskState,
     TaskStatus,
 )
@@ -51,7 +55,7 @@ from google.protobuf.struct_pb2 import Struct
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.routing import Route
 
-from workload.config import ServiceConfig
+from workload.config import ServiceConfig, bearer
 from workload.loop import MalformedDecision, Outcome, Tool, ToolFailed, Usage
 from workload.mcp_client import LIBRARY_TIMEOUT_S, USAGE_META, HopError, hop_failures
 from workload.telemetry import LabTransport, Telemetry, adopt_caller, describe_error, timeout_for
@@ -95,7 +99,7 @@ def usage_report(outcome: Outcome) -> dict[str, int]:
 
 def agent_card(config: ServiceConfig) -> AgentCard:
     """Agent B's card: its JSON-RPC endpoint at the node's own address (A2A 1.0 and 0.3), its skills
-    (tool-synth's tools), streaming."""
+    (tool-synth's tools), streaming, and the bearer token it wants when the lab has one."""
     url = config.own_url("agent-b") + A2A_PATH
     return AgentCard(
         name="Agent B",
@@ -124,7 +128,17 @@ def agent_card(config: ServiceConfig) -> AgentCard:
                 examples=["Is DHL running late today?"],
             ),
         ],
+        **(_bearer_security() if config.api_token else {}),
     )
+
+
+def _bearer_security() -> dict[str, Any]:
+    """The card's security fields for an HTTP bearer token (A2A: securitySchemes, securityRequirements)."""
+    scheme = SecurityScheme(http_auth_security_scheme=HTTPAuthSecurityScheme(scheme="Bearer"))
+    return {
+        "security_schemes": {"bearer": scheme},
+        "security_requirements": [SecurityRequirement(schemes={"bearer": StringList()})],
+    }
 
 
 class SubtaskExecutor(AgentExecutor):
@@ -187,13 +201,22 @@ class A2AHandOff:
     """Agent A's hand-off to an agent over A2A, as a loop tool, through the official a2a-sdk client on
     an httpx client whose requests LabTransport tags and measures. The card is read once."""
 
-    def __init__(self, peer: str, base_url: str, telemetry: Telemetry, timeout_s: float, streaming: bool = True):
+    def __init__(
+        self,
+        peer: str,
+        base_url: str,
+        telemetry: Telemetry,
+        timeout_s: float,
+        token: str | None = None,
+        streaming: bool = True,
+    ):
         """`streaming`: stream the answer (SendStreamingMessage) when the card advertises streaming, else
         SendMessage. Streaming is what the SDK's client does as it comes, so every client built on its
         ClientFactory without opting out: a2a-sdk 1.3.0's ClientConfig.streaming defaults to true, and
-        BaseClient.send_message streams whenever the card says capabilities.streaming."""
+        BaseClient.send_message streams whenever the card says capabilities.streaming. `token`: the
+        lab's bearer token, which the card asks for, sent with every request."""
         self.peer, self.base_url, self.telemetry, self.timeout_s = peer, base_url, telemetry, timeout_s
-        self.http = httpx.AsyncClient(transport=LabTransport(), timeout=LIBRARY_TIMEOUT_S)
+        self.http = httpx.AsyncClient(transport=LabTransport(), timeout=LIBRARY_TIMEOUT_S, headers=bearer(token))
         self.streaming = streaming
         self.factory = ClientFactory(ClientConfig(httpx_client=self.http, streaming=streaming))
         self._client: tuple[Client, str] | None = None

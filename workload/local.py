@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import secrets
 import shutil
 import socket
 import subprocess
@@ -19,9 +20,9 @@ from typing import Any
 
 import httpx
 
-from workload.config import SERVICES
+from workload.config import SERVICES, bearer
 from workload.driver import Entry
-from workload.llm import DEFAULT_THREADS
+from workload.llm import DEFAULT_THREADS, TOKEN_ENV
 
 PG_BIN = Path(os.environ.get("LAB_PG_BIN", "/usr/lib/postgresql/15/bin"))
 START_ORDER = ("tool-db", "tool-synth", "baseline-shipping", "baseline-order", "baseline-gateway", "agent-b", "agent-a")
@@ -102,12 +103,14 @@ class LocalPostgres:
 
 @dataclass
 class LocalStack:
-    """The services (and optionally the LLM server) as subprocesses on loopback ports."""
+    """The services (and optionally the LLM server) as subprocesses on loopback ports, each wanting
+    the stack's bearer token as the lab's do."""
 
     directory: Path
     db_dsn: str
     llm_url: str | None = None
     synth: dict[str, Any] = field(default_factory=dict)
+    token: str = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
     ports: dict[str, int] = field(default_factory=dict)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
 
@@ -124,7 +127,12 @@ class LocalStack:
 
     @property
     def entry(self) -> Entry:
-        return Entry(baseline=self.url("baseline-gateway"), agent_a=self.url("agent-a"))
+        return Entry(baseline=self.url("baseline-gateway"), agent_a=self.url("agent-a"), token=self.token)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The Authorization header every request to the stack but /healthz and the Agent Card needs."""
+        return bearer(self.token)
 
     def config(self, service: str, **overrides: Any) -> dict[str, Any]:
         peers = {
@@ -143,6 +151,7 @@ class LocalStack:
             "db_dsn": self.db_dsn,
             "llm_url": self.llm_url or f"{self.url('llm')}/v1",
             "synth": self.synth,
+            "api_token": self.token,
         }
         config.update(overrides)
         return config
@@ -150,7 +159,11 @@ class LocalStack:
     def spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
         # the subprocess imports this same copy of `workload`, installed or not
         root = str(Path(__file__).resolve().parents[1])
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
+            TOKEN_ENV: self.token,
+        }
         with open(self.directory / f"{name}.log", "ab") as log:
             proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
         self.procs[name] = proc

@@ -32,6 +32,7 @@ from langchain_mcp_adapters.tools import load_mcp_tools
 from mcp import ClientSession
 from mcp.types import CallToolResult
 
+from workload.config import bearer
 from workload.knobs import MCP_PATH_SUFFIX
 from workload.loop import Tool, ToolFailed, Usage
 from workload.telemetry import META_CALL_ID, Kind, LabTransport, Telemetry, current_knobs, describe_error, timeout_for
@@ -135,8 +136,12 @@ class ToolBox:
     """The tools of one MCP server, as LangChain tools (their descriptions and argument schemas
     for the model); every call is a logged hop in the session the mcp_session knob asks for."""
 
-    def __init__(self, peer: str, url: str, telemetry: Telemetry, timeout_s: float, kind: Kind = "tool") -> None:
+    def __init__(
+        self, peer: str, url: str, telemetry: Telemetry, timeout_s: float, token: str | None = None, kind: Kind = "tool"
+    ) -> None:
+        """`token`: the lab's bearer token, sent with every request to the server (MCP authorization)."""
         self.peer, self.url, self.kind, self.telemetry, self.timeout_s = peer, url, kind, telemetry, timeout_s
+        self.headers = bearer(token)
         self.tools_by_name: dict[str, BaseTool] = {}
         self._lock = asyncio.Lock()
         self._persistent: dict[str, KeptSession] = {}
@@ -148,6 +153,7 @@ class ToolBox:
             "url": self.url + MCP_PATH_SUFFIX[current_knobs().mcp_server],
             "timeout": LIBRARY_TIMEOUT_S,
             "sse_read_timeout": LIBRARY_TIMEOUT_S,
+            "headers": self.headers,
             "httpx_client_factory": _mcp_http_client,
         }
 

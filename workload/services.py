@@ -30,4 +30,4 @@ def run_service(service: str, config_path: Path) -> None:
     config = load_config(config_path, service)
     telemetry = Telemetry(config.node, service, service if service in AGENTS else None, config.telemetry_dir)
     app = BUILDERS[service](config, telemetry)
-    serve(app, telemetry, config.host, config.listen_port(service))
+    serve(app, telemetry, config.host, config.listen_port(service), config.api_token)

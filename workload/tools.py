@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from workload.config import ServiceConfig, endpoints_of
+from workload.config import ServiceConfig, bearer, endpoints_of
 from workload.db import Database
 from workload.knobs import MCP_PATH_SUFFIX
 from workload.tasks import CUSTOMER_ID_PATTERN, ORDER_ID_PATTERN, hub_of
@@ -164,7 +164,7 @@ def build_tool_synth(config: ServiceConfig, telemetry: Telemetry) -> Starlette:
     synth = config.synth
     # by default the fan-out goes to this server's own /backend, at the address it listens on
     downstream = synth.downstream_url or f"{config.own_url('tool-synth')}/backend"
-    client = lab_http_client(config.timeouts.service_s)
+    client = lab_http_client(config.timeouts.service_s, headers=bearer(config.api_token))
     mcp = McpServer("tool-synth", "A synthetic carrier microservice with configurable size, latency and fan-out.")
 
     async def fan_out(ref: str) -> list[dict[str, Any]]:

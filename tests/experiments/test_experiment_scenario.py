@@ -118,6 +118,25 @@ def test_impairment_to_itself(tmp_path):
     )
 
 
+@pytest.mark.parametrize(
+    ("fault", "said"),
+    [
+        ({"kind": "link_down", "node": "agent-b", "at_s": 3}, "inject[0]: link_down needs for_s (seconds it lasts)"),
+        ({"kind": "stop_node", "node": "llm", "at_s": 3, "for_s": 2}, "inject[0]: stop_node takes no for_s"),
+        ({"kind": "kill_service", "node": "llm", "at_s": 3}, "inject[0]: kill_service needs service"),
+        (
+            {"kind": "kill_service", "node": "llm", "at_s": 3, "service": "lm"},
+            "inject[0]: no lab service 'lm'; use one of llm, agent-a",
+        ),
+        ({"kind": "reboot", "node": "llm", "at_s": 3}, "inject[0].kind: Input should be 'kill_service'"),
+        ({"kind": "stop_node", "node": "llm", "at_s": -1}, "inject[0].at_s: Input should be greater than or equal"),
+        ({"kind": "stop_node", "node": "agent-c", "at_s": 1}, "inject[0].node: no node 'agent-c' in lab.yaml"),
+    ],
+)
+def test_a_bad_injection_names_its_entry_and_the_fix(tmp_path, fault, said):
+    assert said in problem(tmp_path, inject=[fault])
+
+
 def test_impairment_unknown_node_names_the_lab_nodes(tmp_path):
     message = problem(tmp_path, impairments=[{"node": "agent-a", "to": "agent-c", "delay_ms": 5}])
     assert "impairments[0].to: no node 'agent-c' in lab.yaml; use one of agent-a, agent-b, llm" in message

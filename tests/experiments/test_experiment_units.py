@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pwd
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +27,8 @@ from experiments.manifest import (
 from experiments.scenario import Scenario
 from lab.runlayout import LAYOUT_VERSION, Manifest, write_manifest
 from tests.conftest import require_root
+from workload.driver import Entry
+from workload.llm import TOKEN_ENV
 
 
 def test_offset_comes_from_the_sample_with_the_shortest_round_trip():
@@ -215,14 +218,32 @@ def test_placed_services_come_from_the_config_files(tmp_path):
     assert placed == {"agent-a": {"host": "10.0.0.11", "port": 8101}, "tool-db": {"host": "10.0.0.12", "port": 8201}}
 
 
+def test_a_runs_files_go_to_the_ssh_user_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The controller pulls as the SSH user who ran the step through sudo; nobody else reads a run."""
+    require_root("handing a run to the SSH user", ["chown", "chmod"])
+    (tmp_path / "probes").mkdir()
+    (tmp_path / "probes" / "rtt.jsonl").write_text("{}\n")
+    monkeypatch.setenv("SUDO_USER", "nobody")
+    node_script.hand_to_caller(tmp_path)
+    for path in (tmp_path, tmp_path / "probes", tmp_path / "probes" / "rtt.jsonl"):
+        info = path.stat()
+        assert info.st_uid == pwd.getpwnam("nobody").pw_uid and info.st_mode & 0o077 == 0, path
+
+
+def test_the_node_reads_the_llm_token_deploy_wrote(tmp_path: Path) -> None:
+    assert node_script.llm_token(str(tmp_path)) is None
+    (tmp_path / node_script.LLM_ENV).write_text(f"HF_TOKEN=x\n{TOKEN_ENV}=abc=def\n")
+    assert node_script.llm_token(str(tmp_path)) == "abc=def"
+
+
 def test_entry_and_missing_services_follow_the_preflight_answers():
     healthy = {"ok": True}
     checks = {
         "n1": {"services": {"agent-a": {"host": "10.0.0.11", "port": 8101, "health": healthy}}},
         "n2": {"services": {"baseline-gateway": {"host": "10.0.0.12", "port": 8301, "health": healthy}}},
     }
-    assert services.entry(checks, "simple").agent_a == "http://10.0.0.11:8101"
-    assert services.entry(checks, "baseline").baseline == "http://10.0.0.12:8301"
+    assert services.entry(checks, "simple", "t" * 32).agent_a == "http://10.0.0.11:8101"
+    assert services.entry(checks, "baseline", "t" * 32) == Entry(baseline="http://10.0.0.12:8301", token="t" * 32)
     assert services.missing(checks, "multihop") == ["tool-db", "tool-synth", "agent-b", "llm"]
     assert services.missing(checks, "baseline") == ["baseline-order", "baseline-shipping", "tool-synth"]
 

@@ -43,9 +43,10 @@ def explain(result: subprocess.CompletedProcess[str]) -> str:
     return f"exit {result.returncode}\n{result.stdout[-6000:]}\n{result.stderr[-2000:]}"
 
 
-def http_codes(config: Path, node: str, urls: list[str]) -> list[str]:
-    """The HTTP status of each URL as seen from `node` (one SSH round trip)."""
-    loop = "; ".join(f"curl -s -o /dev/null -m 10 -w '%{{http_code}}\\n' {url}" for url in urls)
+def http_codes(config: Path, node: str, urls: list[str], token: str | None = None) -> list[str]:
+    """The HTTP status of each URL as seen from `node` (one SSH round trip), sent with `token` if given."""
+    auth = f"-H 'Authorization: Bearer {token}' " if token else ""
+    loop = "; ".join(f"curl -s -o /dev/null -m 10 -w '%{{http_code}}\\n' {auth}{url}" for url in urls)
     return lab_cli(config, "ssh", node, "--", loop).stdout.split()
 
 
@@ -53,6 +54,10 @@ def http_codes(config: Path, node: str, urls: list[str]) -> list[str]:
 def lab(deployed_lab):
     """The session's deployed lab (tests/integration/conftest.py) and its first deploy."""
     return deployed_lab.config, deployed_lab.first_deploy
+
+
+def api_token(config: Path) -> str:
+    return (config.parent / ".lab" / "secrets" / "api_token").read_text()
 
 
 def address(node: str) -> str:
@@ -79,7 +84,7 @@ def test_every_service_answers_its_health_endpoint_from_another_node(lab):
     on_agent_b = [urls[s] for s, node in RUNS_ON.items() if node == "agent-b"]
     assert http_codes(config, "agent-a", on_agent_b) == ["200"] * len(on_agent_b)
     assert http_codes(config, "llm", [urls["agent-a"]]) == ["200"]
-    assert http_codes(config, "agent-b", [f"http://{address('llm')}:8000/v1/models"]) == ["200"]
+    assert http_codes(config, "agent-b", [f"http://{address('llm')}:8000/v1/models"], api_token(config)) == ["200"]
 
 
 @pytest.mark.integration
@@ -124,13 +129,47 @@ def test_the_database_wants_the_labs_password_which_only_root_reads(lab):
     assert configs == ["640", "root", "lab"]  # the services' DSN holds the password
 
 
+GUARDED = {  # one request each endpoint kind takes, from another node
+    "llm": ("llm", 8000, "/v1/chat/completions"),
+    "tool-db": ("agent-b", 8201, "/mcp"),
+    "agent-a": ("agent-a", 8101, "/task"),
+    "baseline-gateway": ("agent-b", 8301, "/task"),
+}
+CHAT = '{"model": "lab-model", "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}'
+
+
+def posted_codes(config: Path, node: str, token: str | None) -> dict[str, str]:
+    """The HTTP status of a POST to each GUARDED endpoint from `node`, with `token` or none."""
+    auth = f"-H 'Authorization: Bearer {token}' " if token else ""
+    loop = "; ".join(
+        f"curl -s -o /dev/null -m 60 -w '%{{http_code}}\\n' -X POST -H 'content-type: application/json' "
+        f"-H 'accept: application/json, text/event-stream' {auth}-d '{CHAT}' http://{address(where)}:{port}{path}"
+        for where, port, path in GUARDED.values()
+    )
+    return dict(zip(GUARDED, lab_cli(config, "ssh", node, "--", loop).stdout.split(), strict=True))
+
+
+@pytest.mark.integration
+def test_every_endpoint_wants_the_labs_token_which_only_root_reads(lab):
+    config, _ = lab
+    secret = config.parent / ".lab" / "secrets" / "api_token"
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600 and len(secret.read_text()) == 32
+    assert posted_codes(config, "agent-b", None) == dict.fromkeys(GUARDED, "401")
+    assert posted_codes(config, "agent-b", "x" * 32) == dict.fromkeys(GUARDED, "401")
+    with_token = posted_codes(config, "agent-b", secret.read_text())
+    assert with_token["llm"] == "200" and "401" not in with_token.values(), with_token  # the bodies' own faults: 4xx
+    env = lab_cli(config, "ssh", "llm", "--", "sudo stat -c '%a %U %G' /etc/lab/llm.env").stdout.split()
+    assert env == ["600", "root", "root"]
+
+
 @pytest.mark.integration
 def test_a_missing_model_stops_the_deploy_naming_the_node(lab):
     config, _ = lab
     result = playbook(config, "--tags", "llm_server", "-e", "lab_llm_cpu_model=/nonexistent/model.gguf")
     assert result.returncode != 0
     assert "llm: llm.cpu_model /nonexistent/model.gguf: no such file" in result.stdout, explain(result)
-    assert http_codes(config, "agent-a", [f"http://{address('llm')}:8000/v1/models"]) == ["200"]  # left running
+    models = f"http://{address('llm')}:8000/v1/models"
+    assert http_codes(config, "agent-a", [models], api_token(config)) == ["200"]  # left running
 
 
 @pytest.mark.integration

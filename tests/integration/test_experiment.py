@@ -226,9 +226,9 @@ def test_correctness_is_recorded_against_the_deployed_database(multihop):
         assert r["correct"] == (r["ok"] and fact.lower() in (r["answer"] or "").lower()), (fact, r)
 
 
-async def _a2a_task(base_url: str, text: str) -> list:
+async def _a2a_task(base_url: str, text: str, token: str) -> list:
     """One task for Agent B from this host, with the official a2a-sdk client as the card says to send it."""
-    async with httpx.AsyncClient(timeout=600) as http:
+    async with httpx.AsyncClient(timeout=600, headers={"authorization": f"Bearer {token}"}) as http:
         card = await A2ACardResolver(http, base_url).get_agent_card()
         client = await ClientFactory(ClientConfig(httpx_client=http)).create_from_url(base_url)
         message = SendMessageRequest(message=new_text_message(text, role=Role.ROLE_USER))
@@ -240,7 +240,8 @@ def test_agent_b_serves_its_card_and_completes_an_a2a_task_on_the_lab(multihop):
     it from the controller ends completed with an answer."""
     config, _, _, _ = multihop
     agent_b = next(n["address"] for n in yaml.safe_load(config.read_text())["nodes"] if n["name"] == "agent-b")
-    card, *events = asyncio.run(_a2a_task(f"http://{agent_b}:8102", "Where is parcel TRK1234567890 now?"))
+    token = (config.parent / ".lab" / "secrets" / "api_token").read_text()
+    card, *events = asyncio.run(_a2a_task(f"http://{agent_b}:8102", "Where is parcel TRK1234567890 now?", token))
     assert card.capabilities.streaming and agent_b in card.supported_interfaces[0].url, card
     states = [e.status_update.status.state for e in events if e.HasField("status_update")]
     assert states[-1] == TaskState.TASK_STATE_COMPLETED, states

@@ -64,12 +64,17 @@ def test_agent_b_serves_its_agent_card_and_the_same_hand_off_over_mcp(stack: Loc
         (rpc_url, "JSONRPC", "0.3"),
     }
     assert (card["url"], card["protocolVersion"]) == (rpc_url, "0.3")  # what an A2A 0.3 client reads
+    bearer = card["securitySchemes"]["bearer"]  # A2A 1.0's form, and 0.3's beside it
+    assert bearer["httpAuthSecurityScheme"] == {"scheme": "Bearer"}
+    assert (bearer["type"], bearer["scheme"]) == ("http", "Bearer")
+    assert card["securityRequirements"] == [{"schemes": {"bearer": {}}}]
     parsed = asyncio.run(_resolve(stack.url("agent-b")))
     assert parsed.capabilities.streaming and parsed.name == "Agent B"
 
     # the model sees the same tool whichever protocol carries it
-    mcp_tool = asyncio.run(_mcp_tool(stack.url("agent-b") + "/mcp"))
-    a2a_tool = A2AHandOff("agent-b", stack.url("agent-b"), Telemetry("test", "agent-a", None, tmp_path), 10).tool()
+    mcp_tool = asyncio.run(_mcp_tool(stack.url("agent-b") + "/mcp", stack.headers))
+    telemetry = Telemetry("test", "agent-a", None, tmp_path)
+    a2a_tool = A2AHandOff("agent-b", stack.url("agent-b"), telemetry, 10, stack.token).tool()
     assert (mcp_tool.name, mcp_tool.description, mcp_tool.inputSchema) == (
         a2a_tool.name,
         a2a_tool.description,
@@ -82,9 +87,9 @@ async def _resolve(base_url: str) -> AgentCard:
         return await A2ACardResolver(http, base_url).get_agent_card()
 
 
-async def _mcp_tool(url: str) -> McpTool:
+async def _mcp_tool(url: str, headers: dict[str, str]) -> McpTool:
     async with (
-        httpx.AsyncClient(timeout=30) as http,
+        httpx.AsyncClient(timeout=30, headers=headers) as http,
         streamable_http_client(url, http_client=http) as (read, write, _),
         ClientSession(read, write) as session,
     ):
@@ -93,9 +98,9 @@ async def _mcp_tool(url: str) -> McpTool:
         return tool
 
 
-async def _send(base_url: str, text: str, streaming: bool) -> list[StreamResponse]:
+async def _send(base_url: str, text: str, streaming: bool, auth: dict[str, str]) -> list[StreamResponse]:
     """One message to the agent with the official client, as the card says to send it."""
-    async with httpx.AsyncClient(timeout=300, headers={H_KNOBS: SHORT.header()}) as http:
+    async with httpx.AsyncClient(timeout=300, headers={H_KNOBS: SHORT.header(), **auth}) as http:
         client = await ClientFactory(ClientConfig(httpx_client=http, streaming=streaming)).create_from_url(base_url)
         message = SendMessageRequest(message=new_text_message(text, role=Role.ROLE_USER))
         return [event async for event in client.send_message(message)]
@@ -108,7 +113,7 @@ def _usage(metadata: object) -> dict:
 def test_the_official_client_completes_a_task_by_stream_and_by_send(stack: LocalStack, seed: int) -> None:
     """message/stream (A2A 1.0: SendStreamingMessage): the task, `working`, the answer as an artifact,
     then `completed` with Agent B's usage; message/send (SendMessage): the finished task in one answer."""
-    events = asyncio.run(_send(stack.url("agent-b"), _request(seed), streaming=True))
+    events = asyncio.run(_send(stack.url("agent-b"), _request(seed), True, stack.headers))
     assert events[0].HasField("task") and events[0].task.status.state == TaskState.TASK_STATE_SUBMITTED
     states = [e.status_update.status.state for e in events if e.HasField("status_update")]
     assert states[0] == TaskState.TASK_STATE_WORKING and states[-1] == TaskState.TASK_STATE_COMPLETED, states
@@ -118,7 +123,7 @@ def test_the_official_client_completes_a_task_by_stream_and_by_send(stack: Local
     usage = _usage(events[-1].status_update.metadata)
     assert 1 <= usage["llm_calls"] <= 3 and usage["prompt_tokens"] > 0 and usage["steps"] >= 1
 
-    [event] = asyncio.run(_send(stack.url("agent-b"), _request(seed), streaming=False))
+    [event] = asyncio.run(_send(stack.url("agent-b"), _request(seed), False, stack.headers))
     assert event.HasField("task") and event.task.status.state == TaskState.TASK_STATE_COMPLETED
     assert [a.name for a in event.task.artifacts] == ["answer"] and get_artifact_text(event.task.artifacts[0])
     assert _usage(event.task.metadata)["llm_calls"] >= 1
@@ -128,7 +133,7 @@ def test_agent_as_hand_off_tool_reaches_agent_b_over_a2a(stack: LocalStack, seed
     """Agent A's A2A hand-off tool, called directly: the card once, then one logged `agent` call whose
     server side has the same call id and whose children are Agent B's own LLM calls."""
     telemetry = Telemetry("loopback", "agent-a", "agent-a", tmp_path)
-    hand_off = A2AHandOff("agent-b", stack.url("agent-b"), telemetry, 300)
+    hand_off = A2AHandOff("agent-b", stack.url("agent-b"), telemetry, 300, stack.token)
 
     async def hand_over() -> tuple[Tool, str, str, Usage]:
         set_run({"agent": 300}, SHORT)
@@ -233,7 +238,7 @@ def test_agent_bs_a2a_side_reports_failures_and_timeouts_and_answers_a2a_0_3(tmp
     async def scenario() -> None:
         async with _serving(tmp_path) as port:
             for streaming in (True, False):
-                tool = A2AHandOff("agent-b", f"http://127.0.0.1:{port}", telemetry, 60, streaming).tool()
+                tool = A2AHandOff("agent-b", f"http://127.0.0.1:{port}", telemetry, 60, streaming=streaming).tool()
                 set_run({"agent": 1}, Knobs(max_steps=3))
                 async with telemetry.call("task", "agent-a", "test", task_id=f"t-{streaming}") as root:
                     outcomes[f"ok-{streaming}"] = (root.call_id, await tool.run({"request": "track TRK1"}))

@@ -104,20 +104,21 @@ def test_compare_totals_reads_both_orders_at_once(answered: Answered) -> None:
 
 def test_tool_synth_rest_endpoints_do_the_tools_work(chain: LocalStack) -> None:
     for path, ref in (("/parcels/TRK1", "parcel:TRK1"), ("/carriers/GLS", "carrier:GLS")):
-        response = httpx.get(chain.url("tool-synth") + path, timeout=10)
+        response = httpx.get(chain.url("tool-synth") + path, timeout=10, headers=chain.headers)
         assert response.status_code == 200
         assert response.json()["hub"] == hub_of(ref)
         assert len(response.json()["backends"]) == SYNTH["fanout"]
         assert abs(len(response.content) - SYNTH["response_bytes"]) < 64
-    assert httpx.get(chain.url("tool-synth") + "/parcels/" + "x" * 65, timeout=10).status_code == 400
+    too_long = chain.url("tool-synth") + "/parcels/" + "x" * 65
+    assert httpx.get(too_long, timeout=10, headers=chain.headers).status_code == 400
 
 
 def test_a_failed_peer_is_named_and_a_bad_task_refused(chain: LocalStack) -> None:
     task = {"task_id": "missing", "kind": "customer_city", "text": "?", "order_id": "ORD-99999"}
-    response = httpx.post(chain.url("baseline-gateway") + "/task", json=task, timeout=10)
+    response = httpx.post(chain.url("baseline-gateway") + "/task", json=task, timeout=10, headers=chain.headers)
     assert response.status_code == 502
     assert response.json()["error"].startswith("baseline-order: HTTPStatusError")
     assert response.json()["task_id"] == "missing"
     compare = {**task, "kind": "compare_totals", "order_id": "ORD-00001"}
-    response = httpx.post(chain.url("baseline-gateway") + "/task", json=compare, timeout=10)
+    response = httpx.post(chain.url("baseline-gateway") + "/task", json=compare, timeout=10, headers=chain.headers)
     assert response.status_code == 400 and "other_order_id" in response.json()["error"]

@@ -17,7 +17,7 @@ def test_the_llm_line_names_the_backend_and_threads_that_ran() -> None:
         stack = LocalStack(Path(tmp), db_dsn="postgresql://unused")
         try:
             stack.start_llm(FAST_MODEL, backend="cpu", threads=1)
-            label = bench.llm_label(stack.url("llm"), threads=1)
+            label = bench.llm_label(stack.url("llm"), 1, stack.token)
         finally:
             stack.stop()
         log = (Path(tmp) / "llm.log").read_text()

@@ -43,22 +43,25 @@ async def _mcp(
 @pytest.mark.parametrize("endpoint", ["/mcp", "/mcp-sse"])
 def test_official_mcp_client_lists_and_calls_every_tool_server(stack: LocalStack, seed: int, endpoint: str) -> None:
     order = make_dataset(seed).orders[4]
-    names, result = asyncio.run(_mcp(stack.url("tool-db") + endpoint, "get_order", {"order_id": order.order_id}))
+    auth = stack.headers
+    names, result = asyncio.run(_mcp(stack.url("tool-db") + endpoint, "get_order", {"order_id": order.order_id}, auth))
     assert sorted(names) == ["get_customer", "get_order", "get_shipment"]
     assert not result.isError
     assert result.structuredContent["status"] == order.status and result.structuredContent["total"] == order.total
 
-    names, result = asyncio.run(_mcp(stack.url("tool-synth") + endpoint, "track_parcel", {"tracking_no": "TRK1"}))
+    names, result = asyncio.run(_mcp(stack.url("tool-synth") + endpoint, "track_parcel", {"tracking_no": "TRK1"}, auth))
     assert sorted(names) == ["carrier_status", "track_parcel"]
     assert len(result.structuredContent["backends"]) == stack.synth["fanout"]
     assert abs(len(json.dumps(result.structuredContent)) - stack.synth["response_bytes"]) < 200
 
-    names, _ = asyncio.run(_mcp(stack.url("agent-b") + endpoint))
+    names, _ = asyncio.run(_mcp(stack.url("agent-b") + endpoint, headers=auth))
     assert names == ["ask_logistics_agent"]
 
-    _, result = asyncio.run(_mcp(stack.url("tool-db") + endpoint, "drop_tables", {}))
+    _, result = asyncio.run(_mcp(stack.url("tool-db") + endpoint, "drop_tables", {}, auth))
     assert result.isError and "drop_tables" in result.content[0].text
-    _, result = asyncio.run(_mcp(stack.url("tool-db") + endpoint, "get_order", {"order_id": "1; DROP TABLE orders"}))
+    _, result = asyncio.run(
+        _mcp(stack.url("tool-db") + endpoint, "get_order", {"order_id": "1; DROP TABLE orders"}, auth)
+    )
     assert result.isError
 
 
@@ -83,7 +86,7 @@ def _initialize(http: httpx.Client, path: str) -> httpx.Response:
 def test_every_mcp_server_answers_stateless_json_and_stateful_sse_at_once(stack: LocalStack, service: str) -> None:
     """On the wire: /mcp answers initialize with plain JSON and no session; /mcp-sse with an SSE
     stream and a session id, which lives until the client's DELETE."""
-    with httpx.Client(base_url=stack.url(service), timeout=30) as http:
+    with httpx.Client(base_url=stack.url(service), timeout=30, headers=stack.headers) as http:
         plain = _initialize(http, "/mcp")
         assert plain.status_code == 200 and plain.headers["content-type"] == "application/json"
         assert "mcp-session-id" not in plain.headers and plain.json()["result"]["serverInfo"]["name"] == service
@@ -111,7 +114,9 @@ def test_a_tool_error_inside_an_sse_answer_marks_the_servers_record(stack: Local
 
     before = len(failed())
     for endpoint in ("/mcp", "/mcp-sse"):
-        asyncio.run(_mcp(stack.url("tool-db") + endpoint, "get_order", {"order_id": "1; DROP TABLE orders"}))
+        asyncio.run(
+            _mcp(stack.url("tool-db") + endpoint, "get_order", {"order_id": "1; DROP TABLE orders"}, stack.headers)
+        )
     deadline = time.monotonic() + 10  # a server logs its side once the response has gone out
     while len(failed()) < before + 2 and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -155,7 +160,7 @@ def test_native_tool_calls_run_the_same_loop(stack: LocalStack, tasks: list[Task
     """With the tool_calling knob at native the requests carry the tools and llama.cpp's server
     (its Jinja chat template) answers them; what the shipped model then does is its own (README,
     "Decision modes"), and the loop and what the telemetry shows agree the same way."""
-    entry = driver.Entry(agent_a=stack.url("agent-a"))
+    entry = stack.entry
     knobs = Knobs(tool_calling="native")
     results = asyncio.run(driver.run_tasks("simple", tasks[:2], entry, telemetry_dir=stack.telemetry_dir, knobs=knobs))
     events = read_served_events(stack.telemetry_dir, (r.call_id for r in results))
@@ -214,11 +219,48 @@ def test_every_hop_logs_the_task_with_linked_ids_and_sockets(
                 assert client["kind"] == "db" and client["remote"] == f"127.0.0.1:{postgres.port}"
 
 
+GUARDED = {
+    "llm": ("POST", "/v1/chat/completions"),
+    "agent-a": ("POST", "/task"),
+    "agent-b": ("POST", "/"),
+    "tool-db": ("POST", "/mcp"),
+    "tool-synth": ("GET", "/parcels/TRK1"),
+    "baseline-gateway": ("POST", "/task"),
+    "baseline-order": ("GET", "/orders/O1"),
+    "baseline-shipping": ("GET", "/shipments/O1"),
+}
+
+
+@pytest.mark.parametrize("service", GUARDED)
+def test_every_endpoint_wants_the_stacks_token(stack: LocalStack, service: str) -> None:
+    """No token: 401 with a bare Bearer challenge (RFC 6750); a wrong one: 401, invalid_token. Health
+    and the Agent Card stay open, and the right token gets past (the request's own faults aside)."""
+    method, path = GUARDED[service]
+    url = stack.url(service) + path
+    body = {"model": "lab-model", "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}
+    bare = httpx.request(method, url, json=body, timeout=60)
+    assert bare.status_code == 401, bare.text
+    wrong = httpx.request(method, url, json=body, timeout=60, headers={"authorization": "Bearer " + "x" * 32})
+    assert wrong.status_code == 401, wrong.text
+    if service != "llm":  # the lab's own services say which token and where to find it
+        assert bare.headers["www-authenticate"] == 'Bearer realm="lab"'
+        assert 'error="invalid_token"' in wrong.headers["www-authenticate"]
+        assert "lab status" in bare.json()["error"]
+    right = httpx.request(method, url, json=body, timeout=120, headers=stack.headers)
+    assert right.status_code != 401, right.text
+    health = "/health" if service == "llm" else "/healthz"
+    assert httpx.get(stack.url(service) + health, timeout=10).status_code == 200
+    if service == "agent-b":
+        assert httpx.get(stack.url(service) + "/.well-known/agent-card.json", timeout=10).status_code == 200
+
+
 def test_malformed_tasks_fail_clearly_and_are_logged(stack: LocalStack) -> None:
     bad = {"task_id": "bad 1", "text": "", "scenario": "simple"}
-    response = httpx.post(stack.url("agent-a") + "/task", json=bad, timeout=10)
+    response = httpx.post(stack.url("agent-a") + "/task", json=bad, timeout=10, headers=stack.headers)
     assert response.status_code == 400 and "malformed task" in response.json()["error"]
-    response = httpx.post(stack.url("baseline-gateway") + "/task", content=b"{not json", timeout=10)
+    response = httpx.post(
+        stack.url("baseline-gateway") + "/task", content=b"{not json", timeout=10, headers=stack.headers
+    )
     assert response.status_code == 400 and response.json()["ok"] is False
     time.sleep(0.2)
     server = [json.loads(line) for line in (stack.telemetry_dir / "agent-a.jsonl").read_text().splitlines()]
@@ -236,7 +278,7 @@ def test_dead_peer_fails_the_task_fast_with_an_error_event(stack: LocalStack, ta
         config["peers"] = {**config["peers"], "tool-db": dead_url + "/mcp"}
     proc = stack.start_service("agent-a", name=name, **config)
     wait_http(f"http://127.0.0.1:{port}/healthz", 60, proc, want_ok=False)
-    entry = driver.Entry(agent_a=f"http://127.0.0.1:{port}")
+    entry = driver.Entry(agent_a=f"http://127.0.0.1:{port}", token=stack.token)
     start = time.monotonic()
     [result] = driver.run("simple", tasks[:1], entry, telemetry_dir=stack.telemetry_dir)
     assert time.monotonic() - start < 30
@@ -260,13 +302,13 @@ def test_the_callers_timeouts_reach_every_hop(stack: LocalStack, tasks: list[Tas
     """A scenario's timeouts travel with the task (x-lab-timeouts) to Agent A and over MCP into Agent
     B: a tiny one fails that hop with the timeout named, though the services were started with their
     own (60 s and 120 s)."""
-    entry = driver.Entry(agent_a=stack.url("agent-a"))
+    entry = stack.entry
     hop_timeouts = {"llm": 0.01, "tool": 60.0, "agent": 300.0}
     [result] = asyncio.run(
         driver.run_tasks("simple", tasks[:1], entry, telemetry_dir=stack.telemetry_dir, hop_timeouts=hop_timeouts)
     )
     assert not result.ok and result.error.startswith("llm: ") and "within 0.01 s (llm timeout)" in result.error
-    headers = {H_TIMEOUTS: "llm=0.01,tool=60,agent=300"}
+    headers = {H_TIMEOUTS: "llm=0.01,tool=60,agent=300", **stack.headers}
     _, reply = asyncio.run(
         _mcp(stack.url("agent-b") + "/mcp", "ask_logistics_agent", {"request": "Track parcel TRK1"}, headers)
     )
@@ -277,7 +319,7 @@ def test_the_callers_timeouts_reach_every_hop(stack: LocalStack, tasks: list[Tas
 def _run_with(stack: LocalStack, scenario: str, tasks: list[Task], knobs: Knobs) -> list[list[dict]]:
     """Run the tasks one after the other with these knobs; each task's events (its servers' own
     events included, once they are written)."""
-    entry = driver.Entry(agent_a=stack.url("agent-a"))
+    entry = stack.entry
     results = asyncio.run(driver.run_tasks(scenario, tasks, entry, telemetry_dir=stack.telemetry_dir, knobs=knobs))
     assert all(r.ok for r in results), [r.error for r in results]
     time.sleep(0.5)  # servers log their side after the response went out
@@ -372,10 +414,10 @@ def test_the_llm_hop_keeps_its_connection_as_vllms_does(stack: LocalStack, tasks
     assert all(len(_connections(t, "agent-a", "llm")) == llm_calls(t) for t in fresh)
 
 
-def _ports_of_streamed_requests(base_url: str, count: int) -> list[int]:
+def _ports_of_streamed_requests(base_url: str, count: int, headers: dict[str, str]) -> list[int]:
     """The client port of each of `count` streamed completions sent in a row through one pooled client."""
     ports = []
-    with httpx.Client(timeout=120) as client:
+    with httpx.Client(timeout=120, headers=headers) as client:
         for _ in range(count):
             body = {
                 "model": "lab-model",
@@ -401,8 +443,8 @@ def test_llama_cpp_closes_after_a_streamed_answer_and_the_front_does_not(stack: 
     )
     try:
         wait_http(f"http://127.0.0.1:{port}/health", 300, proc)
-        assert len(set(_ports_of_streamed_requests(f"http://127.0.0.1:{port}", 3))) == 3
+        assert len(set(_ports_of_streamed_requests(f"http://127.0.0.1:{port}", 3, stack.headers))) == 3
     finally:
         proc.terminate()
         proc.wait(30)
-    assert len(set(_ports_of_streamed_requests(stack.url("llm"), 3))) == 1
+    assert len(set(_ports_of_streamed_requests(stack.url("llm"), 3, stack.headers))) == 1

@@ -65,6 +65,10 @@ DEFAULT_MODEL = QWEN_15B.name
 per task on two cores."""
 FAST_MODEL = QWEN_05B.name
 """The tests' CPU model: they check what the lab does with whatever the model decides, not accuracy."""
+TOKEN_ENV = "LAB_API_TOKEN"
+"""The environment variable that holds the lab's bearer token (kept off the command line, where any
+local user would read it): with it, the API wants `Authorization: Bearer <token>`, as vLLM's
+--api-key does (llama.cpp: the same check); /health stays open on both."""
 BACKENDS = ("auto", "cpu", "vllm")
 """The server's --backend: auto is vLLM where there is a GPU, llama.cpp on the CPU otherwise."""
 DEFAULT_THREADS = 2

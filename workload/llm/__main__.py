@@ -16,6 +16,7 @@ from workload.llm import (
     BACKENDS,
     DEFAULT_MODEL,
     DEFAULT_THREADS,
+    TOKEN_ENV,
     ModelError,
     materialise,
     sha256_of,
@@ -63,7 +64,15 @@ def vllm_argv(
 
 
 def serve_cpu(
-    model_path: Path, host: str, port: int, threads: int, ctx: int, parallel: int, served_name: str, front: bool = True
+    model_path: Path,
+    host: str,
+    port: int,
+    threads: int,
+    ctx: int,
+    parallel: int,
+    served_name: str,
+    front: bool = True,
+    token: str | None = None,
 ) -> None:
     """Run llama.cpp's OpenAI-compatible server (xllamacpp) until SIGTERM/SIGINT: behind the
     keep-alive front on host:port (workload/llm/front.py), or itself on host:port (`front=False`)."""
@@ -80,6 +89,8 @@ def serve_cpu(
     params.model_alias = {served_name}
     # the model's own Jinja chat template, which is what lets llama.cpp parse tool calls (`--jinja`)
     params.use_jinja = True
+    if token:
+        params.api_keys = [token]  # the front passes the caller's Authorization header through
     server = xllamacpp.Server(params)
     print(f"llm: serving {model_path} as {served_name!r} at {server.listening_address}", flush=True)
     if front:
@@ -150,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
                 args.vllm_arg,
                 args.tool_call_parser,
             )
+            if token := os.environ.get(TOKEN_ENV):
+                os.environ["VLLM_API_KEY"] = token  # vLLM's --api-key, from its environment
             os.execvp(argv_[0], argv_)
         else:
             serve_cpu(
@@ -161,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.parallel,
                 args.served_name,
                 args.front,
+                os.environ.get(TOKEN_ENV),
             )
     except (ModelError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import httpx
 
+from workload.config import bearer
+
 # About the size of an agent's decide step (system prompt, tool list and the request: ~1.5 KB),
 # so prefill, which dominates on a slow CPU, costs what it costs the agents.
 AGENT_SYSTEM = (
@@ -54,9 +56,16 @@ class SpeedError(RuntimeError):
 
 
 def measure(
-    base_url: str, model: str, max_tokens: int, timeout_s: float, system: str = AGENT_SYSTEM, user: str = AGENT_REQUEST
+    base_url: str,
+    model: str,
+    max_tokens: int,
+    timeout_s: float,
+    system: str = AGENT_SYSTEM,
+    user: str = AGENT_REQUEST,
+    token: str | None = None,
 ) -> Speed:
-    """One streamed completion of up to `max_tokens` tokens, none of it allowed past `timeout_s`."""
+    """One streamed completion of up to `max_tokens` tokens, none of it allowed past `timeout_s`;
+    `token`: the lab's bearer token, which the server wants."""
     body = {
         "model": model,
         "stream": True,
@@ -70,7 +79,11 @@ def measure(
     tokens = 0
     try:
         with httpx.stream(
-            "POST", f"{base_url.rstrip('/')}/v1/chat/completions", json=body, timeout=httpx.Timeout(timeout_s)
+            "POST",
+            f"{base_url.rstrip('/')}/v1/chat/completions",
+            json=body,
+            timeout=httpx.Timeout(timeout_s),
+            headers=bearer(token),
         ) as response:
             response.raise_for_status()
             for line in response.iter_lines():
