@@ -102,7 +102,8 @@ class HostCpu:
 
 
 def bench_lab(name: str, subnet_prefix: str, provider: str) -> Path:
-    """lab.yaml for a benchmark lab (`subnet_prefix` like "10.81.0"); returns its path."""
+    """lab.yaml for a benchmark lab (`subnet_prefix` like "10.81.0"), its inventory directory seeing the
+    repository's group_vars; returns its path."""
     config = Path(tempfile.mkdtemp(prefix=f"lab-bench-{name}-")) / "lab.yaml"
     base = yaml.safe_load((REPO / "lab.yaml").read_text())
     base.update(name=name, provider=provider)
@@ -110,4 +111,7 @@ def bench_lab(name: str, subnet_prefix: str, provider: str) -> Path:
     for index, node in enumerate(base["nodes"]):
         node["address"] = f"{subnet_prefix}.{11 + index}"
     config.write_text(yaml.safe_dump(base))
+    # `lab up` writes the lab's inventory beside it; the role variables are the repository's
+    (config.parent / "inventory").mkdir()
+    (config.parent / "inventory" / "group_vars").symlink_to(REPO / "inventory" / "group_vars")
     return config
