@@ -42,18 +42,21 @@ class Snapshot:
     kinds: dict[str, frozenset[str]]
 
     @classmethod
-    def now(cls, state_dir: Path) -> Snapshot:
-        return cls(
-            {
-                "links": _lines(["ip", "-o", "link", "show"], lambda line: line.split(":")[1].strip().split("@")[0]),
-                "netns": _lines(["ip", "netns", "list"], lambda line: line.split()[0]),
-                "mounts": frozenset(_mount_points()),
-                "processes": frozenset(_lab_processes()),
-                "machines": _lines(["machinectl", "list", "--no-legend", "--all"], lambda line: line.split()[0]),
-                "libvirt": frozenset(_libvirt_objects()),
-                "files": frozenset(_files(state_dir)),
-            }
-        )
+    def now(cls, name: str, lab_dir: Path) -> Snapshot:
+        """What the host holds of the lab `name` in `lab_dir`: whatever names either (links, netns,
+        mounts, processes, machines, libvirt objects), and every file under its .lab/. Another lab
+        on the host, a second soak included, is not this one's leak."""
+        ours = (f"{name}-", str(lab_dir))
+        kinds = {
+            "links": _lines(["ip", "-o", "link", "show"], lambda line: line.split(":")[1].strip().split("@")[0]),
+            "netns": _lines(["ip", "netns", "list"], lambda line: line.split()[0]),
+            "mounts": frozenset(_mount_points()),
+            "processes": frozenset(_processes()),
+            "machines": _lines(["machinectl", "list", "--no-legend", "--all"], lambda line: line.split()[0]),
+            "libvirt": frozenset(_libvirt_objects()),
+        }
+        kept = {kind: frozenset(n for n in names if any(mark in n for mark in ours)) for kind, names in kinds.items()}
+        return cls({**kept, "files": frozenset(_files(lab_dir / ".lab"))})
 
     def new_since(self, earlier: Snapshot, kinds: tuple[str, ...]) -> dict[str, list[str]]:
         """{kind: sorted names} of what this snapshot has and `earlier` had not, for `kinds`."""
@@ -75,22 +78,16 @@ def _mount_points() -> list[str]:
     return [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
 
 
-LAB_PROCESSES = ("systemd-nspawn", "qemu-system", "chronyd", "ansible", "ssh ", "python -m lab", "dnsmasq")
-
-
-def _lab_processes() -> list[str]:
-    """Command lines of the processes a lab starts (containers, VMs, its NTP server, SSH, Ansible)."""
+def _processes() -> list[str]:
+    """Every process's command line (containers, VMs, the lab's NTP server, SSH and Ansible among them)."""
     found = []
-    me = os.getpid()
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
-            if int(cmdline.parent.name) == me:
-                continue
             text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
         except OSError:  # ended meanwhile
             continue
-        if any(marker in text for marker in LAB_PROCESSES):
-            found.append(text[:160])
+        if text:
+            found.append(text[:200])
     return found
 
 
@@ -130,8 +127,8 @@ class Cycle:
 
 
 class Soak:
-    def __init__(self, provider: str, config: Path, tasks: int) -> None:
-        self.provider, self.config, self.tasks = provider, config, tasks
+    def __init__(self, name: str, config: Path, tasks: int) -> None:
+        self.name, self.config, self.tasks = name, config, tasks
         self.state_dir = config.parent / ".lab"
         self.out = config.parent / "soak"
         self.env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "ANSIBLE_NOCOLOR": "1"}
@@ -182,17 +179,18 @@ def main() -> None:
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("error: the soak brings labs up and down: run it as root (sudo)")
-    config = bench_lab(*LABS[args.provider], args.provider)
-    soak = Soak(args.provider, config, args.tasks)
+    name, subnet = LABS[args.provider]
+    config = bench_lab(name, subnet, args.provider)
+    soak = Soak(name, config, args.tasks)
     print(f"soak: {args.cycles} {args.provider} cycles in {config.parent}; host {os.cpu_count()} cores", flush=True)
-    before = Snapshot.now(soak.state_dir)
+    before = Snapshot.now(name, config.parent)
     files = before
     cycles = []
     for number in range(1, args.cycles + 1):
         experiment = bool(args.experiment_every) and number % args.experiment_every == 0
         deploy = bool(args.deploy_every) and number % args.deploy_every == 0
         cycle = soak.run(number, deploy, experiment)
-        after = Snapshot.now(soak.state_dir)
+        after = Snapshot.now(name, config.parent)
         cycle.leaks = {**after.new_since(before, HOST_KINDS), **after.new_since(files, ("files",))}
         files = after
         cycles.append(cycle)
