@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One command for a fresh Debian/Ubuntu host (run as root):
+# One command for a fresh Debian 12 (bookworm) host (run as root):
 #   ./setup.sh        install what the lab needs, bring the lab up, deploy it, run every scenario
 #                     on a small task set and print the comparison report's path
 #   ./setup.sh test   install the same, check formatting and lint (ruff), then run the whole test
@@ -9,6 +9,13 @@ cd "$(dirname "$0")"
 mode=${1:-main}
 case "$mode" in main|test|install) ;; *) echo "usage: $0 [main|test|install]" >&2; exit 2 ;; esac
 [ "$(id -u)" -eq 0 ] || { echo "setup.sh needs root (bridges, containers, VMs, eBPF): run it with sudo" >&2; exit 1; }
+# The node image is a bookworm build from the host's apt sources, and the lab wants Python 3.11.
+. /etc/os-release
+[ "${ID:-}" = debian ] && [ "${VERSION_ID:-}" = 12 ] || {
+  echo "setup.sh supports Debian 12 (bookworm) hosts; this one is ${PRETTY_NAME:-unknown}. Elsewhere, set" \
+    "image.mirror in lab.yaml to a Debian mirror and install setup.sh's APT_PACKAGES and Python 3.11 by hand" >&2
+  exit 1
+}
 
 APT_PACKAGES=(
   # the node image and the nspawn provider
