@@ -468,7 +468,7 @@ class Experiment:
         for item in sorted(self.scenario.inject, key=lambda i: i.at_s):
             record = Injected.model_validate(item.model_dump())
             if stop.wait(max(0.0, started + item.at_s - time.monotonic())):
-                record.error = "not injected: the tasks were done before at_s"
+                record.error = "not injected: the tasks ended (done or interrupted) before at_s"
             elif item.node in self.down:
                 record.error = "not injected: an earlier fault powered the node off"
             else:
