@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import tempfile
 from collections import Counter
 from dataclasses import dataclass
@@ -14,6 +15,8 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+"""The venv's bin directory: ansible-playbook and what its modules run."""
 
 
 MODES = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
@@ -99,6 +102,12 @@ class HostCpu:
         for name, seconds in self.processes.values():
             spent[name if name.startswith("python:") else re.sub(r"\d+", "N", name)] += seconds
         return spent
+
+
+def deploy_command(config: Path) -> tuple[list[str], dict[str, str]]:
+    """`ansible-playbook deploy.yml` against a bench lab's inventory (run from REPO), and its environment."""
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "ANSIBLE_NOCOLOR": "1"}
+    return [str(BIN / "ansible-playbook"), "deploy.yml", "-i", str(config.parent / "inventory")], env
 
 
 def bench_lab(name: str, subnet_prefix: str, provider: str) -> Path:

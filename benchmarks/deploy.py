@@ -21,9 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlab import REPO, bench_lab
+from benchlab import REPO, bench_lab, deploy_command
 
-BIN = Path(sys.executable).parent
 CHANGED = re.compile(r"^\S+\s+: ok=\d+\s+changed=(\d+)", re.MULTILINE)
 
 
@@ -43,8 +42,8 @@ def lab(config: Path, *args: str) -> str:
 
 def deploy(config: Path) -> tuple[float, int]:
     """Wall time of one deploy and the total `changed` it reported."""
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "ANSIBLE_NOCOLOR": "1"}
-    seconds, out = run([str(BIN / "ansible-playbook"), "deploy.yml", "-i", str(config.parent / "inventory")], REPO, env)
+    argv, env = deploy_command(config)
+    seconds, out = run(argv, REPO, env)
     return seconds, sum(int(n) for n in CHANGED.findall(out))
 
 

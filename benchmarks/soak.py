@@ -23,12 +23,14 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchlab import REPO, bench_lab
+from benchlab import REPO, bench_lab, deploy_command
 
-BIN = Path(sys.executable).parent
+from vms import LIBVIRT_SOCKET
+
 RECAP = re.compile(r"^\S+\s+: ok=\d+\s+changed=\d+\s+unreachable=(\d+)\s+failed=(\d+)", re.MULTILINE)
 STEP_TIMEOUT_S = {"up": 1800, "deploy": 3600, "experiment": 1800, "teardown": 900}
 LABS = {"nspawn": ("sk", "10.86.0"), "libvirt": ("sv", "10.87.0")}
@@ -66,12 +68,12 @@ class Snapshot:
 HOST_KINDS = ("links", "netns", "mounts", "processes", "machines", "libvirt")
 
 
-def _lines(argv: list[str], name: object) -> frozenset[str]:
+def _lines(argv: list[str], name: Callable[[str], str]) -> frozenset[str]:
     try:
         out = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False).stdout
     except (OSError, subprocess.TimeoutExpired):
         return frozenset()
-    return frozenset(name(line) for line in out.splitlines() if line.strip())  # type: ignore[operator]
+    return frozenset(name(line) for line in out.splitlines() if line.strip())
 
 
 def _mount_points() -> list[str]:
@@ -92,7 +94,7 @@ def _processes() -> list[str]:
 
 
 def _libvirt_objects() -> list[str]:
-    if not Path("/run/libvirt/libvirt-sock").exists():
+    if not LIBVIRT_SOCKET.exists():
         return []
     objects = []
     for kind, argv in (
@@ -127,18 +129,17 @@ class Cycle:
 
 
 class Soak:
-    def __init__(self, name: str, config: Path, tasks: int) -> None:
-        self.name, self.config, self.tasks = name, config, tasks
+    def __init__(self, config: Path, tasks: int) -> None:
+        self.config, self.tasks = config, tasks
         self.state_dir = config.parent / ".lab"
         self.out = config.parent / "soak"
-        self.env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "ANSIBLE_NOCOLOR": "1"}
 
-    def step(self, cycle: Cycle, name: str, argv: list[str], cwd: Path) -> bool:
+    def step(self, cycle: Cycle, name: str, argv: list[str], cwd: Path, env: dict[str, str] | None = None) -> bool:
         """Run one step of the cycle: its seconds, and on failure its output kept and the failure named."""
         started = time.monotonic()
         try:
             result = subprocess.run(
-                argv, cwd=cwd, env=self.env, capture_output=True, text=True, timeout=STEP_TIMEOUT_S[name], check=False
+                argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=STEP_TIMEOUT_S[name], check=False
             )
             code, out = result.returncode, result.stdout + result.stderr
         except subprocess.TimeoutExpired as exc:
@@ -149,10 +150,10 @@ class Soak:
             return True
         kept = self.out / f"cycle-{cycle.number:02d}"
         kept.mkdir(parents=True, exist_ok=True)
-        (kept / f"{name}.out").write_text(out if isinstance(out, str) else str(out))
+        (kept / f"{name}.out").write_text(out)
         if (self.state_dir / "logs").is_dir():
             shutil.copytree(self.state_dir / "logs", kept / "lab-logs", dirs_exist_ok=True)
-        last = [line for line in str(out).splitlines() if line.strip()][-1:] or ["no output"]
+        last = [line for line in out.splitlines() if line.strip()][-1:] or ["no output"]
         cycle.failures.append(f"{name} {'timed out' if code is None else f'exit {code}'}: {last[0][:200]}")
         return False
 
@@ -162,8 +163,8 @@ class Soak:
     def run(self, number: int, deploy: bool, experiment: bool) -> Cycle:
         cycle = Cycle(number)
         if self.lab(cycle, "up", "up") and (deploy or experiment):
-            playbook = [str(BIN / "ansible-playbook"), "deploy.yml", "-i", str(self.config.parent / "inventory")]
-            if self.step(cycle, "deploy", playbook, REPO) and experiment:
+            argv, env = deploy_command(self.config)
+            if self.step(cycle, "deploy", argv, REPO, env) and experiment:
                 self.lab(cycle, "experiment", "experiment", "baseline", "--tasks", str(self.tasks), "--warmup", "2")
         self.lab(cycle, "teardown", "teardown")
         return cycle
@@ -181,7 +182,7 @@ def main() -> None:
         raise SystemExit("error: the soak brings labs up and down: run it as root (sudo)")
     name, subnet = LABS[args.provider]
     config = bench_lab(name, subnet, args.provider)
-    soak = Soak(name, config, args.tasks)
+    soak = Soak(config, args.tasks)
     print(f"soak: {args.cycles} {args.provider} cycles in {config.parent}; host {os.cpu_count()} cores", flush=True)
     before = Snapshot.now(name, config.parent)
     files = before
