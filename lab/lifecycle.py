@@ -23,6 +23,7 @@ def up(lab: LabConfig, provider_override: str | None, progress: Progress) -> Lab
             f"this lab is already up with the {existing.provider} provider; "
             f"run `lab teardown` before switching to {name}"
         )
+    state.claim_name(lab)
     progress(f"provider: {name} ({reason})")
     nodes = vms.get(name).up(lab, progress)
     node_image = image.load(lab.image)
@@ -85,6 +86,11 @@ def _services(current: LabState, name: str) -> str:
 
 def teardown(lab: LabConfig, progress: Progress) -> Removed:
     """Remove what the lab made; without a state file, still sweep for leftovers of either provider."""
+    if (holder := state.name_holder(lab)) is not None:
+        raise state.NameTaken(
+            f"{lab.path}: the lab name '{lab.name}' is held by the lab in {holder.parent}; teardown here would "
+            f"remove that lab's nodes (they are found by name). Run `lab teardown` in {holder.parent}"
+        )
     current = state.load(lab)
     if current is not None:
         names = [current.provider]
@@ -115,4 +121,5 @@ def teardown(lab: LabConfig, progress: Progress) -> Removed:
             removed.add(f"directory {path}")
     if lab.state_dir.is_dir() and not any(lab.state_dir.iterdir()):
         lab.state_dir.rmdir()
+    state.release_name(lab)
     return removed

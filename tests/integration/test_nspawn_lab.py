@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lab.state import NAMES_DIR
 from tests.conftest import lab_cli, write_lab
 from vms import host
 from vms.nspawn import SEED_DIR
@@ -160,6 +161,17 @@ def test_second_up_is_idempotent(lab):
     assert lab_cli(config, "status").stdout.count("running") == 3
 
 
+def test_a_second_lab_with_the_same_name_is_refused_and_leaves_the_first_running(lab, tmp_path):
+    config, _ = lab
+    other = write_lab(tmp_path, NAME, "10.85.0", provider="nspawn")
+    for command in ("up", "teardown"):
+        result = lab_cli(other, command, check=False)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        assert f"held by the lab in {config.parent}" in " ".join(result.stderr.split())
+    assert not (tmp_path / ".lab").exists()
+    assert lab_cli(config, "status").stdout.count("running") == 3
+
+
 def test_teardown_leaves_nothing_and_twice_is_a_no_op(lab):
     config, _ = lab
     # llm leaves lab.yaml while it runs (renamed; a lab needs an llm node): teardown still stops
@@ -171,6 +183,7 @@ def test_teardown_leaves_nothing_and_twice_is_a_no_op(lab):
     assert "container tn-agent-a" in result.stdout and "bridge tn-br" in result.stdout
     assert "container tn-llm" in result.stdout and "overlay mount" in result.stdout
     assert leftovers(config, NAME) == []
+    assert not (NAMES_DIR / NAME).exists()  # the name is free for another lab
     assert "nothing to remove" in lab_cli(config, "teardown").stdout
 
 
