@@ -89,6 +89,9 @@ def _status(run: RunDir, node: str) -> dict:
 
 def _probe(run: RunDir, node: str, probe: str, status: dict) -> pd.DataFrame:
     path = runlayout.probe_file(run.path, node, probe)
+    listed = status.get("probes") or run.manifest.probes.get(node, {})
+    if not path.exists() and listed and probe not in listed:
+        return pd.DataFrame()  # not one of the run's probes (its scenario's `probes`)
     state = (status.get("probes") or {}).get(probe) or _summary(run, node, probe)
     if not path.exists() and state.get("state") == "unavailable":
         run.note(run.rel(path), f"probe unavailable on {node}: {state.get('unavailable_reason') or state.get('error')}")

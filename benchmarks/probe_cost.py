@@ -1,10 +1,17 @@
-"""Per-packet cost of each probe, without a lab: a TCP ping-pong over loopback in a private network
+"""Per-packet and per-connection cost of each probe, without a lab: over loopback in a private network
 namespace, with the probe runner (`python -m collectors run`) watching that namespace with one probe
-at a time, against no probe, in alternating rounds. Prints the CPU time per round trip (two data
-segments) of the ping-pong process (what the kernel does in line: BPF programs, packet taps) and of
-the whole host (adds the probes' user space), and the difference per round trip against none.
+set at a time, against none, in alternating rounds, two workloads:
 
-    sudo .venv/bin/python benchmarks/probe_cost.py [--round-trips 100000] [--rounds 3]
+- a TCP ping-pong on one connection: the CPU per round trip (two data segments);
+- connection churn: connect, one byte each way, close, again and again: the CPU per connection
+  (ten state transitions across its two ends, eight packets), which is what a task's new
+  connections cost the probes that work per connection (lifetime, state, connect).
+
+Each prints the CPU time of the workload process (what the kernel does in line: BPF programs,
+packet taps) and of the whole host (adds the probes' user space: bpftrace draining its maps,
+tcpdump), and the difference against none.
+
+    sudo .venv/bin/python benchmarks/probe_cost.py [--round-trips 100000] [--connections 10000] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -23,7 +30,15 @@ from pathlib import Path
 from benchlab import REPO, HostCpu
 
 NETNS = "lab-probe-cost"
-VARIANTS = ("none", "rtt", "lifetime,state,connect,retrans", "pcap", "lifetime,state,connect,rtt,retrans,pcap")
+VARIANTS = (
+    "none",
+    "rtt",
+    "lifetime,connect,retrans",
+    "lifetime,state,connect,retrans",
+    "pcap",
+    "lifetime,state,connect,rtt,retrans,pcap",
+)
+WORKLOADS = ("round trips", "connections")
 
 
 def ping_pong(round_trips: int) -> None:
@@ -42,6 +57,23 @@ def ping_pong(round_trips: int) -> None:
         print(time.process_time() - started)
         client.close()
         peer.close()
+
+
+def churn(connections: int) -> None:
+    """Runs inside the namespace: prints the process CPU seconds the connections took."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        address = server.getsockname()
+        started = time.process_time()
+        for _ in range(connections):
+            client = socket.create_connection(address)
+            peer, _ = server.accept()
+            client.sendall(b"q")
+            peer.recv(1)
+            peer.sendall(b"r")
+            client.recv(1)
+            client.close()
+            peer.close()
+        print(time.process_time() - started)
 
 
 def in_netns(*argv: str) -> list[str]:
@@ -86,15 +118,17 @@ def start_runner(probes: str, out: Path) -> subprocess.Popen[bytes]:
     raise SystemExit(f"the runner with --probes {probes} did not start: {runner.communicate()[1].decode()[-500:]}")
 
 
-def measure(probes: str, round_trips: int, settle_s: float) -> tuple[float, float]:
-    """(process CPU µs, host CPU µs) per round trip with these probes watching."""
+def measure(probes: str, workload: str, count: int, settle_s: float) -> tuple[float, float]:
+    """(process CPU µs, host CPU µs) per round trip or connection with these probes watching."""
     with tempfile.TemporaryDirectory() as out:
         runner = None if probes == "none" else start_runner(probes, Path(out) / "probes")
         try:
             time.sleep(settle_s)
             before = HostCpu.now()
             result = subprocess.run(
-                in_netns(sys.executable, __file__, "--ping-pong", str(round_trips)),
+                in_netns(
+                    sys.executable, __file__, "--ping-pong" if workload == "round trips" else "--churn", str(count)
+                ),
                 capture_output=True,
                 text=True,
                 check=True,
@@ -105,18 +139,23 @@ def measure(probes: str, round_trips: int, settle_s: float) -> tuple[float, floa
                 runner.terminate()
                 runner.wait(timeout=60)
         time.sleep(settle_s)  # freeing the probes' maps happens after they exit
-    return float(result.stdout) / round_trips * 1e6, busy / round_trips * 1e6
+    return float(result.stdout) / count * 1e6, busy / count * 1e6
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--round-trips", type=int, default=100_000)
+    parser.add_argument("--connections", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=3, help="each variant this many times, interleaved")
     parser.add_argument("--settle", type=float, default=2.0, help="seconds of quiet around each measurement")
     parser.add_argument("--ping-pong", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--churn", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.ping_pong:
         ping_pong(args.ping_pong)
+        return
+    if args.churn:
+        churn(args.churn)
         return
     if os.geteuid() != 0:
         raise SystemExit("probe_cost.py needs root (a network namespace, bpftrace, tcpdump): run it with sudo")
@@ -124,23 +163,31 @@ def main() -> None:
     subprocess.run(["ip", "netns", "add", NETNS], check=True)
     try:
         subprocess.run(in_netns("ip", "link", "set", "lo", "up"), check=True)
-        figures: dict[str, list[tuple[float, float]]] = {v: [] for v in VARIANTS}
+        counts = {"round trips": args.round_trips, "connections": args.connections}
+        figures: dict[str, dict[str, list[tuple[float, float]]]] = {w: {v: [] for v in VARIANTS} for w in WORKLOADS}
         for _ in range(args.rounds):
             for variant in VARIANTS:
-                figures[variant].append(measure(variant, args.round_trips, args.settle))
+                for workload in WORKLOADS:
+                    figures[workload][variant].append(measure(variant, workload, counts[workload], args.settle))
     finally:
         subprocess.run(["ip", "netns", "del", NETNS], check=False)
-    report(figures, args)
+    print(
+        f"loopback, median of {args.rounds} rounds: a ping-pong of {args.round_trips} round trips (2 data segments "
+        f"each), and {args.connections} connections (connect, a byte each way, close)"
+    )
+    for workload in WORKLOADS:
+        report(workload, figures[workload])
 
 
-def report(figures: dict[str, list[tuple[float, float]]], args: argparse.Namespace) -> None:
+def report(workload: str, figures: dict[str, list[tuple[float, float]]]) -> None:
     median = {v: (statistics.median(p for p, _ in f), statistics.median(h for _, h in f)) for v, f in figures.items()}
     none_process, none_host = median["none"]
-    print(f"loopback ping-pong, {args.round_trips} round trips (2 data segments each), median of {args.rounds} rounds")
-    print(f"{'probes':<42}{'process µs/rt':>15}{'+process':>10}{'host µs/rt':>12}{'+host':>8}{'host ratio':>12}")
+    unit = "µs/rt" if workload == "round trips" else "µs/conn"
+    print(f"\nper {workload[:-1]}")
+    print(f"{'probes':<42}{'process ' + unit:>17}{'+process':>10}{'host ' + unit:>14}{'+host':>8}{'host ratio':>12}")
     for variant, (process, host) in median.items():
         print(
-            f"{variant:<42}{process:>15.2f}{process - none_process:>10.2f}{host:>12.2f}{host - none_host:>8.2f}"
+            f"{variant:<42}{process:>17.2f}{process - none_process:>10.2f}{host:>14.2f}{host - none_host:>8.2f}"
             f"{host / none_host:>12.3f}"
         )
 

@@ -25,7 +25,7 @@ from experiments import controller, services
 from experiments import drive as tasks
 from experiments.manifest import probe_cpu
 from experiments.remote import NodeSession, parallel
-from experiments.scenario import PROBES, Scenario
+from experiments.scenario import DEFAULT_PROBES, Scenario
 from lab import inventory, state
 from lab.config import load_config
 from lab.errors import LabError
@@ -193,7 +193,10 @@ def main() -> None:
         help="the rtt probe's lines per second per node (default: the scenarios' default)",
     )
     parser.add_argument(
-        "--probes", type=lambda v: v.split(","), default=list(PROBES), help="comma-separated subset (default: all)"
+        "--probes",
+        type=lambda v: v.split(","),
+        default=list(DEFAULT_PROBES),
+        help="comma-separated probes (default: the scenarios' default)",
     )
     parser.add_argument(
         "--bpf-stats",

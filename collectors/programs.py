@@ -161,6 +161,9 @@ _STATE = (
 
 # Active connects (SYN_SENT -> ESTABLISHED, with the pid/comm that called connect()) and
 # passive accepts (SYN_RECV -> ESTABLISHED, in softirq: no meaningful pid, pid 0 and no comm).
+# The connect() caller is kept from SYN_SENT to the socket's next transition, whichever it is
+# (ESTABLISHED, or CLOSE for a refused connect): only that one deletes it, so the other
+# transitions of a connection's life run no map operation here.
 # Event: (ns, sport, dport, active (1 connect, 0 accept), pid, saddr, daddr, comm)
 _CONNECT = (
     f"""
@@ -178,7 +181,7 @@ _CONNECT = (
         )
     }
   }}
-  if (args->newstate != {SYN_SENT}) {{
+  if (args->oldstate == {SYN_SENT}) {{
     delete(@connect_pid[$k]); delete(@connect_comm[$k]);
   }}
 """,

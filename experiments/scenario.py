@@ -17,6 +17,10 @@ from workload.knobs import Knobs
 SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
 ALL = ("baseline", "simple", "multihop")
 PROBES = ("lifetime", "state", "connect", "rtt", "retrans", "pcap")
+# `state` (every TCP state transition) is opt-in: the analysis reads none of it, and per connection
+# it is the costliest probe (benchmarks/probe_cost.py: ten transitions, a third of all the probes'
+# host CPU per loopback connection, most of it bpftrace draining its events).
+DEFAULT_PROBES = tuple(p for p in PROBES if p != "state")
 
 
 class Model(BaseModel):
@@ -142,9 +146,10 @@ class Scenario(Model):
     knobs: Knobs = Knobs()
     """The protocol choices that shape the traffic (workload/knobs.py says what each default follows)."""
     probes: list[Literal["lifetime", "state", "connect", "rtt", "retrans", "pcap"]] = Field(
-        default=list(PROBES), min_length=1
+        default=list(DEFAULT_PROBES), min_length=1
     )
-    """The probes to run on every node (default: all)."""
+    """The probes to run on every node (default: all but `state`, which costs the most per connection and
+    which the analysis does not read: add it for every transition's timeline)."""
     rtt_interval_ms: int = Field(default=100, ge=1, le=60_000)
     """RTT windows: one record per socket per this many ms, aggregated in the kernel (min/max/count of
     every segment's smoothed RTT), so a longer window costs less and loses no spike, only time resolution."""

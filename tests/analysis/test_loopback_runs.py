@@ -3,6 +3,7 @@ conftest.py), three scenarios, then a damaged copy of one run."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -164,6 +165,29 @@ def test_a_damaged_run_is_analysed_as_far_as_the_data_allows(loop_runs: dict[str
     assert "unreadable" in problems["nodes/agent-b/telemetry/tool-db.jsonl"]
     page = (run / "report.html").read_text()
     assert "analysed as far as the data allows" in page and "pcap-lo.pcap" in page
+
+
+def test_a_probe_the_run_did_not_select_is_not_a_problem(loop_runs: dict[str, Path], tmp_path: Path) -> None:
+    """`state` is opt-in (a scenario's `probes`): a run without it has no state.jsonl, and its
+    status.json and manifest do not list it; that is not missing data."""
+    run = tmp_path / "no-state"
+    shutil.copytree(loop_runs["baseline"], run)
+    probes = run / "nodes" / "agent-b" / "probes"
+    (probes / "state.jsonl").unlink()
+    status = json.loads((probes / "status.json").read_text())
+    del status["probes"]["state"]
+    (probes / "status.json").write_text(json.dumps(status))
+    manifest = json.loads((run / "manifest.json").read_text())
+    del manifest["probes"]["agent-b"]["state"]
+    del manifest["files"]["nodes/agent-b/probes/state.jsonl"]
+    manifest["files"]["nodes/agent-b/probes/status.json"]["sha256"] = hashlib.sha256(
+        (probes / "status.json").read_bytes()
+    ).hexdigest()
+    manifest["files"]["nodes/agent-b/probes/status.json"]["bytes"] = (probes / "status.json").stat().st_size
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    result = analysis.analyze_run(run)
+    assert [p for p in result.run.problems if "state" in p.where] == []
+    assert result.run.problems == [] and len(result.per_task) == 6
 
 
 def test_probe_values_out_of_range_or_of_the_wrong_type_are_listed_and_the_rest_analysed(

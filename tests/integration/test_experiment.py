@@ -35,7 +35,7 @@ NODES = ("agent-a", "agent-b", "llm")
 # The CPU LLM on a two-core runner busy with other work can be several times slower than on a quiet
 # one: room enough that the preflight's speed check refuses none of these runs (it has its own test).
 ROOMY = {"llm_s": 300, "tool_s": 60, "agent_s": 600}
-COUNTED = ("lifetime", "state", "connect", "rtt", "pcap:host0")  # retransmissions need loss: started, maybe 0 records
+COUNTED = ("lifetime", "connect", "rtt", "pcap:host0")  # retransmissions need loss: started, maybe 0 records
 
 
 def scenario(directory: Path, name: str, **config) -> Path:
@@ -125,6 +125,7 @@ def test_every_probe_on_every_node_started_and_recorded(multihop):
     assert set(probes) == set(NODES)
     for node, by_probe in probes.items():
         assert all(p["started"] and p["state"] == "stopped" for p in by_probe.values()), (node, by_probe)
+        assert "state" not in by_probe  # opt-in
         for name in COUNTED:
             assert by_probe[name]["records"] > 0, (node, name)
     assert probes["agent-b"]["pcap:lo"]["records"] > 0  # agent-b's services call each other over loopback
@@ -343,6 +344,7 @@ def test_a_probe_killed_mid_run_is_recorded_and_the_rest_is_kept(deployed_lab, t
         tasks={"count": 60, "seed": 2},
         load={"rate_per_s": 4},
         task_timeout_s=30,
+        probes=["lifetime", "state", "connect", "rtt", "retrans", "pcap"],  # `state` opted in
     )
     experiment = start_experiment(config, path)
     status = wait_running(config, "agent-b")
