@@ -30,14 +30,24 @@ from pathlib import Path
 from benchlab import REPO, HostCpu
 
 NETNS = "lab-probe-cost"
-VARIANTS = (
-    "none",
-    "rtt",
-    "lifetime,connect,retrans",
-    "lifetime,state,connect,retrans",
-    "pcap",
-    "lifetime,state,connect,rtt,retrans,pcap",
-)
+
+
+def variants() -> tuple[str, ...]:
+    """The probe sets measured, "none" first. Imported here, not at the top: the workload processes
+    run this file too, and their start-up counts in the host's CPU."""
+    from experiments.scenario import DEFAULT_PROBES, PROBES
+
+    return (
+        "none",
+        "rtt",
+        "lifetime,connect,retrans",
+        "lifetime,state,connect,retrans",
+        "pcap",
+        ",".join(DEFAULT_PROBES),  # what a scenario runs unless it says otherwise
+        ",".join(PROBES),
+    )
+
+
 WORKLOADS = ("round trips", "connections")
 
 
@@ -164,9 +174,10 @@ def main() -> None:
     try:
         subprocess.run(in_netns("ip", "link", "set", "lo", "up"), check=True)
         counts = {"round trips": args.round_trips, "connections": args.connections}
-        figures: dict[str, dict[str, list[tuple[float, float]]]] = {w: {v: [] for v in VARIANTS} for w in WORKLOADS}
+        measured = variants()
+        figures: dict[str, dict[str, list[tuple[float, float]]]] = {w: {v: [] for v in measured} for w in WORKLOADS}
         for _ in range(args.rounds):
-            for variant in VARIANTS:
+            for variant in measured:
                 for workload in WORKLOADS:
                     figures[workload][variant].append(measure(variant, workload, counts[workload], args.settle))
     finally:
