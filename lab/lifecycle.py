@@ -25,7 +25,12 @@ def up(lab: LabConfig, provider_override: str | None, progress: Progress) -> Lab
         )
     state.claim_name(lab)
     progress(f"provider: {name} ({reason})")
-    nodes = vms.get(name).up(lab, progress)
+    try:
+        nodes = vms.get(name).up(lab, progress)
+    except BaseException:
+        if not lab.state_dir.exists():  # refused before anything was made: the name stays free
+            state.release_name(lab)
+        raise
     node_image = image.load(lab.image)
     current = LabState(
         lab=lab.name,

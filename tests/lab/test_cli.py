@@ -7,6 +7,7 @@ import subprocess
 import pytest
 import yaml
 
+from lab.state import NAMES_DIR
 from tests.conftest import REPO, lab_cli, write_lab
 
 
@@ -73,7 +74,7 @@ def test_a_gpu_node_that_cannot_drive_its_gpu_is_refused_before_anything_is_made
     result = lab_cli(config, "up", check=False)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert f"nodes[2].gpu (0000:41:00.0): {said}" in result.stderr
-    assert not (tmp_path / ".lab").exists()
+    assert not (tmp_path / ".lab").exists() and not (NAMES_DIR / "gp").exists()
     if provider == "libvirt":
         networks = subprocess.run(
             ["virsh", "-c", "qemu:///system", "net-list", "--all", "--name"], capture_output=True, text=True
