@@ -40,7 +40,8 @@ def test_defaults_and_a_path(tmp_path):
     path.write_text(yaml.safe_dump(VALID))
     scenario, _ = load_scenario(str(path), LAB)
     assert scenario.name == "mine" and scenario.load.concurrency == 1 and scenario.warmup == 0
-    assert scenario.repetitions == 1 and scenario.impairments == [] and len(scenario.probes) == 6
+    assert scenario.repetitions == 1 and scenario.impairments == []
+    assert scenario.probes == ["lifetime", "connect", "rtt", "retrans", "pcap"]  # state is opt-in
 
 
 def test_unknown_scenario_names_the_choices():
