@@ -48,7 +48,8 @@ def variants() -> tuple[str, ...]:
     )
 
 
-WORKLOADS = ("round trips", "connections")
+# workload -> the flag that runs it in the namespace, and the unit of its figures
+WORKLOADS = {"round trips": ("--ping-pong", "µs/rt"), "connections": ("--churn", "µs/conn")}
 
 
 def ping_pong(round_trips: int) -> None:
@@ -136,9 +137,7 @@ def measure(probes: str, workload: str, count: int, settle_s: float) -> tuple[fl
             time.sleep(settle_s)
             before = HostCpu.now()
             result = subprocess.run(
-                in_netns(
-                    sys.executable, __file__, "--ping-pong" if workload == "round trips" else "--churn", str(count)
-                ),
+                in_netns(sys.executable, __file__, WORKLOADS[workload][0], str(count)),
                 capture_output=True,
                 text=True,
                 check=True,
@@ -193,7 +192,7 @@ def main() -> None:
 def report(workload: str, figures: dict[str, list[tuple[float, float]]]) -> None:
     median = {v: (statistics.median(p for p, _ in f), statistics.median(h for _, h in f)) for v, f in figures.items()}
     none_process, none_host = median["none"]
-    unit = "µs/rt" if workload == "round trips" else "µs/conn"
+    unit = WORKLOADS[workload][1]
     print(f"\nper {workload[:-1]}")
     print(f"{'probes':<42}{'process ' + unit:>17}{'+process':>10}{'host ' + unit:>14}{'+host':>8}{'host ratio':>12}")
     for variant, (process, host) in median.items():
