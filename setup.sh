@@ -74,6 +74,6 @@ case "$mode" in
       { echo "ruff: the files above are not formatted; run .venv/bin/ruff format ." >&2; exit 1; }
     .venv/bin/ruff check --no-cache . ||
       { echo "ruff: fix the findings above (.venv/bin/ruff check --fix . fixes those marked [*])" >&2; exit 1; }
-    .venv/bin/python -m pytest -v -p no:cacheprovider
+    .venv/bin/python -m pytest -v -p no:cacheprovider --durations=40
     ;;
 esac
