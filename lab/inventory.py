@@ -54,11 +54,10 @@ def write(lab: LabConfig, state: LabState, db_password: Path, api_token: Path) -
                 "lab_subnet": str(lab.network.subnet),
                 "lab_controller_address": str(lab.network.host_address),
                 "lab_llm_port": lab.llm.port,
-                "lab_llm_backend": lab.llm.backend,
-                "lab_llm_model": lab.llm.model,
+                "lab_llm_backend": lab.llm_backend[0],  # resolved: vllm or llamacpp
+                # vLLM's model directory on this host, which deploy copies to the LLM node ("" on llama.cpp)
+                "lab_llm_model": str(lab.llm_model_dir or ""),
                 "lab_llm_cpu_model": lab.llm.cpu_model,
-                # a GPU reaches the LLM node only as a passed-through PCI device of a VM
-                "lab_llm_gpu": lab.llm_node.gpu is not None and state.provider == "libvirt",
                 # the database password and the API token stay in their 0600 files; roles read them there
                 "lab_db_password_file": str(db_password),
                 "lab_api_token_file": str(api_token),

@@ -45,6 +45,16 @@ def write_lab(directory: Path, name: str, subnet_prefix: str, **overrides) -> Pa
     return path
 
 
+def hf_model_dir(directory: Path, weights_bytes: int = 4096) -> Path:
+    """A model directory laid out as huggingface-cli download writes one: config, tokenizer, weights."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text('{"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2"}\n')
+    (directory / "tokenizer_config.json").write_text('{"model_max_length": 32768}\n')
+    (directory / "tokenizer.json").write_text('{"version": "1.0"}\n')
+    (directory / "model.safetensors").write_bytes(os.urandom(weights_bytes))
+    return directory
+
+
 def require_root(what: str, tools: Iterable[str], missing: Iterable[str] = ()) -> None:
     """Skip tests that need root and these tools where they cannot run; in CI (CI=true) that is a
     failure, not a skip. `missing` names anything else the caller found absent."""

@@ -228,16 +228,6 @@ def _remote_kvm(uri: str, conn: libvirt.virConnect) -> tuple[bool, str]:
     return True, f"{uri} offers KVM"
 
 
-def llm_backend(lab: LabConfig) -> tuple[str, str]:
-    """What the LLM node will run, and why: vLLM with a GPU, the CPU backend (llama.cpp) without."""
-    node = lab.llm_node
-    if lab.llm.backend != "auto":
-        return lab.llm.backend, f"llm.backend: {lab.llm.backend} in {lab.path.name}"
-    if node.gpu is not None:
-        return "vllm", f"{node.name} has GPU {', '.join(node.gpu.pci)}"
-    return "llamacpp", f"{node.name} has no GPU, so the CPU backend"
-
-
 def refuse_emulated_gpus(lab: LabConfig, hosts: dict[str, LabHost]) -> None:
     """A GPU is passed through only to a VM that KVM runs: under TCG the guest could not drive it."""
     for index, spec in enumerate(lab.nodes):
@@ -507,7 +497,7 @@ class LibvirtProvider:
         hosts = {uri: LabHost(lab, uri, progress) for uri in dict.fromkeys(spec.libvirt_uri for spec in lab.nodes)}
         refuse_emulated_gpus(lab, hosts)
         hostdevs = gpu_preflight(lab, progress)
-        backend, why = llm_backend(lab)
+        backend, why = lab.llm_backend
         progress(f"LLM backend: {backend} ({why})")
         llm = lab.llm_node
         if backend == "vllm" and llm.memory_mb < VLLM_MIN_MEMORY_MB:

@@ -5,6 +5,8 @@ playbook passes ansible-lint's production profile."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import stat
@@ -14,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import lab_cli
+from tests.conftest import hf_model_dir, lab_cli
 from tests.integration.conftest import BIN, PREFIX, playbook, with_group_vars
 
 REPO = Path(__file__).resolve().parents[2]
@@ -229,3 +231,59 @@ def test_ansible_lint_passes_the_production_profile():
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert "Profile 'production' was required, and it passed" in result.stdout + result.stderr
+
+
+def copy_on_node(config: Path, directory: str) -> dict[str, str]:
+    """The sha256 of each file under `directory` on the LLM node, by path inside it."""
+    listing = lab_cli(config, "ssh", "llm", "--", f"cd {directory} && sudo find . -type f -exec sha256sum {{}} +")
+    return {
+        path.removeprefix("./"): digest
+        for digest, path in (line.split(maxsplit=1) for line in listing.stdout.splitlines())
+    }
+
+
+@pytest.mark.integration
+def test_vllms_model_directory_is_copied_once_checked_and_repaired(lab, tmp_path):
+    """The llm_model role on the container lab's LLM node, as on a node that runs vLLM: the
+    controller's directory is copied whole (hidden download metadata left out), a second deploy
+    changes nothing, a damaged copy gets back exactly the files it lacks, and a node without room
+    for the model stops the deploy before anything is copied."""
+    config, _ = lab
+    model = hf_model_dir(tmp_path / "tiny-model", weights_bytes=3 * 2**20)
+    (model / "shards").mkdir()
+    (model / "shards" / "model-00002.safetensors").write_bytes(os.urandom(1000))
+    (model / ".cache").mkdir()
+    (model / ".cache" / "download.lock").write_text("")
+    expected = {
+        str(p.relative_to(model)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in model.rglob("*")
+        if p.is_file() and ".cache" not in p.parts
+    }
+    where = "/var/lib/lab/models/tiny-model"
+    as_vllm = ("--tags", "llm_model", "-e", "lab_llm_backend=vllm", "-e", f"lab_llm_model={model}")
+    try:
+        first = playbook(config, *as_vllm)
+        assert first.returncode == 0 and recap(first)["llm"]["changed"] > 0, explain(first)
+        copy = copy_on_node(config, where)
+        assert json.loads(lab_cli(config, "ssh", "llm", "--", f"cat {where}/.lab-model.json").stdout)["files"]
+        assert {p: d for p, d in copy.items() if p != ".lab-model.json"} == expected
+        again = playbook(config, *as_vllm)
+        assert again.returncode == 0 and recap(again)["llm"]["changed"] == 0, explain(again)
+
+        damage = f"sudo rm {where}/tokenizer.json && sudo truncate -s 100 {where}/model.safetensors"
+        lab_cli(config, "ssh", "llm", "--", f"{damage} && sudo touch {where}/model-old.safetensors")
+        repaired = playbook(config, *as_vllm)
+        assert repaired.returncode == 0, explain(repaired)
+        changed = set(re.findall(r"^changed: \[llm\] => \(item=(\S+)\)", repaired.stdout, re.MULTILINE))
+        assert changed == {"tokenizer.json", "model.safetensors", "model-old.safetensors"}, explain(repaired)
+        assert {p: d for p, d in copy_on_node(config, where).items() if p != ".lab-model.json"} == expected
+
+        other = hf_model_dir(tmp_path / "other-model")
+        no_room = playbook(config, *as_vllm[:-1], f"lab_llm_model={other}", "-e", "llm_model_reserve_mb=1000000000")
+        message = " ".join(no_room.stdout.split())
+        assert no_room.returncode != 0 and f"llm: llm.model {other} needs 0.0 GiB more" in message, explain(no_room)
+        assert "raise the node's disk_gb in lab.yaml" in message
+        left = lab_cli(config, "ssh", "llm", "--", "ls /var/lib/lab/models").stdout.split()
+        assert "other-model" not in left
+    finally:
+        lab_cli(config, "ssh", "llm", "--", f"sudo rm -rf {where}", check=False)

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from lab.state import NAMES_DIR
-from tests.conftest import REPO, lab_cli, write_lab
+from tests.conftest import REPO, hf_model_dir, lab_cli, write_lab
 
 
 def test_bad_config_is_one_line_without_traceback(tmp_path):
@@ -70,6 +70,7 @@ def test_a_gpu_node_that_cannot_drive_its_gpu_is_refused_before_anything_is_made
     config = write_lab(tmp_path, "gp", "10.91.0", provider=provider, accelerator="tcg")
     data = yaml.safe_load(config.read_text())
     data["nodes"][2]["gpu"] = {"pci": "0000:41:00.0"}
+    data["llm"]["model"] = str(hf_model_dir(tmp_path / "model"))
     config.write_text(yaml.safe_dump(data))
     result = lab_cli(config, "up", check=False)
     assert result.returncode == 1 and "Traceback" not in result.stderr

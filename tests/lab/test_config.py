@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from lab.config import LabConfig, load_config, parse_config
 from lab.errors import ConfigError
-from tests.conftest import REPO
+from tests.conftest import REPO, hf_model_dir
 
 BASE = yaml.safe_load((REPO / "lab.yaml").read_text())
 
@@ -79,8 +79,9 @@ def test_gpu_address_format_and_placement():
     assert "only a node in the 'llm' group" in problem(lambda d: d["nodes"][0].update(gpu={"pci": "0000:41:00.0"}))
 
 
-def test_gpu_accepts_one_or_many_devices():
+def test_gpu_accepts_one_or_many_devices(tmp_path):
     data = copy.deepcopy(BASE)
+    data["llm"]["model"] = str(hf_model_dir(tmp_path / "model"))
     data["nodes"][2]["gpu"] = {"pci": "0000:41:00.0"}
     assert parse_config(data, Path("lab.yaml")).nodes[2].gpu.pci == ["0000:41:00.0"]
     data["nodes"][2]["gpu"] = {"pci": ["0000:41:00.0", "0000:41:00.1"]}
@@ -148,3 +149,40 @@ def test_the_readme_table_names_every_lab_yaml_key_and_no_other():
     for key, fields in in_rows.items():
         row = next(r for r in rows if r.startswith(f"| `{key}`"))
         assert [f for f in fields if f"`{f}" not in row] == [], f"{key} row"
+
+
+def test_a_vllm_lab_needs_a_model_directory_on_this_host(tmp_path):
+    """The lab network has no route out, so vLLM's weights come from the controller; a hub id,
+    a missing directory or one without what vLLM reads is refused naming llm.model."""
+
+    def gpu(model: object) -> str:
+        def mutate(data: dict) -> None:
+            data["nodes"][2]["gpu"] = {"pci": "0000:41:00.0"}
+            data["llm"]["model"] = model
+            if model is None:
+                data["llm"].pop("model")
+
+        return problem(mutate)
+
+    assert gpu(None).startswith("lab.yaml: llm.model: the LLM node runs vLLM, which needs a model directory")
+    hub = gpu("meta-llama/Llama-3.1-8B-Instruct")
+    assert (
+        "llm.model: meta-llama/Llama-3.1-8B-Instruct looks like a hub id, but the lab network has no route out" in hub
+    )
+    assert "huggingface-cli download" in hub
+    gguf = tmp_path / "gguf"
+    gguf.mkdir()
+    (gguf / "model.gguf").write_bytes(b"GGUF")
+    message = gpu(str(gguf))
+    assert f"{gguf} lacks config.json, tokenizer_config.json, *.safetensors" in message
+    model = hf_model_dir(tmp_path / "qwen")
+    data = copy.deepcopy(BASE)
+    data["nodes"][2]["gpu"] = {"pci": "0000:41:00.0"}
+    data["llm"]["model"] = "qwen"  # relative to lab.yaml's directory
+    lab = parse_config(data, tmp_path / "lab.yaml")
+    assert lab.uses_vllm and lab.llm_model_dir == model
+
+
+def test_a_cpu_lab_ignores_llm_model_and_backend_vllm_asks_for_it():
+    assert not load_config(REPO / "lab.yaml").uses_vllm
+    assert "llm.model: the LLM node runs vLLM" in problem(lambda d: d["llm"].update(backend="vllm"))

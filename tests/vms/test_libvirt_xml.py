@@ -17,6 +17,7 @@ import yaml
 from lab.config import LabConfig, parse_config
 from lab.errors import LabError
 from lab.keys import ensure_keypair
+from tests.conftest import hf_model_dir
 from vms import libvirt as provider
 from vms.domain import (
     LOCKED_OVERHEAD_MB,
@@ -57,6 +58,8 @@ def make_lab(directory: Path, llm_node: dict | None = None, **top: object) -> La
         ],
         **top,
     }
+    if llm_node and "gpu" in llm_node:
+        data["llm"] = {"model": str(hf_model_dir(directory / "model"))}
     return parse_config(data, directory / "lab.yaml")
 
 
@@ -203,12 +206,13 @@ def test_accelerator_follows_the_hardware_unless_lab_yaml_forces_it(tmp_path, mo
 
 
 def test_llm_backend_follows_the_gpu(tmp_path):
-    assert provider.llm_backend(make_lab(tmp_path))[0] == "llamacpp"
-    assert provider.llm_backend(make_lab(tmp_path, llm_node={"gpu": {"pci": "0000:41:00.0"}})) == (
+    assert make_lab(tmp_path).llm_backend[0] == "llamacpp"
+    assert make_lab(tmp_path, llm_node={"gpu": {"pci": "0000:41:00.0"}}).llm_backend == (
         "vllm",
         "llm has GPU 0000:41:00.0",
     )
-    assert provider.llm_backend(make_lab(tmp_path, llm={"backend": "vllm"})) == (
+    model = str(hf_model_dir(tmp_path / "model"))
+    assert make_lab(tmp_path, llm={"backend": "vllm", "model": model}).llm_backend == (
         "vllm",
         "llm.backend: vllm in lab.yaml",
     )
