@@ -265,6 +265,36 @@ def gpu_preflight(lab: LabConfig, progress: Progress, sysfs: Path = Path("/sys")
     return hostdevs
 
 
+def hugepages_preflight(
+    lab: LabConfig, running: Callable[[NodeSpec], bool], progress: Progress, meminfo: Path = Path("/proc/meminfo")
+) -> None:
+    """The nodes with `hugepages` that this up will start fit in the host's free hugepages (of
+    its default size, which `<hugepages/>` asks for); QEMU would fail to start them otherwise."""
+    wanted = [(i, s) for i, s in enumerate(lab.nodes) if s.hugepages and not running(s)]
+    remote = [s.name for _, s in wanted if not is_local(s.libvirt_uri)]
+    if remote:
+        progress(f"{', '.join(remote)}: hugepages not checked on their remote hosts; libvirt checks when the VM starts")
+    local = [(i, s) for i, s in wanted if is_local(s.libvirt_uri)]
+    if not local:
+        return
+    fields = dict(line.split(":", 1) for line in meminfo.read_text().splitlines() if ":" in line)
+    size_kb = int(fields["Hugepagesize"].split()[0])
+    total, free = int(fields["HugePages_Total"]), int(fields["HugePages_Free"])
+    need = sum(-(-s.memory_mb * 1024 // size_kb) for _, s in local)
+    if need > free:
+        index = local[0][0]
+        raise LabError(
+            f"{lab.path}: nodes[{index}].hugepages: {names_of(local)} need {need} hugepages of {size_kb} kB "
+            f"({need * size_kb // 1024} MiB) and this host has {free} free of {total}; reserve them first "
+            f"(sysctl vm.nr_hugepages={total - free + need}) or set hugepages: false"
+        )
+    progress(f"{names_of(local)}: {need} of the host's {free} free hugepages ({size_kb} kB) will back their memory")
+
+
+def names_of(indexed: list[tuple[int, NodeSpec]]) -> str:
+    return ", ".join(s.name for _, s in indexed)
+
+
 @dataclass(frozen=True)
 class Upload:
     """A local file that becomes a volume in the lab's pool on every host."""
@@ -345,6 +375,11 @@ def _lookup(lookup: Callable[[str], Any], name: str) -> Any:
         if exc.get_error_code() in GONE:
             return None
         raise
+
+
+def _active(conn: libvirt.virConnect, name: str) -> bool:
+    dom = _lookup(conn.lookupByName, name)
+    return dom is not None and bool(dom.isActive())
 
 
 def _upload(conn: libvirt.virConnect, vol: libvirt.virStorageVol, path: Path) -> None:
@@ -497,6 +532,7 @@ class LibvirtProvider:
         hosts = {uri: LabHost(lab, uri, progress) for uri in dict.fromkeys(spec.libvirt_uri for spec in lab.nodes)}
         refuse_emulated_gpus(lab, hosts)
         hostdevs = gpu_preflight(lab, progress)
+        hugepages_preflight(lab, lambda spec: _active(hosts[spec.libvirt_uri].conn, domain_name(lab, spec)), progress)
         backend, why = lab.llm_backend
         progress(f"LLM backend: {backend} ({why})")
         llm = lab.llm_node

@@ -231,3 +231,32 @@ def test_remote_nodes_keep_their_console_log_on_their_host(tmp_path):
     lab = make_lab(tmp_path, llm_node={"libvirt_uri": "qemu+ssh://gpu-host/system"})
     assert not provider.is_local("qemu+ssh://gpu-host/system") and provider.is_local("qemu:///system")
     assert provider.console_log(lab, lab.node("llm")) == "/var/log/libvirt/qemu/tv-llm.console.log"
+
+
+def meminfo(tmp_path: Path, total: int, free: int, size_kb: int = 2048) -> Path:
+    path = tmp_path / "meminfo"
+    path.write_text(
+        f"MemTotal:       24576000 kB\nHugePages_Total:   {total}\nHugePages_Free:    {free}\n"
+        f"HugePages_Rsvd:        0\nHugepagesize:       {size_kb} kB\n"
+    )
+    return path
+
+
+def test_hugepage_nodes_must_fit_in_the_hosts_free_hugepages(tmp_path):
+    """Checked before anything is defined, against the pages the nodes still to start will take;
+    the message gives the sysctl that reserves what is missing."""
+    lab = make_lab(tmp_path, llm_node={"hugepages": True, "memory_mb": 2048})
+    messages: list[str] = []
+    with pytest.raises(LabError) as info:
+        provider.hugepages_preflight(lab, lambda _spec: False, messages.append, meminfo(tmp_path, 1000, 600))
+    assert str(info.value) == (
+        f"{tmp_path / 'lab.yaml'}: nodes[2].hugepages: llm need 1024 hugepages of 2048 kB (2048 MiB) and this "
+        "host has 600 free of 1000; reserve them first (sysctl vm.nr_hugepages=1424) or set hugepages: false"
+    )
+    provider.hugepages_preflight(lab, lambda _spec: False, messages.append, meminfo(tmp_path, 1024, 1024))
+    assert messages == ["llm: 1024 of the host's 1024 free hugepages (2048 kB) will back their memory"]
+    provider.hugepages_preflight(lab, lambda _spec: True, messages.append, meminfo(tmp_path, 0, 0))  # running
+    assert len(messages) == 1
+    gib_pages = meminfo(tmp_path, 2, 2, size_kb=1048576)
+    provider.hugepages_preflight(lab, lambda _spec: False, messages.append, gib_pages)
+    assert messages[-1] == "llm: 2 of the host's 2 free hugepages (1048576 kB) will back their memory"
