@@ -1,15 +1,13 @@
 """The libvirt provider end to end on real VMs under TCG: up in parallel, SSH with pinned keys,
-node-to-node traffic on the lab network, the probes on the guest kernel, idempotency (running,
-stopped, changed), teardown leaving nothing in libvirt, and a failed up cleaning up after itself."""
+node-to-node traffic on the lab network, the baseline deployed and run with the probes on the guest
+kernel (RTT from its kprobe), idempotency (running, stopped, changed), teardown leaving nothing in
+libvirt, and a failed up cleaning up after itself."""
 
 from __future__ import annotations
 
 import json
 import re
-import shlex
-import shutil
 import time
-import zipapp
 from pathlib import Path
 
 import libvirt
@@ -26,7 +24,6 @@ from tests.integration.conftest import playbook
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
-REPO = Path(__file__).resolve().parents[2]
 NAME = "tv"
 PREFIX = "10.78.0"
 NODES = ("agent-a", "agent-b", "llm")
@@ -103,53 +100,6 @@ def test_vms_reach_nothing_beyond_the_lab(lab):
     assert "default" not in out and "unreachable" in out
 
 
-# Runs the RTT probe for a few loopback HTTP requests and prints its status and records.
-RTT_RUN = """set -e
-out=$(mktemp -d)/run
-python3 /tmp/collectors.pyz run --node agent-a --run-id vm --out "$out" --probes rtt >/dev/null 2>&1 &
-runner=$!
-running() {
-  python3 -c "import json,sys; sys.exit(json.load(open('$out/status.json'))['state'] != 'running')" 2>/dev/null
-}
-for _ in $(seq 330); do running && break; sleep 1; done
-running || { echo "the runner is not running after 330 s: $(cat "$out/status.json")" >&2; exit 1; }
-python3 -m http.server 8099 --bind 127.0.0.1 >/dev/null 2>&1 &
-server=$!
-sleep 1
-python3 -c "import urllib.request
-for _ in range(10): urllib.request.urlopen('http://127.0.0.1:8099/').read()"
-kill $server; kill -TERM $runner; wait $runner
-cat "$out/status.json"; echo RECORDS; cat "$out/rtt.jsonl"
-"""
-
-
-def test_rtt_probe_comes_from_a_kprobe_on_the_guest_kernel(lab, tmp_path):
-    """Debian's 6.1 guest kernel has kprobes, but its tcp_probe tracepoint has no socket pointer to
-    filter by namespace: the RTT windows come from the kprobe program there (this host's kernel has
-    no kprobes, so only a VM runs it)."""
-    config, _ = lab
-    node = state.require(load_config(config)).node("agent-a")
-    shutil.copytree(REPO / "collectors", tmp_path / "src" / "collectors", ignore=shutil.ignore_patterns("__pycache__"))
-    zipapp.create_archive(tmp_path / "src", tmp_path / "collectors.pyz", main="collectors.cli:main")
-    with ssh.client(node) as client, client.open_sftp() as sftp:
-        sftp.put(str(tmp_path / "collectors.pyz"), "/tmp/collectors.pyz")
-    code, out, err = ssh.run(node, "sudo python3 /tmp/collectors.pyz detect", timeout=120)
-    assert code == 0, err
-    detected = json.loads(out)
-    assert detected["kprobes"]["available"], detected["kprobes"]
-    assert detected["probes"]["rtt"]["source"] == "bpftrace kprobe:tcp_rcv_established"
-    code, out, err = ssh.run(node, f"sudo bash -c {shlex.quote(RTT_RUN)}", timeout=400)
-    assert code == 0, err
-    status, records = out.split("RECORDS\n")
-    rtt = json.loads(status)["probes"]["rtt"]
-    assert rtt["started"] and rtt["state"] == "stopped" and rtt["lost_events"] == 0, status
-    windows = [json.loads(line) for line in records.splitlines()]
-    assert len(windows) == rtt["records"] >= 10  # at least the client's window of each request
-    assert all(
-        8099 in (w["sport"], w["dport"]) and w["srtt_min_us"] <= w["srtt_us"] <= w["srtt_max_us"] for w in windows
-    )
-
-
 # What a baseline run needs on every node (deploy.yml's tags): no LLM, no agents, so CI deploys in
 # minutes on TCG what the whole lab takes a quarter of an hour for. mcp_tools: tool-synth answers the
 # baseline's parcel and carrier lookups (the REST twins of its MCP tools).
@@ -199,9 +149,17 @@ def test_a_baseline_experiment_runs_on_the_vms(baseline_run):
                 name,
                 probe,
             )
-    # the guest kernel (Debian's 6.1) has no socket in tcp_probe: RTT windows come from the kprobe
+    # Debian's 6.1 guest kernel has kprobes, but its tcp_probe tracepoint has no socket pointer to
+    # filter by namespace: the RTT windows come from the kprobe program there (this host's kernel has
+    # no kprobes, so only a VM runs it)
+    status = json.loads((run / "nodes" / "agent-b" / "probes" / "status.json").read_text())
+    assert status["detection"]["kprobes"]["available"], status["detection"]["kprobes"]
     rtt = manifest["probes"]["agent-b"]["rtt"]
     assert rtt["source"] == "bpftrace kprobe:tcp_rcv_established" and rtt["records"] > 0, rtt
+    windows = [
+        json.loads(line) for line in (run / "nodes" / "agent-b" / "probes" / "rtt.jsonl").read_text().splitlines()
+    ]
+    assert len(windows) == rtt["records"] and all(w["srtt_min_us"] <= w["srtt_us"] <= w["srtt_max_us"] for w in windows)
 
 
 def test_the_vm_clocks_follow_the_controller(baseline_run):
