@@ -282,7 +282,7 @@ def test_vllms_model_directory_is_copied_once_checked_and_repaired(lab, tmp_path
         no_room = playbook(config, *as_vllm[:-1], f"lab_llm_model={other}", "-e", "llm_model_reserve_mb=1000000000")
         message = " ".join(no_room.stdout.split())
         assert no_room.returncode != 0 and f"llm: llm.model {other} needs 0.0 GiB more" in message, explain(no_room)
-        assert "raise the node's disk_gb in lab.yaml" in message
+        assert "free space on the host, whose disk the containers share" in message
         left = lab_cli(config, "ssh", "llm", "--", "ls /var/lib/lab/models").stdout.split()
         assert "other-model" not in left
     finally:

@@ -1,16 +1,17 @@
-"""On the LLM node: how its copy of the model differs from the controller's manifest (on stdin).
+"""On the LLM node: how its copy of the model differs from the controller's manifest (on stdin, base64).
 
 argv: the copy's directory, the name of its record of a complete copy. Prints JSON: `stale` (files
 missing or of another size), `extra` (files the manifest does not list), `complete`, and the bytes
 still to copy beside the free bytes where they go."""
 
+import base64
 import json
 import os
 import shutil
 import sys
 
 dest, record = sys.argv[1], sys.argv[2]
-manifest = json.load(sys.stdin)
+manifest = json.loads(base64.b64decode(sys.stdin.read()))
 wanted = {f["path"]: f["size"] for f in manifest["files"]}
 present = {}
 for root, dirs, files in os.walk(dest):
