@@ -11,7 +11,8 @@ Prints one JSON object, the manifest the roles read:
 - `collectors`: the probe runner as one stdlib-only zip (`python3 collectors.pyz ...`);
 - `profiles`: per profile, a tar of wheels plus a pinned `requirements.txt`, rebuilt only when
   the profile's requirements (from pyproject.toml) change: `services` (what the workload
-  services import), `llm-cpu` (llama.cpp's server), `vllm`;
+  services import), `llm-cpu` (llama.cpp's server), `vllm`; `parts` names subsets a node may
+  install alone from the same bundle (`tools`: the services without the agents' stack);
 - `model` (with --cpu-model): the CPU backend's GGUF on the controller, joined from the
   packages that ship it or a local file, named by its checksum; or `error` saying why not.
 
@@ -45,6 +46,9 @@ CPU_FRONT = ("httpx", "starlette", "uvicorn")
 CPU_SERVER = "xllamacpp"
 # The packages that run on the nodes (collectors/ travels as its own zip, see collectors_zip).
 NODE_PACKAGES = ("workload",)
+# The agents' own stack (workload/agents.py, loop.py, handoff.py): a node that runs no agent (tool
+# servers, the baseline chain) installs the services profile's `tools` part, without it.
+AGENT_PACKAGES = ("langgraph", "langchain-mcp-adapters", "langchain-openai", "a2a-sdk")
 # What workload/ imports from the project's base dependencies (the rest of those are the
 # controller's: provisioning, Ansible, analysis); nodes install these and the workload extra.
 NODE_BASE_DEPENDENCIES = ("pydantic", "pyyaml")
@@ -87,6 +91,13 @@ def profile_requirements(pyproject: dict[str, Any], profile: str, vllm: list[str
     base = [r for r in pyproject["project"]["dependencies"] if dist_name(r) in NODE_BASE_DEPENDENCIES]
     skip = weights_packages() | {CPU_SERVER}
     return base + [r for r in workload if dist_name(r) not in skip]
+
+
+def profile_parts(profile: str, requirements: list[str]) -> dict[str, list[str]]:
+    """Subsets of a profile a node may install alone, resolved from the same bundle."""
+    if profile != "services":
+        return {}
+    return {"tools": [r for r in requirements if dist_name(r) not in AGENT_PACKAGES]}
 
 
 def digest(items: Iterable[tuple[str, bytes]]) -> str:
@@ -265,11 +276,15 @@ def build(
     out.mkdir(parents=True, exist_ok=True)
     wheel, requirement = project_wheel(pyproject, out)
     collectors = collectors_zip(out)
-    archives = {p: profile_archive(p, profile_requirements(pyproject, p, vllm or []), out) for p in profiles}
+    requirements = {p: profile_requirements(pyproject, p, vllm or []) for p in profiles}
+    archives = {p: profile_archive(p, requirements[p], out) for p in profiles}
     manifest: dict[str, Any] = {
         "project": {"wheel": str(wheel.path), "requirement": requirement},
         "collectors": str(collectors.path),
-        "profiles": {p: {"archive": str(a.path), "name": a.path.stem} for p, a in archives.items()},
+        "profiles": {
+            p: {"archive": str(a.path), "name": a.path.stem, "parts": profile_parts(p, requirements[p])}
+            for p, a in archives.items()
+        },
     }
     changed = wheel.built or collectors.built or any(a.built for a in archives.values())
     if model_spec:
