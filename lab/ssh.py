@@ -129,16 +129,28 @@ def wait_all_ready(
     progress: Callable[[str], None],
 ) -> None:
     """`wait_ready` for every node at once. A node whose machine is no longer `alive` fails at once,
-    saying it `stopped`, with the last lines of its console log."""
+    saying it `stopped`; a failure says the last lines of the node's console log."""
+
+    def console_tail(node: Node, lines: int) -> str:
+        log = console(node)
+        tail = log.read_text(errors="replace").strip().splitlines()[-lines:] if log.is_file() else []
+        return f"{' | '.join(tail)} (console log: {log})"
+
+    class Stopped(LabError):
+        """The node's machine is gone; the message already holds its console's last lines."""
 
     def one(node: Node) -> None:
         def still_booting() -> None:
             if not alive(node):
-                log = console(node)
-                tail = log.read_text(errors="replace").strip().splitlines()[-3:] if log.is_file() else []
-                raise LabError(f"{node.name}: {stopped} while booting; {' | '.join(tail)} (console log: {log})")
+                raise Stopped(f"{node.name}: {stopped} while booting; {console_tail(node, 3)}")
 
-        progress(f"{node.name}: SSH ready ({wait_ready(node, timeout, still_booting):.1f} s)")
+        try:
+            waited = wait_ready(node, timeout, still_booting)
+        except Stopped:
+            raise
+        except LabError as exc:
+            raise LabError(f"{exc}; its console ends: {console_tail(node, 8)}") from None
+        progress(f"{node.name}: SSH ready ({waited:.1f} s)")
 
     with ThreadPoolExecutor(len(nodes)) as pool:
         for future in [pool.submit(one, node) for node in nodes]:

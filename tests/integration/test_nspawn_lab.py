@@ -192,6 +192,8 @@ def test_a_failed_up_cleans_up_what_it_created(tmp_path, node_image):
     result = lab_cli(config, "up", check=False)
     assert result.returncode == 1
     assert "did not answer SSH" in result.stderr and "Traceback" not in result.stderr
+    message = " ".join(result.stderr.split())  # rich wraps long lines
+    assert "its console ends:" in message and f"(console log: {config.parent / '.lab' / 'logs'}" in message
     assert [item for item in leftovers(config, "tf") if not item.startswith("state dir")] == []
     assert (config.parent / ".lab" / "logs").is_dir()  # console logs stay to show why
     lab_cli(config, "teardown")
