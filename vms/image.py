@@ -84,8 +84,9 @@ rm -f /var/lib/dbus/machine-id
 echo 'tracefs /sys/kernel/tracing tracefs nofail 0 0' >> /etc/fstab
 # On a cgroup v1 host a container's unit now and then fails to attach to its cgroup (219/CGROUP);
 # when systemd-user-sessions is the one, /run/nologin stays and PAM refuses every login.
-mkdir -p /etc/systemd/system/systemd-user-sessions.service.d
-printf '[Service]\nRestart=on-failure\nRestartSec=1\n' > /etc/systemd/system/systemd-user-sessions.service.d/50-lab-retry.conf
+dropin=/etc/systemd/system/systemd-user-sessions.service.d
+mkdir -p "$dropin"
+printf '[Service]\nRestart=on-failure\nRestartSec=1\n' > "$dropin/50-lab-retry.conf"
 """
 
 
