@@ -18,6 +18,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from workload.llm import sha256_of  # noqa: E402  (the project's root, as wheelhouse.py reaches it)
+
 
 class ManifestError(RuntimeError):
     """The directory cannot be described; the message says why."""
@@ -42,8 +45,7 @@ def sha256(path: Path, cache: dict[str, Any]) -> str:
     known = cache.get(key)
     if known and known["size"] == stat.st_size and known["mtime_ns"] == stat.st_mtime_ns:
         return known["sha256"]
-    with path.open("rb") as handle:
-        digest = hashlib.file_digest(handle, "sha256").hexdigest()
+    digest = sha256_of(path)
     cache[key] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
     return digest
 

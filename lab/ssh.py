@@ -120,6 +120,10 @@ def wait_ready(node: Node, timeout: float, still_booting=lambda: None, port: int
     raise LabError(f"{node.name} ({node.address}) did not answer SSH within {timeout:.0f} s (last: {last_error})")
 
 
+class _Stopped(LabError):
+    """A node's machine is gone while it boots; the message already holds its console's last lines."""
+
+
 def wait_all_ready(
     nodes: list[Node],
     timeout: float,
@@ -136,17 +140,14 @@ def wait_all_ready(
         tail = log.read_text(errors="replace").strip().splitlines()[-lines:] if log.is_file() else []
         return f"{' | '.join(tail)} (console log: {log})"
 
-    class Stopped(LabError):
-        """The node's machine is gone; the message already holds its console's last lines."""
-
     def one(node: Node) -> None:
         def still_booting() -> None:
             if not alive(node):
-                raise Stopped(f"{node.name}: {stopped} while booting; {console_tail(node, 3)}")
+                raise _Stopped(f"{node.name}: {stopped} while booting; {console_tail(node, 3)}")
 
         try:
             waited = wait_ready(node, timeout, still_booting)
-        except Stopped:
+        except _Stopped:
             raise
         except LabError as exc:
             raise LabError(f"{exc}; its console ends: {console_tail(node, 8)}") from None

@@ -277,6 +277,7 @@ def hugepages_preflight(
     local = [(i, s) for i, s in wanted if is_local(s.libvirt_uri)]
     if not local:
         return
+    names = ", ".join(s.name for _, s in local)
     fields = dict(line.split(":", 1) for line in meminfo.read_text().splitlines() if ":" in line)
     size_kb = int(fields["Hugepagesize"].split()[0])
     total, free = int(fields["HugePages_Total"]), int(fields["HugePages_Free"])
@@ -284,15 +285,11 @@ def hugepages_preflight(
     if need > free:
         index = local[0][0]
         raise LabError(
-            f"{lab.path}: nodes[{index}].hugepages: {names_of(local)} need {need} hugepages of {size_kb} kB "
+            f"{lab.path}: nodes[{index}].hugepages: {names} need {need} hugepages of {size_kb} kB "
             f"({need * size_kb // 1024} MiB) and this host has {free} free of {total}; reserve them first "
             f"(sysctl vm.nr_hugepages={total - free + need}) or set hugepages: false"
         )
-    progress(f"{names_of(local)}: {need} of the host's {free} free hugepages ({size_kb} kB) will back their memory")
-
-
-def names_of(indexed: list[tuple[int, NodeSpec]]) -> str:
-    return ", ".join(s.name for _, s in indexed)
+    progress(f"{names}: {need} of the host's {free} free hugepages ({size_kb} kB) will back their memory")
 
 
 @dataclass(frozen=True)
