@@ -44,8 +44,9 @@ def handshakes(result: RunAnalysis) -> pd.DataFrame:
 
 
 def probe_losses(run: RunDir) -> pd.DataFrame:
-    """Per node and probe: its state at the stop, records written, records lost (a full buffer), values
-    out of range; a probe that never started or failed says why."""
+    """Per node and probe: its state at the stop, records written, records lost (a full buffer, or a
+    full disk), values out of range, output the node could not write; a probe that never started,
+    failed or could not write says why."""
     rows = [
         {
             "node": node,
@@ -54,12 +55,15 @@ def probe_losses(run: RunDir) -> pd.DataFrame:
             "records": probe.records,
             "lost": probe.lost,
             "invalid values": probe.invalid_values,
+            "unwritten bytes": probe.unwritten_bytes,
             "error": probe.error or "",
         }
         for node, probes in sorted(run.manifest.probes.items())
         for name, probe in sorted(probes.items())
     ]
-    return pd.DataFrame(rows, columns=["node", "probe", "state", "records", "lost", "invalid values", "error"])
+    return pd.DataFrame(
+        rows, columns=["node", "probe", "state", "records", "lost", "invalid values", "unwritten bytes", "error"]
+    )
 
 
 def clock_budget(run: RunDir) -> pd.DataFrame:

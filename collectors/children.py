@@ -9,6 +9,7 @@ import json
 import os
 import re
 import signal
+import struct
 import subprocess
 import threading
 import time
@@ -40,6 +41,8 @@ DECODE_STATUS_LINES = 50_000  # status.json is rewritten this often while decodi
 BPFTRACE_LOST = re.compile(r"Lost (\d+) events")
 TCPDUMP_CAPTURED = re.compile(r"(\d+) packets? captured")
 TCPDUMP_DROPPED = re.compile(r"(\d+) packets? dropped by kernel")
+PCAP_FILE_HEADER, PCAP_RECORD_HEADER = 24, 16
+PCAP_MAGIC_LE = (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1")  # microsecond, nanosecond timestamps
 _ENCODE = json.JSONEncoder(separators=(",", ":")).encode  # one encoder for every record
 
 
@@ -76,6 +79,92 @@ class RecordTags:
     run_id: str
     probe: str
     clock: ClockOffset
+
+
+class UnitFile:
+    """A probe's output file as the runner copies it from the probe's stdout, chunk by chunk as
+    read: it only ever holds whole units (`whole`: lines, pcap records). A write the disk refuses
+    (full) is cut back to the last whole unit and counted in the process's probe `status`
+    (unwritten_bytes, write_error), and the copy goes on: what the probe writes once there is room
+    again is kept, and the file still reads from start to end."""
+
+    def __init__(self, path: Path, status: ProbeStatus, status_file: StatusFile) -> None:
+        self.path = path
+        self.status = status
+        self.status_file = status_file
+        self._file = path.open("ab", buffering=0)
+        self._size = os.fstat(self._file.fileno()).st_size
+        self._pending = b""  # the start of a unit the probe has not finished writing
+
+    def whole(self, data: bytes) -> int:
+        """How many bytes at the start of `data` are whole units."""
+        raise NotImplementedError
+
+    def append(self, chunk: bytes) -> bytes:
+        """Write the whole units `chunk` completes; those units (written or not)."""
+        data = self._pending + chunk
+        end = self.whole(data)
+        units, self._pending = data[:end], data[end:]
+        if units:
+            self._write(units)
+        return units
+
+    def _write(self, units: bytes) -> None:
+        try:
+            view = memoryview(units)
+            while view:
+                view = view[self._file.write(view) :]  # unbuffered: a short write, then the error
+            self._size += len(units)
+        except OSError as e:
+            with contextlib.suppress(OSError):  # shrinking a file needs no room
+                os.ftruncate(self._file.fileno(), self._size)
+            with self.status_file.lock:
+                self.status.unwritten_bytes += len(units)
+                self.status.write_error = self.status.write_error or f"{self.path.name}: {e.strerror}"
+            self.status_file.touch()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class LineFile(UnitFile):
+    def whole(self, data: bytes) -> int:
+        return data.rfind(b"\n") + 1
+
+    def close(self) -> None:
+        if self._pending and not self._file.closed:  # a last line without its newline
+            self._write(self._pending + b"\n")
+            self._pending = b""
+        super().close()
+
+
+class PcapFile(UnitFile):
+    """A classic pcap stream: a 24-byte file header, then records of a 16-byte header (whose third
+    field is the captured length, in the file header's byte order) and the captured bytes."""
+
+    def __init__(self, path: Path, status: ProbeStatus, status_file: StatusFile) -> None:
+        super().__init__(path, status, status_file)
+        self._header = b""  # the file header, once it went by
+        self._order = "<"  # its byte order
+
+    def whole(self, data: bytes) -> int:
+        at = 0
+        if not self._header:
+            if len(data) < PCAP_FILE_HEADER:
+                return 0
+            self._header, at = data[:PCAP_FILE_HEADER], PCAP_FILE_HEADER
+            self._order = "<" if self._header[:4] in PCAP_MAGIC_LE else ">"
+        while len(data) - at >= PCAP_RECORD_HEADER:
+            (captured,) = struct.unpack_from(self._order + "I", data, at + 8)
+            if len(data) - at - PCAP_RECORD_HEADER < captured:
+                break
+            at += PCAP_RECORD_HEADER + captured
+        return at
+
+    def _write(self, units: bytes) -> None:
+        if self._size == 0 and not units.startswith(self._header):  # the file header was refused: first
+            units = self._header + units
+        super()._write(units)
 
 
 class Child:
@@ -238,7 +327,7 @@ class Child:
         self.log.close()
 
     def log_line(self, stream: str, line: str) -> None:
-        with self._log_lock:
+        with self._log_lock, contextlib.suppress(OSError):  # a full disk loses the line, not the reader
             self.log.write(f"{stream}: {line}\n")
 
     def on_stderr(self, line: str) -> None:
@@ -362,7 +451,7 @@ class BpftraceChild(Child):
             r.log_line = self.log_line
         self.raw_path = raw_path
         self.bpf_stats = bpf_stats  # the kernel counts BPF run time: report this process's
-        self.raw = raw_path.open("ab", buffering=0)  # each chunk reaches the file as read
+        self.raw = LineFile(raw_path, self.status, status_file)
         self.printed_at_end: dict[str, list[str]] = {}  # map key -> tuples, see programs.py
         self._entry_marks = {probe: (f"@{probe}0[".encode(), f"@{probe}1[".encode()) for probe in self.records}
 
@@ -380,13 +469,10 @@ class BpftraceChild(Child):
     # --- while running: copy --------------------------------------------------------------
 
     def read_stdout(self, stream: IO[bytes] | None) -> None:
-        pending = b""
         for chunk in self._chunks(stream):
-            self.raw.write(chunk)
-            if not self.status.started:
-                *lines, pending = (pending + chunk).split(b"\n")
-                if any(line.startswith(b"READY") for line in lines):
-                    self.mark_started()
+            lines = self.raw.append(chunk)
+            if not self.status.started and any(line.startswith(b"READY") for line in lines.split(b"\n")):
+                self.mark_started()
             counted = {probe: chunk.count(a) + chunk.count(b) for probe, (a, b) in self._entry_marks.items()}
             if any(counted.values()):
                 with self.status_file.lock:
@@ -458,9 +544,25 @@ class BpftraceChild(Child):
 
 
 class TcpdumpChild(Child):
-    """tcpdump writing a pcap: "listening on" means attached; counts come at exit."""
+    """tcpdump writing a pcap to its stdout (`-w -`), which the runner copies to `pcap_path`
+    (PcapFile: a full disk costs the records that arrived meanwhile, not the rest of the capture);
+    "listening on" means attached; counts come at exit."""
 
-    capture_stdout = False
+    capture_stdout = True
+
+    def __init__(
+        self, statuses: list[ProbeStatus], argv: list[str], log_path: Path, status_file: StatusFile, pcap_path: Path
+    ) -> None:
+        super().__init__(statuses, argv, log_path, status_file)
+        self.pcap = PcapFile(pcap_path, self.status, status_file)
+
+    def read_stdout(self, stream: IO[bytes] | None) -> None:
+        for chunk in self._chunks(stream):
+            self.pcap.append(chunk)
+
+    def close(self) -> None:
+        self.pcap.close()
+        super().close()
 
     def on_stderr(self, line: str) -> None:
         super().on_stderr(line)

@@ -176,10 +176,10 @@ class Runner:
                 "-Z",
                 "root",
                 "-w",
-                str(self.config.out / output),
+                "-",
             ]
             log = self.config.out / "logs" / f"pcap-{interface}.log"
-            children.append(TcpdumpChild([status], argv, log, self.status_file))
+            children.append(TcpdumpChild([status], argv, log, self.status_file, self.config.out / output))
         return children
 
     def build(self) -> None:

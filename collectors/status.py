@@ -60,6 +60,10 @@ class ProbeStatus:
     parse_errors: int = 0
     invalid_values: int = 0  # records written with a value nulled (children.INT64_MIN/MAX)
     lost_events: int = 0
+    # Output the runner could not write (a full disk): bytes dropped at whole lines, and the first
+    # error. A bpftrace probe's events in them also count in lost_events; the process's probe holds it.
+    unwritten_bytes: int = 0
+    write_error: str | None = None
     cpu_s: CpuSpent | None = None  # the probe process's CPU, known once it exited
     # The kernel's time in the probe's BPF programs and their runs, read when the stop began
     # (collectors.bpfstats); None where the kernel keeps no statistics or the probe died first.
@@ -115,5 +119,9 @@ class StatusFile:
             self._dirty = False
             self.status.updated_at_ns = time.time_ns()
             tmp = self.path.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps(asdict(self.status), indent=2) + "\n")
-            os.replace(tmp, self.path)
+            try:
+                tmp.write_text(json.dumps(asdict(self.status), indent=2) + "\n")
+                os.replace(tmp, self.path)
+            except OSError:  # a full disk: the last status stays, this one is written once there is room
+                tmp.unlink(missing_ok=True)
+                self._dirty = True

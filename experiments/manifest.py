@@ -56,7 +56,11 @@ def _probe(probe: dict) -> ProbeSummary:
         records=probe["packets"] if capture else probe.get("records", 0),
         lost=(probe.get("packets_dropped") if capture else probe.get("lost_events")) or 0,
         invalid_values=probe.get("invalid_values", 0),
-        error=probe.get("attach_error") or probe.get("error") or probe.get("unavailable_reason"),
+        unwritten_bytes=probe.get("unwritten_bytes", 0),
+        error=probe.get("attach_error")
+        or probe.get("error")
+        or probe.get("unavailable_reason")
+        or probe.get("write_error"),
     )
 
 
@@ -85,6 +89,11 @@ def probe_faults(summary: dict[str, ProbeSummary]) -> list[str]:
             lines.append(
                 f"probe {name} wrote {p.invalid_values} record(s) with a value it could not read "
                 "(null there, the reason in the record's `invalid`)"
+            )
+        if p.unwritten_bytes:
+            lines.append(
+                f"probe {name} could not write {p.unwritten_bytes} bytes of its output ({p.error}); "
+                "the records in them are lost, the rest is whole"
             )
         if p.state not in ("running", "stopped", "starting"):
             lines.append(f"probe {name} {p.state}: {p.error or 'no reason given'}")

@@ -7,6 +7,7 @@ node needs nothing installed for it besides python3, tc and the collectors deplo
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
@@ -590,12 +591,27 @@ def inject(kind: str, address: str, service: str | None = None, for_s: float | N
                 "this node is a container: its disk is the host's file system, which fill_disk would fill; "
                 "inject fill_disk on a libvirt node"
             )
-        disk = os.statvfs(Path(FILL).parent)
-        free = disk.f_bavail * disk.f_frsize
-        _checked(["fallocate", "--length", str(free), FILL])
+        filled = fill(FILL)
         _later("fill-disk", f"sleep {for_s}; rm -f {FILL}")
-        return {"path": FILL, "filled_bytes": free}
+        return {"path": FILL, "filled_bytes": filled}
     raise RuntimeError(f"no fault kind {kind!r}")
+
+
+def fill(path: str) -> int:
+    """Allocate every free block of the file system holding `path` to it, root's reserve included
+    (the probes and most services run as root, and would write on into it); the bytes allocated."""
+    disk = os.statvfs(Path(path).parent)
+    size, filled = disk.f_bfree * disk.f_frsize, 0
+    with open(path, "wb") as file:
+        while size >= disk.f_frsize:
+            try:
+                os.posix_fallocate(file.fileno(), filled, size)
+                filled += size
+            except OSError as e:  # the file's own extent blocks need room too: take less
+                if e.errno != errno.ENOSPC:
+                    raise
+                size //= 2
+    return filled
 
 
 def _checked(argv: list[str]) -> None:

@@ -218,6 +218,8 @@ class ProbeSummary(Record):
     records: int = 0
     lost: int = 0
     invalid_values: int = 0
+    unwritten_bytes: int = 0
+    """Output the node could not write (a full disk), dropped at whole records."""
     error: str | None = None
 
 

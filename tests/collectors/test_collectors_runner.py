@@ -355,3 +355,52 @@ def test_probes_die_with_a_killed_runner(start_runner: Any, tmp_path: Path) -> N
     while time.monotonic() < deadline and any(alive(pid) for pid in pids.values()):
         time.sleep(0.1)
     assert not [name for name, pid in pids.items() if alive(pid)]
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Any:
+    """A 32 MiB file system of its own (tmpfs) for the runner's output, unmounted afterwards."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "lab-test-small", str(mount)], check=True)
+    yield mount
+    subprocess.run(["umount", "--lazy", str(mount)], check=False)
+
+
+def test_a_full_disk_loses_only_what_arrived_while_it_was_full(
+    netns: Namespaces, start_runner: Any, small_disk: Path
+) -> None:
+    """The file system under a run fills (fill_disk, or a node's disk running out) while the probes
+    run: the runner keeps running, says what it could not write, and what came before and after is kept."""
+    runner = start_runner(small_disk / "out", "--probes", "lifetime,connect,pcap", "--iface", "lab0")
+    runner.wait_running()
+
+    def connections(port: int, count: int) -> list[dict]:  # type: ignore[type-arg]
+        server = netns.serve(netns.b, netns.b_addr, port, count)
+        sent = [netns.send(netns.a, netns.b_addr, port, 2000) for _ in range(count)]
+        server.wait(timeout=30)
+        return sent
+
+    before = connections(5011, 5)
+    time.sleep(1.5)  # the runner copies what bpftrace printed; tcpdump's buffer times out
+    filler = small_disk / "filler"
+    subprocess.run(["fallocate", "--length", str(os.statvfs(small_disk).f_bavail * 4096), str(filler)], check=True)
+    connections(5012, 20)
+    time.sleep(3)  # the probes try to write into the full disk
+    filler.unlink()
+    after = connections(5013, 5)
+    time.sleep(1.5)
+    assert runner.stop() == 0, runner.stderr()
+    status = runner.status()
+    assert status["state"] == "stopped"
+    for probe in ("lifetime", "connect"):
+        kept = {r["sport"] for r in runner.records(probe) if r["dport"] in (5011, 5013)}
+        assert {f["sport"] for f in before + after} <= kept, (probe, status["probes"][probe])
+    lifetime, pcap = status["probes"]["lifetime"], status["probes"]["pcap:lab0"]
+    assert lifetime["unwritten_bytes"] > 0 and lifetime["lost_events"] > 0, lifetime
+    assert lifetime["write_error"] == "lifetime-connect.bpftrace: No space left on device", lifetime
+    assert pcap["unwritten_bytes"] > 0 and pcap["write_error"] == "pcap-lab0.pcap: No space left on device", pcap
+    # the capture reads whole to its end and holds the connections after the disk had room again
+    read = subprocess.run(["tcpdump", "-n", "-r", str(runner.out / pcap["output"])], capture_output=True, text=True)
+    assert read.returncode == 0 and "truncated" not in read.stderr, read.stderr
+    assert pcap_packets(runner.out / pcap["output"]) and f"{netns.b_addr}.5013 " in read.stdout

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from collectors import clock, detect, programs, sources
-from collectors.children import BpftraceChild, Records, RecordTags
+from collectors.children import BpftraceChild, PcapFile, Records, RecordTags
 from collectors.cli import main
 from collectors.detect import Detection, Kprobes, Tracefs
 from collectors.runner import RunConfig, Runner, RunnerError, prepare_out_dir
@@ -163,7 +166,7 @@ def state_child(tmp_path: Path) -> tuple[BpftraceChild, Path]:
 
 def printed(child: BpftraceChild, lines: list[str]) -> None:
     """What bpftrace wrote while running: it reaches the raw file, parsed only at the end."""
-    child.raw.write("".join(f"{line}\n" for line in lines).encode())
+    child.raw.append("".join(f"{line}\n" for line in lines).encode())
 
 
 def test_batches_are_written_in_time_order_and_a_batch_printed_twice_once(tmp_path: Path) -> None:
@@ -365,3 +368,57 @@ def test_every_program_compiles(program: str | tuple[str, ...], tmp_path: Path) 
     path.write_text(program)
     result = subprocess.run(["bpftrace", "-d", str(path), "1", "1000000", "100"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_a_pcap_copied_in_any_chunks_is_the_same_file(tmp_path: Path) -> None:
+    """PcapFile cuts tcpdump's stream at whole records whatever the reads gave it; a record not
+    finished at the end is not written."""
+    header = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 96, 1)
+    records = b"".join(struct.pack("<IIII", 1, n, 40 + n, 1500) + bytes([n]) * (40 + n) for n in range(30))
+    stream = header + records + struct.pack("<IIII", 2, 0, 60, 60) + b"x" * 10
+    status = ProbeStatus(probe="pcap:lab0", metric="packet headers")
+    run = RunStatus(node="n", run_id="r", pid=1, netns_inode=1, config={}, clock={}, detection={})
+    pcap = PcapFile(tmp_path / "out.pcap", status, StatusFile(tmp_path / "status.json", run))
+    at, size = 0, 1
+    while at < len(stream):
+        pcap.append(stream[at : at + size])
+        at, size = at + size, size * 2 + 1  # 1, 3, 7, ... bytes: cuts inside headers and payloads
+    pcap.close()
+    assert (tmp_path / "out.pcap").read_bytes() == header + records
+    assert status.unwritten_bytes == 0 and status.write_error is None
+
+
+class FullOnce:
+    """A file whose disk fills during the first write: 10 bytes get in, then ENOSPC; later writes
+    find room."""
+
+    def __init__(self, file: Any) -> None:
+        self.file, self.writes = file, 0
+
+    def write(self, data: Any) -> int:
+        self.writes += 1
+        if self.writes == 1:
+            return self.file.write(data[:10])
+        if self.writes == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return self.file.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.file, name)
+
+
+def test_a_refused_write_is_cut_back_to_whole_units_and_the_copy_goes_on(tmp_path: Path) -> None:
+    """The disk fills during the first write (10 bytes got in, then ENOSPC): the file is cut back to
+    nothing, and the pcap's file header still comes first once there is room."""
+    header = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 96, 1)
+    record = struct.pack("<IIII", 1, 0, 4, 60) + b"abcd"
+    status = ProbeStatus(probe="pcap:lab0", metric="packet headers")
+    run = RunStatus(node="n", run_id="r", pid=1, netns_inode=1, config={}, clock={}, detection={})
+    pcap = PcapFile(tmp_path / "out.pcap", status, StatusFile(tmp_path / "status.json", run))
+    pcap._file = FullOnce(pcap._file)  # type: ignore[assignment]
+    pcap.append(header + record)
+    assert (tmp_path / "out.pcap").read_bytes() == b""
+    assert status.unwritten_bytes == len(header + record) and "No space left" in str(status.write_error)
+    pcap.append(record)
+    pcap.close()
+    assert (tmp_path / "out.pcap").read_bytes() == header + record

@@ -133,6 +133,8 @@ STATUS = {
             "records": 0,
             "packets": 817,
             "packets_dropped": 2,
+            "unwritten_bytes": 4096,
+            "write_error": "pcap-host0.pcap: No space left on device",
         },
     }
 }
@@ -147,6 +149,7 @@ def test_probe_summary_and_faults():
         "records": 12,
         "lost": 1,
         "invalid_values": 2,
+        "unwritten_bytes": 0,
         "error": None,
     }
     assert summary["pcap:host0"].records == 817 and summary["pcap:host0"].lost == 2
@@ -154,6 +157,8 @@ def test_probe_summary_and_faults():
         "probe rtt wrote 2 record(s) with a value it could not read (null there, the reason in the record's `invalid`)",
         "probe lifetime exited: killed by SIGKILL",
         "probe retrans unavailable: no tracepoint",
+        "probe pcap:host0 could not write 4096 bytes of its output (pcap-host0.pcap: No space left on device); "
+        "the records in them are lost, the rest is whole",
     ]
     assert probe_summary(None) == {}
 
@@ -383,3 +388,24 @@ def test_a_nodes_conditions_and_offloads_are_read_and_set_on_a_real_interface(tm
         assert back["gso"] == back["tso"] == "on"
     finally:
         subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+def test_fill_disk_takes_every_block_root_could_write(tmp_path: Path) -> None:
+    """fill_disk on an ext4 file system (a node's root): its 5 % root reserve is filled too, so
+    the probes and services running as root meet a full disk as well."""
+    require_root("filling a loop-mounted file system", ["mkfs.ext4", "mount", "umount"])
+    image, mount = tmp_path / "disk.img", tmp_path / "mnt"
+    image.write_bytes(b"")
+    os.truncate(image, 16 << 20)
+    subprocess.run(["mkfs.ext4", "-q", str(image)], check=True)
+    mount.mkdir()
+    subprocess.run(["mount", "-o", "loop", str(image), str(mount)], check=True)
+    try:
+        before = os.statvfs(mount)
+        assert before.f_bfree > before.f_bavail  # the reserve
+        filled = node_script.fill(str(mount / "fill"))
+        assert filled > before.f_bavail * before.f_frsize
+        with pytest.raises(OSError, match="No space left"):
+            (mount / "more").write_bytes(b"x" * (64 << 10))
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import time
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from lab.config import load_config
 from tests.analysis.checks import assert_baseline_matches_the_call_graph, assert_flows_agree_with_handshakes
 from tests.conftest import lab_cli, write_lab
 from tests.integration.conftest import playbook
+from tests.integration.test_experiment import assert_files_intact
+from tests.integration.test_faults import faults_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -107,8 +110,7 @@ BASELINE_TAGS = "common,collectors,ebpf_tools,mcp_tools,baseline"
 
 
 @pytest.fixture(scope="module")
-def baseline_run(lab, tmp_path_factory):
-    """The baseline deployed on the three TCG VMs and run with every probe, then analysed."""
+def deployed(lab):
     config, _ = lab
     started = time.monotonic()
     deploy = playbook(config, "--tags", BASELINE_TAGS)
@@ -116,28 +118,77 @@ def baseline_run(lab, tmp_path_factory):
         f"deploy.yml exited {deploy.returncode}:\n{deploy.stdout[-6000:]}\n{deploy.stderr[-3000:]}"
     )
     print(f"deploy ({BASELINE_TAGS}) on TCG VMs: {time.monotonic() - started:.0f} s")
-    path = tmp_path_factory.mktemp("scenarios") / "vm-baseline.yaml"
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "workload": "baseline",
-                "tasks": {"count": 20, "seed": 1},
-                "load": {"concurrency": 2},
-                "warmup": 2,
-                "task_timeout_s": 60,
-            }
-        )
-    )
+    return config
+
+
+def vm_experiment(config: Path, directory: Path, name: str, **keys: object) -> tuple[Path, dict]:
+    """A baseline scenario `name` run on the VMs; its run directory and manifest."""
+    path = directory / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({"workload": "baseline", "task_timeout_s": 60, **keys}))
     started = time.monotonic()
-    result = lab_cli(config, "experiment", str(path), timeout=1800)
-    print(f"baseline experiment, 20 tasks on TCG VMs: {time.monotonic() - started:.0f} s")
-    run = max((config.parent / "runs").glob("*-vm-baseline"))
-    return run, json.loads((run / "manifest.json").read_text()), result
+    lab_cli(config, "experiment", str(path), timeout=1800)
+    print(f"{name} on TCG VMs: {time.monotonic() - started:.0f} s")
+    run = max((config.parent / "runs").glob(f"*-{name}"))
+    return run, json.loads((run / "manifest.json").read_text())
+
+
+FILLED = "agent-b"  # PostgreSQL and every baseline service write there
+
+
+@pytest.fixture(scope="module")
+def filled_run(deployed, tmp_path_factory):
+    """agent-b's disk full for 8 s in the middle of a baseline run (the packet capture and the
+    connection probes on, which write the most)."""
+    return vm_experiment(
+        deployed,
+        tmp_path_factory.mktemp("scenarios"),
+        "vm-disk-full",
+        tasks={"count": 30, "seed": 2},
+        load={"concurrency": 2},
+        probes=["lifetime", "pcap"],
+        inject=[{"kind": "fill_disk", "node": FILLED, "at_s": 4, "for_s": 8}],
+    )
+
+
+@pytest.fixture(scope="module")
+def baseline_run(deployed, filled_run, tmp_path_factory):
+    """The baseline run with every probe on the three TCG VMs, after the disk-full run (so it is also
+    the run after a fault, which must be clean), then analysed."""
+    return vm_experiment(
+        deployed,
+        tmp_path_factory.mktemp("scenarios"),
+        "vm-baseline",
+        tasks={"count": 20, "seed": 1},
+        load={"concurrency": 2},
+        warmup=2,
+    )
+
+
+@pytest.mark.timeout(3000)
+def test_a_full_disk_on_a_vm_is_named_and_costs_only_what_it_could_not_write(filled_run):
+    run, manifest = filled_run
+    [filled] = manifest["injected"]
+    assert filled["error"] is None and filled["done"]["filled_bytes"] > 0, filled
+    assert any(w.startswith("injected fill_disk for 8 s at 4 s") for w in faults_of(manifest, FILLED))
+    results = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
+    assert all(r["error"] for r in results if not r["ok"]), [r for r in results if not r["ok"]]
+    for node in NODES:  # every node's records pulled and whole, the filled node's too
+        assert_files_intact(run, manifest["files"], f"nodes/{node}/")
+    probes = manifest["probes"][FILLED]
+    unwritten = {name: p for name, p in probes.items() if p["unwritten_bytes"]}
+    assert unwritten and all("No space left on device" in p["error"] for p in unwritten.values()), probes
+    for name in unwritten:
+        assert any(w.startswith(f"probe {name} could not write") for w in faults_of(manifest, FILLED))
+    pcap = run / "nodes" / FILLED / "probes" / "pcap-lab0.pcap"
+    read = subprocess.run(["tcpdump", "-n", "-r", str(pcap)], capture_output=True, text=True)
+    assert read.returncode == 0 and "truncated" not in read.stderr, read.stderr  # whole to its end
+    report = (run / "report.html").read_text()  # analysed: the fault and what it cost are in the report
+    assert "fill_disk" in report and "No space left on device" in report
 
 
 @pytest.mark.timeout(3000)
 def test_a_baseline_experiment_runs_on_the_vms(baseline_run):
-    run, manifest, result = baseline_run
+    run, manifest = baseline_run
     assert manifest["provider"] == "libvirt" and manifest["accelerator"] == "tcg"
     assert manifest["tasks"]["total"] == manifest["tasks"]["ok"] == 20, manifest["tasks"]
     assert manifest["faults"] == [], manifest["faults"]
@@ -165,7 +216,7 @@ def test_a_baseline_experiment_runs_on_the_vms(baseline_run):
 def test_the_vm_clocks_follow_the_controller(baseline_run):
     """The controller serves NTP on the lab network (vms/timeserver.py): the guests' offsets are
     milliseconds, not the -776 ms a TCG guest kept from its boot without it."""
-    _, manifest, _ = baseline_run
+    _, manifest = baseline_run
     for node in NODES:
         start = manifest["clock_offsets"][node]["start"]
         print(f"clock {node} at run start: {start['offset_ns'] / 1e6:.2f} ± {start['uncertainty_ns'] / 1e6:.2f} ms")
@@ -173,7 +224,7 @@ def test_the_vm_clocks_follow_the_controller(baseline_run):
 
 
 def test_the_vm_run_is_analysed_without_problems(baseline_run):
-    run, _, _ = baseline_run
+    run, _ = baseline_run
     summary = json.loads((run / "analysis.json").read_text())
     assert summary["problems"] == [], summary["problems"]
     lifetimes = [
