@@ -109,19 +109,38 @@ class UnitFile:
             self._write(units)
         return units
 
-    def _write(self, units: bytes) -> None:
+    def _put(self, data: bytes) -> OSError | None:
+        """Append `data`; the error that stopped it (the file then ends with what got in), or None."""
         try:
-            view = memoryview(units)
+            view = memoryview(data)
             while view:
-                view = view[self._file.write(view) :]  # unbuffered: a short write, then the error
-            self._size += len(units)
+                written = self._file.write(view)  # unbuffered: a short write, then the error
+                self._size += written
+                view = view[written:]
         except OSError as e:
-            with contextlib.suppress(OSError):  # shrinking a file needs no room
-                os.ftruncate(self._file.fileno(), self._size)
-            with self.status_file.lock:
-                self.status.unwritten_bytes += len(units)
-                self.status.write_error = self.status.write_error or f"{self.path.name}: {e.strerror}"
-            self.status_file.touch()
+            return e
+        return None
+
+    def _write(self, units: bytes) -> bool:
+        """Append whole units, or none of them (counted as unwritten)."""
+        before = self._size
+        if (error := self._put(units)) is None:
+            return True
+        self._cut(before)
+        with self.status_file.lock:
+            self.status.unwritten_bytes += len(units)
+        self._failed(error)
+        return False
+
+    def _cut(self, size: int) -> None:
+        with contextlib.suppress(OSError):  # shrinking a file needs no room
+            os.ftruncate(self._file.fileno(), size)
+        self._size = size
+
+    def _failed(self, error: OSError) -> None:
+        with self.status_file.lock:
+            self.status.write_error = self.status.write_error or f"{self.path.name}: {error.strerror}"
+        self.status_file.touch()
 
     def close(self) -> None:
         self._file.close()
@@ -140,12 +159,63 @@ class LineFile(UnitFile):
 
 class PcapFile(UnitFile):
     """A classic pcap stream: a 24-byte file header, then records of a 16-byte header (whose third
-    field is the captured length, in the file header's byte order) and the captured bytes."""
+    field is the captured length, in the file header's byte order) and the captured bytes.
+
+    Walking the records costs ~0.5 µs each, which the workload would pay while it is measured, so
+    chunks are appended as they come, and the records are walked only after a refused write: the
+    file is cut back to its last whole record (walked from the last place known whole), what was
+    not written waits in memory, and whole records only are written until one write goes through."""
 
     def __init__(self, path: Path, status: ProbeStatus, status_file: StatusFile) -> None:
         super().__init__(path, status, status_file)
-        self._header = b""  # the file header, once it went by
+        self._header = b""  # the file header, once known
         self._order = "<"  # its byte order
+        self._whole_to = 0  # the file holds whole records (and the file header) up to here
+        self._in_step = True  # the file is tcpdump's stream as it came, from _whole_to on
+
+    def append(self, chunk: bytes) -> bytes:
+        if not self._in_step:  # since a refused write: whole records only
+            written = self.status.unwritten_bytes
+            units = super().append(chunk)
+            if units and self.status.unwritten_bytes == written:
+                self._in_step, self._whole_to = True, self._size
+            return units
+        data, self._pending = self._pending + chunk, b""
+        start = self._size
+        if (error := self._put(data)) is not None:
+            self._out_of_step(start, data, error)
+        return data
+
+    def _out_of_step(self, start: int, data: bytes, error: OSError) -> None:
+        """`data`, appended at `start`, met a full disk: cut the file back to its last whole record
+        and keep what follows it in memory, to be written whole once there is room."""
+        with self.path.open("rb") as file:
+            self._header = self._header or file.read(PCAP_FILE_HEADER)[:PCAP_FILE_HEADER]
+            if len(self._header) < PCAP_FILE_HEADER:
+                self._header = b""  # not in the file yet: whole() reads it from the pending bytes
+            else:
+                self._order = "<" if self._header[:4] in PCAP_MAGIC_LE else ">"
+            whole = self._last_whole(file, self._size)
+            file.seek(whole)
+            self._pending = file.read(max(0, start - whole)) + data[max(0, whole - start) :]
+        self._cut(whole)
+        self._whole_to, self._in_step = whole, False
+        self._failed(error)
+
+    def _last_whole(self, file: IO[bytes], end: int) -> int:
+        """The offset up to which the file's first `end` bytes are whole records."""
+        if not self._header:
+            return 0
+        at = max(self._whole_to, PCAP_FILE_HEADER)
+        while True:
+            file.seek(at)
+            header = file.read(PCAP_RECORD_HEADER)
+            if len(header) < PCAP_RECORD_HEADER:
+                return at
+            (captured,) = struct.unpack_from(self._order + "I", header, 8)
+            if at + PCAP_RECORD_HEADER + captured > end:
+                return at
+            at += PCAP_RECORD_HEADER + captured
 
     def whole(self, data: bytes) -> int:
         at = 0
@@ -161,10 +231,10 @@ class PcapFile(UnitFile):
             at += PCAP_RECORD_HEADER + captured
         return at
 
-    def _write(self, units: bytes) -> None:
-        if self._size == 0 and not units.startswith(self._header):  # the file header was refused: first
-            units = self._header + units
-        super()._write(units)
+    def close(self) -> None:
+        if self._in_step and self._pending and not self._file.closed:  # the start of a record, as tcpdump ended
+            self._put(self._pending)
+        super().close()
 
 
 class Child:

@@ -370,55 +370,81 @@ def test_every_program_compiles(program: str | tuple[str, ...], tmp_path: Path) 
     assert result.returncode == 0, result.stderr[-2000:]
 
 
-def test_a_pcap_copied_in_any_chunks_is_the_same_file(tmp_path: Path) -> None:
-    """PcapFile cuts tcpdump's stream at whole records whatever the reads gave it; a record not
-    finished at the end is not written."""
-    header = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 96, 1)
-    records = b"".join(struct.pack("<IIII", 1, n, 40 + n, 1500) + bytes([n]) * (40 + n) for n in range(30))
-    stream = header + records + struct.pack("<IIII", 2, 0, 60, 60) + b"x" * 10
-    status = ProbeStatus(probe="pcap:lab0", metric="packet headers")
-    run = RunStatus(node="n", run_id="r", pid=1, netns_inode=1, config={}, clock={}, detection={})
-    pcap = PcapFile(tmp_path / "out.pcap", status, StatusFile(tmp_path / "status.json", run))
-    at, size = 0, 1
-    while at < len(stream):
-        pcap.append(stream[at : at + size])
-        at, size = at + size, size * 2 + 1  # 1, 3, 7, ... bytes: cuts inside headers and payloads
-    pcap.close()
-    assert (tmp_path / "out.pcap").read_bytes() == header + records
-    assert status.unwritten_bytes == 0 and status.write_error is None
+PCAP_HEADER = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 96, 1)
 
 
-class FullOnce:
-    """A file whose disk fills during the first write: 10 bytes get in, then ENOSPC; later writes
-    find room."""
+def pcap_record(n: int) -> bytes:
+    return struct.pack("<IIII", 1, n, 40 + n, 1500) + bytes([n]) * (40 + n)
+
+
+class Disk:
+    """A file on a disk the test fills and frees: a write to a full disk gets 10 bytes in, then ENOSPC."""
 
     def __init__(self, file: Any) -> None:
-        self.file, self.writes = file, 0
+        self.file, self.full, self.refused = file, False, 0
 
     def write(self, data: Any) -> int:
-        self.writes += 1
-        if self.writes == 1:
+        if not self.full:
+            return self.file.write(data)
+        if self.refused % 2 == 0 and len(data) > 10:
+            self.refused += 1
             return self.file.write(data[:10])
-        if self.writes == 2:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return self.file.write(data)
+        self.refused += 1
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.file, name)
 
 
-def test_a_refused_write_is_cut_back_to_whole_units_and_the_copy_goes_on(tmp_path: Path) -> None:
-    """The disk fills during the first write (10 bytes got in, then ENOSPC): the file is cut back to
-    nothing, and the pcap's file header still comes first once there is room."""
-    header = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 96, 1)
-    record = struct.pack("<IIII", 1, 0, 4, 60) + b"abcd"
+def pcap_file(tmp_path: Path) -> tuple[PcapFile, ProbeStatus, Disk]:
     status = ProbeStatus(probe="pcap:lab0", metric="packet headers")
     run = RunStatus(node="n", run_id="r", pid=1, netns_inode=1, config={}, clock={}, detection={})
     pcap = PcapFile(tmp_path / "out.pcap", status, StatusFile(tmp_path / "status.json", run))
-    pcap._file = FullOnce(pcap._file)  # type: ignore[assignment]
-    pcap.append(header + record)
-    assert (tmp_path / "out.pcap").read_bytes() == b""
-    assert status.unwritten_bytes == len(header + record) and "No space left" in str(status.write_error)
-    pcap.append(record)
+    disk = Disk(pcap._file)
+    pcap._file = disk  # type: ignore[assignment]
+    return pcap, status, disk
+
+
+def test_a_pcap_copied_in_any_chunks_is_the_same_file(tmp_path: Path) -> None:
+    """With room on the disk the runner copies tcpdump's stream as it comes, whatever the reads cut."""
+    stream = PCAP_HEADER + b"".join(pcap_record(n) for n in range(30))
+    pcap, status, _ = pcap_file(tmp_path)
+    at, size = 0, 1
+    while at < len(stream):
+        pcap.append(stream[at : at + size])
+        at, size = at + size, size * 2 + 1  # 1, 3, 7, ... bytes: cuts inside headers and payloads
     pcap.close()
-    assert (tmp_path / "out.pcap").read_bytes() == header + record
+    assert (tmp_path / "out.pcap").read_bytes() == stream
+    assert status.unwritten_bytes == 0 and status.write_error is None
+
+
+def test_a_full_disk_costs_a_pcap_the_records_that_came_while_it_was_full(tmp_path: Path) -> None:
+    """The disk fills in the middle of a record and stays full for two more chunks: the file is cut
+    back to its last whole record, the records that could not be written are counted, and the
+    capture goes on whole once there is room; the file reads to its end."""
+    r = [pcap_record(n) for n in range(9)]
+    pcap, status, disk = pcap_file(tmp_path)
+    pcap.append(PCAP_HEADER + r[1] + r[2][:30])
+    disk.full = True
+    pcap.append(r[2][30:] + r[3] + r[4][:5])  # 10 bytes get in, then ENOSPC: cut back to r1's end
+    assert (tmp_path / "out.pcap").read_bytes() == PCAP_HEADER + r[1] and status.unwritten_bytes == 0
+    pcap.append(r[4][5:] + r[5] + r[6][:3])  # still full: r2 to r5 are given up
+    assert status.unwritten_bytes == len(r[2] + r[3] + r[4] + r[5])
+    disk.full = False
+    pcap.append(r[6][3:] + r[7][:20])
+    pcap.append(r[7][20:] + r[8])  # back in step: appended as it comes
+    pcap.close()
+    assert (tmp_path / "out.pcap").read_bytes() == PCAP_HEADER + r[1] + r[6] + r[7] + r[8]
+    assert status.write_error == "out.pcap: No space left on device"
+
+
+def test_a_pcap_whose_file_header_met_a_full_disk_still_starts_with_it(tmp_path: Path) -> None:
+    pcap, status, disk = pcap_file(tmp_path)
+    disk.full = True
+    pcap.append(PCAP_HEADER + pcap_record(1))
+    assert (tmp_path / "out.pcap").read_bytes() == b""
+    disk.full = False
+    pcap.append(pcap_record(2))
+    pcap.close()
+    assert (tmp_path / "out.pcap").read_bytes() == PCAP_HEADER + pcap_record(1) + pcap_record(2)
+    assert status.unwritten_bytes == 0 and status.write_error == "out.pcap: No space left on device"
