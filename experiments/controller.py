@@ -154,6 +154,8 @@ def _preflight_problems(node: str, answer: dict, scenario: Scenario) -> list[str
     return problems
 
 
+INJECTED_END_S = 2.0
+"""A lasting fault ends this long after its for_s at most: the node starts its end 0.5 s late (node_script._later)."""
 SPEED_MARGIN = 1.25
 """How much slower than measured an LLM call may turn out under load before a timeout cuts it."""
 SLOW_LLM_ADVICE = (
@@ -275,6 +277,8 @@ class Experiment:
             self._start_probes()
             self._conditions("start")
             interrupted = self._drive()
+            if not interrupted:
+                self._await_injected()
         except KeyboardInterrupt:
             interrupted = True
         finally:
@@ -442,6 +446,18 @@ class Experiment:
                 monitor.join()
                 injector.join()
         return False
+
+    def _await_injected(self) -> None:
+        """Until every injected fault that lasts (a link down, a disk full) is over: stopping the probes
+        through it would find the node unreachable or its disk full, and pull nothing from it."""
+        ends = [
+            i.when_ns + (i.for_s + INJECTED_END_S) * 1e9
+            for i in self.manifest.injected
+            if i.for_s and i.when_ns and not i.error
+        ]
+        if ends and (wait_s := (max(ends) - time.time_ns()) / 1e9) > 0:
+            self.reporter.phase(f"the tasks ended; waiting {wait_s:.0f} s for the injected faults to end")
+            time.sleep(wait_s)
 
     def _done(self, outcome: drive.Outcome, results: TextIO) -> None:
         results.write(_json_line(outcome.record()))

@@ -7,6 +7,7 @@ node needs nothing installed for it besides python3, tc and the collectors deplo
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -293,11 +294,8 @@ def _stop_runner(pid: int, out: Path, within_s: float = math.inf) -> str:
     SIGKILL once it has made no progress (status.json unchanged; decoding rewrites it as it goes)
     for STOP_TIMEOUT_S since the stop was first asked. "stopping" when it still makes progress
     after `within_s`: the caller asks again, so no single SSH call waits on a long decode."""
-    asked = out / "stop_requested_ns"
-    if not asked.exists():
-        asked.write_text(str(time.time_ns()))
-    first = int(asked.read_text())
     os.kill(pid, signal.SIGTERM)  # the runner only sets its stop flag: asking again is harmless
+    first = _first_asked(out / "stop_requested_ns")
     until = time.monotonic() + within_s
     while alive(pid):
         progress = max(first, (_status(out) or {}).get("updated_at_ns") or 0)
@@ -308,6 +306,18 @@ def _stop_runner(pid: int, out: Path, within_s: float = math.inf) -> str:
             return "stopping"
         time.sleep(0.2)
     return "stopped"
+
+
+def _first_asked(asked: Path) -> int:
+    """When the stop was first asked (ns), kept in `asked` for the calls that ask again; now where
+    it was never written, or could not be (a full disk leaves the file empty)."""
+    try:
+        return int(asked.read_text())
+    except (OSError, ValueError):
+        now = time.time_ns()
+        with contextlib.suppress(OSError):
+            asked.write_text(str(now))
+        return now
 
 
 def stop_stale_runners(runs: str) -> list[dict]:

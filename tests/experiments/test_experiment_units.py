@@ -409,3 +409,16 @@ def test_fill_disk_takes_every_block_root_could_write(tmp_path: Path) -> None:
             (mount / "more").write_bytes(b"x" * (64 << 10))
     finally:
         subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_a_stop_asked_on_a_full_disk_is_asked_again(tmp_path: Path) -> None:
+    """The stop's first-asked time could not be written (a full disk left the file empty): the next
+    stop still signals the runner and waits for it, instead of failing on the empty file."""
+    (tmp_path / "stop_requested_ns").write_text("")
+    runner = subprocess.Popen(["sleep", "60"])
+    try:
+        assert node_script._stop_runner(runner.pid, tmp_path, within_s=10) == "stopped"
+    finally:
+        runner.kill()
+        runner.wait()
+    assert int((tmp_path / "stop_requested_ns").read_text()) > 0

@@ -137,7 +137,7 @@ FILLED = "agent-b"  # PostgreSQL and every baseline service write there
 
 @pytest.fixture(scope="module")
 def filled_run(deployed, tmp_path_factory):
-    """agent-b's disk full for 8 s in the middle of a baseline run (the packet capture and the
+    """agent-b's disk full for 12 s from 4 s into a baseline run of about as long (the packet capture and the
     connection probes on, which write the most)."""
     return vm_experiment(
         deployed,
@@ -146,7 +146,7 @@ def filled_run(deployed, tmp_path_factory):
         tasks={"count": 30, "seed": 2},
         load={"concurrency": 2},
         probes=["lifetime", "pcap"],
-        inject=[{"kind": "fill_disk", "node": FILLED, "at_s": 4, "for_s": 8}],
+        inject=[{"kind": "fill_disk", "node": FILLED, "at_s": 4, "for_s": 12}],  # past the tasks: the stop waits
     )
 
 
@@ -169,7 +169,7 @@ def test_a_full_disk_on_a_vm_is_named_and_costs_only_what_it_could_not_write(fil
     run, manifest = filled_run
     [filled] = manifest["injected"]
     assert filled["error"] is None and filled["done"]["filled_bytes"] > 0, filled
-    assert any(w.startswith("injected fill_disk for 8 s at 4 s") for w in faults_of(manifest, FILLED))
+    assert any(w.startswith("injected fill_disk for 12 s at 4 s") for w in faults_of(manifest, FILLED))
     results = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
     assert all(r["error"] for r in results if not r["ok"]), [r for r in results if not r["ok"]]
     for node in NODES:  # every node's records pulled and whole, the filled node's too
