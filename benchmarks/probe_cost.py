@@ -12,6 +12,7 @@ packet taps) and of the whole host (adds the probes' user space: bpftrace draini
 tcpdump), and the difference against none.
 
     sudo .venv/bin/python benchmarks/probe_cost.py [--round-trips 100000] [--connections 10000] [--rounds 3]
+        [--only pcap ...]
 """
 
 from __future__ import annotations
@@ -157,6 +158,12 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=3, help="each variant this many times, interleaved")
     parser.add_argument("--settle", type=float, default=2.0, help="seconds of quiet around each measurement")
+    parser.add_argument(
+        "--only",
+        action="append",
+        metavar="PROBES",
+        help="measure this probe set (comma-separated, repeatable) against none, instead of the usual sets",
+    )
     parser.add_argument("--ping-pong", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--churn", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -173,7 +180,7 @@ def main() -> None:
     try:
         subprocess.run(in_netns("ip", "link", "set", "lo", "up"), check=True)
         counts = {"round trips": args.round_trips, "connections": args.connections}
-        measured = variants()
+        measured = ("none", *args.only) if args.only else variants()
         figures: dict[str, dict[str, list[tuple[float, float]]]] = {w: {v: [] for v in measured} for w in WORKLOADS}
         for _ in range(args.rounds):
             for variant in measured:

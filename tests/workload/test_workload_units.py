@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
+from tests.conftest import require_root
 from workload.baseline import BaselineTask
 from workload.config import REQUIRED_PEERS, TOOL_ENDPOINTS, ConfigError, ServiceConfig, load_config
 from workload.llm import DEFAULT_MODEL, QWEN_05B, QWEN_15B, SHIPPED, ModelError, ShippedModel, materialise
 from workload.llm.__main__ import vllm_argv
 from workload.tasks import KINDS, Dataset, Task, answer_is_correct, hub_of, make_dataset, make_tasks
-from workload.telemetry import CallEvent, context_from_headers, outgoing_headers
+from workload.telemetry import CallEvent, EventWriter, context_from_headers, outgoing_headers
 
 
 def test_task_set_is_deterministic_and_answers_come_from_the_dataset() -> None:
@@ -88,21 +90,28 @@ def test_config_errors_name_the_field(tmp_path: Path) -> None:
     assert load_config(json_path, "tool-synth").synth.fanout == 3
 
 
-def test_ids_round_trip_through_headers() -> None:
-    event = CallEvent(
-        node="n",
-        service="agent-a",
-        agent_id="agent-a",
-        task_id="t1",
-        call_id="ab" * 8,
-        parent_id="cd" * 8,
-        trace_id="ef" * 16,
-        kind="tool",
-        side="client",
-        peer="tool-db",
-        op="get_order",
-        start_ns=1,
+def call_event(**fields: object) -> CallEvent:
+    return CallEvent(
+        **{
+            "node": "n",
+            "service": "agent-a",
+            "agent_id": "agent-a",
+            "task_id": "t1",
+            "call_id": "ab" * 8,
+            "parent_id": "cd" * 8,
+            "trace_id": "ef" * 16,
+            "kind": "tool",
+            "side": "client",
+            "peer": "tool-db",
+            "op": "get_order",
+            "start_ns": 1,
+            **fields,
+        }  # type: ignore[arg-type]
     )
+
+
+def test_ids_round_trip_through_headers() -> None:
+    event = call_event()
     headers = outgoing_headers(event)
     assert headers["traceparent"] == f"00-{'ef' * 16}-{'ab' * 8}-01"
     ctx = context_from_headers(headers)
@@ -132,3 +141,33 @@ def test_gpu_backend_is_vllm_with_tool_calling() -> None:
     assert (
         qwen[qwen.index("--max-model-len") + 1] == "8192" and qwen[qwen.index("--gpu-memory-utilization") + 1] == "0.9"
     )
+
+
+def test_telemetry_on_a_full_disk_drops_whole_events_and_never_fails_the_call(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A service's telemetry file on a disk that fills and frees again: every line in it is a whole
+    event, write() never raises, and the service says on stderr how many it dropped."""
+    require_root("a file system of its own (tmpfs)", ["mount", "umount"])
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "lab-test-telemetry", str(disk)], check=True)
+    try:
+        (disk / "filler").write_bytes(b"f" * (40 << 10))
+        writer = EventWriter(disk / "agent-a.jsonl")
+        padding = "x" * 700  # events of about 1 KB: the disk fills in the middle of one
+        for n in range(100):
+            writer.write(call_event(start_ns=n, error=padding))
+        assert writer.dropped > 0
+        (disk / "filler").unlink()  # room again
+        writer.write(call_event(start_ns=1000))
+        writer.close()
+        written = (disk / "agent-a.jsonl").read_bytes()
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+    starts = [json.loads(line)["start_ns"] for line in written.decode().splitlines()]
+    kept = len(starts) - 1
+    assert starts == [*range(kept), 1000] and 0 < kept < 100 and written.endswith(b"\n")
+    err = capsys.readouterr().err
+    assert "agent-a.jsonl: No space left on device; dropping events" in err
+    assert f"writing again, {100 - kept} event(s) dropped" in err
