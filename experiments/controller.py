@@ -450,11 +450,7 @@ class Experiment:
     def _await_injected(self) -> None:
         """Until every injected fault that lasts (a link down, a disk full) is over: stopping the probes
         through it would find the node unreachable or its disk full, and pull nothing from it."""
-        ends = [
-            i.when_ns + (i.for_s + INJECTED_END_S) * 1e9
-            for i in self.manifest.injected
-            if i.for_s and i.when_ns and not i.error
-        ]
+        ends = [i.done_ns + (i.for_s + INJECTED_END_S) * 1e9 for i in self.manifest.injected if i.for_s and i.done_ns]
         if ends and (wait_s := (max(ends) - time.time_ns()) / 1e9) > 0:
             self.reporter.phase(f"the tasks ended; waiting {wait_s:.0f} s for the injected faults to end")
             time.sleep(wait_s)
@@ -499,6 +495,7 @@ class Experiment:
                         service=item.service,
                         for_s=item.for_s,
                     )
+                    record.done_ns = time.time_ns()
                 except NodeError as exc:
                     record.error = str(exc)
             self.manifest.injected.append(record)

@@ -253,6 +253,8 @@ class Injected(Record):
     for_s: float | None = None
     service: str | None = None
     when_ns: int | None = None
+    done_ns: int | None = None
+    """When the node answered that it had done it: a lasting fault (for_s) ends about for_s after."""
     done: dict[str, Any] = Field(default_factory=dict)
     error: str | None = None
 

@@ -168,7 +168,7 @@ def baseline_run(deployed, filled_run, tmp_path_factory):
 def test_a_full_disk_on_a_vm_is_named_and_costs_only_what_it_could_not_write(filled_run):
     run, manifest = filled_run
     [filled] = manifest["injected"]
-    assert filled["error"] is None and filled["done"]["filled_bytes"] > 0, filled
+    assert filled["error"] is None and filled["done"]["filled_bytes"] > 0 and filled["done_ns"], filled
     assert any(w.startswith("injected fill_disk for 12 s at 4 s") for w in faults_of(manifest, FILLED))
     results = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
     assert all(r["error"] for r in results if not r["ok"]), [r for r in results if not r["ok"]]
