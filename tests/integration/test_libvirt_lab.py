@@ -137,16 +137,16 @@ FILLED = "agent-b"  # PostgreSQL and every baseline service write there
 
 @pytest.fixture(scope="module")
 def filled_run(deployed, tmp_path_factory):
-    """agent-b's disk full for 12 s from 4 s into a baseline run of about as long (the packet capture and the
+    """agent-b's disk full for 12 s from 4 s into a baseline run of about 25 s (the packet capture and the
     connection probes on, which write the most)."""
     return vm_experiment(
         deployed,
         tmp_path_factory.mktemp("scenarios"),
         "vm-disk-full",
-        tasks={"count": 30, "seed": 2},
+        tasks={"count": 60, "seed": 2},
         load={"concurrency": 2},
         probes=["lifetime", "pcap"],
-        inject=[{"kind": "fill_disk", "node": FILLED, "at_s": 4, "for_s": 12}],  # past the tasks: the stop waits
+        inject=[{"kind": "fill_disk", "node": FILLED, "at_s": 4, "for_s": 12}],
     )
 
 
@@ -174,10 +174,13 @@ def test_a_full_disk_on_a_vm_is_named_and_costs_only_what_it_could_not_write(fil
     assert all(r["error"] for r in results if not r["ok"]), [r for r in results if not r["ok"]]
     for node in NODES:  # every node's records pulled and whole, the filled node's too
         assert_files_intact(run, manifest["files"], f"nodes/{node}/")
+    # Whether a probe's output was lost depends on what arrived while the disk was full beyond what the
+    # runner holds until there is room (and on ext4, what fits in a file's last block needs no room):
+    # a probe met the full disk and went on, and any loss is named
     probes = manifest["probes"][FILLED]
-    unwritten = {name: p for name, p in probes.items() if p["unwritten_bytes"]}
-    assert unwritten and all("No space left on device" in p["error"] for p in unwritten.values()), probes
-    for name in unwritten:
+    assert all(p["state"] == "stopped" for p in probes.values()), probes
+    assert any("No space left on device" in (p["error"] or "") for p in probes.values()), probes
+    for name in (name for name, p in probes.items() if p["unwritten_bytes"]):
         assert any(w.startswith(f"probe {name} could not write") for w in faults_of(manifest, FILLED))
     pcap = run / "nodes" / FILLED / "probes" / "pcap-lab0.pcap"
     read = subprocess.run(["tcpdump", "-n", "-r", str(pcap)], capture_output=True, text=True)
