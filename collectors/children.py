@@ -121,16 +121,15 @@ class UnitFile:
             return e
         return None
 
-    def _write(self, units: bytes) -> bool:
+    def _write(self, units: bytes) -> None:
         """Append whole units, or none of them (counted as unwritten)."""
         before = self._size
         if (error := self._put(units)) is None:
-            return True
+            return
         self._cut(before)
         with self.status_file.lock:
             self.status.unwritten_bytes += len(units)
         self._failed(error)
-        return False
 
     def _cut(self, size: int) -> None:
         with contextlib.suppress(OSError):  # shrinking a file needs no room
