@@ -399,7 +399,9 @@ def test_a_full_disk_loses_only_what_arrived_while_it_was_full(
     lifetime, pcap = status["probes"]["lifetime"], status["probes"]["pcap:lab0"]
     assert lifetime["unwritten_bytes"] > 0 and lifetime["lost_events"] > 0, lifetime
     assert lifetime["write_error"] == "lifetime-connect.bpftrace: No space left on device", lifetime
-    assert pcap["unwritten_bytes"] > 0 and pcap["write_error"] == "pcap-lab0.pcap: No space left on device", pcap
+    # the capture's runner holds what the disk refused until there is room: whether any of it was lost
+    # depends on how many blocks tcpdump handed over while the disk was full
+    assert pcap["write_error"] == "pcap-lab0.pcap: No space left on device", pcap
     # the capture reads whole to its end and holds the connections after the disk had room again
     read = subprocess.run(["tcpdump", "-n", "-r", str(runner.out / pcap["output"])], capture_output=True, text=True)
     assert read.returncode == 0 and "truncated" not in read.stderr, read.stderr
