@@ -113,6 +113,7 @@ def facts(run: RunDir) -> dict[str, str]:
         "model": _model(served, llm),
         "llm backend": str(_dict(served).get("backend") or llm.get("backend") or "unknown"),
         "image": _short(m.image),
+        "placement": _placement(m.placement),
         "versions": "in the versions table",
         "git": _short(m.git.commit),
         "impairments": impairments(m) or "none",
@@ -125,6 +126,14 @@ def facts(run: RunDir) -> dict[str, str]:
         ),
         "LLM speed (preflight)": _speed(m.llm_speed),
     }
+
+
+def _placement(placement: dict[str, str]) -> str:
+    """Which node ran which of the run's services ("agent-a: agent-a, baseline-gateway; agent-b: ...")."""
+    if not placement:
+        return "not recorded (run before placement was recorded)"
+    nodes = sorted(set(placement.values()))
+    return "; ".join(f"{node}: {', '.join(sorted(s for s, n in placement.items() if n == node))}" for node in nodes)
 
 
 def _decisions(run: RunDir) -> str:

@@ -258,6 +258,7 @@ class Experiment:
             started_at_ns=time.time_ns(),
             git=runlayout.Git.of(REPO),
             versions=_versions(checks, scenario.workload),
+            placement=services.placed(checks, scenario.workload),
             llm_speed=llm_speed,
         )
         for node, answer in checks.items():

@@ -49,6 +49,12 @@ def needed(workload: str) -> list[str]:
     return reached + (["llm"] if any(s in NEEDS_LLM for s in reached) else [])
 
 
+def placed(checks: dict[str, dict], workload: str) -> dict[str, str]:
+    """{service: node} for every service `workload` reaches, as deployed."""
+    where = placement(checks)
+    return {service: where[service][0] for service in needed(workload) if service in where}
+
+
 def missing(checks: dict[str, dict], workload: str) -> list[str]:
     placed = placement(checks)
     return [s for s in needed(workload) if s not in placed]

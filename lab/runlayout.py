@@ -329,6 +329,9 @@ class Manifest(Record):
     image: str | None = None
     started_at_ns: int | None = None
     versions: Versions = Field(default_factory=Versions)
+    placement: dict[str, str] = Field(default_factory=dict)
+    """service -> the node it ran on, for every service the workload reaches (the nodes' own configs at
+    preflight): where a hop crosses the lab network and where it stays on a node's loopback."""
     git: Git = Field(default_factory=Git)
     ended_at_ns: int | None = None
     clock_offsets: dict[str, dict[str, ClockOffset]] = Field(default_factory=dict)

@@ -458,3 +458,13 @@ def test_the_facts_say_how_the_model_stated_its_decisions(
     record = ScenarioRecord(name=workload, config={"workload": workload, "knobs": knobs})
     write_manifest(Manifest(run_id="r3", scenario=record), tmp_path)
     assert facts(open_run(tmp_path))["decisions"].startswith(said)
+
+
+def test_the_facts_say_which_node_ran_which_service(tmp_path: Path) -> None:
+    placement = {"baseline-gateway": "agent-a", "baseline-order": "agent-b", "tool-synth": "agent-b"}
+    write_manifest(Manifest(run_id="r4", scenario=ScenarioRecord(name="baseline"), placement=placement), tmp_path)
+    assert facts(open_run(tmp_path))["placement"] == "agent-a: baseline-gateway; agent-b: baseline-order, tool-synth"
+    old = tmp_path / "old"
+    old.mkdir()
+    write_manifest(Manifest(run_id="r5", scenario=ScenarioRecord(name="baseline")), old)
+    assert facts(open_run(old))["placement"].startswith("not recorded")

@@ -251,6 +251,8 @@ def test_entry_and_missing_services_follow_the_preflight_answers():
     assert services.entry(checks, "baseline", "t" * 32) == Entry(baseline="http://10.0.0.12:8301", token="t" * 32)
     assert services.missing(checks, "multihop") == ["tool-db", "tool-synth", "agent-b", "llm"]
     assert services.missing(checks, "baseline") == ["baseline-order", "baseline-shipping", "tool-synth"]
+    assert services.placed(checks, "baseline") == {"baseline-gateway": "n2"}  # what the run reaches and was found
+    assert services.placed(checks, "simple") == {"agent-a": "n1"}
 
 
 def test_node_script_runs_standalone_and_reports_errors_as_json(tmp_path):

@@ -27,7 +27,7 @@ RUNS_ON = {
     "agent-b": "agent-b",
     "tool-db": "agent-b",
     "tool-synth": "agent-b",
-    "baseline-gateway": "agent-b",
+    "baseline-gateway": "agent-a",  # the entry, as Agent A is: its hops cross the lab network
     "baseline-order": "agent-b",
     "baseline-shipping": "agent-b",
 }
@@ -135,7 +135,7 @@ GUARDED = {  # one request each endpoint kind takes, from another node
     "llm": ("llm", 8000, "/v1/chat/completions"),
     "tool-db": ("agent-b", 8201, "/mcp"),
     "agent-a": ("agent-a", 8101, "/task"),
-    "baseline-gateway": ("agent-b", 8301, "/task"),
+    "baseline-gateway": ("agent-a", 8301, "/task"),
 }
 CHAT = '{"model": "lab-model", "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}'
 

@@ -116,6 +116,13 @@ def test_multihop_run_directory_describes_the_run(multihop):
     assert m["started_at_ns"] < m["ended_at_ns"]
     assert m["tasks"]["total"] == 3 and m["tasks"]["ok"] == 3 and m["tasks"]["failed"] == 0
     assert m["scenario"]["config"]["knobs"]["tool_calling"] == "json_schema"
+    assert m["placement"] == {  # every service the run reached, where it ran
+        "agent-a": "agent-a",
+        "agent-b": "agent-b",
+        "tool-db": "agent-b",
+        "tool-synth": "agent-b",
+        "llm": "llm",
+    }
     assert str(run) in result.stdout and "tasks" in result.stdout
 
 
@@ -157,6 +164,11 @@ def test_offloads_turned_off_for_a_run_give_wire_sized_packets_and_are_restored(
     packets = analysis.analyze_run(run).joined.packets
     lab_link = packets[packets["iface"] == "host0"]  # loopback has no wire: its MTU is 64 KB
     assert lab_link["wire_len"].max() <= 1514, lab_link.nlargest(3, "wire_len")[["saddr", "daddr", "dport", "wire_len"]]
+    # the gateway on agent-a calls the order and shipping services on agent-b over the lab network, as
+    # Agent A calls the tool servers there (equal terms, #18)
+    assert m["placement"]["baseline-gateway"] == "agent-a" and m["placement"]["baseline-order"] == "agent-b"
+    crossing = lab_link[lab_link["daddr"] == deployed_lab.state.node("agent-b").address]
+    assert {8302, 8303} <= set(crossing["dport"]), sorted(set(lab_link["dport"]))
 
 
 def test_clock_offsets_at_start_and_end(multihop):

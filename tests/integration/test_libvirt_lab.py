@@ -132,7 +132,7 @@ def vm_experiment(config: Path, directory: Path, name: str, **keys: object) -> t
     return run, json.loads((run / "manifest.json").read_text())
 
 
-FILLED = "agent-b"  # PostgreSQL and every baseline service write there
+FILLED = "agent-b"  # PostgreSQL and the baseline's order and shipping services write there
 
 
 @pytest.fixture(scope="module")
