@@ -11,11 +11,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from lab.config import LabConfig
 from lab.errors import ConfigError
 from lab.validation import FieldError, read_yaml, validate
+from workload.catalog import CATALOG
 from workload.config import SERVICES
 from workload.knobs import Knobs
 
 SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
-ALL = ("baseline", "simple", "multihop")
+ALL = tuple(CATALOG.workloads)
 PROBES = ("lifetime", "state", "connect", "rtt", "retrans", "pcap")
 # `state` (every TCP state transition) is opt-in: the analysis reads none of it, and per connection
 # it is the costliest probe (benchmarks/probe_cost.py: ten transitions, a third of all the probes'
@@ -133,8 +134,8 @@ class Timeouts(Model):
 
 class Scenario(Model):
     name: str
-    workload: Literal["baseline", "simple", "multihop"]
-    """What the driver sends where: the baseline chain or Agent A (simple, multihop)."""
+    workload: str
+    """What the driver sends where: a workload of the catalog (workload/topologies/), which names its entry."""
     tasks: Tasks
     load: Load = Load(concurrency=1)
     warmup: int = Field(default=0, ge=0, le=10_000)
@@ -166,6 +167,15 @@ class Scenario(Model):
     the provider set them (the capture then holds segments coalesced up to 64 KB, not wire packets);
     `off`: turned off on every node for the run and restored after, so packets are wire-sized, at some
     CPU cost. Their state at the start is recorded either way (manifest `offload`)."""
+
+    @model_validator(mode="after")
+    def _known_workload(self) -> Scenario:
+        if self.workload not in CATALOG.workloads:
+            raise FieldError(
+                ("workload",),
+                f"no workload {self.workload!r} in workload/topologies/; use one of {', '.join(CATALOG.workloads)}",
+            )
+        return self
 
     @model_validator(mode="after")
     def _distinct_links(self) -> Scenario:

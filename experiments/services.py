@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from lab.config import LabConfig
+from workload.catalog import CATALOG
 from workload.config import DEFAULT_PORTS, NEEDS_LLM, REQUIRED_PEERS, SERVICES
 from workload.driver import Entry
 
-ENTRY = {"baseline": "baseline-gateway", "simple": "agent-a", "multihop": "agent-a"}
+ENTRY = {name: spec.entry for name, spec in CATALOG.workloads.items()}
 """The service each workload's tasks enter at."""
 
 CONFIG_DIR = "/etc/lab"
@@ -66,7 +67,5 @@ def url(checks: dict[str, dict], service: str) -> str:
 
 
 def entry(checks: dict[str, dict], workload: str, token: str) -> Entry:
-    """Where the driver submits this workload's tasks, as deployed (the other entry keeps its default),
-    with the lab's bearer token."""
-    service = ENTRY[workload]
-    return Entry(**{"baseline" if service == "baseline-gateway" else "agent_a": url(checks, service)}, token=token)
+    """Where the driver submits this workload's tasks, as deployed, with the lab's bearer token."""
+    return Entry({ENTRY[workload]: url(checks, ENTRY[workload])}, token=token)

@@ -4,25 +4,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
 from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-Service = Literal[
-    "agent-a", "agent-b", "tool-db", "tool-synth", "baseline-gateway", "baseline-order", "baseline-shipping"
-]
-SERVICES: tuple[str, ...] = Service.__args__  # type: ignore[attr-defined]
+from workload.catalog import CATALOG
+
+SERVICES: tuple[str, ...] = tuple(CATALOG.services)
+"""Every service of the catalog (workload/topologies/), in start order."""
 DEFAULT_PORTS: dict[str, int] = {
     "llm": 8000,
-    "agent-a": 8101,
-    "agent-b": 8102,
-    "tool-db": 8201,
-    "tool-synth": 8202,
-    "baseline-gateway": 8301,
-    "baseline-order": 8302,
-    "baseline-shipping": 8303,
+    **{name: spec.port for name, spec in CATALOG.services.items()},
     "postgres": 5432,
 }
 TOOL_ENDPOINTS: dict[str, tuple[str, str]] = {
@@ -34,12 +27,8 @@ TOOL_ENDPOINTS: dict[str, tuple[str, str]] = {
 }
 """The REST endpoint standing for each MCP tool in the baseline chain: the service that answers it
 and its path, whose one parameter is the tool's one argument (workload/baseline.py)."""
-# which peers (by logical name) each service calls; the baseline gateway calls every TOOL_ENDPOINTS service
-REQUIRED_PEERS: dict[str, tuple[str, ...]] = {
-    "agent-a": ("tool-db", "tool-synth", "agent-b"),
-    "agent-b": ("tool-synth",),
-    "baseline-gateway": tuple(dict.fromkeys(service for service, _ in TOOL_ENDPOINTS.values())),
-}
+REQUIRED_PEERS: dict[str, tuple[str, ...]] = {name: spec.calls for name, spec in CATALOG.services.items() if spec.calls}
+"""Which peers (by logical name) each service calls."""
 
 
 def bearer(token: str | None) -> dict[str, str]:
@@ -55,11 +44,11 @@ def endpoints_of(service: str) -> dict[str, str]:
 LLM_MAX_TOKENS = 160
 """The most tokens an agent asks the LLM for in one decision (workload/agents.py): room for four
 tool calls, or for an answer of two or three sentences."""
-AGENTS_PER_TASK = {"simple": 1, "multihop": 2}
-"""How many agents' loops a task of each agentic workload may run (multihop: Agent A, then Agent B
-on a hand-off); each makes at most the `max_steps` knob's LLM calls."""
-NEEDS_DB = ("tool-db", "baseline-order", "baseline-shipping")
-NEEDS_LLM = ("agent-a", "agent-b")
+AGENTS_PER_TASK = {name: spec.agents for name, spec in CATALOG.workloads.items() if spec.agents}
+"""How many agents' loops a task of each agentic workload may run; each makes at most the `max_steps`
+knob's LLM calls."""
+NEEDS_DB = CATALOG.needing("db")
+NEEDS_LLM = CATALOG.needing("llm")
 
 
 class ConfigError(ValueError):

@@ -7,28 +7,33 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 
+from workload.catalog import CATALOG
 from workload.config import bearer
 from workload.knobs import Knobs
 from workload.loop import LOOP_FIELDS
 from workload.tasks import Task
 from workload.telemetry import Telemetry, describe_error, lab_http_client, set_run
 
-Scenario = Literal["baseline", "simple", "multihop"]
-SCENARIOS: tuple[str, ...] = ("baseline", "simple", "multihop")
+SCENARIOS: tuple[str, ...] = tuple(CATALOG.workloads)
+"""The workloads of the catalog (workload/topologies/)."""
 
 
 @dataclass(frozen=True)
 class Entry:
-    """Where tasks enter: the baseline gateway and Agent A (base URLs), and the lab's bearer token
-    they want (None: they take any caller)."""
+    """Where tasks enter: the base URL of each workload's entry service (the catalog's `entry`), and
+    the lab's bearer token they want (None: they take any caller)."""
 
-    baseline: str = "http://127.0.0.1:8301"
-    agent_a: str = "http://127.0.0.1:8101"
+    urls: dict[str, str]
     token: str | None = field(default=None, repr=False)
+
+    def url(self, service: str) -> str:
+        if service not in self.urls:
+            raise ValueError(f"no address for {service!r}, the entry of this workload; known: {', '.join(self.urls)}")
+        return self.urls[service].rstrip("/")
 
 
 @dataclass
@@ -47,14 +52,11 @@ class TaskResult:
 
 
 def _request(scenario: str, task: Task, entry: Entry) -> tuple[str, str, dict]:
-    """(peer, url, body): the baseline reads the structured task; agents only its words."""
-    if scenario == "baseline":
-        return "baseline-gateway", f"{entry.baseline.rstrip('/')}/task", task.model_dump(exclude={"expected"})
-    return (
-        "agent-a",
-        f"{entry.agent_a.rstrip('/')}/task",
-        {"task_id": task.task_id, "text": task.text, "scenario": scenario},
-    )
+    """(peer, url, body): a service without an LLM reads the structured task; an agent only its words."""
+    peer = CATALOG.workloads[scenario].entry
+    if not CATALOG.services[peer].agent:
+        return peer, f"{entry.url(peer)}/task", task.model_dump(exclude={"expected"})
+    return peer, f"{entry.url(peer)}/task", {"task_id": task.task_id, "text": task.text, "scenario": scenario}
 
 
 async def _submit(
@@ -80,7 +82,7 @@ async def _submit(
 
 
 async def run_tasks(
-    scenario: Scenario,
+    scenario: str,
     tasks: list[Task],
     entry: Entry,
     concurrency: int = 1,
@@ -115,7 +117,7 @@ async def run_tasks(
 
 
 def run(
-    scenario: Scenario,
+    scenario: str,
     tasks: list[Task],
     entry: Entry,
     concurrency: int = 1,

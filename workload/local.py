@@ -20,12 +20,12 @@ from typing import Any
 
 import httpx
 
+from workload.catalog import CATALOG
 from workload.config import SERVICES, bearer
 from workload.driver import Entry
 from workload.llm import DEFAULT_THREADS, TOKEN_ENV
 
 PG_BIN = Path(os.environ.get("LAB_PG_BIN", "/usr/lib/postgresql/15/bin"))
-START_ORDER = ("tool-db", "tool-synth", "baseline-shipping", "baseline-order", "baseline-gateway", "agent-b", "agent-a")
 
 
 def free_port() -> int:
@@ -127,7 +127,7 @@ class LocalStack:
 
     @property
     def entry(self) -> Entry:
-        return Entry(baseline=self.url("baseline-gateway"), agent_a=self.url("agent-a"), token=self.token)
+        return Entry({w.entry: self.url(w.entry) for w in CATALOG.workloads.values()}, token=self.token)
 
     @property
     def headers(self) -> dict[str, str]:
@@ -135,13 +135,7 @@ class LocalStack:
         return bearer(self.token)
 
     def config(self, service: str, **overrides: Any) -> dict[str, Any]:
-        peers = {
-            "tool-db": self.url("tool-db") + "/mcp",
-            "tool-synth": self.url("tool-synth") + "/mcp",
-            "agent-b": self.url("agent-b") + "/mcp",
-            "baseline-order": self.url("baseline-order"),
-            "baseline-shipping": self.url("baseline-shipping"),
-        }
+        peers = {name: self.url(name) + spec.path for name, spec in CATALOG.services.items()}
         config = {
             "node": "loopback",
             "host": "127.0.0.1",
@@ -201,7 +195,7 @@ class LocalStack:
         )
         wait_http(f"{self.url('llm')}/health", timeout_s, proc)
 
-    def start(self, timeout_s: float = 120, services: Iterable[str] = START_ORDER) -> None:
+    def start(self, timeout_s: float = 120, services: Iterable[str] = SERVICES) -> None:
         """Start `services` (every one by default) in that order, each healthy before the next."""
         self.directory.mkdir(parents=True, exist_ok=True)
         for service in services:

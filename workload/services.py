@@ -7,26 +7,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from workload.catalog import CATALOG
 from workload.config import ServiceConfig, load_config
 from workload.telemetry import Telemetry
 from workload.web import serve
 
-# module and function of each service's builder, imported when that service starts: a baseline
-# service never loads the agents' LLM and MCP client stacks (seconds on a node, a minute under TCG)
-BUILDERS: dict[str, tuple[str, str]] = {
-    "agent-a": ("workload.agents", "build_agent_a"),
-    "agent-b": ("workload.agents", "build_agent_b"),
-    "tool-db": ("workload.tools", "build_tool_db"),
-    "tool-synth": ("workload.tools", "build_tool_synth"),
-    "baseline-gateway": ("workload.baseline", "build_gateway"),
-    "baseline-order": ("workload.baseline", "build_order_service"),
-    "baseline-shipping": ("workload.baseline", "build_shipping_service"),
-}
-AGENTS = ("agent-a", "agent-b")
+AGENTS = CATALOG.agents
 
 
 def builder(service: str) -> Callable[[ServiceConfig, Telemetry], Any]:
-    module, name = BUILDERS[service]
+    """The catalog's builder of `service`, imported only when that service starts: a baseline service
+    never loads the agents' LLM and MCP client stacks (seconds on a node, a minute under TCG)."""
+    module, name = CATALOG.services[service].builder.split(":")
     return getattr(importlib.import_module(module), name)
 
 

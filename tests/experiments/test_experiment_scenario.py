@@ -72,7 +72,8 @@ def test_missing_workload(tmp_path):
 
 
 def test_bad_workload(tmp_path):
-    assert "workload: Input should be 'baseline', 'simple' or 'multihop'" in problem(tmp_path, workload="agentic")
+    message = problem(tmp_path, workload="agentic")
+    assert "workload: no workload 'agentic' in workload/topologies/; use one of baseline, simple, multihop" in message
 
 
 def test_task_count_must_be_positive(tmp_path):
@@ -127,7 +128,7 @@ def test_impairment_to_itself(tmp_path):
         ({"kind": "kill_service", "node": "llm", "at_s": 3}, "inject[0]: kill_service needs service"),
         (
             {"kind": "kill_service", "node": "llm", "at_s": 3, "service": "lm"},
-            "inject[0]: no lab service 'lm'; use one of llm, agent-a",
+            "inject[0]: no lab service 'lm'; use one of llm, tool-db",
         ),
         ({"kind": "reboot", "node": "llm", "at_s": 3}, "inject[0].kind: Input should be 'kill_service'"),
         ({"kind": "stop_node", "node": "llm", "at_s": -1}, "inject[0].at_s: Input should be greater than or equal"),

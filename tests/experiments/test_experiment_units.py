@@ -247,8 +247,10 @@ def test_entry_and_missing_services_follow_the_preflight_answers():
         "n1": {"services": {"agent-a": {"host": "10.0.0.11", "port": 8101, "health": healthy}}},
         "n2": {"services": {"baseline-gateway": {"host": "10.0.0.12", "port": 8301, "health": healthy}}},
     }
-    assert services.entry(checks, "simple", "t" * 32).agent_a == "http://10.0.0.11:8101"
-    assert services.entry(checks, "baseline", "t" * 32) == Entry(baseline="http://10.0.0.12:8301", token="t" * 32)
+    assert services.entry(checks, "simple", "t" * 32).url("agent-a") == "http://10.0.0.11:8101"
+    assert services.entry(checks, "baseline", "t" * 32) == Entry(
+        {"baseline-gateway": "http://10.0.0.12:8301"}, "t" * 32
+    )
     assert services.missing(checks, "multihop") == ["tool-db", "tool-synth", "agent-b", "llm"]
     assert services.missing(checks, "baseline") == ["baseline-order", "baseline-shipping", "tool-synth"]
     assert services.placed(checks, "baseline") == {"baseline-gateway": "n2"}  # what the run reaches and was found

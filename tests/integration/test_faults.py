@@ -31,7 +31,7 @@ def faults_of(m: dict, node: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def faulty(deployed_lab, tmp_path_factory):
-    """A baseline run at 4 tasks/s (15 s) through which agent-b (every baseline service) loses its link for
+    """A baseline run at 4 tasks/s (15 s) through which agent-b (the order and shipping services) loses its link for
     5 s, baseline-order is SIGKILLed, agent-a's disk cannot be filled (a container's disk is the
     host's) and the LLM node is powered off; then `lab up` and a clean run."""
     config = deployed_lab.config

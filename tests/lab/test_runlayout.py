@@ -160,7 +160,7 @@ def test_a_version_1_manifest_is_read_and_said_to_be_one(tmp_path: Path) -> None
     read = read_manifest(tmp_path)
     assert read.version == runlayout.UNVERSIONED == 1
     assert read.notes[0].startswith("layout version 1")
-    assert read.notes[1:] == ["not recorded: conditions, injected, offload"]
+    assert read.notes[1:] == ["not recorded: conditions, injected, offload, placement"]
     m = read.manifest
     assert m.tasks is None  # {}: stopped before its tasks were driven
     assert (
@@ -177,7 +177,7 @@ def test_older_shapes_and_malformed_fields_are_noted_not_fatal(tmp_path: Path) -
     assert read.manifest.scenario == ScenarioRecord(name="baseline")
     assert read.manifest.git == runlayout.Git() and read.manifest.probes == {}
     assert [n.split(":")[0] for n in read.notes[1:3]] == ["git", "probes"]
-    assert read.notes[-1] == "not recorded: conditions, git, injected, offload, probes"
+    assert read.notes[-1] == "not recorded: conditions, git, injected, offload, placement, probes"
 
 
 @pytest.mark.parametrize(

@@ -278,7 +278,7 @@ def test_dead_peer_fails_the_task_fast_with_an_error_event(stack: LocalStack, ta
         config["peers"] = {**config["peers"], "tool-db": dead_url + "/mcp"}
     proc = stack.start_service("agent-a", name=name, **config)
     wait_http(f"http://127.0.0.1:{port}/healthz", 60, proc, want_ok=False)
-    entry = driver.Entry(agent_a=f"http://127.0.0.1:{port}", token=stack.token)
+    entry = driver.Entry({"agent-a": f"http://127.0.0.1:{port}"}, token=stack.token)
     start = time.monotonic()
     [result] = driver.run("simple", tasks[:1], entry, telemetry_dir=stack.telemetry_dir)
     assert time.monotonic() - start < 30
