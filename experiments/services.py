@@ -57,8 +57,8 @@ def placed(checks: dict[str, dict], workload: str) -> dict[str, str]:
 
 
 def missing(checks: dict[str, dict], workload: str) -> list[str]:
-    placed = placement(checks)
-    return [s for s in needed(workload) if s not in placed]
+    where = placement(checks)
+    return [s for s in needed(workload) if s not in where]
 
 
 def url(checks: dict[str, dict], service: str) -> str:

@@ -54,9 +54,11 @@ class TaskResult:
 def _request(scenario: str, task: Task, entry: Entry) -> tuple[str, str, dict]:
     """(peer, url, body): a service without an LLM reads the structured task; an agent only its words."""
     peer = CATALOG.workloads[scenario].entry
-    if not CATALOG.services[peer].agent:
-        return peer, f"{entry.url(peer)}/task", task.model_dump(exclude={"expected"})
-    return peer, f"{entry.url(peer)}/task", {"task_id": task.task_id, "text": task.text, "scenario": scenario}
+    if CATALOG.services[peer].agent:
+        body = {"task_id": task.task_id, "text": task.text, "scenario": scenario}
+    else:
+        body = task.model_dump(exclude={"expected"})
+    return peer, f"{entry.url(peer)}/task", body
 
 
 async def _submit(
