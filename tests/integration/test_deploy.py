@@ -18,6 +18,7 @@ import yaml
 
 from tests.conftest import hf_model_dir, lab_cli
 from tests.integration.conftest import BIN, PREFIX, playbook, with_group_vars
+from workload.catalog import CATALOG
 
 REPO = Path(__file__).resolve().parents[2]
 NODES = ("agent-a", "agent-b", "llm")
@@ -67,8 +68,7 @@ def address(node: str) -> str:
 
 
 def health_urls() -> dict[str, str]:
-    services = yaml.safe_load((REPO / "inventory" / "group_vars" / "all.yml").read_text())["lab_services"]
-    return {name: f"http://{address(RUNS_ON[name])}:{services[name]['port']}/healthz" for name in RUNS_ON}
+    return {name: f"http://{address(RUNS_ON[name])}:{CATALOG.services[name].port}/healthz" for name in RUNS_ON}
 
 
 @pytest.mark.integration
@@ -177,27 +177,28 @@ def test_a_missing_model_stops_the_deploy_naming_the_node(lab):
 @pytest.mark.integration
 def test_an_unhealthy_service_stops_the_deploy_with_its_cause(lab):
     config, _ = lab
-    broken = playbook(
-        config,
-        "--tags",
-        "mcp_tools",
-        "-e",
-        "lab_health_timeout_s=6",
-        "-e",
-        f"lab_db_dsn=postgresql://lab@{address('agent-b')}:5999/lab",
-    )
-    assert broken.returncode != 0
-    message = " ".join(broken.stdout.split())
-    assert (
-        f"agent-b: lab-tool-db did not become healthy within 6 s at http://{address('agent-b')}:8201/healthz" in message
-    )
-    assert "port 5999 failed" in message, explain(broken)
     urls = health_urls()
-    assert http_codes(config, "agent-a", [urls["baseline-order"], urls["agent-b"]]) == [
-        "200",
-        "200",
-    ]  # the others run on
-    repaired = playbook(config, "--tags", "mcp_tools")
+    try:
+        broken = playbook(
+            config,
+            "--tags",
+            "mcp_tools",
+            "-e",
+            "lab_health_timeout_s=6",
+            "-e",
+            f"lab_db_dsn=postgresql://lab@{address('agent-b')}:5999/lab",
+        )
+        assert broken.returncode != 0
+        message = " ".join(broken.stdout.split())
+        assert (
+            f"agent-b: lab-tool-db did not become healthy within 6 s at http://{address('agent-b')}:8201/healthz"
+            in message
+        )
+        assert "port 5999 failed" in message, explain(broken)
+        others = [urls["baseline-order"], urls["agent-b"]]
+        assert http_codes(config, "agent-a", others) == ["200", "200"]  # the others run on
+    finally:  # the session's lab is shared: the later modules need tool-db back whatever failed above
+        repaired = playbook(config, "--tags", "mcp_tools")
     assert repaired.returncode == 0, explain(repaired)
     assert http_codes(config, "agent-a", [urls["tool-db"]]) == ["200"]
 
