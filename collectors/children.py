@@ -511,6 +511,7 @@ class BpftraceChild(Child):
         log_path: Path,
         status_file: StatusFile,
         raw_path: Path,
+        printed_by: str | None = None,
         bpf_stats: bool = False,
     ) -> None:
         env = dict(os.environ, BPFTRACE_MAP_KEYS_MAX=str(MAP_KEYS_MAX))
@@ -521,6 +522,7 @@ class BpftraceChild(Child):
         self.raw_path = raw_path
         self.bpf_stats = bpf_stats  # the kernel counts BPF run time: report this process's
         self.raw = LineFile(raw_path, self.status, status_file)
+        self.printed_by = printed_by  # the probe whose maps END prints (programs.Part.prints_at_end)
         self.printed_at_end: dict[str, list[str]] = {}  # map key -> tuples, see programs.py
         self._entry_marks = {probe: (f"@{probe}0[".encode(), f"@{probe}1[".encode()) for probe in self.records}
 
@@ -566,10 +568,11 @@ class BpftraceChild(Child):
                 if number % DECODE_STATUS_LINES == 0:
                     self.status_file.write()  # progress, which the controller waits for
             self._write_batches()  # a batch cut short by the process's end
-            # Maps END prints on purpose belong to the program's only probe (the RTT windows).
-            for tuples in self.printed_at_end.values():
-                if event := self.records[self.status.probe].parse_event(", ".join(tuples)):
-                    self.records[self.status.probe].record(event)
+            if self.printed_by is not None:  # the RTT windows still open at the stop
+                owner = self.records[self.printed_by]
+                for tuples in self.printed_at_end.values():
+                    if event := owner.parse_event(", ".join(tuples)):
+                        owner.record(event)
         for r in self.records.values():
             r.out = None
             if r.lost:

@@ -1,11 +1,16 @@
-"""bpftrace programs: one per probe, except that the probes on sock:inet_sock_set_state
-(lifetime, state, connect) share one (`set_state`).
+"""The node's bpftrace program: one for every probe that is on (`program`), built from each
+probe's `Part`. One process compiles once (minutes under TCG, each process parsing the kernel's
+BTF again) and wakes once per flush tick and heartbeat; lifetime, state and connect share one
+BPF program on TCP state transitions. The price: a probe whose part fails to compile or attach
+takes the others with it, and the BPF run time and the process's CPU are one figure for them all
+(turn probes on one at a time to cost each, as benchmarks/probe_cost.py does).
 
 Conventions shared by every program (the runner relies on them):
 
 - positional parameter ``$1`` is the network-namespace inode to keep; every event whose
   socket lives in another namespace is dropped in the kernel, so nodes that share a kernel
-  (nspawn containers) each count only their own flows;
+  (nspawn containers) each count only their own flows; ``$2`` and ``$3`` are the RTT windows'
+  length (ns) and cap per second (passed whether or not rtt is on);
 - ``BEGIN`` prints ``READY <nsecs>``; bpftrace runs ``BEGIN`` only after every probe
   attached, so that line is the runner's proof of a successful attach;
 - events leave the kernel in batches, not one printf each: bpftrace 0.17 wakes its reader
@@ -34,7 +39,8 @@ Conventions shared by every program (the runner relies on them):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 FLUSH_TICK_MS = 100
 FLUSH_EVERY_MS = 1000
@@ -100,8 +106,28 @@ def _end(probes: Sequence[str], extra: str) -> str:
 _HEARTBEAT = 'interval:s:1 { printf(""); }\n'
 
 
-def _batched(probes: Sequence[str], blocks: str, extra_end: str = "") -> str:
-    return READY + blocks + _flush(probes) + _HEARTBEAT + _end(probes, extra_end)
+@dataclass(frozen=True)
+class Part:
+    """One probe's share of the node's program."""
+
+    on_set_state: str = ""
+    """Statements in the one block on inet_sock_set_state (this namespace's TCP sockets; `$k` is
+    the socket's address)."""
+    blocks: str = ""
+    """Probe blocks of its own."""
+    end: str = ""
+    """END's statements for its own maps: clear them, or print those it prints on purpose."""
+    prints_at_end: bool = False
+    """Whether END prints its maps (`@map[key]: (...)`, the tuples of one key making one event)."""
+
+
+def program(parts: Mapping[str, Part]) -> str:
+    """The one bpftrace program for these probes (name -> its part)."""
+    probes = list(parts)
+    shared = "".join(part.on_set_state for part in parts.values())
+    set_state = _SET_STATE + "{\n  $k = (uint64)args->skaddr;" + shared + "}\n" if shared else ""
+    blocks = set_state + "".join(part.blocks for part in parts.values())
+    return READY + blocks + _flush(probes) + _HEARTBEAT + _end(probes, "".join(part.end for part in parts.values()))
 
 
 # Connection lifetime and bytes, modelled on libbpf-tools tcplife but filtered by netns and
@@ -119,9 +145,9 @@ def _batched(probes: Sequence[str], blocks: str, extra_end: str = "") -> str:
 SOCK_DONE = 1  # enum sock_flags (include/net/sock.h): a bit of sk_flags
 
 
-def _lifetime(sock_flags: str) -> tuple[str, str]:
+def lifetime(sock_flags: str) -> Part:
     """`sock_flags`: where struct sock keeps sk_flags on this kernel (detect.sock_flags_member)."""
-    return (
+    return Part(
         f"""
   if (args->newstate >= {ESTABLISHED} && args->newstate <= {SYN_RECV} && @birth[$k] == 0) {{
     @birth[$k] = nsecs;
@@ -146,17 +172,16 @@ def _lifetime(sock_flags: str) -> tuple[str, str]:
     delete(@birth[$k]); delete(@pid[$k]); delete(@comm[$k]);
   }}
 """,
-        " clear(@birth); clear(@pid); clear(@comm);",
+        end=" clear(@birth); clear(@pid); clear(@comm);",
     )
 
 
 # Every TCP state transition of this namespace's sockets.
 # Event: (ns, sport, dport, oldstate, newstate, saddr, daddr)
-_STATE = (
+STATE = Part(
     f"""
   {_emit("state", f"nsecs, {_PORTS}, (uint64)args->oldstate, (uint64)args->newstate, {_ADDRESSES}")}
-""",
-    "",
+"""
 )
 
 # Active connects (SYN_SENT -> ESTABLISHED, with the pid/comm that called connect()) and
@@ -165,7 +190,7 @@ _STATE = (
 # (ESTABLISHED, or CLOSE for a refused connect): only that one deletes it, so the other
 # transitions of a connection's life run no map operation here.
 # Event: (ns, sport, dport, active (1 connect, 0 accept), pid, saddr, daddr, comm)
-_CONNECT = (
+CONNECT = Part(
     f"""
   if (args->newstate == {SYN_SENT}) {{
     @connect_pid[$k] = pid;
@@ -185,19 +210,8 @@ _CONNECT = (
     delete(@connect_pid[$k]); delete(@connect_comm[$k]);
   }}
 """,
-    " clear(@connect_pid); clear(@connect_comm);",
+    end=" clear(@connect_pid); clear(@connect_comm);",
 )
-
-SET_STATE_PROBES = ("lifetime", "state", "connect")
-
-
-def set_state(probes: Sequence[str], sock_flags: str) -> str:
-    """One program for any of SET_STATE_PROBES: a single block on inet_sock_set_state does
-    the work of each, so a transition runs one BPF program, however many of them are on."""
-    blocks = {"lifetime": _lifetime(sock_flags), "state": _STATE, "connect": _CONNECT}
-    parts = [blocks[p] for p in probes]
-    block = _SET_STATE + "{\n  $k = (uint64)args->skaddr;" + "".join(body for body, _ in parts) + "}\n"
-    return _batched(probes, block, "".join(end for _, end in parts))
 
 
 # RTT windows, aggregated in the kernel: every received segment of a socket updates its open
@@ -243,7 +257,10 @@ _RTT_WINDOW = """
               ($n == 0 || $srtt < $w.5) ? $srtt : $w.5, ($n == 0 || $srtt > $w.6) ? $srtt : $w.6);
 }}
 interval:s:1 {{ @lines = 0; }}
-tracepoint:sock:inet_sock_set_state /args->newstate == {close}/ {{
+"""
+# A window ends with its socket: a block of its own on inet_sock_set_state, since emitting the
+# window's tuple beside the shared block's events would pass the 512-byte BPF stack.
+_RTT_CLOSE = """tracepoint:sock:inet_sock_set_state /args->newstate == {close}/ {{
   $w = @win[(uint64)args->skaddr];
   if ($w.4 > 0) {{
     {emit_at_close}
@@ -259,55 +276,39 @@ def _rtt_emit(sk: str, sport: str, dport: str) -> str:
     return _RTT_EMIT.format(sk=sk, emit=_emit("rtt", _RTT_FIELDS.format(sport=sport, dport=dport)))
 
 
-def _rtt_window(sk: str, sport: str, dport: str, srtt: str, cwnd: str) -> str:
-    return _RTT_WINDOW.format(
-        sk=sk,
-        sport=sport,
-        dport=dport,
-        srtt=srtt,
-        cwnd=cwnd,
-        close=CLOSE,
-        emit_window=_rtt_emit(sk, sport, dport),
-        emit_at_close=_rtt_emit("args->skaddr", "args->sport", "args->dport"),
+def _rtt(probe: str, sk: str, sport: str, dport: str, srtt: str, cwnd: str) -> Part:
+    """The RTT windows, fed by `probe` (a tracepoint or kprobe on every received segment)."""
+    window = _RTT_WINDOW.format(
+        sk=sk, sport=sport, dport=dport, srtt=srtt, cwnd=cwnd, emit_window=_rtt_emit(sk, sport, dport)
     )
+    close = _RTT_CLOSE.format(close=CLOSE, emit_at_close=_rtt_emit("args->skaddr", "args->sport", "args->dport"))
+    return Part(blocks=f"{probe}\n/{_NETNS.format(sk=sk)}/\n{{{window}{close}", end=_RTT_END, prints_at_end=True)
 
 
 # tcp:tcp_probe carries skaddr since Linux 6.10; srtt there is already in microseconds.
-RTT_TRACEPOINT = _batched(
-    ("rtt",),
-    "tracepoint:tcp:tcp_probe\n/"
-    + _NETNS.format(sk="args->skaddr")
-    + "/\n{"
-    + _rtt_window("args->skaddr", "args->sport", "args->dport", "args->srtt", "args->snd_cwnd"),
-    _RTT_END,
+RTT_TRACEPOINT = _rtt(
+    "tracepoint:tcp:tcp_probe", "args->skaddr", "args->sport", "args->dport", "args->srtt", "args->snd_cwnd"
 )
 
 # Older kernels (Debian bookworm's 6.1): the same window from tcp_rcv_established(), where
 # tcp_probe is called, through a kprobe.
 _SK = "((struct sock *)arg0)"
-RTT_KPROBE = _batched(
-    ("rtt",),
-    "kprobe:tcp_rcv_established\n/"
-    + _NETNS.format(sk="arg0")
-    + "/\n{"
-    + _rtt_window(
-        "arg0",
-        f"{_SK}->__sk_common.skc_num",
-        f"(({_SK}->__sk_common.skc_dport >> 8) | (({_SK}->__sk_common.skc_dport << 8) & 0xff00))",
-        "((struct tcp_sock *)arg0)->srtt_us >> 3",
-        "((struct tcp_sock *)arg0)->snd_cwnd",
-    ),
-    _RTT_END,
+RTT_KPROBE = _rtt(
+    "kprobe:tcp_rcv_established",
+    "arg0",
+    f"{_SK}->__sk_common.skc_num",
+    f"(({_SK}->__sk_common.skc_dport >> 8) | (({_SK}->__sk_common.skc_dport << 8) & 0xff00))",
+    "((struct tcp_sock *)arg0)->srtt_us >> 3",
+    "((struct tcp_sock *)arg0)->snd_cwnd",
 )
 
 # Event: (ns, sport, dport, state, saddr, daddr)
-RETRANS = _batched(
-    ("retrans",),
-    "tracepoint:tcp:tcp_retransmit_skb\n/"
+RETRANS = Part(
+    blocks="tracepoint:tcp:tcp_retransmit_skb\n/"
     + _NETNS.format(sk="args->skaddr")
     + f"""/
 {{
   {_emit("retrans", f"nsecs, {_PORTS}, (uint64)args->state, {_ADDRESSES}")}
 }}
-""",
+"""
 )

@@ -11,7 +11,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from collectors import bpfstats, clock
+from collectors import bpfstats, clock, programs
 from collectors.children import BpftraceChild, Child, Records, RecordTags, TcpdumpChild
 from collectors.detect import Detection
 from collectors.gate import Gate, close_tracepoints
@@ -107,21 +107,20 @@ class Runner:
         return status
 
     def _bpftrace_child(self, chosen: list[tuple[str, Source]]) -> Child:
-        """One bpftrace for these probes (they share its source, see sources.Source)."""
-        probes = [probe for probe, _ in chosen]
-        source = chosen[0][1]
-        name = "-".join(probes)
+        """The one bpftrace for these probes: one program of their parts (programs.program)."""
+        parts = {probe: source.part(self.detection) for probe, source in chosen if source.part is not None}
+        name = "-".join(parts)
         program_path = self.config.out / "programs" / f"{name}.bt"
-        program_path.write_text(source.program_for(probes, self.detection))
+        program_path.write_text(programs.program(parts))
         argv = [
             str(self.detection.tools["bpftrace"]),
             "-B",
             "line",  # one write per line; "none" writes each printf in two pieces (two wake-ups)
             str(program_path),
             str(self.config.netns_inode),
+            str(self.config.rtt_interval_ms * 1_000_000),
+            str(self.config.rtt_max_per_s),
         ]
-        if probes == ["rtt"]:
-            argv += [str(self.config.rtt_interval_ms * 1_000_000), str(self.config.rtt_max_per_s)]
         records = []
         for probe, probe_source in chosen:
             assert probe_source.parse is not None
@@ -134,20 +133,20 @@ class Runner:
             self.config.out / "logs" / f"{name}.log",
             self.status_file,
             self.config.out / f"{name}.bpftrace",
-            self._stats_fd is not None,
+            printed_by=next((probe for probe, part in parts.items() if part.prints_at_end), None),
+            bpf_stats=self._stats_fd is not None,
         )
 
     def _bpftrace_children(self, probes: list[str]) -> list[Child]:
-        """A bpftrace per probe, or per group of probes whose sources build one program."""
-        processes: dict[str, list[tuple[str, Source]]] = {}
+        """One bpftrace for every probe that has a usable source, or none."""
+        chosen: list[tuple[str, Source]] = []
         for probe in probes:
             choice = choose(probe, self.detection)
             self._add_status(probe, choice, f"{probe}.jsonl")
             if (source := choice.source) is not None:
-                key = source.name if callable(source.program) else probe
-                processes.setdefault(key, []).append((probe, source))
+                chosen.append((probe, source))
                 self._tracepoints.update(source.tracepoints)
-        return [self._bpftrace_child(chosen) for chosen in processes.values()]
+        return [self._bpftrace_child(chosen)] if chosen else []
 
     def _pcap_children(self) -> list[Child]:
         choice = choose("pcap", self.detection)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from collectors import programs
@@ -62,22 +62,17 @@ Requirement = Callable[[Detection], str | None]
 
 @dataclass(frozen=True)
 class Source:
-    """One way to produce a probe's records. `program` is a bpftrace program (None for
-    tcpdump), or a function building one program for several probes: the probes whose
-    chosen source has that function and this source's name run in one bpftrace, built by
-    calling it with their names. `parse` turns one event tuple (the text between the
-    parentheses) into an Event; `requires` names what is missing on this node, or returns None."""
+    """One way to produce a probe's records. `part` builds the probe's share of the node's one
+    bpftrace program (programs.program) for this node; None for tcpdump. `parse` turns one event
+    tuple (the text between the parentheses) into an Event; `requires` names what is missing on
+    this node, or returns None."""
 
     name: str
     tool: str
     requires: tuple[Requirement, ...]
-    program: str | Callable[[Sequence[str], Detection], str] | None = None
+    part: Callable[[Detection], programs.Part] | None = None
     parse: Parser | None = None
-    tracepoints: tuple[str, ...] = ()  # those its program attaches to (see collectors/gate.py)
-
-    def program_for(self, probes: Sequence[str], detection: Detection) -> str:
-        assert self.program is not None
-        return self.program(probes, detection) if callable(self.program) else self.program
+    tracepoints: tuple[str, ...] = ()  # those its part attaches to (see collectors/gate.py)
 
     def missing(self, detection: Detection) -> list[str]:
         return [reason for check in self.requires if (reason := check(detection)) is not None]
@@ -143,7 +138,7 @@ def parse_connect(text: str) -> Event:
 
 
 def parse_rtt(text: str) -> Event:
-    """One RTT window (programs.RTT_TRACEPOINT): stamped with its last segment."""
+    """One RTT window (programs.RTT_TRACEPOINT, RTT_KPROBE): stamped with its last segment."""
     last, srtt, cwnd, first, segments, low, high, family, sport, dport, s4, s6, d4, d6 = _fields(text, 14)
     v4 = int(family) == AF_INET
     return Event(
@@ -210,17 +205,13 @@ def needs_sock_flags(d: Detection) -> str | None:
     )
 
 
-def _set_state_program(probes: Sequence[str], detection: Detection) -> str:
-    return programs.set_state(probes, detection.sock_flags or "")
-
-
-def _on_set_state(parse: Parser, *requires: Requirement) -> Source:
-    """lifetime, state and connect: one bpftrace serves whichever of them are on."""
+def _on_set_state(part: Callable[[Detection], programs.Part], parse: Parser, *requires: Requirement) -> Source:
+    """lifetime, state and connect: statements in the program's one inet_sock_set_state block."""
     return Source(
         f"bpftrace tracepoint:{_SET_STATE}",
         "bpftrace",
         (*_BPFTRACE, needs_tracepoint(_SET_STATE), *requires),
-        _set_state_program,
+        part,
         parse,
         (_SET_STATE,),
     )
@@ -228,15 +219,15 @@ def _on_set_state(parse: Parser, *requires: Requirement) -> Source:
 
 # Probe name -> candidate sources, best first. "pcap" is handled by the runner per interface.
 PROBES: dict[str, tuple[Source, ...]] = {
-    "lifetime": (_on_set_state(parse_lifetime, needs_sock_flags),),
-    "state": (_on_set_state(parse_state),),
-    "connect": (_on_set_state(parse_connect),),
+    "lifetime": (_on_set_state(lambda d: programs.lifetime(d.sock_flags or ""), parse_lifetime, needs_sock_flags),),
+    "state": (_on_set_state(lambda _: programs.STATE, parse_state),),
+    "connect": (_on_set_state(lambda _: programs.CONNECT, parse_connect),),
     "rtt": (
         Source(
             "bpftrace tracepoint:tcp:tcp_probe",
             "bpftrace",
             (*_BPFTRACE, needs_tracepoint("tcp:tcp_probe")),
-            programs.RTT_TRACEPOINT,
+            lambda _: programs.RTT_TRACEPOINT,
             parse_rtt,
             ("tcp:tcp_probe", _SET_STATE),  # windows end when their socket closes
         ),
@@ -244,7 +235,7 @@ PROBES: dict[str, tuple[Source, ...]] = {
             "bpftrace kprobe:tcp_rcv_established",
             "bpftrace",
             (*_BPFTRACE, needs_kprobes),
-            programs.RTT_KPROBE,
+            lambda _: programs.RTT_KPROBE,
             parse_rtt,
             (_SET_STATE,),
         ),
@@ -254,7 +245,7 @@ PROBES: dict[str, tuple[Source, ...]] = {
             "bpftrace tracepoint:tcp:tcp_retransmit_skb",
             "bpftrace",
             (*_BPFTRACE, needs_tracepoint("tcp:tcp_retransmit_skb")),
-            programs.RETRANS,
+            lambda _: programs.RETRANS,
             parse_retrans,
             ("tcp:tcp_retransmit_skb",),
         ),

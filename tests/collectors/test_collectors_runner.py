@@ -178,20 +178,24 @@ def test_the_probes_tracepoints_are_gated(observed: ObservedRun) -> None:
     assert gate == {"gated": ["sock:inet_sock_set_state", "tcp:tcp_probe", "tcp:tcp_retransmit_skb"], "errors": {}}
 
 
-def test_the_state_change_probes_share_one_bpftrace(observed: ObservedRun) -> None:
-    """One BPF program per transition, whichever of them are on; its CPU is reported once."""
+BPFTRACE_PROBES = ("lifetime", "state", "connect", "rtt", "retrans")
+
+
+def test_every_bpftrace_probe_shares_one_bpftrace(observed: ObservedRun) -> None:
+    """One process for all of them, its CPU reported once (by the first)."""
     probes = observed.status["probes"]
-    assert probes["lifetime"]["pid"] == probes["state"]["pid"] == probes["connect"]["pid"]
-    assert probes["state"]["shared_with"] == probes["connect"]["shared_with"] == "lifetime"
-    assert probes["state"]["cpu_s"] is None and probes["state"]["bpf_runs"] is None
-    assert probes["rtt"]["pid"] != probes["lifetime"]["pid"] and probes["rtt"]["shared_with"] is None
+    assert len({probes[p]["pid"] for p in BPFTRACE_PROBES}) == 1
+    assert probes["lifetime"]["shared_with"] is None and probes["lifetime"]["cpu_s"] is not None
+    for probe in BPFTRACE_PROBES[1:]:
+        assert probes[probe]["shared_with"] == "lifetime", probe
+        assert probes[probe]["cpu_s"] is None and probes[probe]["bpf_runs"] is None, probe
 
 
 def test_bpftrace_output_is_decoded_at_the_stop(observed: ObservedRun) -> None:
     """While the probes run, the runner only copies and counts what bpftrace prints."""
-    for name in ("lifetime-state-connect", "rtt", "retrans"):
-        assert f"{name}.bpftrace" in observed.files_before_stop
-        assert not (observed.runner.out / f"{name}.bpftrace").exists()  # decoded, then removed
+    raw = "-".join(BPFTRACE_PROBES) + ".bpftrace"
+    assert [name for name in observed.files_before_stop if name.endswith(".bpftrace")] == [raw]
+    assert not (observed.runner.out / raw).exists()  # decoded, then removed
     counted = observed.before_stop["probes"]["state"]["records"]
     assert 0 < counted <= len(observed.runner.records("state"))
 
@@ -322,25 +326,24 @@ def test_pcap_has_header_only_packets(observed: ObservedRun) -> None:
 
 
 def test_killed_probe_is_reported_and_runner_survives(start_runner: Any, tmp_path: Path) -> None:
-    runner = start_runner(tmp_path / "out", "--probes", "state,retrans")
+    """The bpftrace killed: both its probes say so, the packet capture and the runner run on."""
+    runner = start_runner(tmp_path / "out", "--probes", "state,retrans,pcap", "--iface", "lab0")
     status = runner.wait_running()
-    victim = status["probes"]["retrans"]["pid"]
+    victim = status["probes"]["state"]["pid"]
+    assert status["probes"]["retrans"]["pid"] == victim
     os.kill(victim, signal.SIGKILL)
-    status = runner.wait_for(
-        lambda s: s["probes"]["retrans"]["state"] == "exited", 20, "the killed probe to be reported"
-    )
-    killed = status["probes"]["retrans"]
+    status = runner.wait_for(lambda s: s["probes"]["state"]["state"] == "exited", 20, "the killed probe to be reported")
+    killed = status["probes"]["state"]
     assert killed["exit_code"] == -signal.SIGKILL
     assert killed["cpu_s"]["attach"] > 0 and killed["cpu_s"]["stopping"] is None  # it never got to stop
-    assert "SIGKILL" in killed["error"]
-    assert status["probes"]["state"]["state"] == "running"
+    assert "SIGKILL" in killed["error"] and status["probes"]["retrans"]["state"] == "exited"
+    assert status["probes"]["pcap:lab0"]["state"] == "running"
     assert runner.proc.poll() is None
     assert runner.stop() == 0
     final = runner.status()
     assert final["state"] == "stopped"
     assert final["probes"]["retrans"]["state"] == "exited"
-    assert final["probes"]["state"]["state"] == "stopped"
-    assert final["probes"]["state"]["bpf_runs"] is None  # not measured without --bpf-stats
+    assert final["probes"]["pcap:lab0"]["state"] == "stopped"
 
 
 def test_probes_die_with_a_killed_runner(start_runner: Any, tmp_path: Path) -> None:

@@ -345,27 +345,34 @@ def test_detect_prints_json_with_a_choice_per_probe() -> None:
 
 
 @pytest.mark.parametrize(
-    "program",
+    "probes",
     [
-        ("lifetime", "state", "connect"),
+        ("lifetime", "state", "connect", "rtt", "retrans"),
+        ("lifetime", "connect", "rtt:kprobe", "retrans"),
         ("connect",),
         ("state", "lifetime"),
-        programs.RTT_TRACEPOINT,
-        programs.RTT_KPROBE,
-        programs.RETRANS,
+        ("rtt",),
+        ("rtt:kprobe",),
+        ("retrans",),
     ],
-    ids=["set_state", "connect", "state-lifetime", "rtt_tracepoint", "rtt_kprobe", "retrans"],
+    ids=["all", "default-kprobe", "connect", "state-lifetime", "rtt_tracepoint", "rtt_kprobe", "retrans"],
 )
-def test_every_program_compiles(program: str | tuple[str, ...], tmp_path: Path) -> None:
+def test_every_program_compiles(probes: tuple[str, ...], tmp_path: Path) -> None:
     """Dry run (no attach), so the kprobe variant is checked even where kprobes are missing; the
-    set_state programs with this kernel's place of sk_flags, as the runner builds them."""
+    programs are built as the runner builds them, with this kernel's place of sk_flags."""
     require_root("bpftrace programs", ["bpftrace"])
-    if isinstance(program, tuple):
-        flags = detect.sock_flags_member(shutil.which("bpftrace"))
-        assert flags is not None, "bpftrace -lv finds no sk_flags in this kernel's struct sock"
-        program = programs.set_state(program, flags)
+    flags = detect.sock_flags_member(shutil.which("bpftrace"))
+    assert flags is not None, "bpftrace -lv finds no sk_flags in this kernel's struct sock"
+    parts = {
+        "lifetime": programs.lifetime(flags),
+        "state": programs.STATE,
+        "connect": programs.CONNECT,
+        "rtt": programs.RTT_TRACEPOINT,
+        "rtt:kprobe": programs.RTT_KPROBE,
+        "retrans": programs.RETRANS,
+    }
     path = tmp_path / "p.bt"
-    path.write_text(program)
+    path.write_text(programs.program({probe.split(":")[0]: parts[probe] for probe in probes}))
     result = subprocess.run(["bpftrace", "-d", str(path), "1", "1000000", "100"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
 
