@@ -11,8 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from lab.errors import ConfigError
 from lab.validation import FieldError, read_yaml, validate
+from workload.catalog import GROUPS, Group
 
-GROUPS = ("agents", "tools", "llm")
 # What vLLM reads from a Hugging Face model directory: its config and tokenizer, and the weights.
 MODEL_DIR_FILES = ("config.json", "tokenizer_config.json")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -50,7 +50,7 @@ class GPU(Model):
 
 class NodeSpec(Model):
     name: str
-    groups: list[Literal["agents", "tools", "llm"]] = Field(min_length=1)
+    groups: list[Group] = Field(min_length=1)
     address: IPv4Address
     vcpus: int = Field(default=1, ge=1, le=64)
     memory_mb: int = Field(default=1024, ge=256)
@@ -77,6 +77,10 @@ class Network(Model):
     subnet: IPv4Network = IPv4Network("10.77.0.0/24")
     gateway: IPv4Address | None = None
     """The host's address on the lab network; defaults to the subnet's first address."""
+    nat: bool = False
+    """Route the nodes out through the host (libvirt's NAT, DNS at the gateway): only so that vLLM
+    can fetch `llm.model` from a model hub. Off by default: the lab's traffic then never leaves
+    the lab network, and every package and model comes from this host."""
 
     @model_validator(mode="before")
     @classmethod
@@ -231,9 +235,13 @@ class LabConfig(Model):
         directory = self.llm_model_dir
         assert directory is not None
         if not directory.is_dir():
+            if self.llm_hub_id is not None:
+                return
             if HUB_ID.match(str(model)):
                 raise FieldError(
-                    where, f"{model} looks like a hub id, but the lab network has no route out; {download}"
+                    where,
+                    f"{model} looks like a hub id, but the lab network has no route out; {download} "
+                    "(or let vLLM fetch it: network.nat: true routes the nodes out through this host)",
                 )
             raise FieldError(where, f"{directory} is not a directory on this host; {download}")
         missing = [name for name in MODEL_DIR_FILES if not (directory / name).is_file()]
@@ -274,6 +282,16 @@ class LabConfig(Model):
     @property
     def uses_vllm(self) -> bool:
         return self.llm_backend[0] == "vllm"
+
+    @property
+    def llm_hub_id(self) -> str | None:
+        """llm.model as a model hub id that vLLM fetches itself: only with network.nat, and only when
+        no directory of that name exists here."""
+        model = self.llm.model
+        if model is None or not self.network.nat or not HUB_ID.match(str(model)):
+            return None
+        directory = self.llm_model_dir
+        return None if directory is not None and directory.is_dir() else str(model)
 
     @property
     def llm_model_dir(self) -> Path | None:

@@ -80,7 +80,7 @@ def _render(root: ET.Element) -> str:
     return ET.tostring(root, encoding="unicode") + "\n"
 
 
-def network_xml(name: str, bridge: str, gateway: IPv4Interface) -> str:
+def network_xml(name: str, bridge: str, gateway: IPv4Interface, nat: bool = False) -> str:
     """An isolated network: no <forward>, so libvirt routes nothing off the bridge.
 
     The issue asked for NAT, but no VM traffic may leave the host: the nodes need only each
@@ -88,11 +88,16 @@ def network_xml(name: str, bridge: str, gateway: IPv4Interface) -> str:
     every package. An isolated network gives exactly that with libvirt's own firewall rules
     (forwarding to or from the bridge is rejected), without host firewall rules of ours that
     could drift from libvirt's. Addresses are static (cloud-init), so there is no DHCP or DNS.
+
+    `nat` (lab.yaml's network.nat, off by default) is the one exception, for vLLM fetching its
+    model from a hub: libvirt's NAT forward and its DNS at the gateway (still no DHCP).
     """
     root = ET.Element("network")
     _sub(root, "name", name)
+    if nat:
+        _sub(root, "forward", mode="nat")
     _sub(root, "bridge", name=bridge, stp="off", delay="0")
-    _sub(root, "dns", enable="no")
+    _sub(root, "dns", enable="yes" if nat else "no")
     _sub(root, "ip", address=str(gateway.ip), prefix=str(gateway.network.prefixlen))
     return _render(root)
 

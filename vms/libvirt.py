@@ -444,15 +444,24 @@ class LabHost:
         if is_local(self.uri):
             DNSMASQ_STATE.mkdir(parents=True, exist_ok=True)
         if network is None:
-            network = self.conn.networkDefineXML(network_xml(network_name(lab), bridge_name(lab), gateway))
+            xml = network_xml(network_name(lab), bridge_name(lab), gateway, lab.network.nat)
+            network = self.conn.networkDefineXML(xml)
             undo.push(f"network {network_name(lab)}", lambda: remove_network(network))
         else:
-            ip = ET.fromstring(network.XMLDesc(0)).find("ip")
+            defined = ET.fromstring(network.XMLDesc(0))
+            ip = defined.find("ip")
             found = f"{ip.get('address')}/{ip.get('prefix')}" if ip is not None else "no address"
             if found != str(gateway):
                 raise LabError(
                     f"network {network_name(lab)} exists with {found} but {lab.path.name} says {gateway}; "
                     "run `lab teardown` first to change the subnet"
+                )
+            forward = defined.find("forward")
+            if (forward is not None and forward.get("mode") == "nat") != lab.network.nat:
+                raise LabError(
+                    f"network {network_name(lab)} exists {'without' if lab.network.nat else 'with'} NAT but "
+                    f"{lab.path.name} says network.nat: {str(lab.network.nat).lower()}; run `lab teardown` first "
+                    "to change it (the nodes' routes are set at their first boot)"
                 )
         if not network.isActive():
             network.create()

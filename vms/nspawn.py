@@ -61,6 +61,12 @@ class NspawnProvider:
                     "kernel and cannot take a passed-through GPU; remove the gpu entry, or run the lab as VMs on a "
                     "host with KVM and an IOMMU (--provider libvirt)"
                 )
+        if lab.network.nat:
+            raise LabError(
+                f"{lab.path.name}: network.nat: the nspawn provider has no NAT route (its containers reach only "
+                "the lab bridge); remove network.nat and give llm.model as a directory on this host, or run the "
+                "lab as VMs (--provider libvirt)"
+            )
         host.require_root("the nspawn provider")
         if shutil.which("systemd-nspawn") is None:
             raise LabError("systemd-nspawn is not installed; run `apt-get install systemd-container`")

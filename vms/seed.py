@@ -65,6 +65,12 @@ def make_seed(lab: LabConfig, node: NodeSpec, login: KeyPair, host_key: KeyPair,
     prefix = lab.network.subnet.prefixlen
     entry = {k: v for k, v in interface.items() if k != "id"}
     entry["addresses"] = [f"{node.address}/{prefix}"]
+    if lab.network.nat:  # out through the host, names from libvirt's DNS there (no resolved in the image)
+        gateway = str(lab.network.host_address)
+        entry["routes"] = [{"to": "0.0.0.0/0", "via": gateway}]
+        user["write_files"] = [
+            {"path": "/etc/resolv.conf", "content": f"nameserver {gateway}\n", "permissions": "0644"}
+        ]
     network = {"version": 2, "ethernets": {interface["id"]: entry}}
     return Seed(
         meta_data=yaml.safe_dump(meta, sort_keys=False),

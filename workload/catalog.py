@@ -7,12 +7,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 TOPOLOGIES = Path(__file__).with_name("topologies")
+
+Group = Literal["agents", "tools", "llm"]
+GROUPS: tuple[str, ...] = get_args(Group)
+"""The inventory groups a service is placed in: those of lab.yaml's nodes (lab/config.py), every one
+of which a lab has, so a placement always finds its node."""
 
 
 class CatalogError(ValueError):
@@ -27,7 +32,7 @@ class ServiceSpec(_Model):
     port: int = Field(ge=1024, le=65535)
     path: str = Field("", pattern=r"^(/[A-Za-z0-9._~-]+)*$")
     role: Literal["agents", "mcp_tools", "baseline"]
-    group: str = Field(min_length=1)
+    group: Group
     """The inventory group whose node (`pick`: its first or last) runs it."""
     pick: Literal["first", "last"] = "first"
     builder: str = Field(pattern=r"^[a-z_][a-z0-9_.]*:[a-z_][a-z0-9_]*$")

@@ -54,6 +54,14 @@ def test_unknown_provider_option(tmp_path):
     assert result.returncode == 1 and "unknown provider" in result.stderr
 
 
+def test_nat_on_containers_is_refused_before_anything_is_made(tmp_path):
+    config = write_lab(tmp_path, "gn", "10.91.0", provider="nspawn", network={"subnet": "10.91.0.0/24", "nat": True})
+    result = lab_cli(config, "up", check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "lab.yaml: network.nat: the nspawn provider has no NAT route" in result.stderr
+    assert not (tmp_path / ".lab").exists() and not (NAMES_DIR / "gn").exists()
+
+
 @pytest.mark.parametrize(
     ("provider", "said"),
     [

@@ -169,7 +169,13 @@ def test_a_vllm_lab_needs_a_model_directory_on_this_host(tmp_path):
     assert (
         "llm.model: meta-llama/Llama-3.1-8B-Instruct looks like a hub id, but the lab network has no route out" in hub
     )
-    assert "huggingface-cli download" in hub
+    assert "huggingface-cli download" in hub and "network.nat: true routes the nodes out" in hub
+    data = copy.deepcopy(BASE)
+    data["nodes"][2]["gpu"] = {"pci": "0000:41:00.0"}
+    data["llm"]["model"] = "Qwen/Qwen2.5-1.5B-Instruct"
+    data["network"] = {**data.get("network", {}), "nat": True}  # vLLM fetches it over the host's NAT
+    routed = parse_config(data, tmp_path / "lab.yaml")
+    assert routed.llm_hub_id == "Qwen/Qwen2.5-1.5B-Instruct"
     gguf = tmp_path / "gguf"
     gguf.mkdir()
     (gguf / "model.gguf").write_bytes(b"GGUF")
@@ -180,7 +186,7 @@ def test_a_vllm_lab_needs_a_model_directory_on_this_host(tmp_path):
     data["nodes"][2]["gpu"] = {"pci": "0000:41:00.0"}
     data["llm"]["model"] = "qwen"  # relative to lab.yaml's directory
     lab = parse_config(data, tmp_path / "lab.yaml")
-    assert lab.uses_vllm and lab.llm_model_dir == model
+    assert lab.uses_vllm and lab.llm_model_dir == model and lab.llm_hub_id is None
 
 
 def test_a_cpu_lab_ignores_llm_model_and_backend_vllm_asks_for_it():

@@ -96,6 +96,10 @@ def test_network_pool_and_volumes_validate(tmp_path):
     network = network_xml(provider.network_name(lab), provider.bridge_name(lab), IPv4Interface("10.78.0.1/24"))
     validate(tmp_path, "network", network)
     assert ET.fromstring(network).find("forward") is None, "the lab network must be isolated"
+    routed = network_xml("tv-net", "tv-virbr", IPv4Interface("10.78.0.1/24"), nat=True)  # network.nat
+    validate(tmp_path, "network", routed)
+    assert ET.fromstring(routed).find("forward").get("mode") == "nat"
+    assert ET.fromstring(routed).find("dns").get("enable") == "yes" and ET.fromstring(routed).find("ip/dhcp") is None
     validate(tmp_path, "storagepool", pool_xml(provider.pool_name(lab), provider.pool_path(lab)))
     validate(tmp_path, "storagevol", volume_xml("tv-base-0123.raw", 8 * GiB, "raw"))
     overlay = volume_xml("tv-llm.qcow2", 8 * GiB, "qcow2", ("/var/lib/libvirt/images/tv/tv-base-0123.raw", "raw"))

@@ -81,3 +81,24 @@ def test_a_containers_seed_is_root_only_in_its_overlay_layer_on_the_host(tmp_pat
     assert_private(upper)
     assert os.geteuid() == 0 and host_private_key((upper / "user-data").read_text()) == host_private_key(seed.user_data)
     assert not host.is_mounted(root)
+
+
+def test_only_a_nat_lab_gives_its_nodes_a_route_out_and_a_resolver(tmp_path):
+    for directory in ("isolated", "nat"):
+        (tmp_path / directory).mkdir()
+    _, seed = a_seed(tmp_path / "isolated")
+    [entry] = yaml.safe_load(seed.network_config)["ethernets"].values()
+    assert "routes" not in entry and "write_files" not in yaml.safe_load(seed.user_data)
+    config = write_lab(tmp_path / "nat", "tn", "10.92.0", provider="libvirt")
+    data = yaml.safe_load(config.read_text())
+    data["network"]["nat"] = True
+    config.write_text(yaml.safe_dump(data))
+    lab = load_config(config)
+    keys = tmp_path / "nat" / "keys"
+    seed = make_seed(
+        lab, lab.node("llm"), ensure_keypair(keys / "l", "l"), ensure_keypair(keys / "h", "h"), {"id": "x"}
+    )
+    [entry] = yaml.safe_load(seed.network_config)["ethernets"].values()
+    assert entry["routes"] == [{"to": "0.0.0.0/0", "via": "10.92.0.1"}]
+    [resolv] = yaml.safe_load(seed.user_data)["write_files"]
+    assert (resolv["path"], resolv["content"]) == ("/etc/resolv.conf", "nameserver 10.92.0.1\n")

@@ -73,6 +73,10 @@ def test_a_second_topology_file_adds_its_services_and_workloads(tmp_path):
         ({"services": {"t": {**TOOL, "prot": 1}}}, "field services.t.prot: Extra inputs are not permitted"),
         ({"services": {"t": {**TOOL, "role": "db"}}}, "field services.t.role: Input should be 'agents'"),
         ({"services": {"t": {**TOOL, "builder": "no colon"}}}, "field services.t.builder: String should match"),
+        (
+            {"services": {"t": {**TOOL, "group": "workers"}}},
+            "field services.t.group: Input should be 'agents', 'tools'",
+        ),
         ({"services": {"t": {**TOOL, "calls": ["ghost"]}}}, "services.t.calls names 'ghost', which no topology"),
         (
             {"services": {"a": {**TOOL, "calls": ["b"]}, "b": {**TOOL, "port": 9002}}},
@@ -103,7 +107,8 @@ def test_not_yaml_and_no_files_are_refused(tmp_path):
 
 def test_ansible_places_and_groups_the_services_as_the_catalog_says(tmp_path):
     """The deploy reads the same files (inventory/group_vars/all.yml): each service on the first or last
-    node of its group, with its port and path, and each deploy role's services in start order."""
+    node of its group, with its port and path, each deploy role's services in start order, and on each
+    node the roles that have a service there (deploy.yml runs a role only there)."""
     inventory = tmp_path / "inventory"
     inventory.mkdir()
     (inventory / "group_vars").symlink_to(REPO / "inventory" / "group_vars")
@@ -116,7 +121,8 @@ def test_ansible_places_and_groups_the_services_as_the_catalog_says(tmp_path):
         }
     }
     (inventory / "hosts.yml").write_text(yaml.safe_dump(hosts))
-    shown = "{{ {'services': lab_services, 'roles': lab_services_by_role} | to_json }}"
+    here = "dict(groups['all'] | zip(groups['all'] | map('extract', hostvars, 'lab_roles_here')))"
+    shown = "{{ {'services': lab_services, 'roles': lab_services_by_role, 'here': " + here + "} | to_json }}"
     result = subprocess.run(
         [str(REPO / ".venv" / "bin" / "ansible"), "n1", "-i", str(inventory), "--playbook-dir", str(REPO)]
         + ["-c", "local", "-m", "ansible.builtin.debug", "-a", f"msg={shown}"],
@@ -137,4 +143,8 @@ def test_ansible_places_and_groups_the_services_as_the_catalog_says(tmp_path):
     assert placed["roles"] == {
         role: [name for name, spec in CATALOG.services.items() if spec.role == role]
         for role in ("mcp_tools", "baseline", "agents")
+    }
+    assert {host: set(roles) for host, roles in placed["here"].items()} == {
+        host: {CATALOG.services[name].role for name, where in expected.items() if where["host"] == host}
+        for host in ("n1", "n2", "n3", "n4")
     }
