@@ -35,7 +35,7 @@ from lab import ssh
 from lab.config import LabConfig, NodeSpec
 from lab.errors import LabError
 from lab.keys import KeyPair
-from vms import image, timeserver, vfio
+from vms import image, sysfs_copy, timeserver, vfio
 from vms.accel import kvm_usable
 from vms.base import (
     Node,
@@ -246,23 +246,37 @@ def gpu_preflight(lab: LabConfig, progress: Progress, sysfs: Path = Path("/sys")
     for index, spec in enumerate(lab.nodes):
         if spec.gpu is None:
             continue
-        if not is_local(spec.libvirt_uri):
+        ssh = None if is_local(spec.libvirt_uri) else sysfs_copy.ssh_argv(spec.libvirt_uri)
+        if not is_local(spec.libvirt_uri) and ssh is None:
             progress(
-                f"{spec.name}: GPU preflight skipped on {spec.libvirt_uri} (sysfs is read locally); "
-                "libvirt checks the device when the VM starts"
+                f"{spec.name}: GPU preflight skipped on {spec.libvirt_uri} (no command runs over that transport; "
+                "qemu+ssh:// would let it read the host's sysfs); libvirt checks the device when the VM starts"
             )
             hostdevs[spec.name] = tuple(spec.gpu.pci)
             continue
         try:
-            hostdevs[spec.name] = tuple(vfio.preflight(spec.gpu.pci, sysfs))
+            if ssh is None:
+                hostdevs[spec.name] = tuple(vfio.preflight(spec.gpu.pci, sysfs))
+            else:
+                hostdevs[spec.name] = tuple(_remote_vfio_preflight(spec.gpu.pci, ssh))
         except vfio.VfioError as exc:
-            raise vfio.VfioError(f"{lab.path}: nodes[{index}].gpu.pci: {exc}") from None
+            where = "" if ssh is None else f" (on {spec.libvirt_uri})"
+            raise vfio.VfioError(f"{lab.path}: nodes[{index}].gpu.pci{where}: {exc}") from None
+        except sysfs_copy.RemoteSysfsError as exc:
+            raise LabError(f"{lab.path}: nodes[{index}].gpu.pci: preflight on {spec.libvirt_uri}: {exc}") from None
         extra = sorted(set(hostdevs[spec.name]) - set(spec.gpu.pci))
         progress(
             f"{spec.name}: GPU {', '.join(spec.gpu.pci)} passes the VFIO preflight"
             + (f" (with {', '.join(extra)} from its IOMMU group)" if extra else "")
         )
     return hostdevs
+
+
+def _remote_vfio_preflight(addresses: list[str], ssh: list[str]) -> list[str]:
+    """vfio.preflight on a copy of the remote host's sysfs, loading vfio-pci there if needed."""
+    with tempfile.TemporaryDirectory(prefix="lab-sysfs-") as directory:
+        copied = sysfs_copy.copy(ssh, addresses, Path(directory))
+        return vfio.preflight(addresses, copied, load_module=lambda: sysfs_copy.load_vfio(ssh))
 
 
 def hugepages_preflight(
