@@ -10,9 +10,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lab import ssh, state
+from lab.config import load_config
+from lab.inventory import known_hosts_file
 from lab.state import NAMES_DIR
 from tests.conftest import lab_cli, write_lab
-from vms import host
+from vms import host, sysfs_copy, vfio
 from vms.nspawn import SEED_DIR
 
 pytestmark = pytest.mark.integration
@@ -150,6 +153,34 @@ def test_containers_can_attach_ebpf_tracepoints(lab):
     result = lab_cli(config, "ssh", "llm", "--", "sudo", "bpftrace", "-e", f"'{program}'", check=False)
     assert result.returncode == 0, result.stderr
     assert "Attaching 2 probes" in result.stdout
+
+
+def test_the_vfio_preflight_reads_a_nodes_sysfs_over_ssh_as_it_reads_this_hosts(lab, tmp_path):
+    """A container node stands for a remote libvirt host: over real SSH (the lab's key and pinned host
+    key), the copy of its sysfs (this host's, read-only in the container) holds a real PCI function as
+    this host's sysfs shows it, and the preflight gives the same answer on both."""
+    config, _ = lab
+    lab_config = load_config(config)
+    argv = ssh.ssh_argv(state.require(lab_config).node("agent-a"), known_hosts_file(lab_config))
+    devices = Path("/sys/bus/pci/devices")
+    # a function with a driver where there is one: its link is copied too
+    found = sorted(devices.iterdir(), key=lambda d: (not (d / "driver").exists(), d.name)) if devices.is_dir() else []
+    address = found[0].name if found else None
+    addresses = [address] if address else ["0000:ff:1f.7"]
+    copy = sysfs_copy.copy(argv, addresses, tmp_path / "copy")
+    if address:
+        here, there = devices / address, copy / "bus" / "pci" / "devices" / address
+        driver = (here / "driver").resolve().name if (here / "driver").exists() else None
+        assert (there / "class").read_text() == (here / "class").read_text()
+        assert [p.resolve().name for p in (there / "driver", here / "driver") if p.exists()] in ([], [driver] * 2)
+
+    def answer(root: Path) -> str:
+        try:
+            return "passed: " + " ".join(vfio.preflight(addresses, root, load_module=lambda: "not loaded here"))
+        except vfio.VfioError as exc:
+            return str(exc)
+
+    assert answer(copy) == answer(Path("/sys"))
 
 
 def test_second_up_is_idempotent(lab):
