@@ -360,19 +360,21 @@ def test_a_probe_killed_mid_run_is_recorded_and_the_rest_is_kept(deployed_lab, t
     )
     experiment = start_experiment(config, path)
     status = wait_running(config, "agent-b")
-    victim = status["probes"]["rtt"]["pid"]
+    victim = status["probes"]["rtt"]["pid"]  # the node's one bpftrace, which every bpftrace probe shares
     lab_cli(config, "ssh", "agent-b", "--", "sudo", "kill", "-9", str(victim))
     output, _ = experiment.communicate(timeout=300)
     assert experiment.returncode == 0, output
     run = run_dir(config, "baseline-kill")
     m = manifest(run)
-    assert m["probes"]["agent-b"]["rtt"]["state"] == "exited"
-    assert "SIGKILL" in m["probes"]["agent-b"]["rtt"]["error"]
-    assert any(f["node"] == "agent-b" and f["what"].startswith("probe rtt exited") for f in m["faults"])
+    probes = m["probes"]["agent-b"]
+    for probe in ("lifetime", "state", "connect", "rtt", "retrans"):
+        assert probes[probe]["state"] == "exited" and "SIGKILL" in probes[probe]["error"], probe
+        assert any(f["node"] == "agent-b" and f["what"].startswith(f"probe {probe} exited") for f in m["faults"])
     assert "probe rtt exited" in output
     for node in ("agent-a", "llm"):
         assert all(p["state"] == "stopped" for p in m["probes"][node].values())
-    assert m["probes"]["agent-b"]["state"]["state"] == "stopped" and m["probes"]["agent-b"]["state"]["records"] > 0
+    captures = [p for name, p in probes.items() if name.startswith("pcap:")]  # tcpdump, a process of its own
+    assert captures and all(p["state"] == "stopped" and p["records"] > 0 for p in captures)
     assert_files_intact(run, m["files"])
     assert m["tasks"] == {"planned": 60, "total": 60, "ok": 60, "failed": 0, "warmup": 0}
 
