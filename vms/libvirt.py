@@ -246,8 +246,9 @@ def gpu_preflight(lab: LabConfig, progress: Progress, sysfs: Path = Path("/sys")
     for index, spec in enumerate(lab.nodes):
         if spec.gpu is None:
             continue
-        ssh = None if is_local(spec.libvirt_uri) else sysfs_copy.ssh_argv(spec.libvirt_uri)
-        if not is_local(spec.libvirt_uri) and ssh is None:
+        local = is_local(spec.libvirt_uri)
+        remote = None if local else sysfs_copy.ssh_argv(spec.libvirt_uri)
+        if not local and remote is None:
             progress(
                 f"{spec.name}: GPU preflight skipped on {spec.libvirt_uri} (no command runs over that transport; "
                 "qemu+ssh:// would let it read the host's sysfs); libvirt checks the device when the VM starts"
@@ -255,12 +256,12 @@ def gpu_preflight(lab: LabConfig, progress: Progress, sysfs: Path = Path("/sys")
             hostdevs[spec.name] = tuple(spec.gpu.pci)
             continue
         try:
-            if ssh is None:
+            if remote is None:
                 hostdevs[spec.name] = tuple(vfio.preflight(spec.gpu.pci, sysfs))
             else:
-                hostdevs[spec.name] = tuple(_remote_vfio_preflight(spec.gpu.pci, ssh))
+                hostdevs[spec.name] = tuple(_remote_vfio_preflight(spec.gpu.pci, remote))
         except vfio.VfioError as exc:
-            where = "" if ssh is None else f" (on {spec.libvirt_uri})"
+            where = "" if remote is None else f" (on {spec.libvirt_uri})"
             raise vfio.VfioError(f"{lab.path}: nodes[{index}].gpu.pci{where}: {exc}") from None
         except sysfs_copy.RemoteSysfsError as exc:
             raise LabError(f"{lab.path}: nodes[{index}].gpu.pci: preflight on {spec.libvirt_uri}: {exc}") from None
@@ -272,11 +273,12 @@ def gpu_preflight(lab: LabConfig, progress: Progress, sysfs: Path = Path("/sys")
     return hostdevs
 
 
-def _remote_vfio_preflight(addresses: list[str], ssh: list[str]) -> list[str]:
-    """vfio.preflight on a copy of the remote host's sysfs, loading vfio-pci there if needed."""
+def _remote_vfio_preflight(addresses: list[str], remote: list[str]) -> list[str]:
+    """vfio.preflight on a copy of the remote host's sysfs (`remote`: the ssh command that reaches it),
+    loading vfio-pci there if needed."""
     with tempfile.TemporaryDirectory(prefix="lab-sysfs-") as directory:
-        copied = sysfs_copy.copy(ssh, addresses, Path(directory))
-        return vfio.preflight(addresses, copied, load_module=lambda: sysfs_copy.load_vfio(ssh))
+        copied = sysfs_copy.copy(remote, addresses, Path(directory))
+        return vfio.preflight(addresses, copied, load_module=lambda: sysfs_copy.load_vfio(remote))
 
 
 def hugepages_preflight(
