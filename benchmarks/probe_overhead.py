@@ -17,7 +17,6 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import get_args
 
 from benchlab import BUSY_MODES, HostCpu
 
@@ -30,10 +29,7 @@ from lab import inventory, state
 from lab.config import load_config
 from lab.errors import LabError
 from lab.validation import validate
-from workload.driver import Entry, TaskResult
-from workload.driver import (
-    Scenario as Workload,  # the driver's name for a workload kind
-)
+from workload.driver import SCENARIOS, Entry, TaskResult
 
 QUIET_STEAL = 0.02
 
@@ -178,7 +174,7 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=1000, help="tasks per block")
     parser.add_argument("--pairs", type=int, default=10, help="off/on pairs of blocks")
     parser.add_argument("--concurrency", type=int, default=4)
-    parser.add_argument("--workload", choices=get_args(Workload), default="baseline")
+    parser.add_argument("--workload", choices=SCENARIOS, default="baseline")
     parser.add_argument("--settle", type=float, default=3.0, help="seconds of quiet before each block")
     parser.add_argument(
         "--rtt-interval-ms",
