@@ -18,7 +18,7 @@ from analysis.load import load_run
 from analysis.rundir import RunDir, open_run
 from lab import runlayout
 
-SCENARIO_ORDER = ("baseline", "simple", "multihop")  # comparison columns, then any other scenario
+SCENARIO_ORDER = ("baseline", "simple", "multihop", "fanout")  # comparison columns, then any other scenario
 
 
 @dataclass

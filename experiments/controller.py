@@ -28,7 +28,7 @@ from experiments.manifest import (
 )
 from experiments.progress import Reporter
 from experiments.remote import NodeError, NodeSession, open_session, parallel
-from experiments.scenario import ALL, Scenario, load_scenario
+from experiments.scenario import Scenario, load_scenario, named
 from lab import inventory, runlayout, state
 from lab.config import LabConfig
 from lab.errors import LabError
@@ -88,7 +88,7 @@ def run_named(
     lab: LabConfig, name: str, reporter: Reporter, tasks: int | None = None, warmup: int | None = None
 ) -> list[Path]:
     """`lab experiment NAME|all`: every scenario validated first, then run one after the other."""
-    loaded = [load_scenario(n, lab, tasks, warmup) for n in (ALL if name == "all" else (name,))]
+    loaded = [load_scenario(n, lab, tasks, warmup) for n in named(name, lab)]
     return [run(lab, scenario, path, reporter) for scenario, path in loaded]
 
 
@@ -187,8 +187,8 @@ def check_llm_speed(checks: dict[str, dict], scenario: Scenario, scenario_file: 
         ("timeouts.llm_s", t.llm_s, call, "one call"),
         ("task_timeout_s", scenario.task_timeout_s, calls * call, f"a task's {calls} calls at knobs.max_steps {steps}"),
     ]
-    if scenario.workload == "multihop":
-        limits.append(("timeouts.agent_s", t.agent_s, steps * call, f"a hand-off's {steps} calls to Agent B"))
+    if AGENTS_PER_TASK[scenario.workload] > 1:
+        limits.append(("timeouts.agent_s", t.agent_s, steps * call, f"a hand-off's {steps} calls to another agent"))
     short = [
         f"{what}: ~{need:.0f} s, more than {key} ({limit:g} s; set it to at least {need:.0f})"
         for key, limit, need, what in limits

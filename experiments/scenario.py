@@ -192,8 +192,14 @@ class Scenario(Model):
         return self
 
     def check_nodes(self, lab: LabConfig, path: Path | str) -> None:
-        """Impairments and injections must name nodes of this lab; an error starts with `path` (the
-        file, and where in it)."""
+        """The lab has nodes for every service of the workload; impairments and injections name nodes
+        of this lab. An error starts with `path` (the file, and where in it)."""
+        if unfilled := CATALOG.unfilled(self.workload, lab.groups):
+            raise ConfigError(
+                f"{path}: workload: {self.workload} runs services on nodes in group {', '.join(unfilled)}, and "
+                f"{lab.path.name} has none; add nodes with groups: [{unfilled[0]}] to it, "
+                "then `lab up` and `lab deploy`"
+            )
         names = [n.name for n in lab.nodes]
         named = [
             ("impairments", i, k, getattr(item, k)) for i, item in enumerate(self.impairments) for k in ("node", "to")
@@ -205,6 +211,12 @@ class Scenario(Model):
                     f"{path}: {key}[{index}].{field}: no node '{value}' in {lab.path.name}; "
                     f"use one of {', '.join(names)}"
                 )
+
+
+def named(name: str, lab: LabConfig) -> list[str]:
+    """The scenarios `lab experiment NAME` runs: NAME, or for `all` every shipped workload this lab's
+    nodes can run (fanout wants nodes in group workers)."""
+    return [n for n in ALL if not CATALOG.unfilled(n, lab.groups)] if name == "all" else [name]
 
 
 def scenario_path(name_or_path: str) -> Path:
@@ -224,7 +236,7 @@ def load_scenario(
 ) -> tuple[Scenario, Path]:
     """The validated scenario; `tasks` and `warmup` (from the command line) replace the file's values."""
     path = scenario_path(name_or_path)
-    data = read_yaml(path, "pass a scenario name (baseline, simple, multihop) or an existing .yaml file")
+    data = read_yaml(path, "pass a scenario name (baseline, simple, multihop, fanout) or an existing .yaml file")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of keys (workload, tasks, load, ...), got {type(data).__name__}")
     if tasks is not None:

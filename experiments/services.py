@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from lab.config import LabConfig
-from workload.catalog import CATALOG
-from workload.config import DEFAULT_PORTS, NEEDS_LLM, REQUIRED_PEERS, SERVICES
+from workload.catalog import CATALOG, service_of
+from workload.config import DEFAULT_PORTS, NEEDS_LLM, SERVICES
 from workload.driver import Entry
 
 ENTRY = {name: spec.entry for name, spec in CATALOG.workloads.items()}
@@ -34,31 +34,31 @@ def preflight_args(node: str, address: str, lab: LabConfig) -> dict:
 
 
 def placement(checks: dict[str, dict]) -> dict[str, tuple[str, dict]]:
-    """{service: (node, {host, port, health, ...})} from every node's preflight answer."""
-    return {name: (node, service) for node, answer in checks.items() for name, service in answer["services"].items()}
+    """{service: (node, {host, port, health, ...})} from every node's preflight answer; a `pick: each`
+    service once per node, as its instance (`<service>@<node>`)."""
+    return {
+        CATALOG.named(name, node): (node, service)
+        for node, answer in checks.items()
+        for name, service in answer["services"].items()
+    }
 
 
 def needed(workload: str) -> list[str]:
     """The services a workload's tasks reach: its entry and every peer it calls, and the LLM
     where an agent is among them (so a baseline run needs no LLM deployed)."""
-    reached, todo = [], [ENTRY[workload]]
-    while todo:
-        service = todo.pop(0)
-        if service not in reached:
-            reached.append(service)
-            todo += REQUIRED_PEERS.get(service, ())
+    reached = list(CATALOG.reached(workload))
     return reached + (["llm"] if any(s in NEEDS_LLM for s in reached) else [])
 
 
 def placed(checks: dict[str, dict], workload: str) -> dict[str, str]:
-    """{service: node} for every service `workload` reaches, as deployed."""
-    where = placement(checks)
-    return {service: where[service][0] for service in needed(workload) if service in where}
+    """{service or instance: node} for every service `workload` reaches, as deployed."""
+    reached = needed(workload)
+    return {name: node for name, (node, _) in placement(checks).items() if service_of(name) in reached}
 
 
 def missing(checks: dict[str, dict], workload: str) -> list[str]:
-    where = placement(checks)
-    return [s for s in needed(workload) if s not in where]
+    deployed = {service_of(name) for name in placement(checks)}
+    return [s for s in needed(workload) if s not in deployed]
 
 
 def url(checks: dict[str, dict], service: str) -> str:

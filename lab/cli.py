@@ -125,7 +125,9 @@ def deploy(ctx: typer.Context) -> None:
 @app.command()
 def experiment(
     ctx: typer.Context,
-    scenario: str = typer.Argument(..., help="baseline, simple, multihop, all, or a scenario .yaml"),
+    scenario: str = typer.Argument(
+        ..., help="baseline, simple, multihop, fanout, all (what the lab can run), or a scenario .yaml"
+    ),
     tasks: int | None = typer.Option(None, help="measured tasks per repetition (overrides the scenario file)"),
     warmup: int | None = typer.Option(None, help="warm-up tasks (overrides the scenario file)"),
 ) -> None:

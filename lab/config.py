@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from lab.errors import ConfigError
 from lab.validation import FieldError, read_yaml, validate
-from workload.catalog import GROUPS, Group
+from workload.catalog import REQUIRED_GROUPS, Group
 
 # What vLLM reads from a Hugging Face model directory: its config and tokenizer, and the weights.
 MODEL_DIR_FILES = ("config.json", "tokenizer_config.json")
@@ -205,10 +205,10 @@ class LabConfig(Model):
                     ("nodes", index, "gpu"),
                     "only a node in the 'llm' group takes a GPU; move the gpu entry to the LLM node",
                 )
-        for group in GROUPS:
+        for group in REQUIRED_GROUPS:
             if not any(group in node.groups for node in self.nodes):
                 raise FieldError(
-                    ("nodes",), f"no node is in group '{group}'; every lab needs nodes in {', '.join(GROUPS)}"
+                    ("nodes",), f"no node is in group '{group}'; every lab needs nodes in {', '.join(REQUIRED_GROUPS)}"
                 )
         if self.image.file is not None:
             image = self.image.file if self.image.file.is_absolute() else self.path.parent / self.image.file
@@ -263,6 +263,11 @@ class LabConfig(Model):
     @property
     def state_dir(self) -> Path:
         return self.path.parent.resolve() / ".lab"
+
+    @property
+    def groups(self) -> set[str]:
+        """The inventory groups with a node in them."""
+        return {group for node in self.nodes for group in node.groups}
 
     @property
     def llm_node(self) -> NodeSpec:

@@ -12,9 +12,10 @@ Which agents a task meets is its workload's topology; the same task set runs in 
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import httpx
 from langchain_core.messages import AIMessage, BaseMessage
@@ -22,7 +23,7 @@ from langchain_openai import ChatOpenAI
 from mcp.server.fastmcp import Context
 from mcp.server.fastmcp.exceptions import ToolError
 from mcp.types import CallToolResult, TextContent
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -30,15 +31,18 @@ from starlette.routing import Route
 
 from workload.config import LLM_MAX_TOKENS, ServiceConfig
 from workload.handoff import (
+    FAN_OUT_DESCRIPTION,
+    FAN_OUT_TOOL,
     HAND_OFF_DESCRIPTION,
     HAND_OFF_TOOL,
     SUBTASK_FAILURES,
     A2AHandOff,
+    FanOutArguments,
     HandOffRequest,
     a2a_routes,
     usage_report,
 )
-from workload.loop import Agent, MalformedDecision, Outcome, Tool, Usage
+from workload.loop import Agent, MalformedDecision, Outcome, Tool, ToolFailed, Usage
 from workload.mcp_client import LIBRARY_TIMEOUT_S, USAGE_META, HopError, ToolBox, hop_failures, task_sessions
 from workload.telemetry import (
     CallEvent,
@@ -103,15 +107,17 @@ class LLM:
 
 AGENT_A = "Agent A, a customer-support agent for an online shop"
 AGENT_B = "Agent B, a logistics agent who checks parcels and carriers"
+PLANNER = "Agent A, a customer-support agent for an online shop who leads a team of logistics agents"
+WORKER = "a logistics agent in Agent A's team, who checks parcels and carriers"
 
 
 class AgentTask(BaseModel):
-    """What Agent A takes: the user's words only, plus which workload (topology) to run."""
+    """What an entry agent takes: the user's words only, plus which workload (topology) to run."""
 
     model_config = ConfigDict(extra="forbid")
     task_id: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")
     text: str = Field(min_length=1, max_length=2000)
-    scenario: Literal["simple", "multihop"]
+    scenario: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,63}$")
 
 
 class ToolSource(Protocol):
@@ -123,11 +129,58 @@ class ToolSource(Protocol):
 class HandOffTo:
     """A hand-off to another agent as one of the loop's tools, carried as the run's hand_off knob says."""
 
-    def __init__(self, a2a: A2AHandOff, mcp: ToolBox) -> None:
-        self.carriers: dict[str, ToolSource] = {"a2a": a2a, "mcp": mcp}
+    def __init__(self, config: ServiceConfig, telemetry: Telemetry, peer: str) -> None:
+        """`peer`: the agent's name among the config's peers (an agent, or an instance `<service>@<node>`)."""
+        t = config.timeouts
+        self.carriers: dict[str, ToolSource] = {
+            "a2a": A2AHandOff(peer, config.rest_url(peer), telemetry, t.agent_s, config.api_token),
+            "mcp": ToolBox(peer, config.peers[peer], telemetry, t.agent_s, config.api_token, kind="agent"),
+        }
 
     async def load(self) -> list[Tool]:
         return await self.carriers[current_knobs().hand_off].load()
+
+
+class FanOut:
+    """A planner's hand-off to a team of agents (every instance of a `pick: each` agent) as one tool:
+    the subtasks of one call go to the agents in turn, all at once, each carried as the run's hand_off
+    knob says; with more subtasks than agents, an agent gets several. A subtask that fails is reported
+    in the answer; a failed hop fails the call."""
+
+    def __init__(self, agents: list[HandOffTo]) -> None:
+        self.agents = agents
+        self.turn = 0
+
+    async def load(self) -> list[Tool]:
+        loaded = await asyncio.gather(*(agent.load() for agent in self.agents))
+        team = [tools[0] for tools in loaded]
+        schema = FanOutArguments.model_json_schema()
+        run = functools.partial(self.ask, team)
+        return [Tool(FAN_OUT_TOOL, FAN_OUT_DESCRIPTION, schema, run, hand_off=True, fan_out="requests")]
+
+    async def ask(self, team: list[Tool], arguments: dict[str, Any]) -> tuple[str, Usage]:
+        try:
+            requests = FanOutArguments.model_validate(arguments).requests
+        except ValidationError as exc:
+            raise ToolFailed(f"bad arguments: {exc.errors()[0]['msg']}") from exc
+        first, self.turn = self.turn, self.turn + len(requests)
+        answers = await asyncio.gather(
+            *(_answer(team[(first + i) % len(team)], request) for i, request in enumerate(requests))
+        )
+        usage = Usage()
+        for _, cost in answers:
+            usage.add(cost)
+        text = "\n\n".join(
+            f"Question {i}: {q}\nAnswer: {a}" for i, (q, (a, _)) in enumerate(zip(requests, answers, strict=True), 1)
+        )
+        return text, usage
+
+
+async def _answer(agent: Tool, request: str) -> tuple[str, Usage]:
+    try:
+        return await agent.run({"request": request})
+    except ToolFailed as exc:
+        return f"error: {exc}", Usage()
 
 
 class Toolset:
@@ -155,27 +208,46 @@ def _adopt_task(task_id: str) -> None:
         set_context(TraceContext(task_id, ctx.trace_id if ctx else new_trace_id(), ctx.call_id if ctx else None))
 
 
+def _tool_server(config: ServiceConfig, telemetry: Telemetry, peer: str) -> ToolBox:
+    return ToolBox(peer, config.peers[peer], telemetry, config.timeouts.tool_s, config.api_token)
+
+
 def build_agent_a(config: ServiceConfig, telemetry: Telemetry) -> Starlette:
+    tool_db, tool_synth = _tool_server(config, telemetry, "tool-db"), _tool_server(config, telemetry, "tool-synth")
+    agent_b = HandOffTo(config, telemetry, "agent-b")
+    toolsets = {"simple": Toolset(tool_db, tool_synth), "multihop": Toolset(tool_db, agent_b)}
+    return _entry_agent("agent-a", AGENT_A, config, telemetry, toolsets, Toolset(tool_db, tool_synth, agent_b))
+
+
+def build_planner(config: ServiceConfig, telemetry: Telemetry) -> Starlette:
+    """The fanout workload's entry: Agent A with tool-db's tools and a hand-off to every worker at once."""
+    tool_db = _tool_server(config, telemetry, "tool-db")
+    team = [HandOffTo(config, telemetry, peer) for peer in config.instances("worker")]
+    return _entry_agent(
+        "planner", PLANNER, config, telemetry, {"fanout": Toolset(tool_db, FanOut(team))}, Toolset(tool_db, *team)
+    )
+
+
+def _entry_agent(
+    service: str, who: str, config: ServiceConfig, telemetry: Telemetry, toolsets: dict[str, Toolset], ready: Toolset
+) -> Starlette:
+    """An agent tasks enter at: POST /task runs its loop with the toolset of the task's workload.
+    /healthz is ready once every server and agent of `ready` answered (both carriers of each hand-off)."""
     t = config.timeouts
     llm = LLM(config, telemetry)
-    tool_db = ToolBox("tool-db", config.peers["tool-db"], telemetry, t.tool_s, config.api_token)
-    tool_synth = ToolBox("tool-synth", config.peers["tool-synth"], telemetry, t.tool_s, config.api_token)
-    agent_b_mcp = ToolBox("agent-b", config.peers["agent-b"], telemetry, t.agent_s, config.api_token, kind="agent")
-    agent_b_a2a = A2AHandOff("agent-b", config.rest_url("agent-b"), telemetry, t.agent_s, config.api_token)
-    toolsets = {
-        "simple": Toolset(tool_db, tool_synth),
-        "multihop": Toolset(tool_db, HandOffTo(agent_b_a2a, agent_b_mcp)),
-    }
 
     async def task(request: Request) -> JSONResponse:
         body = await read_model(request, AgentTask)
         if isinstance(body, JSONResponse):
             return body
+        if body.scenario not in toolsets:
+            known = ", ".join(toolsets)
+            return error_response(400, f"{service} runs {known}, not {body.scenario!r}", task_id=body.task_id)
         _adopt_task(body.task_id)
         seconds = timeout_for("task", t.task_s)
         try:
             async with asyncio.timeout(seconds), task_sessions():
-                agent = Agent(AGENT_A, llm, await toolsets[body.scenario].tools(), current_knobs().tool_calling)
+                agent = Agent(who, llm, await toolsets[body.scenario].tools(), current_knobs().tool_calling)
                 outcome = await agent.run(body.text, current_knobs().max_steps)
         except TimeoutError:
             return error_response(504, f"task timed out after {seconds:g} s (task timeout)", task_id=body.task_id)
@@ -187,30 +259,42 @@ def build_agent_a(config: ServiceConfig, telemetry: Telemetry) -> Starlette:
             {"ok": True, "task_id": body.task_id, "answer": outcome.answer, "error": None, **outcome.record()}
         )
 
-    async def ready() -> str | None:
-        return await Toolset(tool_db, tool_synth, agent_b_mcp, agent_b_a2a).problem()
+    async def every_carrier() -> str | None:
+        sources = [c for s in ready.sources for c in (s.carriers.values() if isinstance(s, HandOffTo) else (s,))]
+        return await Toolset(*sources).problem()
 
     return Starlette(
-        routes=[Route("/task", task, methods=["POST"]), Route("/healthz", health_endpoint("agent-a", config, ready))]
+        routes=[
+            Route("/task", task, methods=["POST"]),
+            Route("/healthz", health_endpoint(service, config, every_carrier)),
+        ]
     )
 
 
 def build_agent_b(config: ServiceConfig, telemetry: Telemetry) -> Starlette:
-    """Agent B, reached by a hand-off over A2A (its card and JSON-RPC endpoint) and over MCP (the tool
-    `ask_logistics_agent`) at once: both run `subtask`."""
+    """Agent B, the multihop workload's logistics agent."""
+    return _logistics_agent("agent-b", AGENT_B, "Agent B", config, telemetry)
+
+
+def build_worker(config: ServiceConfig, telemetry: Telemetry) -> Starlette:
+    """A logistics agent of the planner's team (fanout): one on each node of the workers group."""
+    return _logistics_agent("worker", WORKER, f"Logistics agent on {config.node}", config, telemetry)
+
+
+def _logistics_agent(service: str, who: str, name: str, config: ServiceConfig, telemetry: Telemetry) -> Starlette:
+    """A logistics agent with tool-synth's tools, reached by a hand-off over A2A (its card and JSON-RPC
+    endpoint) and over MCP (the tool `ask_logistics_agent`) at once: both run `subtask`."""
     llm = LLM(config, telemetry)
-    toolset = Toolset(
-        ToolBox("tool-synth", config.peers["tool-synth"], telemetry, config.timeouts.tool_s, config.api_token)
-    )
-    mcp = McpServer("agent-b", "Agent B: a logistics agent that checks parcels and carriers for Agent A.")
+    toolset = Toolset(_tool_server(config, telemetry, "tool-synth"))
+    mcp = McpServer(service, f"{name}: a logistics agent that checks parcels and carriers for Agent A.")
 
     async def subtask(request: str) -> Outcome:
-        """Agent B's loop on a handed-off request, in the caller's context, within its agent timeout;
+        """The loop on a handed-off request, in the caller's context, within its agent timeout;
         raises one of SUBTASK_FAILURES."""
         seconds = timeout_for("agent", config.timeouts.agent_s)
         try:
             async with asyncio.timeout(seconds), task_sessions():
-                agent = Agent(AGENT_B, llm, await toolset.tools(), current_knobs().tool_calling)
+                agent = Agent(who, llm, await toolset.tools(), current_knobs().tool_calling)
                 return await agent.run(request, current_knobs().max_steps)
         except TimeoutError as exc:
             raise TimeoutError(f"no answer within {seconds:g} s (agent timeout)") from exc
@@ -221,12 +305,12 @@ def build_agent_b(config: ServiceConfig, telemetry: Telemetry) -> Starlette:
         try:
             outcome = await subtask(request)
         except SUBTASK_FAILURES as exc:
-            raise ToolError(f"agent-b: {describe_error(exc)}") from exc
+            raise ToolError(f"{service}: {describe_error(exc)}") from exc
         return CallToolResult(
             content=[TextContent(type="text", text=outcome.answer)], _meta={USAGE_META: usage_report(outcome)}
         )
 
     return mcp.app(
-        *a2a_routes(config, subtask),
-        Route("/healthz", health_endpoint("agent-b", config, toolset.problem), methods=["GET"]),
+        *a2a_routes(config, subtask, service, name),
+        Route("/healthz", health_endpoint(service, config, toolset.problem), methods=["GET"]),
     )

@@ -5,6 +5,7 @@ the driver's entries and the scenarios' choices derive from it here; the deploy 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
@@ -14,10 +15,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 TOPOLOGIES = Path(__file__).with_name("topologies")
 
-Group = Literal["agents", "tools", "llm"]
+Group = Literal["agents", "tools", "llm", "workers"]
 GROUPS: tuple[str, ...] = get_args(Group)
-"""The inventory groups a service is placed in: those of lab.yaml's nodes (lab/config.py), every one
-of which a lab has, so a placement always finds its node."""
+"""The inventory groups a service is placed in: those of lab.yaml's nodes (lab/config.py)."""
+REQUIRED_GROUPS: tuple[str, ...] = ("agents", "tools", "llm")
+"""The groups every lab has nodes in (lab/config.py checks), so a service placed in one always finds its
+node. A service placed in another group (workers) runs only in labs with nodes there, and so does every
+service that calls it (Catalog.placeable)."""
 
 
 class CatalogError(ValueError):
@@ -33,8 +37,9 @@ class ServiceSpec(_Model):
     path: str = Field("", pattern=r"^(/[A-Za-z0-9._~-]+)*$")
     role: Literal["agents", "mcp_tools", "baseline"]
     group: Group
-    """The inventory group whose node (`pick`: its first or last) runs it."""
-    pick: Literal["first", "last"] = "first"
+    """The inventory group whose node runs it: its first, its last, or each (`pick`)."""
+    pick: Literal["first", "last", "each"] = "first"
+    """each: one instance per node of the group, which callers address as `<service>@<node>`."""
     builder: str = Field(pattern=r"^[a-z_][a-z0-9_.]*:[a-z_][a-z0-9_]*$")
     calls: tuple[str, ...] = ()
     needs: tuple[Literal["db", "llm"], ...] = ()
@@ -44,7 +49,8 @@ class ServiceSpec(_Model):
 class WorkloadSpec(_Model):
     entry: str
     agents: int = Field(0, ge=0, le=64)
-    """How many agents' loops one task may run (0: no agent, no LLM)."""
+    """How many agents' loops deep one task may go, one after another (0: no agent, no LLM); agents
+    working at once (fanout's workers) count once."""
 
 
 class _Topology(_Model):
@@ -64,6 +70,50 @@ class Catalog:
     @property
     def agents(self) -> tuple[str, ...]:
         return tuple(name for name, spec in self.services.items() if spec.agent)
+
+    def named(self, service: str, node: str) -> str:
+        """How callers name `service` on `node`: itself, or its instance there for a `pick: each` service."""
+        spec = self.services.get(service)
+        return instance(service, node) if spec is not None and spec.pick == "each" else service
+
+    def reached(self, workload: str) -> tuple[str, ...]:
+        """The services a workload's tasks reach: its entry and every service it calls, entry first."""
+        reached, todo = [], [self.workloads[workload].entry]
+        while todo:
+            service = todo.pop(0)
+            if service not in reached:
+                reached.append(service)
+                todo += self.services[service].calls
+        return tuple(reached)
+
+    def unfilled(self, workload: str, groups: Iterable[str]) -> tuple[str, ...]:
+        """The groups a workload's services are placed in that have no node among `groups` (sorted)."""
+        filled = set(groups)
+        return tuple(sorted({self.services[s].group for s in self.reached(workload)} - filled))
+
+    def placeable(self, groups: Iterable[str]) -> tuple[str, ...]:
+        """The services a lab whose nodes fill `groups` runs: those whose group has a node and whose
+        callees all run (the deploy's lab_services places exactly these)."""
+        filled, placed = set(groups), []
+        for name, spec in self.services.items():  # callees first
+            if spec.group in filled and all(callee in placed for callee in spec.calls):
+                placed.append(name)
+        return tuple(placed)
+
+    def runnable(self, groups: Iterable[str]) -> tuple[str, ...]:
+        """The workloads whose services such a lab runs."""
+        filled = set(groups)
+        return tuple(name for name in self.workloads if not self.unfilled(name, filled))
+
+
+def instance(service: str, node: str) -> str:
+    """How callers name the instance of a `pick: each` service on `node`."""
+    return f"{service}@{node}"
+
+
+def service_of(name: str) -> str:
+    """The catalog service of a peer's name: itself, or the service of an instance (`<service>@<node>`)."""
+    return name.partition("@")[0]
 
 
 def read(directory: Path = TOPOLOGIES) -> Catalog:

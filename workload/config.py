@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from workload.catalog import CATALOG
+from workload.catalog import CATALOG, service_of
 
 SERVICES: tuple[str, ...] = tuple(CATALOG.services)
 """Every service of the catalog (workload/topologies/), in start order."""
@@ -45,8 +45,8 @@ LLM_MAX_TOKENS = 160
 """The most tokens an agent asks the LLM for in one decision (workload/agents.py): room for four
 tool calls, or for an answer of two or three sentences."""
 AGENTS_PER_TASK = {name: spec.agents for name, spec in CATALOG.workloads.items() if spec.agents}
-"""How many agents' loops a task of each agentic workload may run; each makes at most the `max_steps`
-knob's LLM calls."""
+"""How many agents' loops deep a task of each agentic workload may go, one after another; each makes at
+most the `max_steps` knob's LLM calls."""
 NEEDS_DB = CATALOG.needing("db")
 NEEDS_LLM = CATALOG.needing("llm")
 
@@ -107,9 +107,14 @@ class ServiceConfig(BaseModel):
         url = urlsplit(self.peers[peer])
         return f"{url.scheme}://{url.netloc}"
 
+    def instances(self, service: str) -> dict[str, str]:
+        """{peer name: URL} of every instance of `service` among the peers: the one entry named `service`,
+        or each `<service>@<node>` of a `pick: each` service, in the peers' order."""
+        return {name: url for name, url in self.peers.items() if service_of(name) == service}
+
     def check_for(self, service: str) -> None:
         """Raise ConfigError unless this config has what `service` needs."""
-        missing = [f"peers.{p}" for p in REQUIRED_PEERS.get(service, ()) if p not in self.peers]
+        missing = [f"peers.{p}" for p in REQUIRED_PEERS.get(service, ()) if not self.instances(p)]
         if service in NEEDS_DB and not self.db_dsn:
             missing.append("db_dsn")
         if service in NEEDS_LLM and not self.llm_url:

@@ -75,6 +75,23 @@ class HandOffArguments(BaseModel):
     request: HandOffRequest
 
 
+FAN_OUT_TOOL = "ask_logistics_agents"
+FAN_OUT_DESCRIPTION = (
+    "Hand logistics questions to a team of logistics agents, which track parcels by tracking number and check "
+    "carriers' service status: one question per parcel or carrier, each with the tracking number or carrier it "
+    "needs. The agents work on the questions at once, one question each. Returns every answer."
+)
+"""A planner's hand-off to several agents at once (the fanout workload), as its model sees it."""
+MAX_FAN_OUT = 8
+
+
+class FanOutArguments(BaseModel):
+    """The subtasks of one fan-out, one per agent."""
+
+    model_config = ConfigDict(title=f"{FAN_OUT_TOOL}Arguments")
+    requests: list[HandOffRequest] = Field(min_length=1, max_length=MAX_FAN_OUT)
+
+
 A2A_PATH = DEFAULT_RPC_URL
 """Where Agent B answers A2A JSON-RPC: the SDK's default, its app's root."""
 STREAM_OP, SEND_OP = "SendStreamingMessage", "SendMessage"
@@ -97,12 +114,13 @@ def usage_report(outcome: Outcome) -> dict[str, int]:
 # --- Agent B: the server ---
 
 
-def agent_card(config: ServiceConfig) -> AgentCard:
-    """Agent B's card: its JSON-RPC endpoint at the node's own address (A2A 1.0 and 0.3), its skills
-    (tool-synth's tools), streaming, and the bearer token it wants when the lab has one."""
-    url = config.own_url("agent-b") + A2A_PATH
+def agent_card(config: ServiceConfig, service: str = "agent-b", name: str = "Agent B") -> AgentCard:
+    """The card of a logistics agent (Agent B, or a fanout worker: `service`, `name`): its JSON-RPC endpoint
+    at the node's own address (A2A 1.0 and 0.3), its skills (tool-synth's tools), streaming, and the bearer
+    token it wants when the lab has one."""
+    url = config.own_url(service) + A2A_PATH
     return AgentCard(
-        name="Agent B",
+        name=name,
         description="A logistics agent that checks parcels and carriers for Agent A.",
         version="1.0.0",
         supported_interfaces=[
@@ -146,8 +164,8 @@ class SubtaskExecutor(AgentExecutor):
     and run settings of the request that carried it, so its LLM and tool calls are children of the
     caller's hand-off call and get the caller's timeouts and knobs."""
 
-    def __init__(self, run: Subtask) -> None:
-        self.run = run
+    def __init__(self, run: Subtask, service: str = "agent-b") -> None:
+        self.run, self.service = run, service
 
     async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
         adopt_caller(context.call_context.state.get("headers", {}))
@@ -155,14 +173,14 @@ class SubtaskExecutor(AgentExecutor):
         try:
             request = HandOffArguments(request=context.get_user_input()).request
         except ValidationError as exc:
-            reason = f"agent-b: bad request: {exc.errors()[0]['msg']}"
+            reason = f"{self.service}: bad request: {exc.errors()[0]['msg']}"
             await updater.reject(updater.new_agent_message([new_text_part(reason)]))
             return
         await updater.start_work()
         try:
             outcome = await self.run(request)
         except SUBTASK_FAILURES as exc:
-            await updater.failed(updater.new_agent_message([new_text_part(f"agent-b: {describe_error(exc)}")]))
+            await updater.failed(updater.new_agent_message([new_text_part(f"{self.service}: {describe_error(exc)}")]))
             return
         await updater.add_artifact([new_text_part(outcome.answer)], name=ANSWER_ARTIFACT, last_chunk=True)
         await updater.update_status(TaskState.TASK_STATE_COMPLETED, metadata={USAGE_META: usage_report(outcome)})
@@ -182,11 +200,12 @@ async def _open_task(context: RequestContext, event_queue: EventQueue) -> TaskUp
     return TaskUpdater(event_queue, task.id, task.context_id)
 
 
-def a2a_routes(config: ServiceConfig, run: Subtask) -> list[Route]:
-    """Agent B's A2A endpoints: its card and JSON-RPC (message send and stream, tasks), tasks kept in memory."""
-    card = agent_card(config)
+def a2a_routes(config: ServiceConfig, run: Subtask, service: str = "agent-b", name: str = "Agent B") -> list[Route]:
+    """A logistics agent's A2A endpoints: its card and JSON-RPC (message send and stream, tasks), tasks
+    kept in memory."""
+    card = agent_card(config, service, name)
     handler = DefaultRequestHandler(
-        agent_executor=SubtaskExecutor(run), task_store=InMemoryTaskStore(), agent_card=card
+        agent_executor=SubtaskExecutor(run, service), task_store=InMemoryTaskStore(), agent_card=card
     )
     return [
         *create_agent_card_routes(card, card_url=AGENT_CARD_WELL_KNOWN_PATH),

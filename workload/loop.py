@@ -87,6 +87,17 @@ class Tool:
     args_schema: dict[str, Any]
     run: Callable[[dict[str, Any]], Awaitable[tuple[str, Usage]]]
     hand_off: bool = False
+    fan_out: str | None = None
+    """A hand-off to several agents at once: its argument listing the subtasks, each one hand-off."""
+
+    def hand_offs(self, arguments: dict[str, Any]) -> int:
+        """How many subtasks a call with these arguments hands to other agents."""
+        if not self.hand_off:
+            return 0
+        if self.fan_out is None:
+            return 1
+        subtasks = arguments.get(self.fan_out)
+        return len(subtasks) if isinstance(subtasks, list) else 0
 
 
 @dataclass
@@ -388,7 +399,7 @@ class Agent:
         usage = Usage(**vars(state["usage"]))
         for _, cost in results:
             usage.add(cost)
-        hand_offs = sum(self.tools[c.tool].hand_off for c in calls)
+        hand_offs = sum(self.tools[c.tool].hand_offs(c.arguments) for c in calls)
         return {
             "messages": [*state["messages"], *self.decisions.results(calls, [text for text, _ in results])],
             "tool_calls": state["tool_calls"] + len(calls),

@@ -22,9 +22,14 @@ def builder(service: str) -> Callable[[ServiceConfig, Telemetry], Any]:
     return getattr(importlib.import_module(module), name)
 
 
+def agent_id(service: str, node: str) -> str | None:
+    """An agent's id in telemetry: its service, or its instance (`<service>@<node>`) for one on each node."""
+    return CATALOG.named(service, node) if service in AGENTS else None
+
+
 def run_service(service: str, config_path: Path) -> None:
     """Load the config (ConfigError on a bad one), build the service and serve until stopped."""
     config = load_config(config_path, service)
-    telemetry = Telemetry(config.node, service, service if service in AGENTS else None, config.telemetry_dir)
+    telemetry = Telemetry(config.node, service, agent_id(service, config.node), config.telemetry_dir)
     app = builder(service)(config, telemetry)
     serve(app, telemetry, config.host, config.listen_port(service), config.api_token)

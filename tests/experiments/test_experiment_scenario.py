@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from experiments.scenario import ALL, SCENARIO_DIR, load_scenario
-from lab.config import load_config
+from experiments.scenario import ALL, SCENARIO_DIR, load_scenario, named
+from lab.config import LabConfig, load_config
 from lab.errors import ConfigError
-from tests.conftest import REPO
+from tests.conftest import REPO, write_lab
 
 LAB = load_config(REPO / "lab.yaml")
 VALID = {"workload": "multihop", "tasks": {"count": 3, "seed": 2}}
@@ -27,12 +27,33 @@ def problem(tmp_path: Path, **changes) -> str:
     return message
 
 
+def with_workers(tmp_path: Path) -> LabConfig:
+    """The three nodes of every lab and one in group workers."""
+    path = write_lab(tmp_path, "wk", "10.98.0")
+    data = yaml.safe_load(path.read_text())
+    data["nodes"].append({"name": "worker-1", "groups": ["workers"], "address": "10.98.0.21"})
+    path.write_text(yaml.safe_dump(data))
+    return load_config(path)
+
+
 @pytest.mark.parametrize("name", ALL)
-def test_the_shipped_scenarios_load(name):
-    scenario, path = load_scenario(name, LAB)
+def test_the_shipped_scenarios_load(name, tmp_path):
+    scenario, path = load_scenario(name, with_workers(tmp_path))
     assert scenario.name == name == scenario.workload
     assert path == SCENARIO_DIR / f"{name}.yaml"
     assert scenario.load.mode == "closed" and scenario.tasks.count >= 20
+
+
+def test_fanout_needs_nodes_in_group_workers_and_all_runs_what_the_lab_can(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_scenario("fanout", LAB)
+    assert str(info.value) == (
+        f"{SCENARIO_DIR / 'fanout.yaml'}: workload: fanout runs services on nodes in group workers, and lab.yaml "
+        "has none; add nodes with groups: [workers] to it, then `lab up` and `lab deploy`"
+    )
+    assert named("all", LAB) == ["baseline", "simple", "multihop"]
+    assert named("all", with_workers(tmp_path)) == ["baseline", "simple", "multihop", "fanout"]
+    assert named("fanout", LAB) == ["fanout"]  # named alone: refused by load_scenario, as above
 
 
 def test_defaults_and_a_path(tmp_path):
@@ -45,7 +66,7 @@ def test_defaults_and_a_path(tmp_path):
 
 
 def test_unknown_scenario_names_the_choices():
-    with pytest.raises(ConfigError, match="no scenario 'nope'; use one of baseline, multihop, simple, 'all'"):
+    with pytest.raises(ConfigError, match="no scenario 'nope'; use one of baseline, fanout, multihop, simple, 'all'"):
         load_scenario("nope", LAB)
 
 
@@ -73,7 +94,10 @@ def test_missing_workload(tmp_path):
 
 def test_bad_workload(tmp_path):
     message = problem(tmp_path, workload="agentic")
-    assert "workload: no workload 'agentic' in workload/topologies/; use one of baseline, simple, multihop" in message
+    assert (
+        "workload: no workload 'agentic' in workload/topologies/; use one of baseline, simple, multihop, fanout"
+        in message
+    )
 
 
 def test_task_count_must_be_positive(tmp_path):

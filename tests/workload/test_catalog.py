@@ -37,8 +37,9 @@ def test_the_shipped_catalog_starts_callees_first_and_names_every_entry():
         "baseline": "baseline-gateway",
         "simple": "agent-a",
         "multihop": "agent-a",
+        "fanout": "planner",
     }
-    assert CATALOG.agents == ("agent-b", "agent-a") and CATALOG.needing("db") == (
+    assert CATALOG.agents == ("agent-b", "agent-a", "worker", "planner") and CATALOG.needing("db") == (
         "tool-db",
         "baseline-shipping",
         "baseline-order",
@@ -74,8 +75,12 @@ def test_a_second_topology_file_adds_its_services_and_workloads(tmp_path):
         ({"services": {"t": {**TOOL, "role": "db"}}}, "field services.t.role: Input should be 'agents'"),
         ({"services": {"t": {**TOOL, "builder": "no colon"}}}, "field services.t.builder: String should match"),
         (
-            {"services": {"t": {**TOOL, "group": "workers"}}},
-            "field services.t.group: Input should be 'agents', 'tools'",
+            {"services": {"t": {**TOOL, "pick": "all"}}},
+            "field services.t.pick: Input should be 'first', 'last' or 'each'",
+        ),
+        (
+            {"services": {"t": {**TOOL, "group": "planners"}}},
+            "field services.t.group: Input should be 'agents', 'tools', 'llm' or 'workers'",
         ),
         ({"services": {"t": {**TOOL, "calls": ["ghost"]}}}, "services.t.calls names 'ghost', which no topology"),
         (
@@ -105,14 +110,39 @@ def test_not_yaml_and_no_files_are_refused(tmp_path):
     assert refusal(tmp_path).startswith(f"{tmp_path / 'x.yaml'}: not YAML")
 
 
-def test_ansible_places_and_groups_the_services_as_the_catalog_says(tmp_path):
-    """The deploy reads the same files (inventory/group_vars/all.yml): each service on the first or last
-    node of its group, with its port and path, each deploy role's services in start order, and on each
-    node the roles that have a service there (deploy.yml runs a role only there)."""
+def test_a_lab_runs_the_services_and_workloads_its_groups_can_place():
+    """fanout's workers run on every node of group workers; a lab without one runs neither them nor the
+    planner that calls them, nor the workload entering there, and says which group is missing."""
+    assert CATALOG.placeable(["agents", "tools", "llm"]) == tuple(s for s in SERVICES if s not in ("worker", "planner"))
+    assert CATALOG.runnable(["agents", "tools", "llm"]) == ("baseline", "simple", "multihop")
+    assert CATALOG.placeable(["agents", "tools", "llm", "workers"]) == SERVICES
+    assert CATALOG.runnable(["agents", "tools", "llm", "workers"]) == ("baseline", "simple", "multihop", "fanout")
+    assert CATALOG.reached("fanout") == ("planner", "tool-db", "worker", "tool-synth")
+    assert CATALOG.unfilled("fanout", ["agents", "tools", "llm"]) == ("workers",)
+    assert CATALOG.unfilled("multihop", ["agents", "tools", "llm"]) == ()
+    assert (CATALOG.named("worker", "w1"), CATALOG.named("agent-b", "w1"), CATALOG.named("llm", "n")) == (
+        "worker@w1",
+        "agent-b",
+        "llm",
+    )
+
+
+@pytest.mark.parametrize(
+    "groups",
+    [
+        {"agents": ["n1", "n2", "n3"], "tools": ["n2"], "llm": ["n4"]},
+        {"agents": ["n1", "n2"], "tools": ["n2"], "llm": ["n3"], "workers": ["w1", "w2", "w3"]},
+    ],
+    ids=["no workers", "three workers"],
+)
+def test_ansible_places_and_groups_the_services_as_the_catalog_says(tmp_path, groups):
+    """The deploy reads the same files (inventory/group_vars/all.yml): each service on the first, the last
+    or each node of its group, with its port and path, only the services the lab can place
+    (Catalog.placeable), each deploy role's services in start order, and on each node the roles that have
+    a service there (deploy.yml runs a role only there)."""
     inventory = tmp_path / "inventory"
     inventory.mkdir()
     (inventory / "group_vars").symlink_to(REPO / "inventory" / "group_vars")
-    groups = {"agents": ["n1", "n2", "n3"], "tools": ["n2"], "llm": ["n4"]}
     hosts = {
         "all": {
             "children": {
@@ -135,9 +165,16 @@ def test_ansible_places_and_groups_the_services_as_the_catalog_says(tmp_path):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     placed = json.loads(yaml.safe_load(result.stdout.split(" => ", 1)[1])["msg"])  # "n1 | SUCCESS => msg: ..."
+    picks = {"first": lambda members: members[:1], "last": lambda members: members[-1:], "each": list}
     expected = {
-        name: {"host": groups[spec.group][0 if spec.pick == "first" else -1], "port": spec.port, "path": spec.path}
+        name: {
+            "hosts": picks[spec.pick](groups[spec.group]),
+            "port": spec.port,
+            "path": spec.path,
+            "each": spec.pick == "each",
+        }
         for name, spec in CATALOG.services.items()
+        if name in CATALOG.placeable(groups)
     }
     assert placed["services"] == expected
     assert placed["roles"] == {
@@ -145,6 +182,6 @@ def test_ansible_places_and_groups_the_services_as_the_catalog_says(tmp_path):
         for role in ("mcp_tools", "baseline", "agents")
     }
     assert {host: set(roles) for host, roles in placed["here"].items()} == {
-        host: {CATALOG.services[name].role for name, where in expected.items() if where["host"] == host}
-        for host in ("n1", "n2", "n3", "n4")
+        host: {CATALOG.services[name].role for name, where in expected.items() if host in where["hosts"]}
+        for host in {h for members in groups.values() for h in members}
     }
