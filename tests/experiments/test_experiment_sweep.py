@@ -32,6 +32,7 @@ from lab.config import load_config
 from lab.errors import ConfigError, LabError
 from lab.runlayout import Fault, Manifest, write_manifest
 from tests.conftest import REPO, write_lab
+from workload.knobs import Knobs
 
 LAB = load_config(REPO / "lab.yaml")
 SMALL = {
@@ -91,6 +92,17 @@ def test_the_shipped_sweep_has_nine_cells_over_workload_and_load():
     assert last.scenario.workload == "multihop" and last.scenario.load.concurrency == 4
     assert last.scenario.repetitions == 1
     assert first.summary == "workload=baseline, load.concurrency=1"
+
+
+def test_the_shipped_knob_sweep_flips_one_knob_at_a_time_in_each_workload():
+    """experiments/sweeps/knobs.yaml: every knob at its default, then each flipped alone (#18's figures)."""
+    sweep = load_sweep(REPO / "experiments" / "sweeps" / "knobs.yaml", LAB)
+    assert len(sweep.cells) == 18 and {c.scenario.tasks.count for c in sweep.cells} == {20}
+    defaults = Knobs()
+    for cell in sweep.cells:
+        flipped = {k for k, v in cell.scenario.knobs.model_dump().items() if v != getattr(defaults, k)}
+        assert len(flipped) <= 1 and flipped == set(cell.params["knobs"]), cell.summary
+    assert [c.scenario.workload for c in sweep.cells[::6]] == ["baseline", "simple", "multihop"]
 
 
 def test_a_base_scenario_path_is_relative_to_the_sweep_file(tmp_path):
