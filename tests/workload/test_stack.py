@@ -262,6 +262,12 @@ def test_malformed_tasks_fail_clearly_and_are_logged(stack: LocalStack) -> None:
         stack.url("baseline-gateway") + "/task", content=b"{not json", timeout=10, headers=stack.headers
     )
     assert response.status_code == 400 and response.json()["ok"] is False
+    # an entry agent runs only its workloads' toolsets: Agent A simple and multihop, the planner fanout
+    for service, scenario, runs in (("agent-a", "fanout", "simple, multihop"), ("planner", "simple", "fanout")):
+        task = {"task_id": "t1", "text": "What is the status of order ORD-00001?", "scenario": scenario}
+        response = httpx.post(stack.url(service) + "/task", json=task, timeout=10, headers=stack.headers)
+        assert response.status_code == 400, response.text
+        assert response.json()["error"] == f"{service} runs {runs}, not {scenario!r}"
     time.sleep(0.2)
     server = [json.loads(line) for line in (stack.telemetry_dir / "agent-a.jsonl").read_text().splitlines()]
     assert any(e["status"] == "error" and e["error"] == "HTTP 400" for e in server)
