@@ -21,7 +21,7 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    help="Agentic traffic lab: three nodes, probes on every node, experiments, analysis.",
+    help="Agentic traffic lab: its nodes (three, and fanout's workers), probes on every node, experiments, analysis.",
 )
 image_app = typer.Typer(no_args_is_help=True, help="The node image.")
 app.add_typer(image_app, name="image")
