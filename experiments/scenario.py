@@ -216,7 +216,7 @@ class Scenario(Model):
 def named(name: str, lab: LabConfig) -> list[str]:
     """The scenarios `lab experiment NAME` runs: NAME, or for `all` every shipped workload this lab's
     nodes can run (fanout wants nodes in group workers)."""
-    return [n for n in ALL if not CATALOG.unfilled(n, lab.groups)] if name == "all" else [name]
+    return list(CATALOG.runnable(lab.groups)) if name == "all" else [name]
 
 
 def scenario_path(name_or_path: str) -> Path:

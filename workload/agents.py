@@ -216,23 +216,23 @@ def build_agent_a(config: ServiceConfig, telemetry: Telemetry) -> Starlette:
     tool_db, tool_synth = _tool_server(config, telemetry, "tool-db"), _tool_server(config, telemetry, "tool-synth")
     agent_b = HandOffTo(config, telemetry, "agent-b")
     toolsets = {"simple": Toolset(tool_db, tool_synth), "multihop": Toolset(tool_db, agent_b)}
-    return _entry_agent("agent-a", AGENT_A, config, telemetry, toolsets, Toolset(tool_db, tool_synth, agent_b))
+    ready = Toolset(tool_db, tool_synth, *agent_b.carriers.values())
+    return _entry_agent("agent-a", AGENT_A, config, telemetry, toolsets, ready)
 
 
 def build_planner(config: ServiceConfig, telemetry: Telemetry) -> Starlette:
     """The fanout workload's entry: Agent A with tool-db's tools and a hand-off to every worker at once."""
     tool_db = _tool_server(config, telemetry, "tool-db")
     team = [HandOffTo(config, telemetry, peer) for peer in config.instances("worker")]
-    return _entry_agent(
-        "planner", PLANNER, config, telemetry, {"fanout": Toolset(tool_db, FanOut(team))}, Toolset(tool_db, *team)
-    )
+    ready = Toolset(tool_db, *(carrier for member in team for carrier in member.carriers.values()))
+    return _entry_agent("planner", PLANNER, config, telemetry, {"fanout": Toolset(tool_db, FanOut(team))}, ready)
 
 
 def _entry_agent(
     service: str, who: str, config: ServiceConfig, telemetry: Telemetry, toolsets: dict[str, Toolset], ready: Toolset
 ) -> Starlette:
     """An agent tasks enter at: POST /task runs its loop with the toolset of the task's workload.
-    /healthz is ready once every server and agent of `ready` answered (both carriers of each hand-off)."""
+    /healthz is ready once every source of `ready` answered (each hand-off by both its carriers)."""
     t = config.timeouts
     llm = LLM(config, telemetry)
 
@@ -259,14 +259,10 @@ def _entry_agent(
             {"ok": True, "task_id": body.task_id, "answer": outcome.answer, "error": None, **outcome.record()}
         )
 
-    async def every_carrier() -> str | None:
-        sources = [c for s in ready.sources for c in (s.carriers.values() if isinstance(s, HandOffTo) else (s,))]
-        return await Toolset(*sources).problem()
-
     return Starlette(
         routes=[
             Route("/task", task, methods=["POST"]),
-            Route("/healthz", health_endpoint(service, config, every_carrier)),
+            Route("/healthz", health_endpoint(service, config, ready.problem)),
         ]
     )
 
